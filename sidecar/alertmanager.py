@@ -1,0 +1,95 @@
+"""Alertmanager's webhook payload (version 4), modelled field for field.
+
+Mirrors ``notify/webhook/webhook.go`` (``Message``) and ``template/template.go``
+(``Data``, ``Alert``) of prometheus/alertmanager. Unknown fields are accepted,
+since newer Alertmanagers add some (``notification_reason``, ``routeLabels``).
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+# Alertmanager marshals Go's zero time for "no end yet".
+_GO_ZERO_YEAR = 1
+
+
+def _none_if_zero(value: datetime | None) -> datetime | None:
+    if value is None or value.year <= _GO_ZERO_YEAR:
+        return None
+    return value if value.tzinfo else value.replace(tzinfo=UTC)
+
+
+class Alert(BaseModel):
+    """One alert of a notification (``template.Alert``)."""
+
+    model_config = ConfigDict(extra="allow", frozen=True, populate_by_name=True)
+
+    status: Literal["firing", "resolved"]
+    labels: dict[str, str]
+    annotations: dict[str, str] = Field(default_factory=dict)
+    starts_at: datetime = Field(alias="startsAt")
+    ends_at: datetime | None = Field(default=None, alias="endsAt")
+    generator_url: str = Field(default="", alias="generatorURL")
+    fingerprint: str = Field(pattern=r"^[0-9a-fA-F]{1,16}$")
+
+    @field_validator("starts_at")
+    @classmethod
+    def _starts(cls, value: datetime) -> datetime:
+        if value.year <= _GO_ZERO_YEAR:
+            raise ValueError("startsAt must be set")
+        return value if value.tzinfo else value.replace(tzinfo=UTC)
+
+    @field_validator("ends_at")
+    @classmethod
+    def _ends(cls, value: datetime | None) -> datetime | None:
+        return _none_if_zero(value)
+
+
+class Notification(BaseModel):
+    """A webhook notification (``webhook.Message``, version 4)."""
+
+    model_config = ConfigDict(extra="allow", frozen=True, populate_by_name=True)
+
+    version: Literal["4"]
+    group_key: str = Field(alias="groupKey", min_length=1)
+    truncated_alerts: int = Field(default=0, alias="truncatedAlerts", ge=0)
+    status: Literal["firing", "resolved"]
+    receiver: str
+    group_labels: dict[str, str] = Field(default_factory=dict, alias="groupLabels")
+    common_labels: dict[str, str] = Field(default_factory=dict, alias="commonLabels")
+    common_annotations: dict[str, str] = Field(default_factory=dict, alias="commonAnnotations")
+    external_url: str = Field(default="", alias="externalURL")
+    alerts: list[Alert] = Field(min_length=1)
+
+
+class InvalidPayload(ValueError):
+    """The body is not a valid Alertmanager webhook; ``reasons`` says why."""
+
+    def __init__(self, reasons: list[str]) -> None:
+        self.reasons = reasons
+        super().__init__("; ".join(reasons))
+
+
+def parse_notification(body: bytes) -> Notification:
+    """Parse and validate a raw webhook body, raising InvalidPayload with readable reasons."""
+    try:
+        return Notification.model_validate_json(body)
+    except ValidationError as exc:
+        reasons = []
+        for err in exc.errors(include_url=False):
+            loc = ".".join(str(p) for p in err["loc"])
+            if err["type"] == "json_invalid":
+                reasons.append(f"malformed JSON: {err['msg']}")
+            elif err["type"] == "literal_error" and loc == "version":
+                reasons.append(f"version: unsupported webhook version {err.get('input')!r}, expected '4'")
+            else:
+                reasons.append(f"{loc}: {err['msg']}" if loc else str(err["msg"]))
+        raise InvalidPayload(reasons) from exc
+
+
+def utcnow() -> datetime:
+    """Timezone-aware now (for callers without an injected clock)."""
+    return datetime.now(UTC)

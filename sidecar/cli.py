@@ -1,0 +1,164 @@
+"""Command line: ``serve``, ``check-config`` and ``test-rules``."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import logging
+import signal
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from aiohttp import web
+
+from sidecar import __version__
+from sidecar.config import Config, load_config, split_listen
+from sidecar.errors import ConfigError
+from sidecar.logs import setup_logging
+from sidecar.rules import RuleSet, load_rules
+
+log = logging.getLogger("sidecar")
+
+
+def _load(path: Path) -> tuple[Config, RuleSet]:
+    """Load the configuration and its rules, collecting the problems of both."""
+    config = load_config(path)
+    return config, load_rules(config.rules_file)
+
+
+def _print_problems(exc: ConfigError) -> None:
+    for problem in exc.problems:
+        print(problem, file=sys.stderr)
+
+
+def check_config(path: Path) -> int:
+    """Validate a configuration and its rules; print every problem."""
+    try:
+        config, rules = _load(path)
+    except ConfigError as exc:
+        _print_problems(exc)
+        print(f"{len(exc.problems)} problem(s) found", file=sys.stderr)
+        return 1
+    s = config.settings
+    print(f"{path}: OK")
+    print(f"  listen {s.server.listen}, store {s.store.url.split('://')[0]}, incidents by {s.incidents.key}")
+    print(
+        f"  rules {config.rules_file}: preset {rules.name!r}, "
+        f"severities {', '.join(p.name for p in rules.severities)}, teams {', '.join(rules.teams)}"
+    )
+    if s.server.insecure_disable_auth:
+        print("  WARNING: server.insecure_disable_auth is true: anyone can post webhooks")
+    return 0
+
+
+def _parse_pairs(pairs: Sequence[str], what: str) -> dict[str, str]:
+    out = {}
+    for pair in pairs:
+        name, sep, value = pair.partition("=")
+        if not sep or not name:
+            raise SystemExit(f"invalid {what} {pair!r}: expected NAME=VALUE")
+        out[name] = value.strip('"')
+    return out
+
+
+def explain_rules(path: Path, labels: Sequence[str], annotations: Sequence[str]) -> int:
+    """Print the severity, team and matching rules for a label set."""
+    try:
+        _, rules = _load(path)
+    except ConfigError as exc:
+        _print_problems(exc)
+        return 1
+    label_set = _parse_pairs(labels, "label")
+    annotation_set = _parse_pairs(annotations, "annotation")
+    result = rules.classify(label_set, annotation_set)
+    print(f"severity: {result.severity}  (rule: {result.severity_rule})")
+    print(f"team:     {result.team}  (rule: {result.team_rule})")
+    policy = rules.policy(result.severity)
+    print(f"paging:   {policy.paging}")
+    return 0
+
+
+async def _serve(config: Config, rules: RuleSet) -> None:
+    # Imported here so check-config and test-rules stay light.
+    from sidecar.runtime import build_components
+    from sidecar.web import create_app
+
+    components = build_components(config, rules=rules)
+    app = create_app(components)
+    runner = web.AppRunner(app, access_log=None, handle_signals=False)
+    await runner.setup()
+    host, port = split_listen(config.settings.server.listen)
+    site = web.TCPSite(runner, host, port, backlog=1024)
+    await site.start()
+    log.info(
+        "serving",
+        extra={
+            "listen": config.settings.server.listen,
+            "rules_file": str(config.rules_file),
+            "preset": rules.name,
+            "store": config.settings.store.url.split("://")[0],
+            "version": __version__,
+        },
+    )
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    loop.add_signal_handler(signal.SIGTERM, stop.set)
+    loop.add_signal_handler(signal.SIGINT, stop.set)
+    loop.add_signal_handler(signal.SIGHUP, components.reload_rules)
+    try:
+        await stop.wait()
+    finally:
+        log.info("shutting down")
+        await runner.cleanup()
+
+
+def serve(path: Path) -> int:
+    """Run the service until SIGTERM or SIGINT; SIGHUP reloads the rules."""
+    try:
+        config, rules = _load(path)
+    except ConfigError as exc:
+        _print_problems(exc)
+        print("refusing to start: fix the problems above", file=sys.stderr)
+        return 1
+    setup_logging(config.settings.logging.level, config.settings.logging.format)
+    runner = asyncio.run
+    with contextlib.suppress(ImportError):
+        import uvloop  # an optional extra: a faster event loop when installed
+
+        runner = uvloop.run
+    runner(_serve(config, rules))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser (exposed for documentation and tests)."""
+    parser = argparse.ArgumentParser(
+        prog="incident-sla-sidecar",
+        description="Alertmanager webhooks in; SLA-measured incidents, pages and metrics out.",
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("serve", help="run the service")
+    p.add_argument("--config", type=Path, required=True, help="configuration file (YAML)")
+    p = sub.add_parser("check-config", help="validate a configuration and its rules")
+    p.add_argument("--config", type=Path, required=True)
+    p = sub.add_parser("test-rules", help="show which rules match a label set")
+    p.add_argument("--config", type=Path, required=True)
+    p.add_argument("labels", nargs="*", metavar="LABEL=VALUE")
+    p.add_argument(
+        "--annotation", action="append", default=[], metavar="NAME=VALUE",
+        help="an annotation for numeric conditions (repeatable)",
+    )
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``incident-sla-sidecar`` console script."""
+    args = build_parser().parse_args(argv)
+    if args.command == "serve":
+        return serve(args.config)
+    if args.command == "check-config":
+        return check_config(args.config)
+    return explain_rules(args.config, args.labels, args.annotation)

@@ -1,0 +1,317 @@
+"""The sidecar's configuration: one YAML file, validated by pydantic, overridable by environment.
+
+Every key can be overridden by ``SIDECAR__<SECTION>__<KEY>`` (pydantic-settings'
+nested delimiter), and every secret can instead be read from a mounted file
+(``<key>_file``), the way Prometheus and Alertmanager take ``credentials_file``.
+Relative paths (rules file, secret files, SQLite database) are resolved against
+the directory of the configuration file, so a config and its rules travel together.
+"""
+
+from __future__ import annotations
+
+import os
+from datetime import timedelta
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    SettingsError,
+)
+
+from sidecar.durations import ByteSize, Duration
+from sidecar.errors import ConfigError, ConfigProblem
+from sidecar.yamlfile import Loc, format_loc, load_yaml, problems_from_validation
+
+ENV_PREFIX = "SIDECAR__"
+DEFAULT_PORT = 9095
+
+
+def split_listen(value: Any) -> tuple[str, int]:
+    """Split ``host:port`` (``[::1]:9095`` for IPv6) into host and port; raise ValueError."""
+    if not isinstance(value, str) or ":" not in value:
+        raise ValueError("expected host:port, as in 0.0.0.0:9095")
+    host, _, port_text = value.rpartition(":")
+    host = host.strip("[]")
+    try:
+        port = int(port_text)
+    except ValueError:
+        raise ValueError(f"invalid port {port_text!r} in {value!r}") from None
+    if not 0 <= port <= 65535:
+        raise ValueError(f"port {port} out of range 0-65535")
+    return (host or "0.0.0.0", port)  # noqa: S104 - an empty host means all interfaces
+
+
+def _check_listen(value: Any) -> str:
+    split_listen(value)
+    return str(value)
+
+
+ListenAddress = Annotated[str, BeforeValidator(_check_listen)]
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+def _secret_pair(model: BaseModel, name: str) -> None:
+    if getattr(model, name) is not None and getattr(model, f"{name}_file") is not None:
+        raise ValueError(f"set either {name} or {name}_file, not both")
+
+
+class ServerConfig(_Section):
+    """``server``: where to listen and who may write."""
+
+    listen: ListenAddress = f"0.0.0.0:{DEFAULT_PORT}"
+    webhook_token: SecretStr | None = None
+    webhook_token_file: Path | None = None
+    api_token: SecretStr | None = None
+    api_token_file: Path | None = None
+    insecure_disable_auth: bool = False
+    max_body_size: ByteSize = 16 * 1024 * 1024
+
+    @model_validator(mode="after")
+    def _tokens(self) -> ServerConfig:
+        _secret_pair(self, "webhook_token")
+        _secret_pair(self, "api_token")
+        if self.insecure_disable_auth:
+            return self
+        missing = [
+            name
+            for name in ("webhook_token", "api_token")
+            if getattr(self, name) is None and getattr(self, f"{name}_file") is None
+        ]
+        if missing:
+            raise ValueError(
+                f"{' and '.join(missing)} (or *_file) required: mutating endpoints need "
+                "credentials unless server.insecure_disable_auth is true"
+            )
+        return self
+
+
+class StoreConfig(_Section):
+    """``store``: where incidents are kept."""
+
+    url: str = "sqlite:///data/sidecar.db"
+    # FULL survives power loss, NORMAL only process crashes; FULL is the safe default.
+    synchronous: Literal["full", "normal"] = "full"
+    max_batch: int = Field(default=1000, ge=1, le=100_000)
+
+    @field_validator("url")
+    @classmethod
+    def _scheme(cls, url: str) -> str:
+        if not url.startswith(("sqlite:///", "postgresql://", "postgres://")):
+            raise ValueError("must start with sqlite:/// (embedded) or postgresql://")
+        return url
+
+
+class RulesConfig(_Section):
+    """``rules``: the severity and ownership rules file (a preset or your own)."""
+
+    file: Path
+
+
+class IncidentsConfig(_Section):
+    """``incidents``: what makes one incident."""
+
+    key: Literal["group", "alert"] = "group"
+    # How long a resolved incident's alerts are remembered, so that a late
+    # duplicate (HA peers, retries) neither reopens nor duplicates it.
+    dedup_window: Duration = timedelta(hours=6)
+
+
+class AlertmanagerConfig(_Section):
+    """``alertmanager``: the Alertmanager API used for silences."""
+
+    url: str | None = None
+
+
+class PagerDutyConfig(_Section):
+    """``pagerduty``: Events API v2 out, webhooks v3 in."""
+
+    events_url: str = "https://events.pagerduty.com/v2/enqueue"
+    api_url: str = "https://api.pagerduty.com"
+    api_token: SecretStr | None = None
+    api_token_file: Path | None = None
+    webhook_secret: SecretStr | None = None
+    webhook_secret_file: Path | None = None
+    routing_key: SecretStr | None = None
+    routing_key_file: Path | None = None
+
+    @model_validator(mode="after")
+    def _pairs(self) -> PagerDutyConfig:
+        for name in ("api_token", "webhook_secret", "routing_key"):
+            _secret_pair(self, name)
+        return self
+
+
+class LoggingConfig(_Section):
+    """``logging``: level and format of the structured logs."""
+
+    level: Literal["debug", "info", "warning", "error"] = "info"
+    format: Literal["json", "text"] = "json"
+
+
+class Settings(BaseSettings):
+    """The whole configuration file, with ``SIDECAR__SECTION__KEY`` overrides."""
+
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX,
+        env_nested_delimiter="__",
+        extra="forbid",
+        frozen=True,
+        case_sensitive=False,
+    )
+
+    server: ServerConfig = ServerConfig(insecure_disable_auth=True)
+    store: StoreConfig = StoreConfig()
+    rules: RulesConfig
+    incidents: IncidentsConfig = IncidentsConfig()
+    alertmanager: AlertmanagerConfig = AlertmanagerConfig()
+    pagerduty: PagerDutyConfig = PagerDutyConfig()
+    logging: LoggingConfig = LoggingConfig()
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # The environment wins over the file; no .env files, no secrets_dir magic.
+        return (env_settings, init_settings)
+
+
+class Secrets:
+    """Secret values resolved from the config, the environment or mounted files."""
+
+    __slots__ = ("api_token", "pagerduty_api_token", "routing_key", "webhook_secret", "webhook_token")
+
+    def __init__(self, **values: str | None) -> None:
+        self.webhook_token = values.get("webhook_token")
+        self.api_token = values.get("api_token")
+        self.pagerduty_api_token = values.get("pagerduty_api_token")
+        self.webhook_secret = values.get("webhook_secret")
+        self.routing_key = values.get("routing_key")
+
+    def __repr__(self) -> str:
+        return "Secrets(<redacted>)"
+
+
+class Config:
+    """A loaded configuration: validated settings, resolved paths and secrets."""
+
+    def __init__(self, path: Path, settings: Settings, secrets: Secrets) -> None:
+        self.path = path
+        self.settings = settings
+        self.secrets = secrets
+        self.base_dir = path.parent
+
+    def resolve(self, path: Path) -> Path:
+        """Resolve ``path`` against the configuration file's directory."""
+        return path if path.is_absolute() else self.base_dir / path
+
+    @property
+    def rules_file(self) -> Path:
+        """The rules file to load."""
+        return self.resolve(self.settings.rules.file)
+
+    @property
+    def sqlite_path(self) -> Path | None:
+        """The SQLite database path, or None when the store is not SQLite."""
+        url = self.settings.store.url
+        if not url.startswith("sqlite:///"):
+            return None
+        return self.resolve(Path(url.removeprefix("sqlite:///")))
+
+
+def _env_override_location(loc: Loc) -> str | None:
+    names = [str(p) for p in loc if isinstance(p, str)]
+    for depth in range(len(names), 0, -1):
+        var = ENV_PREFIX + "__".join(n.upper() for n in names[:depth])
+        if any(k.upper() == var for k in os.environ):
+            return var
+    return None
+
+
+def load_config(path: Path) -> Config:
+    """Load, validate and resolve a configuration file; raise ConfigError listing every problem."""
+    doc = load_yaml(path)
+    if not isinstance(doc.data, dict):
+        raise ConfigError([ConfigProblem(str(path), "", "the configuration must be a mapping")])
+    try:
+        settings = Settings(**doc.data)
+    except ValidationError as exc:
+        problems = []
+        for problem in problems_from_validation(exc, str(path), doc.position):
+            loc = tuple(problem.location.replace("[", ".").replace("]", "").split("."))
+            env_var = _env_override_location(loc)
+            if env_var is not None:
+                problem = ConfigProblem(
+                    f"environment {env_var}", problem.location, problem.reason
+                )
+            problems.append(problem)
+        raise ConfigError(problems) from exc
+    except SettingsError as exc:
+        raise ConfigError([ConfigProblem("environment", "", str(exc))]) from exc
+    config = Config(path, settings, Secrets())
+    config.secrets = _read_secrets(config)
+    return config
+
+
+def _read_secrets(config: Config) -> Secrets:
+    problems: list[ConfigProblem] = []
+    s = config.settings
+
+    def pick(section: str, name: str, value: SecretStr | None, file: Path | None) -> str | None:
+        if value is not None:
+            return value.get_secret_value()
+        if file is None:
+            return None
+        resolved = config.resolve(file)
+        try:
+            text = resolved.read_text(encoding="utf-8").strip()
+        except OSError as exc:
+            problems.append(
+                ConfigProblem(
+                    str(config.path),
+                    format_loc((section, f"{name}_file")),
+                    f"cannot read secret file {resolved}: {exc.strerror}",
+                )
+            )
+            return None
+        if not text:
+            problems.append(
+                ConfigProblem(
+                    str(config.path), format_loc((section, f"{name}_file")), f"{resolved} is empty"
+                )
+            )
+            return None
+        return text
+
+    secrets = Secrets(
+        webhook_token=pick("server", "webhook_token", s.server.webhook_token, s.server.webhook_token_file),
+        api_token=pick("server", "api_token", s.server.api_token, s.server.api_token_file),
+        pagerduty_api_token=pick("pagerduty", "api_token", s.pagerduty.api_token, s.pagerduty.api_token_file),
+        webhook_secret=pick(
+            "pagerduty", "webhook_secret", s.pagerduty.webhook_secret, s.pagerduty.webhook_secret_file
+        ),
+        routing_key=pick("pagerduty", "routing_key", s.pagerduty.routing_key, s.pagerduty.routing_key_file),
+    )
+    if problems:
+        raise ConfigError(problems)
+    return secrets

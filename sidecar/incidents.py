@@ -1,0 +1,620 @@
+"""Incidents: their lifecycle, times and timeline, computed without any I/O.
+
+An :class:`IncidentBook` holds every open incident in memory (restored from the
+store at start) and turns commands (an Alertmanager notification, an
+acknowledgment, a resolution) into :class:`Change` objects: the rows to upsert,
+the timeline events to append and the effects to publish once the change is
+committed. Nothing here writes anywhere; the service commits changes and only
+then publishes their effects, or undoes them when the commit fails.
+
+Identity of an alert *instance* is ``(fingerprint, startsAt)``: Alertmanager
+gives a re-firing alert a new ``startsAt``. This is what lets a late duplicate
+of an old notification (HA peers, retries) be told apart from a group that
+fires again after it resolved.
+"""
+
+from __future__ import annotations
+
+import copy
+import secrets
+from collections import Counter
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Literal, Protocol
+
+from sidecar.alertmanager import Alert, Notification
+from sidecar.errors import IncidentNotFound, InvalidTransition
+
+State = Literal["triggered", "acknowledged", "resolved"]
+OPEN_STATES: tuple[State, ...] = ("triggered", "acknowledged")
+Source = Literal["alertmanager", "api", "pagerduty", "silence", "sidecar"]
+
+
+class ClassificationLike(Protocol):
+    """What the incident book needs from a rule match."""
+
+    @property
+    def severity(self) -> str: ...
+    @property
+    def team(self) -> str: ...
+
+
+class Classifier(Protocol):
+    """Maps an alert's labels and annotations to a severity and team (see ``sidecar.rules``)."""
+
+    def classify(
+        self, labels: Mapping[str, str], annotations: Mapping[str, str]
+    ) -> ClassificationLike: ...
+
+    def rank(self, severity: str) -> int: ...
+
+
+@dataclass(slots=True)
+class AlertState:
+    """One alert instance within an incident, as last reported."""
+
+    fingerprint: str
+    status: Literal["firing", "resolved"]
+    starts_at: float
+    ends_at: float | None
+    severity: str
+    labels: dict[str, str]
+    generator_url: str = ""
+
+    def to_json(self) -> dict[str, Any]:
+        """Plain form for storage and the API."""
+        return {
+            "fingerprint": self.fingerprint,
+            "status": self.status,
+            "starts_at": self.starts_at,
+            "ends_at": self.ends_at,
+            "severity": self.severity,
+            "labels": self.labels,
+            "generator_url": self.generator_url,
+        }
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> AlertState:
+        """Inverse of :meth:`to_json`."""
+        return cls(
+            fingerprint=data["fingerprint"],
+            status=data["status"],
+            starts_at=data["starts_at"],
+            ends_at=data["ends_at"],
+            severity=data["severity"],
+            labels=data["labels"],
+            generator_url=data.get("generator_url", ""),
+        )
+
+
+@dataclass(slots=True)
+class Incident:
+    """An incident and its times (UTC epoch seconds)."""
+
+    id: str
+    key: str
+    group_key: str
+    receiver: str
+    state: State
+    severity: str
+    team: str
+    title: str
+    labels: dict[str, str]
+    external_url: str
+    started_at: float
+    triggered_at: float
+    acknowledged_at: float | None = None
+    acknowledged_by: str | None = None
+    acknowledge_source: str | None = None
+    resolved_at: float | None = None
+    resolved_by: str | None = None
+    resolve_source: str | None = None
+    last_update_at: float | None = None
+    alerts: dict[str, AlertState] = field(default_factory=dict)
+    seq: int = 0
+
+    @property
+    def is_open(self) -> bool:
+        """True until the incident resolves."""
+        return self.state != "resolved"
+
+    def instances(self) -> frozenset[tuple[str, float]]:
+        """The alert instances this incident covers."""
+        return frozenset((a.fingerprint, a.starts_at) for a in self.alerts.values())
+
+    def firing(self) -> list[AlertState]:
+        """Alerts still firing."""
+        return [a for a in self.alerts.values() if a.status == "firing"]
+
+    def data_json(self) -> dict[str, Any]:
+        """The fields stored as a JSON document beside the indexed columns."""
+        return {
+            "group_key": self.group_key,
+            "receiver": self.receiver,
+            "title": self.title,
+            "labels": self.labels,
+            "external_url": self.external_url,
+            "acknowledged_by": self.acknowledged_by,
+            "acknowledge_source": self.acknowledge_source,
+            "resolved_by": self.resolved_by,
+            "resolve_source": self.resolve_source,
+            "last_update_at": self.last_update_at,
+            "alerts": [a.to_json() for a in self.alerts.values()],
+            "seq": self.seq,
+        }
+
+    @classmethod
+    def from_columns(
+        cls,
+        *,
+        id: str,  # noqa: A002 - the column's name
+        key: str,
+        state: State,
+        severity: str,
+        team: str,
+        started_at: float,
+        triggered_at: float,
+        acknowledged_at: float | None,
+        resolved_at: float | None,
+        data: Mapping[str, Any],
+    ) -> Incident:
+        """Rebuild an incident from its stored columns and JSON document."""
+        alerts = [AlertState.from_json(a) for a in data.get("alerts", [])]
+        return cls(
+            id=id,
+            key=key,
+            group_key=data.get("group_key", ""),
+            receiver=data.get("receiver", ""),
+            state=state,
+            severity=severity,
+            team=team,
+            title=data.get("title", ""),
+            labels=data.get("labels", {}),
+            external_url=data.get("external_url", ""),
+            started_at=started_at,
+            triggered_at=triggered_at,
+            acknowledged_at=acknowledged_at,
+            acknowledged_by=data.get("acknowledged_by"),
+            acknowledge_source=data.get("acknowledge_source"),
+            resolved_at=resolved_at,
+            resolved_by=data.get("resolved_by"),
+            resolve_source=data.get("resolve_source"),
+            last_update_at=data.get("last_update_at"),
+            alerts={a.fingerprint: a for a in alerts},
+            seq=data.get("seq", 0),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class TimelineEvent:
+    """One entry of an incident's timeline."""
+
+    incident_id: str
+    seq: int
+    at: float
+    kind: str
+    source: str
+    actor: str | None
+    message: str
+    data: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class Effect:
+    """Something to publish (metric, log line) once the change is committed.
+
+    ``kind`` is ``opened``, ``acknowledged``, ``resolved`` or ``severity_raised``;
+    ``seconds`` is the measured interval (time to detect, acknowledge, resolve).
+    """
+
+    kind: str
+    incident_id: str
+    severity: str
+    team: str
+    seconds: float | None = None
+    previous_severity: str | None = None
+    source: str | None = None
+    actor: str | None = None
+
+
+@dataclass(slots=True)
+class _Undo:
+    key: str
+    before: Incident | None
+    closed_before: _Closed | None
+
+
+@dataclass(frozen=True, slots=True)
+class _Closed:
+    incident_id: str
+    instances: frozenset[tuple[str, float]]
+    closed_at: float
+
+
+@dataclass(slots=True)
+class Change:
+    """The result of one command on one incident, ready to commit."""
+
+    incident: Incident
+    events: list[TimelineEvent]
+    effects: list[Effect]
+    undo: _Undo
+
+
+def new_incident_id() -> str:
+    """A random, URL-safe incident id."""
+    return secrets.token_hex(8)
+
+
+class IncidentBook:
+    """Every open incident, and the rules that move them through their lifecycle."""
+
+    def __init__(
+        self,
+        classifier: Classifier,
+        *,
+        key_mode: Literal["group", "alert"] = "group",
+        dedup_window: float = 6 * 3600.0,
+    ) -> None:
+        self.classifier = classifier
+        self.key_mode = key_mode
+        self.dedup_window = dedup_window
+        self._open: dict[str, Incident] = {}
+        self._by_id: dict[str, Incident] = {}
+        self._closed: dict[str, _Closed] = {}
+        self.open_counts: Counter[tuple[str, str]] = Counter()
+
+    # -- state access -----------------------------------------------------
+
+    def open_incidents(self) -> Iterable[Incident]:
+        """Every open incident."""
+        return self._by_id.values()
+
+    def get_open(self, incident_id: str) -> Incident | None:
+        """The open incident with that id, if any."""
+        return self._by_id.get(incident_id)
+
+    def __len__(self) -> int:
+        return len(self._by_id)
+
+    def restore(self, open_incidents: Iterable[Incident], closed: Iterable[Incident]) -> None:
+        """Load state from the store at start."""
+        for inc in closed:
+            if inc.resolved_at is not None:
+                self._closed[inc.key] = _Closed(inc.id, inc.instances(), inc.resolved_at)
+        for inc in open_incidents:
+            self._index(inc)
+
+    def set_classifier(self, classifier: Classifier) -> None:
+        """Swap the rules (reload); open incidents keep the severity they have."""
+        self.classifier = classifier
+
+    def _index(self, inc: Incident) -> None:
+        self._open[inc.key] = inc
+        self._by_id[inc.id] = inc
+        self.open_counts[(inc.severity, inc.state)] += 1
+
+    def _unindex(self, inc: Incident) -> None:
+        self._open.pop(inc.key, None)
+        self._by_id.pop(inc.id, None)
+        self.open_counts[(inc.severity, inc.state)] -= 1
+
+    # -- undo -------------------------------------------------------------
+
+    def _begin(self, key: str, inc: Incident | None) -> _Undo:
+        before = None
+        if inc is not None:
+            before = copy.copy(inc)
+            # Alert states are mutated in place by _merge: copy them too.
+            before.alerts = {fp: copy.copy(st) for fp, st in inc.alerts.items()}
+            before.labels = dict(inc.labels)
+            self._unindex(inc)
+        return _Undo(key, before, self._closed.get(key))
+
+    def _finish(self, inc: Incident) -> None:
+        if inc.is_open:
+            self._index(inc)
+        else:
+            self._closed[inc.key] = _Closed(inc.id, inc.instances(), inc.resolved_at or 0.0)
+
+    def undo(self, change: Change) -> None:
+        """Revert a change that could not be committed (apply in reverse order)."""
+        current = self._open.get(change.undo.key)
+        if current is not None and current.id == change.incident.id:
+            self._unindex(current)
+        before = change.undo.before
+        if before is not None and before.is_open:
+            self._index(before)
+        if change.undo.closed_before is None:
+            self._closed.pop(change.undo.key, None)
+        else:
+            self._closed[change.undo.key] = change.undo.closed_before
+
+    def expire_closed(self, now: float) -> int:
+        """Forget resolved incidents older than the dedup window; returns how many."""
+        horizon = now - self.dedup_window
+        stale = [k for k, c in self._closed.items() if c.closed_at < horizon]
+        for k in stale:
+            del self._closed[k]
+        return len(stale)
+
+    # -- commands ---------------------------------------------------------
+
+    def apply_notification(self, n: Notification, now: float) -> list[Change]:
+        """Apply an Alertmanager notification; returns the changes (empty for a duplicate)."""
+        if self.key_mode == "group":
+            change = self._apply(n.group_key, n.alerts, n, now, group_resolved=n.status == "resolved")
+            return [change] if change else []
+        changes = []
+        for alert in n.alerts:
+            change = self._apply(
+                alert.fingerprint, [alert], n, now, group_resolved=alert.status == "resolved"
+            )
+            if change:
+                changes.append(change)
+        return changes
+
+    def acknowledge(
+        self, incident_id: str, *, actor: str, source: str, now: float, message: str = ""
+    ) -> Change | None:
+        """Acknowledge an open incident; None when it already was (idempotent)."""
+        inc = self._require_open(incident_id)
+        if inc.state == "acknowledged":
+            return None
+        undo = self._begin(inc.key, inc)
+        inc.state = "acknowledged"
+        inc.acknowledged_at = now
+        inc.acknowledged_by = actor
+        inc.acknowledge_source = source
+        tta = max(0.0, now - inc.triggered_at)
+        events = [self._event(inc, now, "acknowledged", source, actor, message or f"acknowledged by {actor}")]
+        self._finish(inc)
+        effects = [Effect("acknowledged", inc.id, inc.severity, inc.team, tta, source=source, actor=actor)]
+        return Change(inc, events, effects, undo)
+
+    def resolve(
+        self, incident_id: str, *, actor: str, source: str, now: float, message: str = ""
+    ) -> Change:
+        """Resolve an open incident by hand (API, PagerDuty)."""
+        inc = self._require_open(incident_id)
+        undo = self._begin(inc.key, inc)
+        events = self._close(inc, now, source, actor, message or f"resolved by {actor}")
+        self._finish(inc)
+        return Change(inc, events, [self._resolved_effect(inc, source, actor)], undo)
+
+    def _require_open(self, incident_id: str) -> Incident:
+        inc = self._by_id.get(incident_id)
+        if inc is None:
+            raise IncidentNotFound(incident_id)
+        return inc
+
+    # -- notification logic ----------------------------------------------
+
+    def _apply(
+        self,
+        key: str,
+        alerts: list[Alert],
+        n: Notification,
+        now: float,
+        *,
+        group_resolved: bool,
+    ) -> Change | None:
+        inc = self._open.get(key)
+        if inc is None:
+            return self._open_new(key, alerts, n, now, group_resolved=group_resolved)
+        return self._merge(inc, alerts, n, now, group_resolved=group_resolved)
+
+    def _open_new(
+        self, key: str, alerts: list[Alert], n: Notification, now: float, *, group_resolved: bool
+    ) -> Change | None:
+        closed = self._closed.get(key)
+        firing = [a for a in alerts if a.status == "firing"]
+        relevant = firing or alerts
+        if closed is not None and {_instance(a) for a in relevant} <= closed.instances:
+            # A late duplicate of a notification for an incident already closed.
+            return None
+        undo = self._begin(key, None)
+        states = {a.fingerprint: self._alert_state(a) for a in alerts}
+        top = self._top(states.values(), firing_only=bool(firing))
+        cls = self.classifier.classify(top.labels, _annotations(alerts, top.fingerprint))
+        inc = Incident(
+            id=new_incident_id(),
+            key=key,
+            group_key=n.group_key,
+            receiver=n.receiver,
+            state="triggered",
+            severity=top.severity,
+            team=cls.team,
+            title=_title(n, alerts),
+            labels=dict(n.group_labels or n.common_labels),
+            external_url=n.external_url,
+            started_at=min(a.starts_at for a in states.values()),
+            triggered_at=now,
+            alerts=states,
+        )
+        # No firing alert: the firing notification never reached us (sidecar
+        # down, or the group resolved within group_wait). Keep the incident,
+        # already resolved, rather than lose it; its detection time is unknown.
+        missed = group_resolved or not firing
+        what = "recorded from a resolved notification" if missed else "opened"
+        events = [
+            self._event(
+                inc,
+                now,
+                "opened",
+                "alertmanager",
+                None,
+                f"{inc.severity} incident {what}: {inc.title}",
+                {"alerts": sorted(states), "firing_notification_missed": missed},
+            )
+        ]
+        ttd = None if missed else max(0.0, now - inc.started_at)
+        effects = [Effect("opened", inc.id, inc.severity, inc.team, ttd)]
+        if missed:
+            for st in inc.alerts.values():
+                if st.status == "firing":
+                    st.status = "resolved"
+                    st.ends_at = st.ends_at or now
+            events += self._close(inc, _ends(inc, now), "alertmanager", None, "all alerts resolved")
+            effects.append(self._resolved_effect(inc, "alertmanager", None))
+        self._finish(inc)
+        return Change(inc, events, effects, undo)
+
+    def _merge(
+        self, inc: Incident, alerts: list[Alert], n: Notification, now: float, *, group_resolved: bool
+    ) -> Change | None:
+        undo = self._begin(inc.key, inc)
+        events: list[TimelineEvent] = []
+        effects: list[Effect] = []
+        for alert in alerts:
+            starts = alert.starts_at.timestamp()
+            known = inc.alerts.get(alert.fingerprint)
+            if known is None or known.starts_at < starts:
+                inc.alerts[alert.fingerprint] = st = self._alert_state(alert)
+                what = "joined" if known is None else "fired again"
+                events.append(
+                    self._event(
+                        inc,
+                        now,
+                        "alert_added",
+                        "alertmanager",
+                        None,
+                        f"alert {_name(st)} {what} ({st.status}, {st.severity})",
+                        {"fingerprint": st.fingerprint, "status": st.status},
+                    )
+                )
+            elif known.starts_at > starts:
+                continue  # an older instance than the one we track: stale
+            elif known.status == "firing" and alert.status == "resolved":
+                known.status = "resolved"
+                known.ends_at = alert.ends_at.timestamp() if alert.ends_at else now
+                events.append(
+                    self._event(
+                        inc,
+                        now,
+                        "alert_resolved",
+                        "alertmanager",
+                        None,
+                        f"alert {_name(known)} resolved",
+                        {"fingerprint": known.fingerprint, "ends_at": known.ends_at},
+                    )
+                )
+            # Same instance, same status (a repeat), or firing after resolved
+            # (an out-of-order duplicate): resolution of an instance is final.
+        firing = inc.firing()
+        if firing:
+            top = self._top(firing, firing_only=True)
+            if self.classifier.rank(top.severity) < self.classifier.rank(inc.severity):
+                previous = inc.severity
+                inc.severity = top.severity
+                events.append(
+                    self._event(
+                        inc,
+                        now,
+                        "severity_raised",
+                        "alertmanager",
+                        None,
+                        f"severity raised from {previous} to {inc.severity}",
+                        {"from": previous, "to": inc.severity},
+                    )
+                )
+                effects.append(
+                    Effect(
+                        "severity_raised", inc.id, inc.severity, inc.team, previous_severity=previous
+                    )
+                )
+        if group_resolved and (self.key_mode == "alert" or not firing or n.status == "resolved"):
+            for st in firing:
+                # Alertmanager says the whole group resolved; alerts we track but
+                # that were truncated out of this payload resolved with it.
+                st.status = "resolved"
+                st.ends_at = st.ends_at or _ends(inc, now)
+            events += self._close(inc, _ends(inc, now), "alertmanager", None, "all alerts resolved")
+            effects.append(self._resolved_effect(inc, "alertmanager", None))
+        if not events:
+            self._finish(inc)
+            return None  # a duplicate or a repeat: nothing changed
+        self._finish(inc)
+        return Change(inc, events, effects, undo)
+
+    def _close(
+        self, inc: Incident, resolved_at: float, source: str, actor: str | None, message: str
+    ) -> list[TimelineEvent]:
+        inc.state = "resolved"
+        inc.resolved_at = resolved_at
+        inc.resolved_by = actor
+        inc.resolve_source = source
+        return [
+            self._event(
+                inc, resolved_at, "resolved", source, actor, message, {"resolved_at": resolved_at}
+            )
+        ]
+
+    def _resolved_effect(self, inc: Incident, source: str, actor: str | None) -> Effect:
+        ttr = max(0.0, (inc.resolved_at or inc.triggered_at) - inc.started_at)
+        return Effect("resolved", inc.id, inc.severity, inc.team, ttr, source=source, actor=actor)
+
+    def _alert_state(self, alert: Alert) -> AlertState:
+        cls = self.classifier.classify(alert.labels, alert.annotations)
+        return AlertState(
+            fingerprint=alert.fingerprint,
+            status=alert.status,
+            starts_at=alert.starts_at.timestamp(),
+            ends_at=alert.ends_at.timestamp() if alert.ends_at else None,
+            severity=cls.severity,
+            labels=dict(alert.labels),
+            generator_url=alert.generator_url,
+        )
+
+    def _top(self, states: Iterable[AlertState], *, firing_only: bool) -> AlertState:
+        pool = [s for s in states if s.status == "firing" or not firing_only]
+        return min(pool, key=lambda s: (self.classifier.rank(s.severity), s.starts_at))
+
+    def _event(
+        self,
+        inc: Incident,
+        at: float,
+        kind: str,
+        source: str,
+        actor: str | None,
+        message: str,
+        data: Mapping[str, Any] | None = None,
+    ) -> TimelineEvent:
+        inc.seq += 1
+        return TimelineEvent(inc.id, inc.seq, at, kind, source, actor, message, data or {})
+
+
+def _instance(alert: Alert) -> tuple[str, float]:
+    return (alert.fingerprint, alert.starts_at.timestamp())
+
+
+def _ends(inc: Incident, now: float) -> float:
+    """Resolution time: the latest ``endsAt`` of the alerts, not the notification's arrival."""
+    ends = [a.ends_at for a in inc.alerts.values() if a.ends_at is not None]
+    return max(ends) if ends else now
+
+
+def _name(st: AlertState) -> str:
+    return st.labels.get("alertname", st.fingerprint)
+
+
+def _annotations(alerts: list[Alert], fingerprint: str) -> Mapping[str, str]:
+    for a in alerts:
+        if a.fingerprint == fingerprint:
+            return a.annotations
+    return {}
+
+
+def _title(n: Notification, alerts: list[Alert]) -> str:
+    first = alerts[0]
+    summary = (
+        n.common_annotations.get("summary")
+        or first.annotations.get("summary")
+        or first.annotations.get("description", "")
+    )
+    name = n.common_labels.get("alertname") or first.labels.get("alertname", "alert")
+    title = f"{name}: {summary}" if summary else name
+    extra = ", ".join(f"{k}={v}" for k, v in sorted(n.group_labels.items()) if k != "alertname")
+    if extra and not summary:
+        title = f"{title} ({extra})"
+    return title[:1024]

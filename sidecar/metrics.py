@@ -1,0 +1,190 @@
+"""Every metric the sidecar exports, declared in one place on an injected registry.
+
+Label values come only from configuration (severities, teams, tiers) or fixed
+enums, never from payloads, so the series count stays bounded however many
+incidents are open. Histogram buckets include every configured SLA threshold,
+so ``..._bucket{le="<threshold>"}`` counts exactly the incidents within the SLA.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+
+from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+NAMESPACE = "incident_sla"
+SLA_KINDS = ("detect", "acknowledge", "resolve", "update", "postmortem")
+OPEN_STATES = ("triggered", "acknowledged")
+PAGERDUTY_RESULTS = ("accepted", "retried", "rejected")
+PAGERDUTY_ACTIONS = ("trigger", "acknowledge", "resolve")
+
+# Seconds; spans a fast page (1 s) to a weekly P3 resolution target.
+BASE_BUCKETS = (
+    1, 5, 15, 30, 60, 120, 300, 600, 900, 1800, 3600, 7200, 14400, 28800,
+    43200, 86400, 172800, 259200, 604800, 1209600,
+)  # fmt: skip
+
+
+def buckets_with(thresholds: Iterable[float]) -> tuple[float, ...]:
+    """The base buckets plus every SLA threshold, sorted and unique."""
+    return tuple(sorted({float(b) for b in BASE_BUCKETS} | {float(t) for t in thresholds if t > 0}))
+
+
+class _GaugeFromState(Collector):
+    """A gauge computed at scrape time from counts the domain keeps up to date."""
+
+    def __init__(
+        self,
+        name: str,
+        documentation: str,
+        labels: Sequence[str],
+        read: Callable[[], Mapping[tuple[str, ...], float]],
+        keys: Callable[[], Iterable[tuple[str, ...]]],
+    ) -> None:
+        self._name = name
+        self._doc = documentation
+        self._labels = list(labels)
+        self._read = read
+        self._keys = keys
+
+    def collect(self) -> Iterator[Metric]:
+        family = GaugeMetricFamily(self._name, self._doc, labels=self._labels)
+        values = self._read()
+        # Every configured label set is exported, zeros included, so that
+        # dashboards and absent() checks see the series from the start.
+        for key in self._keys():
+            family.add_metric(list(key), float(values.get(key, 0)))
+        yield family
+
+    def describe(self) -> Iterator[Metric]:
+        yield GaugeMetricFamily(self._name, self._doc, labels=self._labels)
+
+
+class Metrics:
+    """The sidecar's metrics, bound to ``registry``."""
+
+    def __init__(
+        self,
+        registry: CollectorRegistry,
+        *,
+        severities: Sequence[str],
+        teams: Sequence[str],
+        tiers: Sequence[str] = (),
+        sla_thresholds: Iterable[float] = (),
+    ) -> None:
+        self.registry = registry
+        self.severities = tuple(severities)
+        self.teams = tuple(teams)
+        buckets = buckets_with(sla_thresholds)
+        self.incidents_total = Counter(
+            "incidents_total",
+            "Incidents opened, by severity at opening and owning team.",
+            ["severity", "team"],
+            namespace=NAMESPACE,
+            registry=registry,
+        )
+        self.time_to_detect = Histogram(
+            "time_to_detect_seconds",
+            "Time from the earliest alert's startsAt to the incident's declaration.",
+            ["severity", "team"],
+            namespace=NAMESPACE,
+            buckets=buckets,
+            registry=registry,
+        )
+        self.time_to_acknowledge = Histogram(
+            "time_to_acknowledge_seconds",
+            "Time from declaration to acknowledgment (MTTA is its mean).",
+            ["severity", "team"],
+            namespace=NAMESPACE,
+            buckets=buckets,
+            registry=registry,
+        )
+        self.time_to_resolve = Histogram(
+            "time_to_resolve_seconds",
+            "Time from the earliest alert's startsAt to the alerts' endsAt (MTTR is its mean).",
+            ["severity", "team"],
+            namespace=NAMESPACE,
+            buckets=buckets,
+            registry=registry,
+        )
+        self.breaches_total = Counter(
+            "breaches_total",
+            "SLA breaches, counted the moment the deadline passes.",
+            ["severity", "team", "sla"],
+            namespace=NAMESPACE,
+            registry=registry,
+        )
+        self.escalations_total = Counter(
+            "escalations_total",
+            "Escalation steps taken.",
+            ["severity", "tier"],
+            namespace=NAMESPACE,
+            registry=registry,
+        )
+        self.pagerduty_events_total = Counter(
+            "pagerduty_events_total",
+            "PagerDuty Events API v2 sends, by action and result.",
+            ["action", "result"],
+            namespace=NAMESPACE,
+            registry=registry,
+        )
+        self.webhook_requests_total = Counter(
+            "webhook_requests_total",
+            "Inbound webhook requests, by source and HTTP status code.",
+            ["source", "code"],
+            namespace=NAMESPACE,
+            registry=registry,
+        )
+        for sev in self.severities:
+            for team in self.teams:
+                self.incidents_total.labels(sev, team)
+                self.time_to_detect.labels(sev, team)
+                self.time_to_acknowledge.labels(sev, team)
+                self.time_to_resolve.labels(sev, team)
+                for sla in SLA_KINDS:
+                    self.breaches_total.labels(sev, team, sla)
+            for tier in tiers:
+                self.escalations_total.labels(sev, tier)
+        for action in PAGERDUTY_ACTIONS:
+            for result in PAGERDUTY_RESULTS:
+                self.pagerduty_events_total.labels(action, result)
+
+    def track_open_incidents(self, counts: Callable[[], Mapping[tuple[str, str], float]]) -> None:
+        """Export ``open_incidents{severity,state}`` from the incident book's live counts."""
+        keys = [(sev, state) for sev in self.severities for state in OPEN_STATES]
+        self.registry.register(
+            _GaugeFromState(
+                f"{NAMESPACE}_open_incidents",
+                "Open incidents by current severity and state.",
+                ["severity", "state"],
+                counts,
+                lambda: keys,
+            )
+        )
+
+    def track_open_breached(self, counts: Callable[[], Mapping[tuple[str, str], float]]) -> None:
+        """Export ``open_breached_incidents{severity,sla}`` from live counts."""
+        keys = [(sev, sla) for sev in self.severities for sla in SLA_KINDS]
+        self.registry.register(
+            _GaugeFromState(
+                f"{NAMESPACE}_open_breached_incidents",
+                "Open incidents that have breached an SLA, by severity and SLA.",
+                ["severity", "sla"],
+                counts,
+                lambda: keys,
+            )
+        )
+
+    def track_outbox_pending(self, pending: Callable[[], float]) -> None:
+        """Export ``pagerduty_outbox_pending`` from the outbox's live size."""
+        self.registry.register(
+            _GaugeFromState(
+                f"{NAMESPACE}_pagerduty_outbox_pending",
+                "PagerDuty events written but not yet delivered.",
+                [],
+                lambda: {(): pending()},
+                lambda: [()],
+            )
+        )

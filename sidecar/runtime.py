@@ -1,0 +1,94 @@
+"""Builds the service's parts from a configuration, each injectable for tests."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+from prometheus_client import CollectorRegistry
+
+from sidecar.clock import Clock, SystemClock
+from sidecar.config import Config
+from sidecar.errors import ConfigError, ConfigProblem
+from sidecar.incidents import IncidentBook
+from sidecar.metrics import Metrics
+from sidecar.rules import RuleSet, load_rules
+from sidecar.service import IncidentService
+from sidecar.store import Store, open_store
+
+log = logging.getLogger("sidecar")
+
+
+@dataclass(slots=True)
+class Components:
+    """Everything a running sidecar is made of."""
+
+    config: Config
+    rules: RuleSet
+    store: Store
+    clock: Clock
+    registry: CollectorRegistry
+    metrics: Metrics
+    book: IncidentBook
+    service: IncidentService
+
+    def reload_rules(self) -> bool:
+        """Reload the rules file; on any problem keep the last good rules and return False."""
+        path = self.config.rules_file
+        try:
+            rules = load_rules(path)
+            _check_compatible(self.rules, rules, str(path))
+        except ConfigError as exc:
+            log.error(
+                "rules reload refused; keeping the last good rules",
+                extra={"problems": [str(p) for p in exc.problems]},
+            )
+            return False
+        self.rules = rules
+        self.book.set_classifier(rules)
+        log.info("rules reloaded", extra={"rules_file": str(path), "preset": rules.name})
+        return True
+
+
+def _check_compatible(old: RuleSet, new: RuleSet, file: str) -> None:
+    # Severities and teams are metric label values and SLA buckets fixed at
+    # start; changing them needs a restart, rules and ownership do not.
+    problems = []
+    if [s.name for s in old.severities] != [s.name for s in new.severities]:
+        problems.append(ConfigProblem(file, "severities", "changing severities needs a restart"))
+    if set(new.teams) - set(old.teams):
+        problems.append(ConfigProblem(file, "teams", "adding teams needs a restart"))
+    if problems:
+        raise ConfigError(problems)
+
+
+def build_components(
+    config: Config,
+    *,
+    clock: Clock | None = None,
+    registry: CollectorRegistry | None = None,
+    store: Store | None = None,
+    rules: RuleSet | None = None,
+) -> Components:
+    """Wire rules, store, metrics, incident book and service together (nothing started)."""
+    rules = rules or load_rules(config.rules_file)
+    clock = clock or SystemClock()
+    registry = registry if registry is not None else CollectorRegistry()
+    s = config.settings
+    store = store or open_store(
+        s.store.url, sqlite_path=config.sqlite_path, synchronous=s.store.synchronous
+    )
+    tiers = sorted({step.tier for sev in rules.severities for step in sev.escalation})
+    metrics = Metrics(
+        registry,
+        severities=[sev.name for sev in rules.severities],
+        teams=rules.teams,
+        tiers=tiers,
+        sla_thresholds=rules.sla_thresholds(),
+    )
+    book = IncidentBook(
+        rules, key_mode=s.incidents.key, dedup_window=s.incidents.dedup_window.total_seconds()
+    )
+    metrics.track_open_incidents(lambda: book.open_counts)
+    service = IncidentService(book, store, metrics, clock, max_batch=s.store.max_batch)
+    return Components(config, rules, store, clock, registry, metrics, book, service)

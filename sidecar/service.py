@@ -1,0 +1,174 @@
+"""The incident service: commands in, group-committed changes out, effects after commit.
+
+Every command (a notification, an acknowledgment, a resolution) is queued. One
+loop takes everything queued, applies it to the in-memory :class:`IncidentBook`,
+writes all resulting changes in one transaction and only then answers the
+callers and publishes metrics and logs. When the commit fails, the changes are
+undone in reverse order and every caller in the batch gets StoreUnavailable
+(503, so Alertmanager retries). One batch is in flight at a time, so changes
+never interleave with an uncommitted one, and requests that arrive during a
+commit form the next batch: durability costs one fsync per batch, not per request.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from sidecar.clock import Clock
+from sidecar.errors import StoreUnavailable
+from sidecar.incidents import Change, Effect, IncidentBook
+from sidecar.metrics import Metrics
+from sidecar.store.base import Store, WriteBatch, event_row, incident_row
+
+log = logging.getLogger("sidecar.incidents")
+
+Command = Callable[[float], list[Change]]
+
+
+@dataclass(slots=True)
+class _Pending:
+    command: Command
+    future: asyncio.Future[list[Change]] = field(
+        default_factory=lambda: asyncio.get_running_loop().create_future()
+    )
+
+
+class IncidentService:
+    """Serialises commands on the incident book and commits them in groups."""
+
+    def __init__(
+        self,
+        book: IncidentBook,
+        store: Store,
+        metrics: Metrics,
+        clock: Clock,
+        *,
+        max_batch: int = 1000,
+    ) -> None:
+        self.book = book
+        self.store = store
+        self.metrics = metrics
+        self.clock = clock
+        self.max_batch = max_batch
+        self._queue: asyncio.Queue[_Pending] = asyncio.Queue()
+        self._task: asyncio.Task[None] | None = None
+        self.batches_committed = 0
+        self._last_expiry = 0.0
+
+    async def start(self) -> None:
+        """Restore open incidents from the store and start the commit loop."""
+        now = self.clock.now()
+        open_incidents = await self.store.load_open()
+        closed = await self.store.load_closed_since(now - self.book.dedup_window)
+        self.book.restore(open_incidents, closed)
+        log.info(
+            "restored incidents from the store",
+            extra={"open_incidents": len(open_incidents), "recently_closed": len(closed)},
+        )
+        self._task = asyncio.create_task(self._loop(), name="incident-commit-loop")
+
+    async def stop(self) -> None:
+        """Finish the batch in flight, then stop."""
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+        while not self._queue.empty():
+            pending = self._queue.get_nowait()
+            if not pending.future.done():
+                pending.future.set_exception(StoreUnavailable("shutting down"))
+
+    @property
+    def running(self) -> bool:
+        """True while the commit loop runs."""
+        return self._task is not None and not self._task.done()
+
+    async def submit(self, command: Command) -> list[Change]:
+        """Run ``command`` in the next batch; returns its changes once durably committed."""
+        if self._task is None or self._task.done():
+            raise StoreUnavailable("incident service is not running")
+        pending = _Pending(command)
+        self._queue.put_nowait(pending)
+        return await pending.future
+
+    async def _loop(self) -> None:
+        while True:
+            batch = [await self._queue.get()]
+            while len(batch) < self.max_batch and not self._queue.empty():
+                batch.append(self._queue.get_nowait())
+            await self._commit(batch)
+
+    async def _commit(self, batch: list[_Pending]) -> None:
+        now = self.clock.now()
+        if now - self._last_expiry > 60:
+            self.book.expire_closed(now)
+            self._last_expiry = now
+        applied: list[tuple[_Pending, list[Change]]] = []
+        for pending in batch:
+            try:
+                changes = pending.command(now)
+            except Exception as exc:  # a domain error belongs to its caller alone
+                pending.future.set_exception(exc)
+                continue
+            applied.append((pending, changes))
+        all_changes = [c for _, changes in applied for c in changes]
+        if all_changes:
+            write = WriteBatch()
+            seen: dict[str, int] = {}
+            for change in all_changes:
+                # An incident changed twice in one batch is written once, in
+                # its final state, at its first position (open-before-reopen order).
+                row = incident_row(change.incident, now)
+                if change.incident.id in seen:
+                    write.incidents[seen[change.incident.id]] = row
+                else:
+                    seen[change.incident.id] = len(write.incidents)
+                    write.incidents.append(row)
+                write.events.extend(event_row(e) for e in change.events)
+            try:
+                await self.store.write(write)
+            except Exception as exc:  # whatever failed, nothing of this batch is committed
+                for change in reversed(all_changes):
+                    self.book.undo(change)
+                log.error("store write failed; batch rejected", extra={"error": str(exc)})
+                for pending, _ in applied:
+                    if not pending.future.done():
+                        pending.future.set_exception(StoreUnavailable(str(exc)))
+                return
+            self.batches_committed += 1
+            for change in all_changes:
+                for effect in change.effects:
+                    self._publish(effect)
+        for pending, changes in applied:
+            if not pending.future.done():
+                pending.future.set_result(changes)
+
+    def _publish(self, effect: Effect) -> None:
+        m = self.metrics
+        labels = (effect.severity, effect.team)
+        if effect.kind == "opened":
+            m.incidents_total.labels(*labels).inc()
+            if effect.seconds is not None:
+                m.time_to_detect.labels(*labels).observe(effect.seconds)
+        elif effect.kind == "acknowledged":
+            m.time_to_acknowledge.labels(*labels).observe(effect.seconds or 0.0)
+        elif effect.kind == "resolved":
+            m.time_to_resolve.labels(*labels).observe(effect.seconds or 0.0)
+        log.info(
+            f"incident {effect.kind}",
+            extra={
+                "event": f"incident_{effect.kind}",
+                "incident_id": effect.incident_id,
+                "severity": effect.severity,
+                "team": effect.team,
+                "seconds": effect.seconds,
+                "previous_severity": effect.previous_severity,
+                "source": effect.source,
+                "actor": effect.actor,
+            },
+        )

@@ -1,0 +1,144 @@
+"""The store interface and the row shapes every implementation writes."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import orjson
+
+from sidecar.incidents import Incident, TimelineEvent
+
+IncidentRow = tuple[str, str, str, str, str, float, float, float | None, float | None, float, bytes]
+EventRow = tuple[str, int, float, str, str, str | None, str, bytes]
+
+INCIDENT_COLUMNS = (
+    "id, key, state, severity, team, started_at, triggered_at, acknowledged_at, resolved_at, "
+    "updated_at, data"
+)
+
+
+def incident_row(inc: Incident, now: float) -> IncidentRow:
+    """The row that stores ``inc`` (indexed columns plus a JSON document)."""
+    return (
+        inc.id,
+        inc.key,
+        inc.state,
+        inc.severity,
+        inc.team,
+        inc.started_at,
+        inc.triggered_at,
+        inc.acknowledged_at,
+        inc.resolved_at,
+        now,
+        orjson.dumps(inc.data_json()),
+    )
+
+
+def event_row(ev: TimelineEvent) -> EventRow:
+    """The row that stores one timeline event."""
+    return (
+        ev.incident_id,
+        ev.seq,
+        ev.at,
+        ev.kind,
+        ev.source,
+        ev.actor,
+        ev.message,
+        orjson.dumps(dict(ev.data)),
+    )
+
+
+def incident_from_row(row: tuple[Any, ...]) -> Incident:
+    """Inverse of :func:`incident_row` (columns in ``INCIDENT_COLUMNS`` order)."""
+    return Incident.from_columns(
+        id=row[0],
+        key=row[1],
+        state=row[2],
+        severity=row[3],
+        team=row[4],
+        started_at=row[5],
+        triggered_at=row[6],
+        acknowledged_at=row[7],
+        resolved_at=row[8],
+        data=orjson.loads(row[10]),
+    )
+
+
+def event_from_row(row: tuple[Any, ...]) -> TimelineEvent:
+    """Inverse of :func:`event_row`."""
+    return TimelineEvent(
+        incident_id=row[0],
+        seq=row[1],
+        at=row[2],
+        kind=row[3],
+        source=row[4],
+        actor=row[5],
+        message=row[6],
+        data=orjson.loads(row[7]),
+    )
+
+
+@dataclass(slots=True)
+class WriteBatch:
+    """Everything one group commit writes, in order."""
+
+    incidents: list[IncidentRow] = field(default_factory=list)
+    events: list[EventRow] = field(default_factory=list)
+
+    def __bool__(self) -> bool:
+        return bool(self.incidents or self.events)
+
+
+@dataclass(frozen=True, slots=True)
+class IncidentQuery:
+    """Filters for listing incidents; ``state`` may be ``open`` for triggered or acknowledged."""
+
+    state: str | None = None
+    severity: str | None = None
+    team: str | None = None
+    limit: int = 100
+
+
+class Store(Protocol):
+    """Durable storage of incidents and their timelines.
+
+    Every method raises :class:`sidecar.errors.StoreUnavailable` when the
+    backend cannot serve it; ``write`` returns only once the batch is durable.
+    """
+
+    async def open(self) -> None:
+        """Connect and apply pending schema migrations."""
+
+    async def close(self) -> None:
+        """Release connections."""
+
+    async def write(self, batch: WriteBatch) -> None:
+        """Upsert incidents and append events in one durable transaction."""
+
+    async def load_open(self) -> list[Incident]:
+        """Every open incident (at start)."""
+        ...
+
+    async def load_closed_since(self, since: float) -> list[Incident]:
+        """The latest resolved incident of each key resolved after ``since``."""
+        ...
+
+    async def list_incidents(self, query: IncidentQuery) -> list[Incident]:
+        """Incidents matching ``query``, newest first."""
+        ...
+
+    async def get_incident(self, incident_id: str) -> Incident | None:
+        """One incident, open or not."""
+        ...
+
+    async def timeline(self, incident_id: str) -> list[TimelineEvent]:
+        """An incident's events in order."""
+        ...
+
+    async def ping(self) -> None:
+        """Raise StoreUnavailable unless the store answers."""
+
+    async def schema_version(self) -> int:
+        """The applied schema migration version."""
+        ...

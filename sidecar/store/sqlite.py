@@ -1,0 +1,260 @@
+"""The embedded SQLite store: WAL, ``synchronous=FULL`` commits, versioned migrations.
+
+One writer thread owns the write connection, so SQLite never contends with
+itself; the service hands it whole batches (group commit), so one fsync covers
+every request that arrived while the previous batch was being written. Reads go
+through a second connection on another thread, which WAL lets run beside the writer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any, TypeVar
+
+from sidecar.errors import StoreUnavailable
+from sidecar.incidents import Incident, TimelineEvent
+from sidecar.store.base import (
+    INCIDENT_COLUMNS,
+    IncidentQuery,
+    WriteBatch,
+    event_from_row,
+    incident_from_row,
+)
+
+T = TypeVar("T")
+
+# Each migration runs once, in order, in its own transaction; never edit one
+# that has shipped, add the next instead.
+MIGRATIONS: list[tuple[int, str, str]] = [
+    (
+        1,
+        "incidents and timeline",
+        """
+        CREATE TABLE incidents (
+            id TEXT PRIMARY KEY,
+            key TEXT NOT NULL,
+            state TEXT NOT NULL,
+            severity TEXT NOT NULL,
+            team TEXT NOT NULL,
+            started_at REAL NOT NULL,
+            triggered_at REAL NOT NULL,
+            acknowledged_at REAL,
+            resolved_at REAL,
+            updated_at REAL NOT NULL,
+            data BLOB NOT NULL
+        );
+        -- The database itself guarantees one open incident per key.
+        CREATE UNIQUE INDEX incidents_open_key ON incidents(key) WHERE state != 'resolved';
+        CREATE INDEX incidents_state ON incidents(state, severity, team);
+        CREATE INDEX incidents_triggered ON incidents(triggered_at);
+        CREATE INDEX incidents_key_resolved ON incidents(key, resolved_at);
+        CREATE TABLE events (
+            incident_id TEXT NOT NULL,
+            seq INTEGER NOT NULL,
+            at REAL NOT NULL,
+            kind TEXT NOT NULL,
+            source TEXT NOT NULL,
+            actor TEXT,
+            message TEXT NOT NULL,
+            data BLOB NOT NULL,
+            PRIMARY KEY (incident_id, seq)
+        ) WITHOUT ROWID;
+        """,
+    ),
+]
+
+_UPSERT = f"""
+INSERT INTO incidents ({INCIDENT_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+ON CONFLICT(id) DO UPDATE SET
+    state = excluded.state, severity = excluded.severity, team = excluded.team,
+    started_at = excluded.started_at, acknowledged_at = excluded.acknowledged_at,
+    resolved_at = excluded.resolved_at, updated_at = excluded.updated_at, data = excluded.data
+"""  # noqa: S608 - a constant column list, no input
+_INSERT_EVENT = "INSERT OR IGNORE INTO events VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
+_SELECT = f"SELECT {INCIDENT_COLUMNS} FROM incidents"  # noqa: S608
+
+
+class SQLiteStore:
+    """SQLite behind the :class:`~sidecar.store.base.Store` interface."""
+
+    def __init__(self, path: Path, *, synchronous: str = "full") -> None:
+        self.path = path
+        self.synchronous = synchronous.upper()
+        self._writer = ThreadPoolExecutor(1, thread_name_prefix="sqlite-writer")
+        self._reader = ThreadPoolExecutor(1, thread_name_prefix="sqlite-reader")
+        self._wcon: sqlite3.Connection | None = None
+        self._rcon: sqlite3.Connection | None = None
+
+    # -- plumbing ---------------------------------------------------------
+
+    def _connect(self) -> sqlite3.Connection:
+        con = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+        con.execute("PRAGMA busy_timeout = 5000")
+        con.execute("PRAGMA journal_mode = WAL")
+        con.execute(f"PRAGMA synchronous = {self.synchronous}")
+        return con
+
+    async def _run(self, pool: ThreadPoolExecutor, fn: Callable[[], T]) -> T:
+        try:
+            return await asyncio.get_running_loop().run_in_executor(pool, fn)
+        except sqlite3.Error as exc:
+            raise StoreUnavailable(f"sqlite: {exc}") from exc
+
+    def _w(self) -> sqlite3.Connection:
+        if self._wcon is None:
+            raise StoreUnavailable("store is not open")
+        return self._wcon
+
+    def _r(self) -> sqlite3.Connection:
+        if self._rcon is None:
+            raise StoreUnavailable("store is not open")
+        return self._rcon
+
+    # -- lifecycle --------------------------------------------------------
+
+    async def open(self) -> None:
+        """Create the database if needed and migrate it."""
+
+        def go() -> None:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._wcon = self._connect()
+            _migrate(self._wcon)
+
+        await self._run(self._writer, go)
+
+        def go_read() -> None:
+            self._rcon = self._connect()
+
+        await self._run(self._reader, go_read)
+
+    async def close(self) -> None:
+        """Close both connections and stop their threads."""
+
+        def close_w() -> None:
+            if self._wcon is not None:
+                self._wcon.close()
+                self._wcon = None
+
+        def close_r() -> None:
+            if self._rcon is not None:
+                self._rcon.close()
+                self._rcon = None
+
+        await self._run(self._writer, close_w)
+        await self._run(self._reader, close_r)
+        self._writer.shutdown(wait=True)
+        self._reader.shutdown(wait=True)
+
+    # -- writes -----------------------------------------------------------
+
+    async def write(self, batch: WriteBatch) -> None:
+        """Write the batch in one transaction; returns after the durable commit."""
+
+        def go() -> None:
+            con = self._w()
+            con.execute("BEGIN IMMEDIATE")
+            try:
+                if batch.incidents:
+                    con.executemany(_UPSERT, batch.incidents)
+                if batch.events:
+                    con.executemany(_INSERT_EVENT, batch.events)
+                con.execute("COMMIT")
+            except BaseException:
+                if con.in_transaction:
+                    con.execute("ROLLBACK")
+                raise
+
+        await self._run(self._writer, go)
+
+    # -- reads ------------------------------------------------------------
+
+    async def _select(self, sql: str, params: tuple[Any, ...] = ()) -> list[Incident]:
+        def go() -> list[Incident]:
+            return [incident_from_row(r) for r in self._r().execute(sql, params).fetchall()]
+
+        return await self._run(self._reader, go)
+
+    async def load_open(self) -> list[Incident]:
+        """Every open incident."""
+        return await self._select(f"{_SELECT} WHERE state != 'resolved'")
+
+    async def load_closed_since(self, since: float) -> list[Incident]:
+        """Latest resolved incident per key resolved after ``since``."""
+        return await self._select(
+            f"{_SELECT} WHERE state = 'resolved' AND resolved_at >= ? ORDER BY resolved_at",
+            (since,),
+        )
+
+    async def list_incidents(self, query: IncidentQuery) -> list[Incident]:
+        """Incidents matching the filters, newest first."""
+        where, params = [], []
+        if query.state == "open":
+            where.append("state != 'resolved'")
+        elif query.state:
+            where.append("state = ?")
+            params.append(query.state)
+        if query.severity:
+            where.append("severity = ?")
+            params.append(query.severity)
+        if query.team:
+            where.append("team = ?")
+            params.append(query.team)
+        sql = _SELECT + (" WHERE " + " AND ".join(where) if where else "")
+        sql += " ORDER BY triggered_at DESC, id LIMIT ?"
+        return await self._select(sql, (*params, query.limit))
+
+    async def get_incident(self, incident_id: str) -> Incident | None:
+        """One incident by id."""
+        rows = await self._select(f"{_SELECT} WHERE id = ?", (incident_id,))
+        return rows[0] if rows else None
+
+    async def timeline(self, incident_id: str) -> list[TimelineEvent]:
+        """The incident's events in sequence order."""
+
+        def go() -> list[TimelineEvent]:
+            cur = self._r().execute(
+                "SELECT * FROM events WHERE incident_id = ? ORDER BY seq", (incident_id,)
+            )
+            return [event_from_row(r) for r in cur.fetchall()]
+
+        return await self._run(self._reader, go)
+
+    async def ping(self) -> None:
+        """A trivial read through the reader connection."""
+        await self._run(self._reader, lambda: self._r().execute("SELECT 1").fetchone())
+
+    async def schema_version(self) -> int:
+        """Highest applied migration."""
+        return await self._run(self._reader, lambda: _version(self._r()))
+
+
+def _version(con: sqlite3.Connection) -> int:
+    row = con.execute("SELECT coalesce(max(version), 0) FROM schema_migrations").fetchone()
+    return int(row[0])
+
+
+def _migrate(con: sqlite3.Connection) -> None:
+    con.execute(
+        "CREATE TABLE IF NOT EXISTS schema_migrations "
+        "(version INTEGER PRIMARY KEY, name TEXT NOT NULL, applied_at REAL NOT NULL)"
+    )
+    current = _version(con)
+    for version, name, sql in MIGRATIONS:
+        if version <= current:
+            continue
+        con.execute("BEGIN IMMEDIATE")
+        try:
+            for statement in filter(None, (s.strip() for s in sql.split(";"))):
+                con.execute(statement)
+            con.execute(
+                "INSERT INTO schema_migrations VALUES (?, ?, strftime('%s','now'))",
+                (version, name),
+            )
+            con.execute("COMMIT")
+        except BaseException:
+            con.execute("ROLLBACK")
+            raise

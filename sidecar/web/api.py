@@ -1,0 +1,214 @@
+"""The incidents API: list, read, acknowledge, resolve."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+from aiohttp import web
+
+from sidecar.clock import isoformat
+from sidecar.errors import IncidentNotFound, InvalidTransition
+from sidecar.incidents import Incident, TimelineEvent
+from sidecar.rules import RuleSet
+from sidecar.store import IncidentQuery
+from sidecar.web.auth import require
+from sidecar.web.keys import COMPONENTS
+
+STATES = ("open", "triggered", "acknowledged", "resolved")
+MAX_LIMIT = 1000
+
+
+def sla_view(inc: Incident, rules: RuleSet, now: float) -> dict[str, Any]:
+    """Each SLA of the incident's severity: target, deadline, and whether it was met."""
+    try:
+        sla = rules.policy(inc.severity).sla
+    except KeyError:
+        return {}
+    # (sla name, measured from, measured until)
+    spans = {
+        "detect": (inc.started_at, inc.triggered_at),
+        "acknowledge": (inc.triggered_at, inc.acknowledged_at),
+        "resolve": (inc.started_at, inc.resolved_at),
+    }
+    out: dict[str, Any] = {}
+    for name, (start, end) in spans.items():
+        target = getattr(sla, name)
+        if target is None:
+            continue
+        deadline = start + target.total_seconds()
+        if end is not None:
+            status = "met" if end <= deadline else "breached"
+        else:
+            status = "breached" if now > deadline else ("pending" if inc.is_open else "not_applicable")
+        out[name] = {
+            "target_seconds": target.total_seconds(),
+            "deadline": isoformat(deadline),
+            "status": status,
+        }
+    if sla.update is not None and inc.is_open:
+        last = inc.last_update_at or inc.triggered_at
+        out["update"] = {
+            "target_seconds": sla.update.total_seconds(),
+            "deadline": isoformat(last + sla.update.total_seconds()),
+        }
+    if sla.postmortem is not None and inc.resolved_at is not None:
+        out["postmortem"] = {
+            "target_seconds": sla.postmortem.total_seconds(),
+            "deadline": isoformat(inc.resolved_at + sla.postmortem.total_seconds()),
+        }
+    return out
+
+
+def incident_view(inc: Incident, rules: RuleSet, now: float) -> dict[str, Any]:
+    """The public JSON shape of an incident."""
+    return {
+        "id": inc.id,
+        "key": inc.key,
+        "group_key": inc.group_key,
+        "receiver": inc.receiver,
+        "state": inc.state,
+        "severity": inc.severity,
+        "team": inc.team,
+        "title": inc.title,
+        "labels": inc.labels,
+        "started_at": isoformat(inc.started_at),
+        "triggered_at": isoformat(inc.triggered_at),
+        "acknowledged_at": isoformat(inc.acknowledged_at),
+        "acknowledged_by": inc.acknowledged_by,
+        "acknowledge_source": inc.acknowledge_source,
+        "resolved_at": isoformat(inc.resolved_at),
+        "resolved_by": inc.resolved_by,
+        "resolve_source": inc.resolve_source,
+        "alerts": [
+            {
+                "fingerprint": a.fingerprint,
+                "status": a.status,
+                "severity": a.severity,
+                "labels": a.labels,
+                "starts_at": isoformat(a.starts_at),
+                "ends_at": isoformat(a.ends_at),
+                "generator_url": a.generator_url,
+            }
+            for a in inc.alerts.values()
+        ],
+        "sla": sla_view(inc, rules, now),
+    }
+
+
+def event_view(ev: TimelineEvent) -> dict[str, Any]:
+    """The public JSON shape of a timeline event."""
+    return {
+        "seq": ev.seq,
+        "at": isoformat(ev.at),
+        "kind": ev.kind,
+        "source": ev.source,
+        "actor": ev.actor,
+        "message": ev.message,
+        "data": ev.data,
+    }
+
+
+def _json(data: Any, status: int = 200) -> web.Response:
+    return web.Response(body=orjson.dumps(data), status=status, content_type="application/json")
+
+
+def _bad(reason: str) -> web.HTTPBadRequest:
+    return web.HTTPBadRequest(reason=reason)
+
+
+async def list_incidents(request: web.Request) -> web.Response:
+    """``GET /api/v1/incidents?state=&severity=&team=&limit=``."""
+    c = request.app[COMPONENTS]
+    q = request.query
+    state, severity, team = q.get("state"), q.get("severity"), q.get("team")
+    if state is not None and state not in STATES:
+        raise _bad(f"state must be one of {', '.join(STATES)}")
+    if severity is not None and severity not in {s.name for s in c.rules.severities}:
+        raise _bad(f"unknown severity {severity!r}")
+    if team is not None and team not in c.rules.teams:
+        raise _bad(f"unknown team {team!r}")
+    try:
+        limit = int(q.get("limit", "100"))
+    except ValueError:
+        raise _bad("limit must be an integer") from None
+    if not 1 <= limit <= MAX_LIMIT:
+        raise _bad(f"limit must be between 1 and {MAX_LIMIT}")
+    found = await c.store.list_incidents(IncidentQuery(state, severity, team, limit))
+    now = c.clock.now()
+    return _json({"incidents": [incident_view(i, c.rules, now) for i in found]})
+
+
+async def _load(request: web.Request) -> Incident:
+    c = request.app[COMPONENTS]
+    incident_id = request.match_info["id"]
+    inc = c.book.get_open(incident_id) or await c.store.get_incident(incident_id)
+    if inc is None:
+        raise IncidentNotFound(incident_id)
+    return inc
+
+
+async def get_incident(request: web.Request) -> web.Response:
+    """``GET /api/v1/incidents/{id}``: the incident, its timeline and SLA deadlines."""
+    c = request.app[COMPONENTS]
+    inc = await _load(request)
+    events = await c.store.timeline(inc.id)
+    view = incident_view(inc, c.rules, c.clock.now())
+    view["timeline"] = [event_view(e) for e in events]
+    return _json(view)
+
+
+async def _actor(request: web.Request) -> tuple[str, str]:
+    if not request.can_read_body:
+        return "api", ""
+    try:
+        body = orjson.loads(await request.read())
+    except orjson.JSONDecodeError:
+        raise _bad("body must be JSON: {\"actor\": \"...\", \"message\": \"...\"}") from None
+    if not isinstance(body, dict):
+        raise _bad("body must be a JSON object")
+    actor, message = body.get("actor", "api"), body.get("message", "")
+    if not isinstance(actor, str) or not actor or len(actor) > 200:
+        raise _bad("actor must be a non-empty string of at most 200 characters")
+    if not isinstance(message, str) or len(message) > 4000:
+        raise _bad("message must be a string of at most 4000 characters")
+    return actor, message
+
+
+async def _transition(request: web.Request, action: str) -> web.Response:
+    c = request.app[COMPONENTS]
+    require(
+        request,
+        c.config.secrets.api_token,
+        disabled=c.config.settings.server.insecure_disable_auth,
+        allow_basic=False,
+    )
+    actor, message = await _actor(request)
+    incident_id = request.match_info["id"]
+    if c.book.get_open(incident_id) is None:
+        known = await c.store.get_incident(incident_id)
+        if known is None:
+            raise IncidentNotFound(incident_id)
+        raise InvalidTransition(f"incident {incident_id} is {known.state}; cannot {action} it")
+
+    def command(now: float) -> list[Any]:
+        if action == "acknowledge":
+            change = c.book.acknowledge(
+                incident_id, actor=actor, source="api", now=now, message=message
+            )
+            return [change] if change else []
+        return [c.book.resolve(incident_id, actor=actor, source="api", now=now, message=message)]
+
+    await c.service.submit(command)
+    inc = await _load(request)
+    return _json(incident_view(inc, c.rules, c.clock.now()))
+
+
+async def acknowledge(request: web.Request) -> web.Response:
+    """``POST /api/v1/incidents/{id}/acknowledge`` with ``{"actor", "message"}``."""
+    return await _transition(request, "acknowledge")
+
+
+async def resolve(request: web.Request) -> web.Response:
+    """``POST /api/v1/incidents/{id}/resolve`` with ``{"actor", "message"}``."""
+    return await _transition(request, "resolve")

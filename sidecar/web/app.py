@@ -1,0 +1,98 @@
+"""The aiohttp application factory, its middlewares and its lifecycle.
+
+Domain errors are translated into HTTP here and only here; every error answer
+is JSON with a reason, so Alertmanager's logs and curl users see why.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable
+
+from aiohttp import web
+
+from sidecar.errors import IncidentNotFound, InvalidTransition, StoreUnavailable
+from sidecar.runtime import Components
+from sidecar.web import api, ops, webhooks
+from sidecar.web.keys import COMPONENTS
+
+log = logging.getLogger("sidecar.web")
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+# Paths whose answers are counted in incident_sla_webhook_requests_total.
+WEBHOOK_SOURCES = {"/webhook/alertmanager": "alertmanager", "/webhook/pagerduty": "pagerduty"}
+
+
+def _error(status: int, reason: str) -> web.Response:
+    return web.json_response({"error": reason}, status=status)
+
+
+@web.middleware
+async def errors_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Turn domain errors and aiohttp's own HTTP errors into JSON answers."""
+    try:
+        return await handler(request)
+    except StoreUnavailable as exc:
+        log.warning("store unavailable", extra={"path": request.path, "error": str(exc)})
+        return _error(503, f"store unavailable, retry later: {exc}")
+    except IncidentNotFound as exc:
+        return _error(404, f"no incident with id {exc}")
+    except InvalidTransition as exc:
+        return _error(409, str(exc))
+    except web.HTTPException as exc:
+        if exc.status < 400 or exc.content_type == "application/json":
+            raise
+        # aiohttp's own errors (413, 405, 404) carry their detail in the text.
+        text = exc.text or ""
+        reason = text if text and not text.startswith(f"{exc.status}:") else exc.reason
+        headers = {k: v for k, v in exc.headers.items() if k == "WWW-Authenticate"}
+        return web.json_response({"error": reason}, status=exc.status, headers=headers)
+
+
+@web.middleware
+async def count_webhooks(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Count every webhook answer by source and status code."""
+    source = WEBHOOK_SOURCES.get(request.path)
+    if source is None:
+        return await handler(request)
+    metrics = request.app[COMPONENTS].metrics
+    try:
+        response = await handler(request)
+    except web.HTTPException as exc:
+        metrics.webhook_requests_total.labels(source, str(exc.status)).inc()
+        raise
+    metrics.webhook_requests_total.labels(source, str(response.status)).inc()
+    return response
+
+
+async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
+    components = app[COMPONENTS]
+    await components.store.open()
+    try:
+        await components.service.start()
+        try:
+            yield
+        finally:
+            await components.service.stop()
+    finally:
+        await components.store.close()
+
+
+def create_app(components: Components) -> web.Application:
+    """Build the application around already-built components."""
+    app = web.Application(
+        client_max_size=components.config.settings.server.max_body_size,
+        middlewares=[count_webhooks, errors_middleware],
+    )
+    app[COMPONENTS] = components
+    app.cleanup_ctx.append(_lifecycle)
+    app.router.add_post("/webhook/alertmanager", webhooks.alertmanager)
+    app.router.add_get("/api/v1/incidents", api.list_incidents)
+    app.router.add_get("/api/v1/incidents/{id}", api.get_incident)
+    app.router.add_post("/api/v1/incidents/{id}/acknowledge", api.acknowledge)
+    app.router.add_post("/api/v1/incidents/{id}/resolve", api.resolve)
+    app.router.add_get("/metrics", ops.metrics)
+    app.router.add_get("/healthz", ops.healthz)
+    app.router.add_get("/readyz", ops.readyz)
+    return app

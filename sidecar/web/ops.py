@@ -1,0 +1,32 @@
+"""Operational endpoints: Prometheus exposition, liveness and readiness."""
+
+from __future__ import annotations
+
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from sidecar.errors import StoreUnavailable
+from sidecar.web.keys import COMPONENTS
+
+
+async def metrics(request: web.Request) -> web.Response:
+    """``GET /metrics``."""
+    body = generate_latest(request.app[COMPONENTS].registry)
+    return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+
+async def healthz(request: web.Request) -> web.Response:
+    """``GET /healthz``: the process answers."""
+    return web.json_response({"status": "ok"})
+
+
+async def readyz(request: web.Request) -> web.Response:
+    """``GET /readyz``: the store answers and incidents are loaded."""
+    c = request.app[COMPONENTS]
+    try:
+        await c.store.ping()
+    except StoreUnavailable as exc:
+        return web.json_response({"status": "unavailable", "error": str(exc)}, status=503)
+    if not c.service.running:
+        return web.json_response({"status": "starting"}, status=503)
+    return web.json_response({"status": "ready", "open_incidents": len(c.book)})

@@ -1,0 +1,121 @@
+"""Load YAML safely and turn validation errors into ``file:line:col: location: reason`` problems.
+
+Only :func:`yaml.safe_load`-level constructs are ever built: the node tree is
+composed with ``yaml.SafeLoader`` so that each value keeps its position.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import ValidationError
+
+from sidecar.errors import ConfigError, ConfigProblem
+
+Loc = tuple[int | str, ...]
+
+
+class YamlDocument:
+    """A parsed YAML file: its data and where each value came from."""
+
+    def __init__(self, path: Path, data: Any, marks: dict[Loc, tuple[int, int]]) -> None:
+        self.path = path
+        self.data = data
+        self._marks = marks
+
+    def position(self, loc: Sequence[int | str]) -> tuple[int, int] | None:
+        """Line and column (1-based) of the deepest known node on ``loc``."""
+        key: Loc = tuple(loc)
+        while True:
+            if key in self._marks:
+                return self._marks[key]
+            if not key:
+                return None
+            key = key[:-1]
+
+    def problems(self, error: ValidationError, prefix: Loc = ()) -> list[ConfigProblem]:
+        """Convert a pydantic error into one problem per failing location."""
+        return problems_from_validation(error, str(self.path), self.position, prefix)
+
+
+def problems_from_validation(
+    error: ValidationError,
+    file: str,
+    position: Any = None,
+    prefix: Loc = (),
+) -> list[ConfigProblem]:
+    """One :class:`ConfigProblem` per pydantic error, located when ``position`` knows where."""
+    out = []
+    for item in error.errors(include_url=False):
+        loc = prefix + tuple(item["loc"])
+        pos = position(loc) if position is not None else None
+        reason = str(item["msg"])
+        if reason.startswith("Value error, "):
+            reason = reason[len("Value error, ") :]
+        out.append(
+            ConfigProblem(
+                file=file,
+                location=format_loc(loc),
+                reason=reason,
+                line=pos[0] if pos else None,
+                column=pos[1] if pos else None,
+            )
+        )
+    return out
+
+
+def format_loc(loc: Iterable[int | str]) -> str:
+    """``("rules", 3, "match")`` -> ``rules[3].match``."""
+    text = ""
+    for part in loc:
+        if isinstance(part, int):
+            text += f"[{part}]"
+        else:
+            text += f".{part}" if text else str(part)
+    return text
+
+
+def load_yaml(path: Path) -> YamlDocument:
+    """Read and parse ``path``; raise :class:`ConfigError` naming the file and position."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError([ConfigProblem(str(path), "", f"cannot read file: {exc.strerror}")]) from exc
+    try:
+        node = yaml.compose(text, Loader=yaml.SafeLoader)
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        reason = str(getattr(exc, "problem", None) or exc)
+        raise ConfigError(
+            [
+                ConfigProblem(
+                    str(path),
+                    "",
+                    f"invalid YAML: {reason}",
+                    line=mark.line + 1 if mark else None,
+                    column=mark.column + 1 if mark else None,
+                )
+            ]
+        ) from exc
+    marks: dict[Loc, tuple[int, int]] = {}
+    if node is not None:
+        _collect_marks(node, (), marks)
+    return YamlDocument(path, {} if data is None else data, marks)
+
+
+def _collect_marks(node: yaml.Node, loc: Loc, marks: dict[Loc, tuple[int, int]]) -> None:
+    marks[loc] = (node.start_mark.line + 1, node.start_mark.column + 1)
+    if isinstance(node, yaml.MappingNode):
+        for key_node, value_node in node.value:
+            key = key_node.value if isinstance(key_node, yaml.ScalarNode) else str(key_node)
+            # The key's own position is the most useful place to point at.
+            marks[(*loc, key)] = (key_node.start_mark.line + 1, key_node.start_mark.column + 1)
+            _collect_marks(value_node, (*loc, key), marks)
+            marks[(*loc, key)] = (key_node.start_mark.line + 1, key_node.start_mark.column + 1)
+    elif isinstance(node, yaml.SequenceNode):
+        for index, item in enumerate(node.value):
+            _collect_marks(item, (*loc, index), marks)
