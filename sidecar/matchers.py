@@ -240,14 +240,15 @@ class _GoRegexTranslator:
         flag_group = _FLAG_GROUP.match(src, pos)
         if flag_group is not None and set(flag_group.group(1)) <= set("imsU-"):
             flags = flag_group.group(1)
-            if "U" in flags:
-                raise ValueError("the ungreedy flag U is not supported")
             if flags.endswith("-") or (not flags and flag_group.group(2) == ")"):
                 raise ValueError(f"invalid or unsupported Perl syntax {flag_group.group(0)!r}")
+            # Ungreedy (U) only changes what a match captures, never whether the
+            # whole value matches, so it can be dropped.
+            flags = flags.replace("U", "").rstrip("-").removeprefix("-") if "U" in flags else flags
             if flag_group.group(2) == ":":
                 self.out.append(f"(?{flags}:")
                 self.scopes.append([])
-            else:
+            elif flags:
                 self.out.append(f"(?{flags}:")
                 self.scopes[-1].append(flags)
             self.pos = flag_group.end()

@@ -88,6 +88,7 @@ class SQLiteStore:
         self._reader = ThreadPoolExecutor(1, thread_name_prefix="sqlite-reader")
         self._wcon: sqlite3.Connection | None = None
         self._rcon: sqlite3.Connection | None = None
+        self._closed = False
 
     # -- plumbing ---------------------------------------------------------
 
@@ -99,6 +100,8 @@ class SQLiteStore:
         return con
 
     async def _run(self, pool: ThreadPoolExecutor, fn: Callable[[], T]) -> T:
+        if self._closed:
+            raise StoreUnavailable("store is closed")
         try:
             return await asyncio.get_running_loop().run_in_executor(pool, fn)
         except sqlite3.Error as exc:
@@ -144,8 +147,11 @@ class SQLiteStore:
                 self._rcon.close()
                 self._rcon = None
 
+        if self._closed:
+            return
         await self._run(self._writer, close_w)
         await self._run(self._reader, close_r)
+        self._closed = True
         self._writer.shutdown(wait=True)
         self._reader.shutdown(wait=True)
 

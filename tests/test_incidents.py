@@ -1,0 +1,231 @@
+"""The incident book: lifecycle, times and idempotency under Alertmanager's delivery habits."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from sidecar.alertmanager import Notification
+from sidecar.errors import IncidentNotFound
+from sidecar.incidents import IncidentBook
+from sidecar.rules import RuleSet, load_rules
+from tests.conftest import DATA
+from tests.payloads import alert, notification
+
+T0 = 1_700_000_000.0
+
+
+@pytest.fixture
+def rules() -> RuleSet:
+    return load_rules(DATA / "rules-mini.yaml")
+
+
+@pytest.fixture
+def book(rules: RuleSet) -> IncidentBook:
+    return IncidentBook(rules)
+
+
+def n(*alerts: dict[str, Any], **kw: Any) -> Notification:
+    return Notification.model_validate(notification(*alerts, **kw))
+
+
+def kinds(book: IncidentBook, payload: Notification, now: float) -> list[str]:
+    return [e.kind for c in book.apply_notification(payload, now) for e in c.events]
+
+
+def test_first_firing_notification_opens_an_incident_with_its_times(book: IncidentBook) -> None:
+    changes = book.apply_notification(n(alert(labels={"severity": "critical"})), T0 + 90)
+    assert len(changes) == 1
+    inc = changes[0].incident
+    assert (inc.state, inc.severity, inc.team) == ("triggered", "P0", "sre")
+    assert inc.started_at == T0
+    assert inc.triggered_at == T0 + 90
+    assert [e.kind for e in changes[0].events] == ["opened"]
+    assert [(e.kind, e.seconds) for e in changes[0].effects] == [("opened", 90.0)]
+    assert book.open_counts[("P0", "triggered")] == 1
+
+
+def test_duplicate_and_repeat_notifications_change_nothing(book: IncidentBook) -> None:
+    payload = n(alert())
+    book.apply_notification(payload, T0 + 10)
+    assert book.apply_notification(payload, T0 + 11) == []  # HA duplicate
+    assert book.apply_notification(payload, T0 + 3600) == []  # repeat_interval
+    assert len(book) == 1
+
+
+def test_resolution_takes_ends_at_not_arrival(book: IncidentBook) -> None:
+    book.apply_notification(n(alert()), T0 + 10)
+    changes = book.apply_notification(n(alert(status="resolved", ends=T0 + 600)), T0 + 900)
+    inc = changes[0].incident
+    assert inc.state == "resolved"
+    assert inc.resolved_at == T0 + 600
+    assert [(e.kind, e.seconds) for e in changes[0].effects] == [("resolved", 600.0)]
+    assert len(book) == 0
+    assert sum(book.open_counts.values()) == 0
+
+
+def test_late_duplicates_after_resolution_neither_reopen_nor_duplicate(book: IncidentBook) -> None:
+    firing = n(alert())
+    resolved = n(alert(status="resolved", ends=T0 + 600))
+    book.apply_notification(firing, T0 + 10)
+    book.apply_notification(resolved, T0 + 620)
+    assert book.apply_notification(firing, T0 + 621) == []  # delayed HA peer
+    assert book.apply_notification(resolved, T0 + 622) == []
+    assert len(book) == 0
+
+
+def test_group_firing_again_after_it_resolved_opens_a_new_incident(book: IncidentBook) -> None:
+    first = book.apply_notification(n(alert()), T0 + 10)[0].incident.id
+    book.apply_notification(n(alert(status="resolved", ends=T0 + 600)), T0 + 620)
+    again = book.apply_notification(n(alert(starts=T0 + 3000)), T0 + 3010)
+    assert len(again) == 1
+    assert again[0].incident.id != first
+    assert again[0].incident.started_at == T0 + 3000
+
+
+def test_resolved_notification_without_firing_records_a_closed_incident(book: IncidentBook) -> None:
+    changes = book.apply_notification(n(alert(status="resolved", ends=T0 + 300)), T0 + 400)
+    inc = changes[0].incident
+    assert inc.state == "resolved"
+    assert inc.resolved_at == T0 + 300
+    assert [e.kind for e in changes[0].events] == ["opened", "resolved"]
+    assert changes[0].events[0].data["firing_notification_missed"] is True
+    # Detection time is unknown, so it is not observed; resolution time is.
+    assert [(e.kind, e.seconds) for e in changes[0].effects] == [("opened", None), ("resolved", 300.0)]
+    assert book.apply_notification(n(alert(status="resolved", ends=T0 + 300)), T0 + 401) == []
+
+
+def test_severity_rises_with_a_more_severe_alert_and_never_falls(book: IncidentBook) -> None:
+    warn = alert("Slow", fingerprint="00000000000000a1", labels={"severity": "warning"})
+    crit = alert("Down", fingerprint="00000000000000a2", labels={"severity": "critical"})
+    inc = book.apply_notification(n(warn, group_key="g"), T0 + 10)[0].incident
+    assert inc.severity == "P1"
+    changes = book.apply_notification(n(warn, crit, group_key="g"), T0 + 20)
+    assert [e.kind for e in changes[0].events] == ["alert_added", "severity_raised"]
+    assert inc.severity == "P0"
+    assert changes[0].effects[0].previous_severity == "P1"
+    crit_resolved = {**crit, "status": "resolved", "endsAt": "2023-11-14T22:20:00Z"}
+    book.apply_notification(n(warn, crit_resolved, group_key="g"), T0 + 30)
+    assert inc.severity == "P0"
+    assert inc.state == "triggered"
+    assert book.open_counts[("P0", "triggered")] == 1
+    assert book.open_counts[("P1", "triggered")] == 0
+
+
+def test_alerts_join_and_leave_a_group(book: IncidentBook) -> None:
+    a1 = alert("Err", fingerprint="00000000000000b1", labels={"instance": "a"})
+    a2 = alert("Err", fingerprint="00000000000000b2", labels={"instance": "b"}, starts=T0 + 5)
+    book.apply_notification(n(a1, group_key="g"), T0 + 10)
+    assert kinds(book, n(a1, a2, group_key="g"), T0 + 20) == ["alert_added"]
+    a1r = alert("Err", fingerprint="00000000000000b1", status="resolved", ends=T0 + 50)
+    assert kinds(book, n(a1r, a2, group_key="g"), T0 + 60) == ["alert_resolved"]
+    a2r = alert("Err", fingerprint="00000000000000b2", status="resolved", starts=T0 + 5, ends=T0 + 90)
+    changes = book.apply_notification(n(a2r, group_key="g"), T0 + 100)
+    inc = changes[0].incident
+    assert [e.kind for e in changes[0].events] == ["alert_resolved", "resolved"]
+    assert inc.resolved_at == T0 + 90  # the latest endsAt of all its alerts
+    assert inc.started_at == T0
+
+
+def test_truncated_resolved_notification_resolves_alerts_it_left_out(book: IncidentBook) -> None:
+    a1 = alert("Err", fingerprint="00000000000000c1")
+    a2 = alert("Err", fingerprint="00000000000000c2")
+    book.apply_notification(n(a1, a2, group_key="g"), T0 + 10)
+    a1r = alert("Err", fingerprint="00000000000000c1", status="resolved", ends=T0 + 70)
+    changes = book.apply_notification(n(a1r, group_key="g", truncated=1, status="resolved"), T0 + 80)
+    inc = changes[0].incident
+    assert inc.state == "resolved"
+    assert all(a.status == "resolved" for a in inc.alerts.values())
+
+
+def test_out_of_order_firing_after_resolved_is_ignored(book: IncidentBook) -> None:
+    a1 = alert("Err", fingerprint="00000000000000d1")
+    a2 = alert("Err", fingerprint="00000000000000d2")
+    book.apply_notification(n(a1, a2, group_key="g"), T0 + 10)
+    a1r = alert("Err", fingerprint="00000000000000d1", status="resolved", ends=T0 + 40)
+    book.apply_notification(n(a1r, a2, group_key="g"), T0 + 50)
+    # A delayed duplicate of the first notification: a1 must stay resolved.
+    assert book.apply_notification(n(a1, a2, group_key="g"), T0 + 51) == []
+
+
+def test_alert_mode_makes_one_incident_per_fingerprint(rules: RuleSet) -> None:
+    book = IncidentBook(rules, key_mode="alert")
+    a1 = alert("Err", fingerprint="00000000000000e1")
+    a2 = alert("Err", fingerprint="00000000000000e2")
+    changes = book.apply_notification(n(a1, a2, group_key="g"), T0 + 10)
+    assert len({c.incident.id for c in changes}) == 2
+    a1r = alert("Err", fingerprint="00000000000000e1", status="resolved", ends=T0 + 30)
+    changes = book.apply_notification(n(a1r, a2, group_key="g"), T0 + 40)
+    assert [c.incident.state for c in changes] == ["resolved"]
+    assert len(book) == 1
+
+
+def test_acknowledge_is_idempotent_and_measures_time_to_acknowledge(book: IncidentBook) -> None:
+    inc = book.apply_notification(n(alert()), T0 + 10)[0].incident
+    change = book.acknowledge(inc.id, actor="alice", source="api", now=T0 + 70)
+    assert change is not None
+    assert (inc.state, inc.acknowledged_by, inc.acknowledge_source) == ("acknowledged", "alice", "api")
+    assert change.effects[0].seconds == 60.0
+    assert book.acknowledge(inc.id, actor="bob", source="api", now=T0 + 80) is None
+    assert inc.acknowledged_by == "alice"
+
+
+def test_manual_resolution_and_unknown_ids(book: IncidentBook) -> None:
+    inc = book.apply_notification(n(alert()), T0 + 10)[0].incident
+    change = book.resolve(inc.id, actor="bob", source="api", now=T0 + 100)
+    assert (inc.state, inc.resolved_at, inc.resolved_by) == ("resolved", T0 + 100, "bob")
+    assert change.effects[0].seconds == 100.0
+    with pytest.raises(IncidentNotFound):
+        book.acknowledge(inc.id, actor="x", source="api", now=T0 + 200)
+    with pytest.raises(IncidentNotFound):
+        book.resolve("nope", actor="x", source="api", now=T0)
+
+
+def test_undo_restores_the_state_before_a_failed_commit(book: IncidentBook) -> None:
+    a1 = alert("Err", fingerprint="00000000000000f1")
+    inc = book.apply_notification(n(a1, group_key="g"), T0 + 10)[0].incident
+    a1r = alert("Err", fingerprint="00000000000000f1", status="resolved", ends=T0 + 20)
+    change = book.apply_notification(n(a1r, group_key="g"), T0 + 30)[0]
+    assert len(book) == 0
+    book.undo(change)
+    assert len(book) == 1
+    restored = book.get_open(inc.id)
+    assert restored is not None
+    assert restored.alerts["00000000000000f1"].status == "firing"
+    assert book.open_counts[("P2", "triggered")] == 1
+    # The retried notification now applies again.
+    assert [c.incident.state for c in book.apply_notification(n(a1r, group_key="g"), T0 + 40)] == [
+        "resolved"
+    ]
+
+
+def test_undo_of_an_opening_forgets_the_incident(book: IncidentBook) -> None:
+    change = book.apply_notification(n(alert()), T0 + 10)[0]
+    book.undo(change)
+    assert len(book) == 0
+    assert sum(book.open_counts.values()) == 0
+    assert len(book.apply_notification(n(alert()), T0 + 20)) == 1
+
+
+def test_restore_rebuilds_open_and_recently_closed(book: IncidentBook, rules: RuleSet) -> None:
+    open_inc = book.apply_notification(n(alert(), group_key="a"), T0 + 10)[0].incident
+    book.apply_notification(n(alert(fingerprint="1111111111111111"), group_key="b"), T0 + 10)
+    closed = book.apply_notification(
+        n(alert(fingerprint="1111111111111111", status="resolved", ends=T0 + 50), group_key="b"),
+        T0 + 60,
+    )[0].incident
+    fresh = IncidentBook(rules)
+    fresh.restore([open_inc], [closed])
+    assert fresh.get_open(open_inc.id) is not None
+    assert fresh.apply_notification(n(alert(), group_key="a"), T0 + 70) == []
+    late = n(alert(fingerprint="1111111111111111"), group_key="b")
+    assert fresh.apply_notification(late, T0 + 70) == []
+
+
+def test_expired_closed_incidents_are_forgotten(rules: RuleSet) -> None:
+    book = IncidentBook(rules, dedup_window=100)
+    book.apply_notification(n(alert()), T0 + 10)
+    book.apply_notification(n(alert(status="resolved", ends=T0 + 20)), T0 + 30)
+    assert book.expire_closed(T0 + 500) == 1
+    assert book.expire_closed(T0 + 500) == 0

@@ -1,0 +1,269 @@
+"""The HTTP edge: status codes of the contract, credentials, bad input, and the incidents API."""
+
+from __future__ import annotations
+
+import base64
+import json
+from typing import Any
+
+import pytest
+from aiohttp.test_utils import TestClient
+
+from sidecar.runtime import Components
+from sidecar.store import IncidentQuery
+from tests.conftest import API_TOKEN, WEBHOOK_TOKEN
+from tests.payloads import alert, body, notification
+
+Client = TestClient[Any, Any]
+HOOK = "/webhook/alertmanager"
+
+
+async def fire(client: Client, auth: dict[str, str], **kw: Any) -> dict[str, Any]:
+    resp = await client.post(HOOK, data=body(notification(alert(**kw))), headers=auth)
+    assert resp.status == 200, await resp.text()
+    result: dict[str, Any] = await resp.json()
+    return result
+
+
+async def count_rows(components: Components) -> int:
+    return len(await components.store.list_incidents(IncidentQuery()))
+
+
+def sample(components: Components, name: str, **labels: str) -> float | None:
+    return components.registry.get_sample_value(name, labels)
+
+
+async def test_firing_notification_opens_an_incident_readable_through_the_api(
+    client: Client, auth: dict[str, str], components: Components
+) -> None:
+    answer = await fire(client, auth, labels={"severity": "critical"})
+    [changed] = answer["changed"]
+    assert changed["state"] == "triggered"
+    resp = await client.get(f"/api/v1/incidents/{changed['id']}")
+    assert resp.status == 200
+    data = await resp.json()
+    assert (data["severity"], data["team"], data["state"]) == ("P0", "sre", "triggered")
+    assert [e["kind"] for e in data["timeline"]] == ["opened"]
+    assert data["sla"]["acknowledge"]["target_seconds"] == 300
+    assert sample(components, "incident_sla_incidents_total", severity="P0", team="sre") == 1
+    assert (
+        sample(components, "incident_sla_webhook_requests_total", source="alertmanager", code="200")
+        == 1
+    )
+
+
+@pytest.mark.parametrize(
+    ("payload", "reason_part"),
+    [
+        (b"{not json", "malformed JSON"),
+        (b"[]", "Input should be"),
+        (body({**notification(alert()), "version": "3"}), "unsupported webhook version"),
+        (body({k: v for k, v in notification(alert()).items() if k != "groupKey"}), "groupKey"),
+        (body({**notification(alert()), "alerts": []}), "alerts"),
+        (body({**notification(alert()), "status": "maybe"}), "status"),
+        (body({**notification(alert()), "truncatedAlerts": "many"}), "truncatedAlerts"),
+        (body(notification({**alert(), "labels": {"a": 1}})), "alerts.0.labels.a"),
+        (body(notification({**alert(), "startsAt": "yesterday"})), "alerts.0.startsAt"),
+        (body(notification({**alert(), "fingerprint": "not-hex!"})), "alerts.0.fingerprint"),
+        (body(notification({k: v for k, v in alert().items() if k != "status"})), "alerts.0.status"),
+    ],
+    ids=[
+        "malformed-json", "not-an-object", "wrong-version", "missing-groupKey", "no-alerts",
+        "bad-status", "wrong-type", "label-not-string", "bad-time", "bad-fingerprint",
+        "alert-missing-status",
+    ],
+)
+async def test_invalid_payloads_get_400_with_a_reason_and_write_nothing(
+    client: Client, auth: dict[str, str], components: Components, payload: bytes, reason_part: str
+) -> None:
+    resp = await client.post(HOOK, data=payload, headers=auth)
+    assert resp.status == 400
+    data = await resp.json()
+    assert any(reason_part in r for r in data["reasons"]), data
+    assert await count_rows(components) == 0
+    assert len(components.book) == 0
+
+
+async def test_oversized_body_gets_413_and_writes_nothing(
+    aiohttp_client: Any, config_factory: Any, clock: Any, auth: dict[str, str]
+) -> None:
+    from prometheus_client import CollectorRegistry
+
+    from sidecar.runtime import build_components
+    from sidecar.web import create_app
+
+    components = build_components(
+        config_factory({"server": {"max_body_size": "2KiB"}}), clock=clock, registry=CollectorRegistry()
+    )
+    client = await aiohttp_client(create_app(components))
+    big = notification(alert(annotations={"description": "x" * 4096}))
+    resp = await client.post(HOOK, data=body(big), headers=auth)
+    assert resp.status == 413
+    assert "exceeded" in (await resp.json())["error"]
+    assert len(components.book) == 0
+    assert (
+        sample(components, "incident_sla_webhook_requests_total", source="alertmanager", code="413")
+        == 1
+    )
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [
+        {},
+        {"Authorization": "Bearer wrong"},
+        {"Authorization": f"Bearer {API_TOKEN}"},  # the API token is not the webhook token
+        {"Authorization": f"Token {WEBHOOK_TOKEN}"},
+        {"Authorization": "Basic " + base64.b64encode(b"am:wrong").decode()},
+        {"Authorization": "Basic !!!notbase64"},
+    ],
+    ids=["missing", "wrong", "other-token", "wrong-scheme", "basic-wrong", "basic-garbage"],
+)
+async def test_webhook_without_valid_credentials_is_refused(
+    client: Client, components: Components, headers: dict[str, str]
+) -> None:
+    resp = await client.post(HOOK, data=body(notification(alert())), headers=headers)
+    assert resp.status == 401
+    assert "WWW-Authenticate" in resp.headers
+    assert "credentials" in (await resp.json())["error"]
+    assert len(components.book) == 0
+
+
+async def test_basic_auth_as_alertmanager_sends_it_is_accepted(client: Client) -> None:
+    token = base64.b64encode(f"alertmanager:{WEBHOOK_TOKEN}".encode()).decode()
+    resp = await client.post(
+        HOOK, data=body(notification(alert())), headers={"Authorization": f"Basic {token}"}
+    )
+    assert resp.status == 200
+
+
+async def test_auth_can_be_disabled_only_explicitly(
+    aiohttp_client: Any, config_factory: Any, clock: Any
+) -> None:
+    from prometheus_client import CollectorRegistry
+
+    from sidecar.runtime import build_components
+    from sidecar.web import create_app
+
+    config = config_factory(
+        {"server": {"insecure_disable_auth": True, "webhook_token": None, "api_token": None}}
+    )
+    client = await aiohttp_client(
+        create_app(build_components(config, clock=clock, registry=CollectorRegistry()))
+    )
+    resp = await client.post(HOOK, data=body(notification(alert())), headers={})
+    assert resp.status == 200
+
+
+async def test_store_failure_answers_503_keeps_nothing_and_recovers(
+    aiohttp_client: Any, config_factory: Any, clock: Any, auth: dict[str, str]
+) -> None:
+    from prometheus_client import CollectorRegistry
+
+    from sidecar.runtime import build_components
+    from sidecar.store import SQLiteStore
+    from sidecar.web import create_app
+    from tests.fakes.stores import FlakyStore
+
+    config = config_factory()
+    assert config.sqlite_path is not None
+    store = FlakyStore(SQLiteStore(config.sqlite_path))
+    components = build_components(config, clock=clock, registry=CollectorRegistry(), store=store)
+    client = await aiohttp_client(create_app(components))
+    store.down = True  # the database goes away under the running service
+    resp = await client.post(HOOK, data=body(notification(alert())), headers=auth)
+    assert resp.status == 503
+    assert "retry" in (await resp.json())["error"]
+    assert len(components.book) == 0
+    assert (await client.get("/readyz")).status == 503
+    store.down = False  # Alertmanager retries: the same notification now lands, once
+    resp = await client.post(HOOK, data=body(notification(alert())), headers=auth)
+    assert resp.status == 200
+    assert len((await resp.json())["changed"]) == 1
+    assert len(await store.list_incidents(IncidentQuery())) == 1
+    assert (await client.get("/readyz")).status == 200
+
+
+async def test_acknowledge_and_resolve_through_the_api(
+    client: Client, auth: dict[str, str], api_auth: dict[str, str], components: Components, clock: Any
+) -> None:
+    incident_id = (await fire(client, auth))["changed"][0]["id"]
+    url = f"/api/v1/incidents/{incident_id}"
+    assert (await client.post(f"{url}/acknowledge", json={"actor": "alice"})).status == 401
+    assert (await client.post(f"{url}/acknowledge", json={"actor": "alice"}, headers=auth)).status == 401
+    clock.advance(120)
+    resp = await client.post(f"{url}/acknowledge", json={"actor": "alice"}, headers=api_auth)
+    assert resp.status == 200
+    data = await resp.json()
+    assert (data["state"], data["acknowledged_by"], data["acknowledge_source"]) == (
+        "acknowledged", "alice", "api",
+    )
+    assert sample(components, "incident_sla_time_to_acknowledge_seconds_sum", severity="P2", team="sre") == 120
+    resp = await client.post(f"{url}/resolve", json={"actor": "bob", "message": "rolled back"}, headers=api_auth)
+    assert resp.status == 200
+    assert (await resp.json())["resolved_by"] == "bob"
+    resp = await client.post(f"{url}/acknowledge", headers=api_auth)
+    assert resp.status == 409
+    timeline = (await (await client.get(url)).json())["timeline"]
+    assert [(e["kind"], e["actor"]) for e in timeline] == [
+        ("opened", None), ("acknowledged", "alice"), ("resolved", "bob"),
+    ]
+    assert timeline[2]["message"] == "rolled back"
+
+
+async def test_api_errors(client: Client, api_auth: dict[str, str], auth: dict[str, str]) -> None:
+    assert (await client.get("/api/v1/incidents/unknown")).status == 404
+    assert (await client.post("/api/v1/incidents/unknown/acknowledge", headers=api_auth)).status == 404
+    incident_id = (await fire(client, auth))["changed"][0]["id"]
+    resp = await client.post(
+        f"/api/v1/incidents/{incident_id}/acknowledge", data=b"{oops", headers=api_auth
+    )
+    assert resp.status == 400
+    resp = await client.post(
+        f"/api/v1/incidents/{incident_id}/acknowledge", json={"actor": 5}, headers=api_auth
+    )
+    assert resp.status == 400
+
+
+async def test_list_filters(client: Client, auth: dict[str, str], api_auth: dict[str, str]) -> None:
+    await fire(client, auth, labels={"severity": "critical"})
+    await client.post(
+        HOOK,
+        data=body(
+            notification(
+                alert("Slow", fingerprint="00000000000000a9", labels={"severity": "warning", "service": "db"}),
+                group_key="g2",
+            )
+        ),
+        headers=auth,
+    )
+
+    async def ids(query: str) -> list[str]:
+        resp = await client.get(f"/api/v1/incidents{query}")
+        assert resp.status == 200, await resp.text()
+        return [i["severity"] for i in (await resp.json())["incidents"]]
+
+    assert sorted(await ids("")) == ["P0", "P1"]
+    assert await ids("?severity=P1") == ["P1"]
+    assert await ids("?team=db") == ["P1"]
+    assert sorted(await ids("?state=open")) == ["P0", "P1"]
+    assert await ids("?state=resolved") == []
+    assert len(await ids("?limit=1")) == 1
+    for bad in ("?state=sleeping", "?severity=P9", "?team=nobody", "?limit=0", "?limit=x"):
+        resp = await client.get(f"/api/v1/incidents{bad}")
+        assert resp.status == 400, bad
+        assert json.loads(await resp.text())["error"]
+
+
+async def test_metrics_health_and_readiness(client: Client, components: Components) -> None:
+    resp = await client.get("/metrics")
+    assert resp.status == 200
+    text = await resp.text()
+    assert 'incident_sla_open_incidents{severity="P0",state="triggered"} 0.0' in text
+    # Buckets include every SLA threshold of the rules (P1 acknowledge 15m = 900 s, P2 resolve 24h).
+    assert 'incident_sla_time_to_acknowledge_seconds_bucket{le="900.0",severity="P1",team="sre"}' in text
+    assert 'le="86400.0"' in text
+    assert (await client.get("/healthz")).status == 200
+    ready = await client.get("/readyz")
+    assert ready.status == 200
+    assert (await ready.json())["status"] == "ready"
