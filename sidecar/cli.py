@@ -22,9 +22,9 @@ from sidecar.rules import RuleSet, load_rules
 log = logging.getLogger("sidecar")
 
 
-def _load(path: Path) -> tuple[Config, RuleSet]:
-    """Load the configuration and its rules, collecting the problems of both."""
-    config = load_config(path)
+def _load(path: Path, *, read_secrets: bool = True) -> tuple[Config, RuleSet]:
+    """Load the configuration and its rules."""
+    config = load_config(path, read_secrets=read_secrets)
     return config, load_rules(config.rules_file)
 
 
@@ -66,7 +66,7 @@ def _parse_pairs(pairs: Sequence[str], what: str) -> dict[str, str]:
 def explain_rules(path: Path, labels: Sequence[str], annotations: Sequence[str]) -> int:
     """Print the severity, team and matching rules for a label set."""
     try:
-        _, rules = _load(path)
+        _, rules = _load(path, read_secrets=False)
     except ConfigError as exc:
         _print_problems(exc)
         return 1

@@ -248,8 +248,11 @@ def _env_override_location(loc: Loc) -> str | None:
     return None
 
 
-def load_config(path: Path) -> Config:
-    """Load, validate and resolve a configuration file; raise ConfigError listing every problem."""
+def load_config(path: Path, *, read_secrets: bool = True) -> Config:
+    """Load, validate and resolve a configuration file; raise ConfigError listing every problem.
+
+    ``read_secrets=False`` skips reading secret files (for ``test-rules``, which needs none).
+    """
     doc = load_yaml(path)
     if not isinstance(doc.data, dict):
         raise ConfigError([ConfigProblem(str(path), "", "the configuration must be a mapping")])
@@ -269,7 +272,8 @@ def load_config(path: Path) -> Config:
     except SettingsError as exc:
         raise ConfigError([ConfigProblem("environment", "", str(exc))]) from exc
     config = Config(path, settings, Secrets())
-    config.secrets = _read_secrets(config)
+    if read_secrets:
+        config.secrets = _read_secrets(config)
     return config
 
 

@@ -244,7 +244,8 @@ class _GoRegexTranslator:
                 raise ValueError(f"invalid or unsupported Perl syntax {flag_group.group(0)!r}")
             # Ungreedy (U) only changes what a match captures, never whether the
             # whole value matches, so it can be dropped.
-            flags = flags.replace("U", "").rstrip("-").removeprefix("-") if "U" in flags else flags
+            on, _, off = flags.replace("U", "").partition("-")
+            flags = on + (f"-{off}" if off else "")
             if flag_group.group(2) == ":":
                 self.out.append(f"(?{flags}:")
                 self.scopes.append([])

@@ -1,0 +1,1 @@
+"""Fakes for the services the tests cannot run: real HTTP servers written from their docs."""

@@ -1,0 +1,62 @@
+"""Run the real sidecar as a separate process, the way users run it (``python -m sidecar serve``)."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from tests.support.ports import free_port
+from tests.support.processes import ManagedProcess
+
+REPO = Path(__file__).parent.parent
+
+
+class SidecarProcess(ManagedProcess):
+    """The sidecar on a free loopback port with its own config, rules and SQLite file."""
+
+    def __init__(
+        self,
+        workdir: Path,
+        *,
+        preset: str = "llm-marketplace",
+        webhook_token: str = "e2e-webhook-token",
+        api_token: str = "e2e-api-token",
+        overrides: dict[str, Any] | None = None,
+        port: int | None = None,
+    ) -> None:
+        workdir.mkdir(parents=True, exist_ok=True)
+        self.port = port or free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.webhook_token = webhook_token
+        self.api_token = api_token
+        config: dict[str, Any] = {
+            "server": {
+                "listen": f"127.0.0.1:{self.port}",
+                "webhook_token": webhook_token,
+                "api_token": api_token,
+            },
+            "store": {"url": "sqlite:///data/sidecar.db"},
+            "rules": {"file": str(REPO / "rules" / f"{preset}.yaml")},
+            "logging": {"format": "json"},
+        }
+        for section, values in (overrides or {}).items():
+            config.setdefault(section, {}).update(values)
+        self.config_path = workdir / "config.yaml"
+        self.config_path.write_text(yaml.safe_dump(config))
+        self.db_path = workdir / "data" / "sidecar.db"
+        super().__init__(
+            "sidecar",
+            [sys.executable, "-m", "sidecar", "serve", "--config", str(self.config_path)],
+            log_path=workdir / "sidecar.log",
+            cwd=REPO,
+            ready_url=f"{self.url}/readyz",
+            ready_timeout=30.0,
+        )
+
+    @property
+    def webhook_url(self) -> str:
+        """Where Alertmanager posts."""
+        return f"{self.url}/webhook/alertmanager"

@@ -1,0 +1,151 @@
+"""End to end: a real Alertmanager (Debian's 0.25) notifies a running sidecar process.
+
+Alerts are posted to Alertmanager's own API and silenced or resolved there;
+the sidecar sees only what Alertmanager sends, as in production.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+
+from tests.sidecar_process import SidecarProcess
+from tests.support.alertmanager import make_alert
+from tests.support.fixtures import AlertmanagerFactory
+
+pytestmark = pytest.mark.e2e
+
+
+@pytest.fixture
+def sidecar(tmp_path: Path) -> Iterator[SidecarProcess]:
+    proc = SidecarProcess(tmp_path / "sidecar")
+    proc.start()
+    try:
+        yield proc
+    finally:
+        proc.stop()
+
+
+async def get_json(url: str) -> Any:
+    async with aiohttp.ClientSession() as http, http.get(url) as resp:
+        assert resp.status == 200, await resp.text()
+        return await resp.json()
+
+
+async def wait_for(check: Any, timeout: float = 30.0) -> Any:
+    """Poll ``check`` (async, returning a truthy value when done) for up to ``timeout`` s."""
+    deadline = asyncio.get_running_loop().time() + timeout
+    while True:
+        value = await check()
+        if value:
+            return value
+        if asyncio.get_running_loop().time() > deadline:
+            raise AssertionError("condition not met in time")
+        await asyncio.sleep(0.2)
+
+
+def metric(text: str, name: str, **labels: str) -> float:
+    want = ",".join(f'{k}="{v}"' for k, v in sorted(labels.items()))
+    for line in text.splitlines():
+        match = re.match(r"^(\w+)\{(.*)\} (\S+)$", line)
+        if match and match[1] == name:
+            got = ",".join(sorted(match[2].split(",")))
+            if got == want:
+                return float(match[3])
+    raise AssertionError(f"no sample {name}{{{want}}}")
+
+
+async def test_alerts_become_incidents_and_resolve_with_ends_at(
+    sidecar: SidecarProcess, alertmanager_factory: AlertmanagerFactory
+) -> None:
+    am = alertmanager_factory(sidecar.webhook_url, bearer_token=sidecar.webhook_token)
+    starts = datetime.now(UTC).replace(microsecond=0) - timedelta(minutes=3)
+    outage = {"alertname": "ServiceDown", "service": "publishing", "scope": "total"}
+    slow = {"alertname": "SearchSlow", "service": "discovery", "incident_severity": "P1"}
+    await am.post_alerts(
+        [
+            make_alert(outage, annotations={"summary": "publishing is down"}, starts_at=starts),
+            make_alert(slow, annotations={"summary": "search is slow"}, starts_at=starts),
+        ]
+    )
+
+    async def two_open() -> list[dict[str, Any]] | None:
+        found = (await get_json(f"{sidecar.url}/api/v1/incidents?state=open"))["incidents"]
+        return found if len(found) == 2 else None
+
+    incidents = {i["labels"]["alertname"]: i for i in await wait_for(two_open)}
+    assert (incidents["ServiceDown"]["severity"], incidents["ServiceDown"]["team"]) == (
+        "P0", "publishing",
+    )
+    assert (incidents["SearchSlow"]["severity"], incidents["SearchSlow"]["team"]) == ("P1", "search")
+    assert incidents["ServiceDown"]["group_key"] == '{}:{alertname="ServiceDown"}'
+    assert incidents["ServiceDown"]["started_at"] == starts.isoformat().replace("+00:00", "Z")
+
+    # Resolve both in Alertmanager with an explicit endsAt: the incidents must
+    # close at that time, not when the (batched) notification arrives.
+    ends = starts + timedelta(minutes=2)
+    await am.post_alerts(
+        [
+            make_alert(outage, starts_at=starts, ends_at=ends),
+            make_alert(slow, starts_at=starts, ends_at=ends),
+        ]
+    )
+
+    async def all_resolved() -> list[dict[str, Any]] | None:
+        found = (await get_json(f"{sidecar.url}/api/v1/incidents?state=resolved"))["incidents"]
+        return found if len(found) == 2 else None
+
+    for inc in await wait_for(all_resolved):
+        assert inc["resolved_at"] == ends.isoformat().replace("+00:00", "Z")
+        assert inc["resolve_source"] == "alertmanager"
+        detail = await get_json(f"{sidecar.url}/api/v1/incidents/{inc['id']}")
+        assert [e["kind"] for e in detail["timeline"]] == ["opened", "alert_resolved", "resolved"]
+
+    async with aiohttp.ClientSession() as http, http.get(f"{sidecar.url}/metrics") as resp:
+        text = await resp.text()
+    assert metric(text, "incident_sla_incidents_total", severity="P0", team="publishing") == 1
+    assert metric(text, "incident_sla_incidents_total", severity="P1", team="search") == 1
+    assert metric(text, "incident_sla_time_to_resolve_seconds_count", severity="P0", team="publishing") == 1
+    assert metric(text, "incident_sla_time_to_resolve_seconds_sum", severity="P0", team="publishing") == 120
+    # 120 s is within P0's 1 h resolution SLA: counted in the bucket at that threshold.
+    assert (
+        metric(
+            text, "incident_sla_time_to_resolve_seconds_bucket",
+            severity="P0", team="publishing", le="3600.0",
+        )
+        == 1
+    )
+    assert metric(text, "incident_sla_time_to_detect_seconds_count", severity="P1", team="search") == 1
+    assert metric(text, "incident_sla_open_incidents", severity="P0", state="triggered") == 0
+    assert metric(text, "incident_sla_webhook_requests_total", source="alertmanager", code="200") >= 2
+
+
+async def test_wrong_token_is_refused_and_alertmanager_gets_401(
+    tmp_path: Path, alertmanager_factory: AlertmanagerFactory
+) -> None:
+    proc = SidecarProcess(tmp_path / "sidecar")
+    proc.start()
+    try:
+        am = alertmanager_factory(proc.webhook_url, bearer_token="not-the-token")
+        await am.post_alerts([make_alert({"alertname": "ServiceDown", "service": "publishing"})])
+
+        async def refused() -> float | None:
+            async with aiohttp.ClientSession() as http, http.get(f"{proc.url}/metrics") as resp:
+                text = await resp.text()
+            try:
+                value = metric(text, "incident_sla_webhook_requests_total", source="alertmanager", code="401")
+            except AssertionError:
+                return None
+            return value
+
+        assert await wait_for(refused) >= 1
+        assert (await get_json(f"{proc.url}/api/v1/incidents"))["incidents"] == []
+    finally:
+        proc.stop()
