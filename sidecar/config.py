@@ -33,7 +33,7 @@ from pydantic_settings import (
 
 from sidecar.durations import ByteSize, Duration
 from sidecar.errors import ConfigError, ConfigProblem
-from sidecar.yamlfile import Loc, format_loc, load_yaml, problems_from_validation
+from sidecar.yamlfile import Loc, load_yaml, problems_from_validation
 
 ENV_PREFIX = "SIDECAR__"
 DEFAULT_PORT = 9095
@@ -81,6 +81,8 @@ class ServerConfig(_Section):
     api_token_file: Path | None = None
     insecure_disable_auth: bool = False
     max_body_size: ByteSize = 16 * 1024 * 1024
+    # How users reach the sidecar (links in PagerDuty events and reviews).
+    external_url: str | None = None
 
     @model_validator(mode="after")
     def _tokens(self) -> ServerConfig:
@@ -138,6 +140,28 @@ class AlertmanagerConfig(_Section):
     url: str | None = None
 
 
+class RoutingKey(_Section):
+    """A PagerDuty routing key, inline or from a mounted file."""
+
+    key: SecretStr | None = None
+    file: Path | None = None
+
+    @model_validator(mode="after")
+    def _one(self) -> RoutingKey:
+        if (self.key is None) == (self.file is None):
+            raise ValueError("give exactly one of key or file")
+        return self
+
+
+class RetryConfig(_Section):
+    """``pagerduty.retry``: backoff of failed sends (exponential, with jitter)."""
+
+    initial: Duration = timedelta(seconds=1)
+    max: Duration = timedelta(minutes=5)
+    # 429s wait longer: PagerDuty throttles about 120 events a minute per key.
+    rate_limited_initial: Duration = timedelta(seconds=30)
+
+
 class PagerDutyConfig(_Section):
     """``pagerduty``: Events API v2 out, webhooks v3 in."""
 
@@ -149,6 +173,13 @@ class PagerDutyConfig(_Section):
     webhook_secret_file: Path | None = None
     routing_key: SecretStr | None = None
     routing_key_file: Path | None = None
+    # Per owning team and per escalation tier; a team without its own key
+    # pages through the default routing key.
+    team_routing_keys: dict[str, RoutingKey] = Field(default_factory=dict)
+    tier_routing_keys: dict[str, RoutingKey] = Field(default_factory=dict)
+    timeout: Duration = timedelta(seconds=10)
+    rate_limit_per_minute: int = Field(default=120, ge=1)
+    retry: RetryConfig = RetryConfig()
 
     @model_validator(mode="after")
     def _pairs(self) -> PagerDutyConfig:
@@ -175,7 +206,9 @@ class Settings(BaseSettings):
         case_sensitive=False,
     )
 
-    server: ServerConfig = ServerConfig(insecure_disable_auth=True)
+    # Validated even when absent, so a config without a server section still
+    # has to give tokens (or opt out explicitly).
+    server: ServerConfig = Field(default_factory=dict, validate_default=True)
     store: StoreConfig = StoreConfig()
     rules: RulesConfig
     incidents: IncidentsConfig = IncidentsConfig()
@@ -199,14 +232,29 @@ class Settings(BaseSettings):
 class Secrets:
     """Secret values resolved from the config, the environment or mounted files."""
 
-    __slots__ = ("api_token", "pagerduty_api_token", "routing_key", "webhook_secret", "webhook_token")
+    __slots__ = (
+        "api_token",
+        "pagerduty_api_token",
+        "routing_keys",
+        "webhook_secret",
+        "webhook_token",
+    )
 
-    def __init__(self, **values: str | None) -> None:
-        self.webhook_token = values.get("webhook_token")
-        self.api_token = values.get("api_token")
-        self.pagerduty_api_token = values.get("pagerduty_api_token")
-        self.webhook_secret = values.get("webhook_secret")
-        self.routing_key = values.get("routing_key")
+    def __init__(
+        self,
+        *,
+        webhook_token: str | None = None,
+        api_token: str | None = None,
+        pagerduty_api_token: str | None = None,
+        webhook_secret: str | None = None,
+        routing_keys: dict[str, str] | None = None,
+    ) -> None:
+        self.webhook_token = webhook_token
+        self.api_token = api_token
+        self.pagerduty_api_token = pagerduty_api_token
+        self.webhook_secret = webhook_secret
+        # "default", "team:<name>", "tier:<name>" -> key; only these names are ever stored.
+        self.routing_keys = routing_keys or {}
 
     def __repr__(self) -> str:
         return "Secrets(<redacted>)"
@@ -248,6 +296,27 @@ def _env_override_location(loc: Loc) -> str | None:
     return None
 
 
+def _unknown_env_vars() -> list[ConfigProblem]:
+    """SIDECAR__ variables that name no section or key: a typo must not pass silently."""
+    problems = []
+    for var in os.environ:
+        if not var.upper().startswith(ENV_PREFIX):
+            continue
+        parts = var[len(ENV_PREFIX) :].lower().split("__")
+        section = Settings.model_fields.get(parts[0])
+        reason = None
+        if section is None:
+            reason = f"unknown section {parts[0]!r}"
+        elif len(parts) > 1:
+            model = section.annotation
+            fields = getattr(model, "model_fields", None)
+            if isinstance(fields, dict) and parts[1] not in fields:
+                reason = f"unknown key {parts[1]!r} in section {parts[0]!r}"
+        if reason:
+            problems.append(ConfigProblem(f"environment {var}", ".".join(parts), reason))
+    return problems
+
+
 def load_config(path: Path, *, read_secrets: bool = True) -> Config:
     """Load, validate and resolve a configuration file; raise ConfigError listing every problem.
 
@@ -256,6 +325,8 @@ def load_config(path: Path, *, read_secrets: bool = True) -> Config:
     doc = load_yaml(path)
     if not isinstance(doc.data, dict):
         raise ConfigError([ConfigProblem(str(path), "", "the configuration must be a mapping")])
+    if unknown := _unknown_env_vars():
+        raise ConfigError(unknown)
     try:
         settings = Settings(**doc.data)
     except ValidationError as exc:
@@ -281,7 +352,7 @@ def _read_secrets(config: Config) -> Secrets:
     problems: list[ConfigProblem] = []
     s = config.settings
 
-    def pick(section: str, name: str, value: SecretStr | None, file: Path | None) -> str | None:
+    def pick(location: str, value: SecretStr | None, file: Path | None) -> str | None:
         if value is not None:
             return value.get_secret_value()
         if file is None:
@@ -293,7 +364,7 @@ def _read_secrets(config: Config) -> Secrets:
             problems.append(
                 ConfigProblem(
                     str(config.path),
-                    format_loc((section, f"{name}_file")),
+                    location,
                     f"cannot read secret file {resolved}: {exc.strerror}",
                 )
             )
@@ -301,20 +372,32 @@ def _read_secrets(config: Config) -> Secrets:
         if not text:
             problems.append(
                 ConfigProblem(
-                    str(config.path), format_loc((section, f"{name}_file")), f"{resolved} is empty"
+                    str(config.path), location, f"{resolved} is empty"
                 )
             )
             return None
         return text
 
+    pd = s.pagerduty
+    routing_keys: dict[str, str] = {}
+    default_key = pick("pagerduty.routing_key_file", pd.routing_key, pd.routing_key_file)
+    if default_key is not None:
+        routing_keys["default"] = default_key
+    for kind, refs in (("team", pd.team_routing_keys), ("tier", pd.tier_routing_keys)):
+        for name, ref in refs.items():
+            value = pick(f"pagerduty.{kind}_routing_keys.{name}.file", ref.key, ref.file)
+            if value is not None:
+                routing_keys[f"{kind}:{name}"] = value
     secrets = Secrets(
-        webhook_token=pick("server", "webhook_token", s.server.webhook_token, s.server.webhook_token_file),
-        api_token=pick("server", "api_token", s.server.api_token, s.server.api_token_file),
-        pagerduty_api_token=pick("pagerduty", "api_token", s.pagerduty.api_token, s.pagerduty.api_token_file),
-        webhook_secret=pick(
-            "pagerduty", "webhook_secret", s.pagerduty.webhook_secret, s.pagerduty.webhook_secret_file
+        webhook_token=pick(
+            "server.webhook_token_file", s.server.webhook_token, s.server.webhook_token_file
         ),
-        routing_key=pick("pagerduty", "routing_key", s.pagerduty.routing_key, s.pagerduty.routing_key_file),
+        api_token=pick("server.api_token_file", s.server.api_token, s.server.api_token_file),
+        pagerduty_api_token=pick("pagerduty.api_token_file", pd.api_token, pd.api_token_file),
+        webhook_secret=pick(
+            "pagerduty.webhook_secret_file", pd.webhook_secret, pd.webhook_secret_file
+        ),
+        routing_keys=routing_keys,
     )
     if problems:
         raise ConfigError(problems)

@@ -112,6 +112,8 @@ class Incident:
     last_update_at: float | None = None
     alerts: dict[str, AlertState] = field(default_factory=dict)
     seq: int = 0
+    # The PagerDuty dedup key once a trigger was queued for this incident.
+    paged_dedup_key: str | None = None
 
     @property
     def is_open(self) -> bool:
@@ -141,6 +143,7 @@ class Incident:
             "last_update_at": self.last_update_at,
             "alerts": [a.to_json() for a in self.alerts.values()],
             "seq": self.seq,
+            "paged_dedup_key": self.paged_dedup_key,
         }
 
     @classmethod
@@ -182,6 +185,7 @@ class Incident:
             last_update_at=data.get("last_update_at"),
             alerts={a.fingerprint: a for a in alerts},
             seq=data.get("seq", 0),
+            paged_dedup_key=data.get("paged_dedup_key"),
         )
 
 
@@ -367,7 +371,7 @@ class IncidentBook:
         inc.acknowledged_by = actor
         inc.acknowledge_source = source
         tta = max(0.0, now - inc.triggered_at)
-        events = [self._event(inc, now, "acknowledged", source, actor, message or f"acknowledged by {actor}")]
+        events = [self.event(inc, now, "acknowledged", source, actor, message or f"acknowledged by {actor}")]
         self._finish(inc)
         effects = [Effect("acknowledged", inc.id, inc.severity, inc.team, tta, source=source, actor=actor)]
         return Change(inc, events, effects, undo)
@@ -381,6 +385,57 @@ class IncidentBook:
         events = self._close(inc, now, source, actor, message or f"resolved by {actor}")
         self._finish(inc)
         return Change(inc, events, [self._resolved_effect(inc, source, actor)], undo)
+
+    def unacknowledge(
+        self, incident_id: str, *, actor: str, source: str, now: float, message: str = ""
+    ) -> Change | None:
+        """Return an acknowledged incident to triggered (PagerDuty un-acknowledge)."""
+        inc = self._require_open(incident_id)
+        if inc.state != "acknowledged":
+            return None
+        undo = self._begin(inc.key, inc)
+        inc.state = "triggered"
+        inc.acknowledged_at = inc.acknowledged_by = inc.acknowledge_source = None
+        events = [self.event(inc, now, "unacknowledged", source, actor, message or "unacknowledged")]
+        self._finish(inc)
+        return Change(inc, events, [], undo)
+
+    def reopen(
+        self, incident: Incident, *, actor: str, source: str, now: float, message: str = ""
+    ) -> Change | None:
+        """Reopen a resolved incident (PagerDuty reopen) unless its key has another open one."""
+        if incident.is_open:
+            return self.unacknowledge(incident.id, actor=actor, source=source, now=now)
+        if incident.key in self._open:
+            return None
+        undo = self._begin(incident.key, None)
+        incident.state = "triggered"
+        incident.resolved_at = incident.resolved_by = incident.resolve_source = None
+        incident.acknowledged_at = incident.acknowledged_by = incident.acknowledge_source = None
+        events = [self.event(incident, now, "reopened", source, actor, message or "reopened")]
+        self._finish(incident)
+        return Change(incident, events, [], undo)
+
+    def record_update(
+        self, incident_id: str, *, actor: str, source: str, now: float, message: str
+    ) -> Change:
+        """Record a status update (it resets the update-cadence clock)."""
+        inc = self._require_open(incident_id)
+        undo = self._begin(inc.key, inc)
+        inc.last_update_at = now
+        events = [self.event(inc, now, "status_update", source, actor, message)]
+        self._finish(inc)
+        return Change(inc, events, [Effect("status_update", inc.id, inc.severity, inc.team)], undo)
+
+    def note(
+        self, incident_id: str, *, kind: str, actor: str | None, source: str, now: float, message: str
+    ) -> Change:
+        """Put an event on an open incident's timeline without changing its state."""
+        inc = self._require_open(incident_id)
+        undo = self._begin(inc.key, inc)
+        events = [self.event(inc, now, kind, source, actor, message)]
+        self._finish(inc)
+        return Change(inc, events, [], undo)
 
     def _require_open(self, incident_id: str) -> Incident:
         inc = self._by_id.get(incident_id)
@@ -438,7 +493,7 @@ class IncidentBook:
         missed = group_resolved or not firing
         what = "recorded from a resolved notification" if missed else "opened"
         events = [
-            self._event(
+            self.event(
                 inc,
                 now,
                 "opened",
@@ -473,7 +528,7 @@ class IncidentBook:
                 inc.alerts[alert.fingerprint] = st = self._alert_state(alert)
                 what = "joined" if known is None else "fired again"
                 events.append(
-                    self._event(
+                    self.event(
                         inc,
                         now,
                         "alert_added",
@@ -489,7 +544,7 @@ class IncidentBook:
                 known.status = "resolved"
                 known.ends_at = alert.ends_at.timestamp() if alert.ends_at else now
                 events.append(
-                    self._event(
+                    self.event(
                         inc,
                         now,
                         "alert_resolved",
@@ -508,7 +563,7 @@ class IncidentBook:
                 previous = inc.severity
                 inc.severity = top.severity
                 events.append(
-                    self._event(
+                    self.event(
                         inc,
                         now,
                         "severity_raised",
@@ -545,7 +600,7 @@ class IncidentBook:
         inc.resolved_by = actor
         inc.resolve_source = source
         return [
-            self._event(
+            self.event(
                 inc, resolved_at, "resolved", source, actor, message, {"resolved_at": resolved_at}
             )
         ]
@@ -570,7 +625,7 @@ class IncidentBook:
         pool = [s for s in states if s.status == "firing" or not firing_only]
         return min(pool, key=lambda s: (self.classifier.rank(s.severity), s.starts_at))
 
-    def _event(
+    def event(
         self,
         inc: Incident,
         at: float,
@@ -580,6 +635,7 @@ class IncidentBook:
         message: str,
         data: Mapping[str, Any] | None = None,
     ) -> TimelineEvent:
+        """A new timeline event of ``inc``, numbered after its last one."""
         inc.seq += 1
         return TimelineEvent(inc.id, inc.seq, at, kind, source, actor, message, data or {})
 

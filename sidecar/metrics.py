@@ -9,6 +9,7 @@ so ``..._bucket{le="<threshold>"}`` counts exactly the incidents within the SLA.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.core import GaugeMetricFamily, Metric
@@ -40,7 +41,7 @@ class _GaugeFromState(Collector):
         name: str,
         documentation: str,
         labels: Sequence[str],
-        read: Callable[[], Mapping[tuple[str, ...], float]],
+        read: Callable[[], Mapping[Any, float]],
         keys: Callable[[], Iterable[tuple[str, ...]]],
     ) -> None:
         self._name = name

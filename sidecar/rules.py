@@ -311,7 +311,7 @@ def semantic_problems(data: Any) -> list[tuple[tuple[int | str, ...], str]]:
     ):
         value = data.get(key)
         if isinstance(value, str) and declared is not None and value not in declared:
-            problems.append(((key,), f"{what} {value!r} is not declared in {what_list(what)}"))
+            problems.append(((key,), f"{what} {value!r} is not declared in {_what_list(what)}"))
     for section, field_name, declared, what in (
         ("severity_rules", "severity", severities, "severity"),
         ("ownership_rules", "team", teams, "team"),
@@ -337,14 +337,13 @@ def semantic_problems(data: Any) -> list[tuple[tuple[int | str, ...], str]]:
                 problems.append(
                     (
                         (section, index, field_name),
-                        f"{what} {target!r} is not declared in {what_list(what)}",
+                        f"{what} {target!r} is not declared in {_what_list(what)}",
                     )
                 )
     return problems
 
 
-def what_list(what: str) -> str:
-    """The top-level key that declares a kind of name."""
+def _what_list(what: str) -> str:
     return "severities" if what == "severity" else "teams"
 
 

@@ -12,6 +12,10 @@ from sidecar.config import Config
 from sidecar.errors import ConfigError, ConfigProblem
 from sidecar.incidents import IncidentBook
 from sidecar.metrics import Metrics
+from sidecar.outbox import OutboxWorker
+from sidecar.pagerduty.inbound import PagerDutyInbound
+from sidecar.paging import Pager
+from sidecar.retry import RetryPolicy
 from sidecar.rules import RuleSet, load_rules
 from sidecar.service import IncidentService
 from sidecar.store import Store, open_store
@@ -31,6 +35,9 @@ class Components:
     metrics: Metrics
     book: IncidentBook
     service: IncidentService
+    pager: Pager
+    outbox: OutboxWorker | None
+    inbound: PagerDutyInbound
 
     def reload_rules(self) -> bool:
         """Reload the rules file; on any problem keep the last good rules and return False."""
@@ -90,5 +97,67 @@ def build_components(
         rules, key_mode=s.incidents.key, dedup_window=s.incidents.dedup_window.total_seconds()
     )
     metrics.track_open_incidents(lambda: book.open_counts)
-    service = IncidentService(book, store, metrics, clock, max_batch=s.store.max_batch)
-    return Components(config, rules, store, clock, registry, metrics, book, service)
+    _check_routing(config, rules)
+    pd = s.pagerduty
+    pager = Pager(
+        rules,
+        book,
+        routing_names=set(config.secrets.routing_keys),
+        key_mode=s.incidents.key,
+        alertmanager_url=s.alertmanager.url,
+        external_url=s.server.external_url,
+    )
+    service = IncidentService(
+        book, store, metrics, clock, max_batch=s.store.max_batch, pager=pager
+    )
+    outbox = None
+    if pager.enabled:
+        outbox = OutboxWorker(
+            store,
+            metrics,
+            clock,
+            events_url=pd.events_url,
+            routing_keys=config.secrets.routing_keys,
+            timeout=pd.timeout.total_seconds(),
+            rate_limit_per_minute=pd.rate_limit_per_minute,
+            retry=RetryPolicy(
+                initial=pd.retry.initial.total_seconds(),
+                maximum=pd.retry.max.total_seconds(),
+                rate_limited_initial=pd.retry.rate_limited_initial.total_seconds(),
+            ),
+        )
+        service.on_outbox = outbox.wake
+        worker = outbox
+        metrics.track_outbox_pending(lambda: float(worker.pending))
+    else:
+        metrics.track_outbox_pending(lambda: 0.0)
+    inbound = PagerDutyInbound(
+        store, book, api_url=pd.api_url, api_token=config.secrets.pagerduty_api_token
+    )
+    return Components(
+        config, rules, store, clock, registry, metrics, book, service, pager, outbox, inbound
+    )
+
+
+def _check_routing(config: Config, rules: RuleSet) -> None:
+    pd = config.settings.pagerduty
+    tiers = {step.tier for sev in rules.severities for step in sev.escalation}
+    problems = [
+        ConfigProblem(
+            str(config.path),
+            f"pagerduty.team_routing_keys.{team}",
+            f"team {team!r} is not declared in {config.rules_file}",
+        )
+        for team in pd.team_routing_keys
+        if team not in rules.teams
+    ] + [
+        ConfigProblem(
+            str(config.path),
+            f"pagerduty.tier_routing_keys.{tier}",
+            f"tier {tier!r} is not used by any escalation step in {config.rules_file}",
+        )
+        for tier in pd.tier_routing_keys
+        if tier not in tiers
+    ]
+    if problems:
+        raise ConfigError(problems)

@@ -22,7 +22,8 @@ from sidecar.clock import Clock
 from sidecar.errors import StoreUnavailable
 from sidecar.incidents import Change, Effect, IncidentBook
 from sidecar.metrics import Metrics
-from sidecar.store.base import Store, WriteBatch, event_row, incident_row
+from sidecar.paging import Pager
+from sidecar.store.base import DeliveryRow, Store, WriteBatch, event_row, incident_row
 
 log = logging.getLogger("sidecar.incidents")
 
@@ -32,6 +33,7 @@ Command = Callable[[float], list[Change]]
 @dataclass(slots=True)
 class _Pending:
     command: Command
+    deliveries: tuple[DeliveryRow, ...] = ()
     future: asyncio.Future[list[Change]] = field(
         default_factory=lambda: asyncio.get_running_loop().create_future()
     )
@@ -48,8 +50,12 @@ class IncidentService:
         clock: Clock,
         *,
         max_batch: int = 1000,
+        pager: Pager | None = None,
     ) -> None:
         self.book = book
+        self.pager = pager
+        # Called after a commit that queued PagerDuty events (wakes the worker).
+        self.on_outbox: Callable[[], None] = lambda: None
         self.store = store
         self.metrics = metrics
         self.clock = clock
@@ -88,11 +94,17 @@ class IncidentService:
         """True while the commit loop runs."""
         return self._task is not None and not self._task.done()
 
-    async def submit(self, command: Command) -> list[Change]:
-        """Run ``command`` in the next batch; returns its changes once durably committed."""
+    async def submit(
+        self, command: Command, *, deliveries: tuple[DeliveryRow, ...] = ()
+    ) -> list[Change]:
+        """Run ``command`` in the next batch; returns its changes once durably committed.
+
+        ``deliveries`` are inbound webhook delivery ids committed with the change,
+        so a redelivery is recognised even across restarts.
+        """
         if self._task is None or self._task.done():
             raise StoreUnavailable("incident service is not running")
-        pending = _Pending(command)
+        pending = _Pending(command, deliveries)
         self._queue.put_nowait(pending)
         return await pending.future
 
@@ -117,10 +129,15 @@ class IncidentService:
                 continue
             applied.append((pending, changes))
         all_changes = [c for _, changes in applied for c in changes]
-        if all_changes:
-            write = WriteBatch()
+        write = WriteBatch()
+        for pending, _ in applied:
+            write.deliveries.extend(pending.deliveries)
+        if all_changes or write.deliveries:
             seen: dict[str, int] = {}
             for change in all_changes:
+                if self.pager is not None and self.pager.enabled:
+                    # Before the row: paging marks the incident as paged.
+                    write.outbox.extend(e.row(now) for e in self.pager.events_for(change, now))
                 # An incident changed twice in one batch is written once, in
                 # its final state, at its first position (open-before-reopen order).
                 row = incident_row(change.incident, now)
@@ -141,6 +158,8 @@ class IncidentService:
                         pending.future.set_exception(StoreUnavailable(str(exc)))
                 return
             self.batches_committed += 1
+            if write.outbox:
+                self.on_outbox()
             for change in all_changes:
                 for effect in change.effects:
                     self._publish(effect)

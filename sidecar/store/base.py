@@ -79,15 +79,45 @@ def event_from_row(row: tuple[Any, ...]) -> TimelineEvent:
     )
 
 
+# (incident_id, dedup_key, routing, action, body, created_at)
+OutboxRow = tuple[str, str, str, str, bytes, float]
+# (delivery id, source, received_at)
+DeliveryRow = tuple[str, str, float]
+
+
 @dataclass(slots=True)
 class WriteBatch:
-    """Everything one group commit writes, in order."""
+    """Everything one group commit writes, in order, in one transaction."""
 
     incidents: list[IncidentRow] = field(default_factory=list)
     events: list[EventRow] = field(default_factory=list)
+    outbox: list[OutboxRow] = field(default_factory=list)
+    deliveries: list[DeliveryRow] = field(default_factory=list)
 
     def __bool__(self) -> bool:
-        return bool(self.incidents or self.events)
+        return bool(self.incidents or self.events or self.outbox or self.deliveries)
+
+
+@dataclass(frozen=True, slots=True)
+class OutboxItem:
+    """A PagerDuty event waiting in (or done with) the outbox.
+
+    ``routing`` names the routing key (``default``, ``team:x``, ``tier:y``);
+    the key itself is looked up at send time and never stored.
+    """
+
+    id: int
+    incident_id: str
+    dedup_key: str
+    routing: str
+    action: str
+    body: bytes
+    created_at: float
+    state: str
+    attempts: int
+    next_attempt_at: float
+    last_error: str | None
+    done_at: float | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -138,6 +168,38 @@ class Store(Protocol):
 
     async def ping(self) -> None:
         """Raise StoreUnavailable unless the store answers."""
+
+    async def due_outbox(self, now: float, limit: int) -> list[OutboxItem]:
+        """The oldest pending event of each dedup key, if due (per-key order is kept)."""
+        ...
+
+    async def finish_outbox(
+        self,
+        item_id: int,
+        *,
+        state: str,
+        attempts: int,
+        next_attempt_at: float,
+        error: str | None,
+        now: float,
+    ) -> None:
+        """Record a send's outcome: ``delivered``, ``dead`` or still ``pending``."""
+
+    async def outbox_pending(self) -> int:
+        """How many events wait for delivery."""
+        ...
+
+    async def outbox_for_incident(self, incident_id: str) -> list[OutboxItem]:
+        """An incident's PagerDuty events, oldest first."""
+        ...
+
+    async def incident_for_dedup_key(self, dedup_key: str) -> str | None:
+        """The latest incident paged with ``dedup_key`` (PagerDuty's alert_key)."""
+        ...
+
+    async def known_deliveries(self, source: str, since: float) -> list[str]:
+        """Inbound webhook delivery ids seen since ``since`` (for deduplication)."""
+        ...
 
     async def schema_version(self) -> int:
         """The applied schema migration version."""

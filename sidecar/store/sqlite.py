@@ -20,6 +20,7 @@ from sidecar.incidents import Incident, TimelineEvent
 from sidecar.store.base import (
     INCIDENT_COLUMNS,
     IncidentQuery,
+    OutboxItem,
     WriteBatch,
     event_from_row,
     incident_from_row,
@@ -65,6 +66,36 @@ MIGRATIONS: list[tuple[int, str, str]] = [
         ) WITHOUT ROWID;
         """,
     ),
+    (
+        2,
+        "pagerduty outbox and inbound webhook deliveries",
+        """
+        CREATE TABLE outbox (
+            id INTEGER PRIMARY KEY AUTOINCREMENT,
+            incident_id TEXT NOT NULL,
+            dedup_key TEXT NOT NULL,
+            routing TEXT NOT NULL,
+            action TEXT NOT NULL,
+            body BLOB NOT NULL,
+            created_at REAL NOT NULL,
+            state TEXT NOT NULL DEFAULT 'pending',
+            attempts INTEGER NOT NULL DEFAULT 0,
+            next_attempt_at REAL NOT NULL,
+            last_error TEXT,
+            done_at REAL
+        );
+        CREATE INDEX outbox_pending ON outbox(dedup_key, id) WHERE state = 'pending';
+        CREATE INDEX outbox_dedup ON outbox(dedup_key, id);
+        CREATE INDEX outbox_incident ON outbox(incident_id);
+        CREATE TABLE deliveries (
+            id TEXT NOT NULL,
+            source TEXT NOT NULL,
+            received_at REAL NOT NULL,
+            PRIMARY KEY (source, id)
+        ) WITHOUT ROWID;
+        CREATE INDEX deliveries_received ON deliveries(received_at);
+        """,
+    ),
 ]
 
 _UPSERT = f"""
@@ -75,6 +106,15 @@ ON CONFLICT(id) DO UPDATE SET
     resolved_at = excluded.resolved_at, updated_at = excluded.updated_at, data = excluded.data
 """  # noqa: S608 - a constant column list, no input
 _INSERT_EVENT = "INSERT OR IGNORE INTO events VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
+_INSERT_OUTBOX = (
+    "INSERT INTO outbox (incident_id, dedup_key, routing, action, body, created_at, "
+    "next_attempt_at) VALUES (?, ?, ?, ?, ?, ?, ?)"
+)
+_INSERT_DELIVERY = "INSERT OR IGNORE INTO deliveries VALUES (?, ?, ?)"
+_OUTBOX_COLUMNS = (
+    "id, incident_id, dedup_key, routing, action, body, created_at, state, attempts, "
+    "next_attempt_at, last_error, done_at"
+)
 _SELECT = f"SELECT {INCIDENT_COLUMNS} FROM incidents"  # noqa: S608
 
 
@@ -168,6 +208,10 @@ class SQLiteStore:
                     con.executemany(_UPSERT, batch.incidents)
                 if batch.events:
                     con.executemany(_INSERT_EVENT, batch.events)
+                if batch.outbox:
+                    con.executemany(_INSERT_OUTBOX, [(*row, row[5]) for row in batch.outbox])
+                if batch.deliveries:
+                    con.executemany(_INSERT_DELIVERY, batch.deliveries)
                 con.execute("COMMIT")
             except BaseException:
                 if con.in_transaction:
@@ -232,6 +276,84 @@ class SQLiteStore:
     async def ping(self) -> None:
         """A trivial read through the reader connection."""
         await self._run(self._reader, lambda: self._r().execute("SELECT 1").fetchone())
+
+    # -- outbox -----------------------------------------------------------
+
+    async def _outbox(self, sql: str, params: tuple[Any, ...]) -> list[OutboxItem]:
+        def go() -> list[OutboxItem]:
+            return [OutboxItem(*r) for r in self._r().execute(sql, params).fetchall()]
+
+        return await self._run(self._reader, go)
+
+    async def due_outbox(self, now: float, limit: int) -> list[OutboxItem]:
+        """Heads of the per-dedup-key queues whose next attempt is due."""
+        return await self._outbox(
+            f"SELECT {_OUTBOX_COLUMNS} FROM outbox WHERE id IN ("  # noqa: S608
+            "  SELECT min(id) FROM outbox WHERE state = 'pending' GROUP BY dedup_key"
+            ") AND next_attempt_at <= ? ORDER BY id LIMIT ?",
+            (now, limit),
+        )
+
+    async def finish_outbox(
+        self,
+        item_id: int,
+        *,
+        state: str,
+        attempts: int,
+        next_attempt_at: float,
+        error: str | None,
+        now: float,
+    ) -> None:
+        """Record the outcome of a send, durably."""
+        done_at = now if state != "pending" else None
+
+        def go() -> None:
+            self._w().execute(
+                "UPDATE outbox SET state = ?, attempts = ?, next_attempt_at = ?, last_error = ?, "
+                "done_at = ? WHERE id = ?",
+                (state, attempts, next_attempt_at, error, done_at, item_id),
+            )
+
+        await self._run(self._writer, go)
+
+    async def outbox_pending(self) -> int:
+        """Count of undelivered events."""
+
+        def go() -> int:
+            row = self._r().execute("SELECT count(*) FROM outbox WHERE state = 'pending'").fetchone()
+            return int(row[0])
+
+        return await self._run(self._reader, go)
+
+    async def outbox_for_incident(self, incident_id: str) -> list[OutboxItem]:
+        """Every PagerDuty event of the incident."""
+        return await self._outbox(
+            f"SELECT {_OUTBOX_COLUMNS} FROM outbox WHERE incident_id = ? ORDER BY id",  # noqa: S608
+            (incident_id,),
+        )
+
+    async def incident_for_dedup_key(self, dedup_key: str) -> str | None:
+        """The latest incident paged with ``dedup_key``."""
+
+        def go() -> str | None:
+            row = self._r().execute(
+                "SELECT incident_id FROM outbox WHERE dedup_key = ? ORDER BY id DESC LIMIT 1",
+                (dedup_key,),
+            ).fetchone()
+            return None if row is None else str(row[0])
+
+        return await self._run(self._reader, go)
+
+    async def known_deliveries(self, source: str, since: float) -> list[str]:
+        """Delivery ids of ``source`` received since ``since``."""
+
+        def go() -> list[str]:
+            cur = self._r().execute(
+                "SELECT id FROM deliveries WHERE source = ? AND received_at >= ?", (source, since)
+            )
+            return [r[0] for r in cur.fetchall()]
+
+        return await self._run(self._reader, go)
 
     async def schema_version(self) -> int:
         """Highest applied migration."""

@@ -155,6 +155,21 @@ async def get_incident(request: web.Request) -> web.Response:
     events = await c.store.timeline(inc.id)
     view = incident_view(inc, c.rules, c.clock.now())
     view["timeline"] = [event_view(e) for e in events]
+    view["pagerduty"] = {
+        "dedup_key": inc.paged_dedup_key,
+        "events": [
+            {
+                "action": item.action,
+                "routing": item.routing,
+                "state": item.state,
+                "attempts": item.attempts,
+                "queued_at": isoformat(item.created_at),
+                "done_at": isoformat(item.done_at),
+                "last_error": item.last_error,
+            }
+            for item in await c.store.outbox_for_incident(inc.id)
+        ],
+    }
     return _json(view)
 
 
@@ -197,6 +212,14 @@ async def _transition(request: web.Request, action: str) -> web.Response:
                 incident_id, actor=actor, source="api", now=now, message=message
             )
             return [change] if change else []
+        if action == "update":
+            if not message:
+                raise InvalidTransition("a status update needs a message")
+            return [
+                c.book.record_update(
+                    incident_id, actor=actor, source="api", now=now, message=message
+                )
+            ]
         return [c.book.resolve(incident_id, actor=actor, source="api", now=now, message=message)]
 
     await c.service.submit(command)
@@ -212,3 +235,8 @@ async def acknowledge(request: web.Request) -> web.Response:
 async def resolve(request: web.Request) -> web.Response:
     """``POST /api/v1/incidents/{id}/resolve`` with ``{"actor", "message"}``."""
     return await _transition(request, "resolve")
+
+
+async def post_update(request: web.Request) -> web.Response:
+    """``POST /api/v1/incidents/{id}/updates`` with ``{"actor", "message"}``: a status update."""
+    return await _transition(request, "update")

@@ -71,8 +71,16 @@ async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
     await components.store.open()
     try:
         await components.service.start()
+        await components.inbound.start(components.clock.now())
         try:
-            yield
+            if components.outbox is not None:
+                await components.outbox.start()
+            try:
+                yield
+            finally:
+                if components.outbox is not None:
+                    await components.outbox.stop()
+                await components.inbound.stop()
         finally:
             await components.service.stop()
     finally:
@@ -88,10 +96,12 @@ def create_app(components: Components) -> web.Application:
     app[COMPONENTS] = components
     app.cleanup_ctx.append(_lifecycle)
     app.router.add_post("/webhook/alertmanager", webhooks.alertmanager)
+    app.router.add_post("/webhook/pagerduty", webhooks.pagerduty)
     app.router.add_get("/api/v1/incidents", api.list_incidents)
     app.router.add_get("/api/v1/incidents/{id}", api.get_incident)
     app.router.add_post("/api/v1/incidents/{id}/acknowledge", api.acknowledge)
     app.router.add_post("/api/v1/incidents/{id}/resolve", api.resolve)
+    app.router.add_post("/api/v1/incidents/{id}/updates", api.post_update)
     app.router.add_get("/metrics", ops.metrics)
     app.router.add_get("/healthz", ops.healthz)
     app.router.add_get("/readyz", ops.readyz)

@@ -1,10 +1,12 @@
-"""Inbound webhooks: Alertmanager (v4)."""
+"""Inbound webhooks: Alertmanager (v4) and PagerDuty (v3)."""
 
 from __future__ import annotations
 
 from aiohttp import web
 
 from sidecar.alertmanager import InvalidPayload, parse_notification
+from sidecar.pagerduty.client import PagerDutyApiError
+from sidecar.pagerduty.webhooks import parse_webhook, verify_signature
 from sidecar.web.auth import require
 from sidecar.web.keys import COMPONENTS
 
@@ -33,5 +35,46 @@ async def alertmanager(request: web.Request) -> web.Response:
                 {"id": ch.incident.id, "state": ch.incident.state, "severity": ch.incident.severity}
                 for ch in changes
             ],
+        }
+    )
+
+
+async def pagerduty(request: web.Request) -> web.Response:
+    """``POST /webhook/pagerduty``: webhooks v3, signature verified over the raw body."""
+    c = request.app[COMPONENTS]
+    body = await request.read()
+    secret = c.config.secrets.webhook_secret
+    if not c.config.settings.server.insecure_disable_auth:
+        if secret is None:
+            raise web.HTTPUnauthorized(reason="pagerduty.webhook_secret is not configured")
+        if not verify_signature(body, request.headers.get("X-PagerDuty-Signature"), [secret]):
+            raise web.HTTPUnauthorized(reason="invalid or missing X-PagerDuty-Signature")
+    try:
+        event = parse_webhook(body)
+    except ValueError as exc:
+        return web.json_response({"error": f"invalid PagerDuty webhook: {exc}"}, status=400)
+    inbound = c.inbound
+    delivery_id = request.headers.get("X-Webhook-Id") or event.event_id
+    if inbound.seen(delivery_id):
+        return web.json_response({"status": "duplicate", "delivery": delivery_id})
+    try:
+        incident = await inbound.find_incident(event)
+    except PagerDutyApiError as exc:
+        # PagerDuty retries a delivery that fails; the lookup may work then.
+        return web.json_response({"error": f"PagerDuty REST lookup failed: {exc}"}, status=503)
+    now = c.clock.now()
+    delivery = ((delivery_id, "pagerduty", now),)
+    if incident is None:
+        await c.service.submit(lambda _now: [], deliveries=delivery)
+        inbound.remember(delivery_id)
+        return web.json_response({"status": "ignored", "reason": "no matching incident"})
+    command = inbound.command(event, incident)
+    changes = await c.service.submit(command, deliveries=delivery)
+    inbound.remember(delivery_id)
+    return web.json_response(
+        {
+            "status": "ok",
+            "incident_id": incident.id,
+            "changed": [{"id": ch.incident.id, "state": ch.incident.state} for ch in changes],
         }
     )

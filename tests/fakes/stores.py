@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from sidecar.errors import StoreUnavailable
 from sidecar.incidents import Incident, TimelineEvent
-from sidecar.store.base import IncidentQuery, Store, WriteBatch
+from sidecar.store.base import IncidentQuery, OutboxItem, Store, WriteBatch
 
 
 class FlakyStore:
@@ -57,3 +57,39 @@ class FlakyStore:
 
     async def schema_version(self) -> int:
         return await self.inner.schema_version()
+
+    async def due_outbox(self, now: float, limit: int) -> list[OutboxItem]:
+        self._check()
+        return await self.inner.due_outbox(now, limit)
+
+    async def finish_outbox(
+        self,
+        item_id: int,
+        *,
+        state: str,
+        attempts: int,
+        next_attempt_at: float,
+        error: str | None,
+        now: float,
+    ) -> None:
+        self._check(write=True)
+        await self.inner.finish_outbox(
+            item_id, state=state, attempts=attempts, next_attempt_at=next_attempt_at,
+            error=error, now=now,
+        )
+
+    async def outbox_pending(self) -> int:
+        self._check()
+        return await self.inner.outbox_pending()
+
+    async def outbox_for_incident(self, incident_id: str) -> list[OutboxItem]:
+        self._check()
+        return await self.inner.outbox_for_incident(incident_id)
+
+    async def incident_for_dedup_key(self, dedup_key: str) -> str | None:
+        self._check()
+        return await self.inner.incident_for_dedup_key(dedup_key)
+
+    async def known_deliveries(self, source: str, since: float) -> list[str]:
+        self._check()
+        return await self.inner.known_deliveries(source, since)

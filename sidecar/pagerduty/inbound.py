@@ -1,0 +1,136 @@
+"""Inbound PagerDuty webhooks v3: map an event to our incident and to a command on it.
+
+PagerDuty delivers at least once: a delivery id (``X-Webhook-Id``) is committed
+with the change it causes and remembered, so a redelivery changes nothing,
+even after a restart. Incidents created through the Events API may carry a
+null ``incident_key``; then the REST API tells the alert keys, which are our
+dedup keys.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import OrderedDict
+from collections.abc import Callable
+
+import aiohttp
+
+from sidecar.incidents import Change, Incident, IncidentBook
+from sidecar.pagerduty.client import RestClient
+from sidecar.pagerduty.webhooks import WebhookEvent
+from sidecar.store.base import Store
+
+log = logging.getLogger("sidecar.pagerduty")
+
+SOURCE = "pagerduty"
+DELIVERY_MEMORY = 100_000  # ids remembered in memory; older ones are still in the store
+DELIVERY_HORIZON = 7 * 86400.0
+
+
+class PagerDutyInbound:
+    """State and lookups behind ``POST /webhook/pagerduty``."""
+
+    def __init__(self, store: Store, book: IncidentBook, *, api_url: str, api_token: str | None):
+        self.store = store
+        self.book = book
+        self.api_url = api_url
+        self.api_token = api_token
+        self._seen: OrderedDict[str, None] = OrderedDict()
+        self._session: aiohttp.ClientSession | None = None
+
+    async def start(self, now: float) -> None:
+        """Load recent delivery ids from the store."""
+        for delivery_id in await self.store.known_deliveries(SOURCE, now - DELIVERY_HORIZON):
+            self.remember(delivery_id)
+
+    async def stop(self) -> None:
+        """Close the REST session."""
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+    def seen(self, delivery_id: str) -> bool:
+        """True when this delivery was already processed."""
+        return delivery_id in self._seen
+
+    def remember(self, delivery_id: str) -> None:
+        """Mark a delivery processed (after its commit)."""
+        self._seen[delivery_id] = None
+        self._seen.move_to_end(delivery_id)
+        while len(self._seen) > DELIVERY_MEMORY:
+            self._seen.popitem(last=False)
+
+    async def dedup_keys(self, event: WebhookEvent) -> list[str]:
+        """Our dedup keys for the PagerDuty incident of ``event``."""
+        if event.incident_key:
+            return [event.incident_key]
+        if not event.pd_incident_id or not self.api_token:
+            return []
+        if self._session is None:
+            self._session = aiohttp.ClientSession()
+        client = RestClient(self._session, self.api_url, self.api_token)
+        return await client.incident_alert_keys(event.pd_incident_id)
+
+    async def find_incident(self, event: WebhookEvent) -> Incident | None:
+        """Our incident the event is about, if any."""
+        for key in await self.dedup_keys(event):
+            incident_id = await self.store.incident_for_dedup_key(key)
+            if incident_id is None:
+                continue
+            inc = self.book.get_open(incident_id) or await self.store.get_incident(incident_id)
+            if inc is None:
+                continue
+            # The same dedup key pages every episode of a group: an event older
+            # than our incident belongs to an earlier episode.
+            if event.occurred_at.timestamp() < inc.triggered_at - 1.0:
+                continue
+            return inc
+        return None
+
+    def command(self, event: WebhookEvent, incident: Incident) -> Callable[[float], list[Change]]:
+        """The incident-book command for ``event``; unknown types only go on the timeline."""
+        book, actor = self.book, event.agent
+        kind = event.event_type
+        incident_id = incident.id
+
+        def run(now: float) -> list[Change]:
+            change: Change | None
+            open_inc = book.get_open(incident_id)
+            if kind == "incident.acknowledged":
+                if open_inc is None:
+                    return []
+                change = book.acknowledge(incident_id, actor=actor, source=SOURCE, now=now)
+            elif kind == "incident.resolved":
+                if open_inc is None:
+                    return []
+                change = book.resolve(incident_id, actor=actor, source=SOURCE, now=now)
+            elif kind == "incident.unacknowledged":
+                if open_inc is None:
+                    return []
+                change = book.unacknowledge(incident_id, actor=actor, source=SOURCE, now=now)
+            elif kind == "incident.reopened":
+                change = book.reopen(open_inc or incident, actor=actor, source=SOURCE, now=now)
+            elif kind == "incident.status_update_published":
+                if open_inc is None:
+                    return []
+                change = book.record_update(
+                    incident_id,
+                    actor=actor,
+                    source=SOURCE,
+                    now=now,
+                    message=event.message or "status update published in PagerDuty",
+                )
+            else:  # incident.escalated and friends: on the timeline only
+                if open_inc is None:
+                    return []
+                change = book.note(
+                    incident_id,
+                    kind=kind.replace("incident.", "pagerduty_"),
+                    actor=actor,
+                    source=SOURCE,
+                    now=now,
+                    message=f"PagerDuty: {kind}",
+                )
+            return [change] if change else []
+
+        return run

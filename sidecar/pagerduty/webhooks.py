@@ -1,0 +1,228 @@
+"""Inbound PagerDuty webhooks v3: signature verification and event parsing.
+
+From PagerDuty's developer documentation, "Webhooks Overview" (the envelope and
+its event data types) and "Verifying Signatures": ``X-PagerDuty-Signature``
+holds one or more comma-separated signatures, one per signing secret during a
+rotation; ``v1`` is the hex HMAC-SHA256 of the raw body keyed by the secret,
+and a delivery is authentic when any ``v1`` signature matches.
+
+Each delivery holds one event, ``{"event": {id, event_type, resource_type,
+occurred_at, agent, client, data}}``. Incident events carry an ``incident`` in
+``data``; ``incident.status_update_published`` carries an
+``incident_status_update`` whose ``incident`` is only a reference (so no
+``incident_key``), with the update's ``message``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+#: The event types the sidecar acts on; any other type parses too, to be ignored.
+SUPPORTED_EVENT_TYPES = frozenset(
+    {
+        "incident.acknowledged",
+        "incident.unacknowledged",
+        "incident.resolved",
+        "incident.reopened",
+        "incident.status_update_published",
+        "incident.escalated",
+    }
+)
+STATUS_UPDATE = "incident.status_update_published"
+DEFAULT_AGENT = "pagerduty"
+
+_HEX_SHA256 = re.compile(r"[0-9a-fA-F]{64}")
+
+
+def verify_signature(body: bytes, header: str | None, secrets: Sequence[str]) -> bool:
+    """True when any ``v1=`` signature in ``header`` is the HMAC of ``body`` with any secret."""
+    if not header:
+        return False
+    candidates = []
+    for part in header.split(","):
+        version, sep, value = part.strip().partition("=")
+        # Other versions are skipped, as the documentation says; a value that is not
+        # 64 hex digits cannot match and is not worth comparing.
+        if sep and version == "v1" and _HEX_SHA256.fullmatch(value):
+            candidates.append(value.lower().encode("ascii"))
+    if not candidates:
+        return False
+    for secret in secrets:
+        if not secret:
+            continue
+        expected = hmac.new(secret.encode("utf-8"), body, hashlib.sha256).hexdigest()
+        expected_bytes = expected.encode("ascii")
+        for candidate in candidates:
+            if hmac.compare_digest(candidate, expected_bytes):
+                return True
+    return False
+
+
+class InvalidWebhook(ValueError):
+    """The body is not a PagerDuty webhook v3 event; ``reasons`` says why."""
+
+    def __init__(self, reasons: list[str]) -> None:
+        self.reasons = reasons
+        super().__init__("; ".join(reasons))
+
+
+class Reference(BaseModel):
+    """A PagerDuty resource reference (``agent``, ``data.incident``): the fields we read."""
+
+    model_config = ConfigDict(extra="allow", frozen=True)
+
+    id: str | None = None
+    type: str | None = None
+    summary: str | None = None
+    html_url: str | None = None
+    email: str | None = None
+
+
+class EventBody(BaseModel):
+    """``event`` of a webhook v3 delivery; ``data`` differs by ``event_type``."""
+
+    model_config = ConfigDict(extra="allow", frozen=True)
+
+    id: str = Field(min_length=1)
+    event_type: str = Field(min_length=1)
+    resource_type: str = ""
+    occurred_at: datetime
+    agent: Reference | None = None
+    client: dict[str, Any] | None = None
+    data: dict[str, Any]
+
+
+class WebhookEnvelope(BaseModel):
+    """A webhook v3 delivery: one event."""
+
+    model_config = ConfigDict(extra="allow", frozen=True)
+
+    event: EventBody
+
+
+class IncidentData(BaseModel):
+    """``data`` of ``incident.*`` events: the incident (its fields that we read)."""
+
+    model_config = ConfigDict(extra="allow", frozen=True)
+
+    id: str = Field(min_length=1)
+    type: str = "incident"
+    incident_key: str | None = None
+    status: str | None = None
+    html_url: str | None = None
+
+
+class IncidentReference(BaseModel):
+    """An ``incident_reference``."""
+
+    model_config = ConfigDict(extra="allow", frozen=True)
+
+    id: str = Field(min_length=1)
+    html_url: str | None = None
+
+
+class StatusUpdateData(BaseModel):
+    """``data`` of ``incident.status_update_published``: an ``incident_status_update``."""
+
+    model_config = ConfigDict(extra="allow", frozen=True)
+
+    id: str | None = None
+    incident: IncidentReference
+    message: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class WebhookEvent:
+    """What the sidecar needs from one webhook v3 event."""
+
+    event_id: str
+    event_type: str
+    resource_type: str
+    occurred_at: datetime
+    pd_incident_id: str | None
+    incident_key: str | None
+    agent: str
+    message: str | None
+    pd_incident_url: str | None = None
+    pd_status: str | None = None
+
+    @property
+    def supported(self) -> bool:
+        """True for the event types the sidecar acts on."""
+        return self.event_type in SUPPORTED_EVENT_TYPES
+
+
+def parse_webhook(body: bytes) -> WebhookEvent:
+    """Parse and validate a raw delivery, raising InvalidWebhook with readable reasons."""
+    try:
+        envelope = WebhookEnvelope.model_validate_json(body)
+    except ValidationError as exc:
+        raise InvalidWebhook(_reasons(exc)) from None
+    event = envelope.event
+    occurred_at = event.occurred_at
+    if occurred_at.tzinfo is None:
+        occurred_at = occurred_at.replace(tzinfo=UTC)
+    pd_incident_id, incident_key, message, url, status = _incident_fields(event)
+    return WebhookEvent(
+        event_id=event.id,
+        event_type=event.event_type,
+        resource_type=event.resource_type,
+        occurred_at=occurred_at,
+        pd_incident_id=pd_incident_id,
+        incident_key=incident_key or None,
+        agent=_agent(event.agent),
+        message=message,
+        pd_incident_url=url,
+        pd_status=status,
+    )
+
+
+def _incident_fields(
+    event: EventBody,
+) -> tuple[str | None, str | None, str | None, str | None, str | None]:
+    """(incident id, incident_key, message, incident URL, status) from ``data``."""
+    data = event.data
+    supported = event.event_type in SUPPORTED_EVENT_TYPES
+    try:
+        if event.event_type == STATUS_UPDATE:
+            update = StatusUpdateData.model_validate(data)
+            return update.incident.id, None, update.message or None, update.incident.html_url, None
+        if supported or data.get("type") == "incident":
+            incident = IncidentData.model_validate(data)
+            return incident.id, incident.incident_key, None, incident.html_url, incident.status
+        if isinstance(data.get("incident"), dict):
+            # Other incident.* events (notes, responders, ...) reference their incident.
+            reference = IncidentReference.model_validate(data["incident"])
+            return reference.id, None, None, reference.html_url, None
+    except ValidationError as exc:
+        if supported:
+            raise InvalidWebhook(
+                [f"event.data ({event.event_type}): {r}" for r in _reasons(exc)]
+            ) from None
+    return None, None, None, None, None
+
+
+def _agent(agent: Reference | None) -> str:
+    """A display name for who acted: the reference's summary, email or id."""
+    if agent is None:
+        return DEFAULT_AGENT
+    for value in (agent.summary, agent.email, agent.id):
+        if value and value.strip():
+            return value.strip()
+    return DEFAULT_AGENT
+
+
+def _reasons(exc: ValidationError) -> list[str]:
+    reasons = []
+    for error in exc.errors(include_url=False, include_input=False):
+        where = ".".join(str(part) for part in error["loc"])
+        reasons.append(f"{where}: {error['msg']}" if where else error["msg"])
+    return reasons

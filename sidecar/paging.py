@@ -1,0 +1,154 @@
+"""Which PagerDuty events an incident change causes, by the severity's paging policy.
+
+Policies: ``page`` and ``notify`` send a trigger (with the severity's PagerDuty
+severity: critical/error wake someone, warning/info do not); ``ticket`` sends
+nothing and records a ticket on the timeline; ``none`` records nothing. A
+trigger goes out when an incident opens or its severity rises; acknowledge and
+resolve follow from any source but PagerDuty itself, and only for incidents
+that were paged. The events are written to the outbox in the same transaction
+as the change that causes them (see :mod:`sidecar.service`), so a page is never
+lost and never sent for a change that was not committed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import orjson
+
+from sidecar.incidents import Change, Incident, IncidentBook
+from sidecar.pagerduty.events import (
+    build_acknowledge,
+    build_resolve,
+    build_trigger,
+    dedup_key_for_alert,
+    dedup_key_for_group,
+)
+from sidecar.rules import RuleSet
+
+
+@dataclass(frozen=True, slots=True)
+class OutboxEvent:
+    """One Events API v2 body to deliver, without its routing key."""
+
+    incident_id: str
+    dedup_key: str
+    routing: str
+    action: str
+    body: Mapping[str, Any]
+
+    def row(self, now: float) -> tuple[str, str, str, str, bytes, float]:
+        """The outbox row (see :data:`sidecar.store.base.OutboxRow`)."""
+        return (
+            self.incident_id,
+            self.dedup_key,
+            self.routing,
+            self.action,
+            orjson.dumps(dict(self.body)),
+            now,
+        )
+
+
+class Pager:
+    """Turns committed-to-be changes into outbox events."""
+
+    def __init__(
+        self,
+        rules: RuleSet,
+        book: IncidentBook,
+        *,
+        routing_names: set[str],
+        key_mode: Literal["group", "alert"] = "group",
+        alertmanager_url: str | None = None,
+        external_url: str | None = None,
+    ) -> None:
+        self.rules = rules
+        self.book = book
+        self.routing_names = routing_names
+        self.key_mode = key_mode
+        self.alertmanager_url = alertmanager_url
+        self.external_url = external_url.rstrip("/") if external_url else None
+
+    @property
+    def enabled(self) -> bool:
+        """True when at least one routing key is configured."""
+        return bool(self.routing_names)
+
+    def dedup_key(self, inc: Incident) -> str:
+        """The dedup key of an incident: sha256(groupKey), as Alertmanager's own integration."""
+        if self.key_mode == "alert":
+            return dedup_key_for_alert(inc.group_key, inc.key)
+        return dedup_key_for_group(inc.group_key)
+
+    def routing_for(self, inc: Incident) -> str | None:
+        """The routing key name for an incident's owning team, or the default."""
+        team = f"team:{inc.team}"
+        if team in self.routing_names:
+            return team
+        return "default" if "default" in self.routing_names else None
+
+    def events_for(self, change: Change, now: float) -> list[OutboxEvent]:
+        """Outbox events for a change; may add paging notes to the change's timeline."""
+        inc = change.incident
+        out: list[OutboxEvent] = []
+        for effect in change.effects:
+            if effect.kind == "opened" and inc.is_open:
+                out += self._trigger(change, now, reason="opened")
+            elif effect.kind == "severity_raised" and inc.is_open:
+                out += self._trigger(change, now, reason=f"severity raised to {inc.severity}")
+            elif effect.kind in ("acknowledged", "resolved") and effect.source != "pagerduty":
+                if inc.paged_dedup_key is None:
+                    continue
+                routing = self.routing_for(inc)
+                if routing is None:
+                    continue
+                body = (
+                    build_acknowledge(inc.paged_dedup_key)
+                    if effect.kind == "acknowledged"
+                    else build_resolve(inc.paged_dedup_key)
+                )
+                action = "acknowledge" if effect.kind == "acknowledged" else "resolve"
+                out.append(OutboxEvent(inc.id, inc.paged_dedup_key, routing, action, body))
+        return out
+
+    def _trigger(self, change: Change, now: float, *, reason: str) -> list[OutboxEvent]:
+        inc = change.incident
+        policy = self.rules.policy(inc.severity)
+        if policy.paging == "none":
+            return []
+        if policy.paging == "ticket":
+            if reason == "opened":
+                change.events.append(
+                    self.book.event(
+                        inc, now, "ticket", "sidecar", None,
+                        f"{inc.severity} policy is ticket: recorded, nobody paged",
+                    )
+                )
+            return []
+        routing = self.routing_for(inc)
+        if routing is None:
+            return []
+        dedup = self.dedup_key(inc)
+        incident_url = (
+            f"{self.external_url}/api/v1/incidents/{inc.id}" if self.external_url else None
+        )
+        body = build_trigger(
+            inc,
+            pagerduty_severity=policy.pagerduty_severity,
+            dedup_key=dedup,
+            alertmanager_url=self.alertmanager_url or inc.external_url or None,
+            incident_url=incident_url,
+        )
+        inc.paged_dedup_key = dedup
+        verb = "page" if policy.paging == "page" else "notification (no page)"
+        change.events.append(
+            self.book.event(
+                inc, now, "pagerduty_queued", "sidecar", None,
+                f"PagerDuty {verb} queued ({reason}; severity {policy.pagerduty_severity}, "
+                f"routing {routing})",
+                {"action": "trigger", "routing": routing, "dedup_key": dedup},
+            )
+        )
+        return [OutboxEvent(inc.id, dedup, routing, "trigger", body)]
