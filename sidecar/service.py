@@ -62,6 +62,7 @@ class IncidentService:
         self.max_batch = max_batch
         self._queue: asyncio.Queue[_Pending] = asyncio.Queue()
         self._task: asyncio.Task[None] | None = None
+        self._inflight: asyncio.Future[None] | None = None
         self.batches_committed = 0
         self._last_expiry = 0.0
 
@@ -84,6 +85,8 @@ class IncidentService:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
             self._task = None
+        if self._inflight is not None and not self._inflight.done():
+            await self._inflight
         while not self._queue.empty():
             pending = self._queue.get_nowait()
             if not pending.future.done():
@@ -113,7 +116,9 @@ class IncidentService:
             batch = [await self._queue.get()]
             while len(batch) < self.max_batch and not self._queue.empty():
                 batch.append(self._queue.get_nowait())
-            await self._commit(batch)
+            # Shielded: stopping the loop must not abandon a commit and its callers.
+            self._inflight = asyncio.ensure_future(self._commit(batch))
+            await asyncio.shield(self._inflight)
 
     async def _commit(self, batch: list[_Pending]) -> None:
         now = self.clock.now()

@@ -146,36 +146,51 @@ def build_trigger(
     }
     if inc_url:
         base_details["incident_url"] = inc_url
-    details = [_alert_details(a) for a in ranked]
+    # Alert details are built lazily, in order: a group of thousands of alerts only
+    # pays for the ones that fit.
+    details: list[dict[str, Any]] = []
+    sizes: list[int] = []
+
+    def detail(index: int) -> int:
+        """Build the details of ``ranked[index]`` if needed; return their encoded size."""
+        while len(details) <= index:
+            details.append(_alert_details(ranked[len(details)]))
+            sizes.append(len(orjson.dumps(details[-1])))
+        return sizes[index]
 
     def with_alerts(kept: int, *, keep_labels: bool = True) -> dict[str, Any]:
         custom = dict(base_details)
         custom["labels"] = labels if keep_labels else {}
         custom["firing"] = details[: min(kept, len(firing))]
         custom["resolved"] = details[len(firing) : kept]
-        if kept < len(details):
-            custom["alerts_omitted"] = len(details) - kept
+        if kept < len(ranked):
+            custom["alerts_omitted"] = len(ranked) - kept
         if not keep_labels:
             custom["labels_omitted"] = len(labels)
         payload["custom_details"] = custom
         return body
 
-    if _fits(with_alerts(len(details))):
-        return body
-    # The largest number of alert details that fits, found by bisection: each probe
-    # encodes the whole body, so this stays fast for groups of thousands of alerts.
-    low, high = 0, len(details) - 1
-    while low < high:
-        middle = (low + high + 1) // 2
-        if _fits(with_alerts(middle)):
-            low = middle
-        else:
-            high = middle - 1
-    if _fits(with_alerts(low)):
-        return body
+    def most_alerts(*, keep_labels: bool) -> int | None:
+        """The largest number of alert details that fits; None when not even zero does."""
+        used = _size(with_alerts(0, keep_labels=keep_labels))
+        if used > _BUDGET:
+            return None
+        # Each alert adds its details and a comma; the "alerts_omitted" count only
+        # shrinks as alerts are added, so ``used`` never underestimates the size.
+        kept = 0
+        while kept < len(ranked) and used + detail(kept) + 1 <= _BUDGET:
+            used += sizes[kept] + 1
+            kept += 1
+        while kept > 0 and not _fits(with_alerts(kept, keep_labels=keep_labels)):
+            kept -= 1  # not expected (see above); keeps the limit a guarantee
+        return kept
+
+    kept = most_alerts(keep_labels=True)
+    if kept is not None:
+        return with_alerts(kept)
     # Not even the incident's own labels fit (thousands of group labels): drop them
     # too. Every other field is capped, so what remains is far below the limit.
-    return with_alerts(0, keep_labels=False)
+    return with_alerts(most_alerts(keep_labels=False) or 0, keep_labels=False)
 
 
 def build_acknowledge(dedup_key: str) -> dict[str, Any]:
@@ -197,8 +212,15 @@ def _check_dedup_key(dedup_key: str) -> None:
         raise ValueError(f"dedup key is longer than {MAX_DEDUP_KEY_CHARS} characters")
 
 
+_BUDGET = MAX_EVENT_BYTES - ROUTING_KEY_RESERVE
+
+
+def _size(body: Mapping[str, Any]) -> int:
+    return len(encode_event(body))
+
+
 def _fits(body: Mapping[str, Any]) -> bool:
-    return len(encode_event(body)) + ROUTING_KEY_RESERVE <= MAX_EVENT_BYTES
+    return _size(body) <= _BUDGET
 
 
 def _cap(text: str, limit: int = MAX_FIELD_CHARS) -> str:

@@ -1,0 +1,1 @@
+"""Test suite for incident-sla-sidecar."""

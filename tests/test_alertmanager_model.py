@@ -1,0 +1,314 @@
+"""The Alertmanager webhook v4 model, against payloads shaped as Alertmanager marshals them.
+
+Field names follow ``notify/webhook/webhook.go`` (``Message``: the embedded
+``template.Data`` plus ``version``, ``groupKey``, ``truncatedAlerts``) and
+``template/template.go`` (``Data`` and ``Alert``). Go marshals ``time.Time`` as
+RFC 3339 with nanoseconds and the zero time as ``0001-01-01T00:00:00Z``; it
+initialises every label and annotation map, so they are ``{}``, never ``null``.
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime
+from typing import Any
+
+import pytest
+
+from sidecar.alertmanager import Alert, InvalidPayload, Notification, parse_notification
+
+# A notification as Alertmanager 0.25+ posts it for a group of two alerts, one
+# of them already resolved. Receiver names pass through regexp.QuoteMeta.
+REAL = """
+{
+  "receiver": "incident\\\\.sidecar",
+  "status": "firing",
+  "alerts": [
+    {
+      "status": "firing",
+      "labels": {
+        "alertname": "KubePodCrashLooping",
+        "container": "api",
+        "namespace": "payments",
+        "pod": "api-7d9c6b5f4-x2x9z",
+        "severity": "critical"
+      },
+      "annotations": {
+        "description": "Pod payments/api-7d9c6b5f4-x2x9z is crash looping.",
+        "runbook_url": "https://runbooks.example/KubePodCrashLooping",
+        "summary": "Pod is crash looping."
+      },
+      "startsAt": "2024-03-05T10:15:30.123456789Z",
+      "endsAt": "0001-01-01T00:00:00Z",
+      "generatorURL": "http://prometheus-0:9090/graph?g0.expr=max_over_time%28x%5B5m%5D%29&g0.tab=1",
+      "fingerprint": "3f5c1d7e9a0b2c4d"
+    },
+    {
+      "status": "resolved",
+      "labels": {
+        "alertname": "KubePodCrashLooping",
+        "container": "worker",
+        "namespace": "payments",
+        "pod": "worker-5b7f9c8d6-abcde",
+        "severity": "warning"
+      },
+      "annotations": {},
+      "startsAt": "2024-03-05T10:10:00Z",
+      "endsAt": "2024-03-05T10:20:00.5Z",
+      "generatorURL": "",
+      "fingerprint": "00a1b2c3d4e5f607"
+    }
+  ],
+  "groupLabels": {"alertname": "KubePodCrashLooping", "namespace": "payments"},
+  "commonLabels": {"alertname": "KubePodCrashLooping", "namespace": "payments"},
+  "commonAnnotations": {},
+  "externalURL": "http://alertmanager-0.alertmanager:9093",
+  "version": "4",
+  "groupKey": "{}/{team=\\"pay\\"}:{alertname=\\"KubePodCrashLooping\\", namespace=\\"payments\\"}",
+  "truncatedAlerts": 0
+}
+"""
+
+
+def real() -> dict[str, Any]:
+    data: dict[str, Any] = json.loads(REAL)
+    return data
+
+
+def encode(payload: Any) -> bytes:
+    return json.dumps(payload).encode()
+
+
+def test_parses_a_real_shaped_notification() -> None:
+    n = parse_notification(REAL.encode())
+    assert n.version == "4"
+    assert n.group_key == (
+        '{}/{team="pay"}:{alertname="KubePodCrashLooping", namespace="payments"}'
+    )
+    assert n.truncated_alerts == 0
+    assert n.status == "firing"
+    assert n.receiver == "incident\\.sidecar"
+    assert n.group_labels == {"alertname": "KubePodCrashLooping", "namespace": "payments"}
+    assert n.common_labels["namespace"] == "payments"
+    assert n.common_annotations == {}
+    assert n.external_url == "http://alertmanager-0.alertmanager:9093"
+    first, second = n.alerts
+    assert first.status == "firing"
+    assert first.labels["pod"] == "api-7d9c6b5f4-x2x9z"
+    assert first.annotations["summary"] == "Pod is crash looping."
+    assert first.fingerprint == "3f5c1d7e9a0b2c4d"
+    assert first.generator_url.startswith("http://prometheus-0:9090/graph")
+    assert first.ends_at is None
+    assert second.status == "resolved"
+    assert second.annotations == {}
+    assert second.generator_url == ""
+    assert second.ends_at == datetime(2024, 3, 5, 10, 20, 0, 500000, tzinfo=UTC)
+
+
+def test_nanosecond_timestamps_keep_microseconds() -> None:
+    n = parse_notification(REAL.encode())
+    assert n.alerts[0].starts_at == datetime(2024, 3, 5, 10, 15, 30, 123456, tzinfo=UTC)
+
+
+def test_fields_are_readable_by_their_python_names_too() -> None:
+    n = Notification.model_validate(
+        {
+            "version": "4",
+            "group_key": "g",
+            "status": "firing",
+            "receiver": "r",
+            "alerts": [
+                {
+                    "status": "firing",
+                    "labels": {},
+                    "starts_at": "2024-03-05T10:15:30Z",
+                    "fingerprint": "0123456789abcdef",
+                }
+            ],
+        }
+    )
+    assert n.group_key == "g"
+    assert n.alerts[0].starts_at.year == 2024
+
+
+def test_optional_fields_default_sensibly() -> None:
+    minimal = {
+        "version": "4",
+        "groupKey": "{}:{}",
+        "status": "firing",
+        "receiver": "sidecar",
+        "alerts": [
+            {
+                "status": "firing",
+                "labels": {"alertname": "A"},
+                "startsAt": "2024-03-05T10:15:30Z",
+                "fingerprint": "0123456789abcdef",
+            }
+        ],
+    }
+    n = parse_notification(encode(minimal))
+    assert n.truncated_alerts == 0
+    assert (n.group_labels, n.common_labels, n.common_annotations, n.external_url) == (
+        {},
+        {},
+        {},
+        "",
+    )
+    a = n.alerts[0]
+    assert (a.annotations, a.ends_at, a.generator_url) == ({}, None, "")
+
+
+def test_unknown_fields_are_accepted_at_every_level() -> None:
+    payload = real()
+    payload["notification_reason"] = "repeat_interval"
+    payload["routeLabels"] = {"team": "payments"}
+    payload["alerts"][0]["someFutureField"] = {"nested": [1, 2]}
+    n = parse_notification(encode(payload))
+    assert n.model_extra is not None
+    assert n.model_extra["notification_reason"] == "repeat_interval"
+    assert n.model_extra["routeLabels"] == {"team": "payments"}
+    assert len(n.alerts) == 2
+
+
+def test_truncated_alerts_is_kept() -> None:
+    payload = real()
+    payload["truncatedAlerts"] = 17
+    assert parse_notification(encode(payload)).truncated_alerts == 17
+
+
+@pytest.mark.parametrize(
+    "zero", ["0001-01-01T00:00:00Z", "0001-01-01T00:00:00.000000000Z", "0001-01-01T00:00:00+00:00"]
+)
+def test_go_zero_ends_at_becomes_none(zero: str) -> None:
+    payload = real()
+    payload["alerts"][1]["endsAt"] = zero
+    assert parse_notification(encode(payload)).alerts[1].ends_at is None
+
+
+def test_null_or_missing_ends_at_is_none() -> None:
+    payload = real()
+    payload["alerts"][0]["endsAt"] = None
+    del payload["alerts"][1]["endsAt"]
+    n = parse_notification(encode(payload))
+    assert [a.ends_at for a in n.alerts] == [None, None]
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("2024-03-05T10:15:30Z", datetime(2024, 3, 5, 10, 15, 30, tzinfo=UTC)),
+        ("2024-03-05T12:15:30+02:00", datetime(2024, 3, 5, 10, 15, 30, tzinfo=UTC)),
+        ("2024-03-05T05:15:30-05:00", datetime(2024, 3, 5, 10, 15, 30, tzinfo=UTC)),
+        # No zone at all: read as UTC, the zone Alertmanager works in.
+        ("2024-03-05T10:15:30", datetime(2024, 3, 5, 10, 15, 30, tzinfo=UTC)),
+    ],
+)
+def test_times_are_aware_and_name_the_same_instant(text: str, expected: datetime) -> None:
+    payload = real()
+    payload["alerts"][0]["startsAt"] = text
+    payload["alerts"][1]["endsAt"] = text
+    n = parse_notification(encode(payload))
+    for value in (n.alerts[0].starts_at, n.alerts[1].ends_at):
+        assert value is not None
+        assert value.tzinfo is not None
+        assert value == expected
+        assert value.timestamp() == expected.timestamp()
+
+
+def test_offset_times_convert_to_utc_correctly() -> None:
+    payload = real()
+    payload["alerts"][0]["startsAt"] = "2024-03-05T12:15:30.25+02:00"
+    starts = parse_notification(encode(payload)).alerts[0].starts_at
+    assert starts.astimezone(UTC) == datetime(2024, 3, 5, 10, 15, 30, 250000, tzinfo=UTC)
+
+
+def test_models_are_frozen() -> None:
+    n = parse_notification(REAL.encode())
+    with pytest.raises(ValueError, match="frozen"):
+        n.alerts[0].status = "resolved"  # type: ignore[misc]
+    assert isinstance(n.alerts[0], Alert)
+
+
+def _with(path: tuple[Any, ...], value: Any) -> bytes:
+    payload = real()
+    target = payload
+    for part in path[:-1]:
+        target = target[part]
+    if value is _DELETE:
+        del target[path[-1]]
+    else:
+        target[path[-1]] = value
+    return encode(payload)
+
+
+_DELETE = object()
+
+
+@pytest.mark.parametrize(
+    ("body", "expected"),
+    [
+        (b"{", "malformed JSON"),
+        (b"", "malformed JSON"),
+        (b"\xff\xfe", "malformed JSON"),
+        (b"[]", "object"),
+        (b"null", "object"),
+        (b'"4"', "object"),
+        (_with(("version",), "3"), "version: unsupported webhook version '3', expected '4'"),
+        (_with(("version",), 4), "version: unsupported webhook version 4"),
+        (_with(("version",), _DELETE), "version: Field required"),
+        (_with(("groupKey",), _DELETE), "groupKey: Field required"),
+        (_with(("groupKey",), ""), "groupKey"),
+        (_with(("status",), "pending"), "status: Input should be 'firing' or 'resolved'"),
+        (_with(("receiver",), _DELETE), "receiver: Field required"),
+        (_with(("truncatedAlerts",), -1), "truncatedAlerts"),
+        (_with(("truncatedAlerts",), "many"), "truncatedAlerts"),
+        (_with(("alerts",), []), "alerts"),
+        (_with(("alerts",), _DELETE), "alerts: Field required"),
+        (_with(("alerts",), {"0": {}}), "alerts"),
+        (_with(("groupLabels",), ["alertname"]), "groupLabels"),
+        (_with(("commonLabels", "namespace"), 7), "commonLabels.namespace"),
+        (_with(("alerts", 0, "status"), "active"), "alerts.0.status"),
+        (_with(("alerts", 0, "labels"), _DELETE), "alerts.0.labels: Field required"),
+        (_with(("alerts", 0, "labels"), None), "alerts.0.labels"),
+        (_with(("alerts", 0, "labels", "severity"), 1), "alerts.0.labels.severity"),
+        (_with(("alerts", 1, "annotations"), "text"), "alerts.1.annotations"),
+        (_with(("alerts", 0, "startsAt"), _DELETE), "alerts.0.startsAt: Field required"),
+        (_with(("alerts", 0, "startsAt"), "yesterday"), "alerts.0.startsAt"),
+        (_with(("alerts", 0, "startsAt"), "0001-01-01T00:00:00Z"), "startsAt must be set"),
+        (_with(("alerts", 1, "endsAt"), "soon"), "alerts.1.endsAt"),
+        (_with(("alerts", 0, "fingerprint"), _DELETE), "alerts.0.fingerprint: Field required"),
+        (_with(("alerts", 0, "fingerprint"), "not-hex!"), "alerts.0.fingerprint"),
+        (_with(("alerts", 0, "fingerprint"), "0123456789abcdef0"), "alerts.0.fingerprint"),
+    ],
+)
+def test_invalid_shapes_give_readable_reasons(body: bytes, expected: str) -> None:
+    with pytest.raises(InvalidPayload) as err:
+        parse_notification(body)
+    reasons = err.value.reasons
+    assert reasons
+    assert any(expected in r for r in reasons), reasons
+    assert all(isinstance(r, str) and r for r in reasons)
+    assert str(err.value) == "; ".join(reasons)
+
+
+def test_every_problem_of_a_payload_is_reported() -> None:
+    payload = real()
+    payload["version"] = "2"
+    payload["status"] = "bad"
+    payload["alerts"][0]["fingerprint"] = "xyz"
+    del payload["alerts"][1]["startsAt"]
+    with pytest.raises(InvalidPayload) as err:
+        parse_notification(encode(payload))
+    joined = "\n".join(err.value.reasons)
+    for where in ("version", "status", "alerts.0.fingerprint", "alerts.1.startsAt"):
+        assert where in joined
+
+
+def test_reasons_use_the_wire_names_not_python_names() -> None:
+    with pytest.raises(InvalidPayload) as err:
+        parse_notification(_with(("alerts", 0, "startsAt"), _DELETE))
+    assert not any("starts_at" in r for r in err.value.reasons)
+
+
+def test_invalid_payload_is_a_value_error() -> None:
+    assert issubclass(InvalidPayload, ValueError)
