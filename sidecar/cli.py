@@ -14,7 +14,7 @@ from pathlib import Path
 from aiohttp import web
 
 from sidecar import __version__
-from sidecar.config import Config, load_config, split_listen
+from sidecar.config import Config, load_config, rules_file_of, split_listen
 from sidecar.errors import ConfigError
 from sidecar.logs import setup_logging
 from sidecar.rules import RuleSet, load_rules
@@ -23,8 +23,17 @@ log = logging.getLogger("sidecar")
 
 
 def _load(path: Path, *, read_secrets: bool = True) -> tuple[Config, RuleSet]:
-    """Load the configuration and its rules."""
-    config = load_config(path, read_secrets=read_secrets)
+    """Load the configuration and its rules, reporting the problems of both files at once."""
+    try:
+        config = load_config(path, read_secrets=read_secrets)
+    except ConfigError as exc:
+        rules_file = rules_file_of(path)
+        if rules_file is not None:
+            try:
+                load_rules(rules_file)
+            except ConfigError as rules_exc:
+                raise ConfigError(exc.problems + rules_exc.problems) from exc
+        raise
     return config, load_rules(config.rules_file)
 
 

@@ -296,6 +296,32 @@ def _env_override_location(loc: Loc) -> str | None:
     return None
 
 
+def rules_file_of(path: Path) -> Path | None:
+    """The rules file a (possibly invalid) configuration names, if it names one readably."""
+    try:
+        data = load_yaml(path).data
+    except ConfigError:
+        return None
+    rules = data.get("rules") if isinstance(data, dict) else None
+    file = rules.get("file") if isinstance(rules, dict) else None
+    if not isinstance(file, str) or not file:
+        return None
+    return Path(file) if Path(file).is_absolute() else path.parent / file
+
+
+def _env_wins_over_file(data: dict[str, Any]) -> None:
+    """An env var for ``x`` replaces the file's ``x_file`` (and the reverse), not conflicts."""
+    for var in os.environ:
+        if not var.upper().startswith(ENV_PREFIX):
+            continue
+        parts = var[len(ENV_PREFIX) :].lower().split("__")
+        if len(parts) != 2 or not isinstance(data.get(parts[0]), dict):
+            continue
+        section, key = data[parts[0]], parts[1]
+        twin = key.removesuffix("_file") if key.endswith("_file") else f"{key}_file"
+        section.pop(twin, None)
+
+
 def _unknown_env_vars() -> list[ConfigProblem]:
     """SIDECAR__ variables that name no section or key: a typo must not pass silently."""
     problems = []
@@ -327,6 +353,7 @@ def load_config(path: Path, *, read_secrets: bool = True) -> Config:
         raise ConfigError([ConfigProblem(str(path), "", "the configuration must be a mapping")])
     if unknown := _unknown_env_vars():
         raise ConfigError(unknown)
+    _env_wins_over_file(doc.data)
     try:
         settings = Settings(**doc.data)
     except ValidationError as exc:

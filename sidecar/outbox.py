@@ -108,6 +108,10 @@ class OutboxWorker:
             except StoreUnavailable as exc:
                 log.warning("outbox paused: store unavailable", extra={"error": str(exc)})
                 sent = 0
+            except Exception:
+                # A bug must not silently stop paging: log it and keep going.
+                log.exception("outbox delivery loop failed; retrying")
+                sent = 0
             if sent:
                 continue  # more may be due right away
             with contextlib.suppress(TimeoutError):

@@ -138,7 +138,8 @@ class Pager:
             inc,
             pagerduty_severity=policy.pagerduty_severity,
             dedup_key=dedup,
-            alertmanager_url=self.alertmanager_url or inc.external_url or None,
+            # The notification's externalURL is the one people can open.
+            alertmanager_url=inc.external_url or None,
             incident_url=incident_url,
         )
         inc.paged_dedup_key = dedup

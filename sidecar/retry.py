@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from tenacity import RetryCallState, wait_exponential_jitter
+from tenacity import RetryCallState, wait_exponential, wait_random
 
 
 @dataclass(frozen=True, slots=True)
@@ -24,8 +24,10 @@ class RetryPolicy:
     def delay(self, attempt: int, *, rate_limited: bool = False) -> float:
         """Seconds to wait after the ``attempt``-th failure (1-based)."""
         initial = self.rate_limited_initial if rate_limited else self.initial
-        wait = wait_exponential_jitter(
-            initial=initial, max=max(self.maximum, initial), jitter=initial
+        # Full jitter of one initial step on top of the doubling: replicas and
+        # keys that failed together do not retry together.
+        wait = wait_exponential(multiplier=initial, max=max(self.maximum, initial)) + wait_random(
+            0, initial
         )
         state = RetryCallState(retry_object=None, fn=None, args=(), kwargs={})  # type: ignore[arg-type]
         state.attempt_number = max(1, attempt)

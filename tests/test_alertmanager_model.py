@@ -71,11 +71,13 @@ REAL = """
 
 
 def real() -> dict[str, Any]:
+    """A fresh copy of the real-shaped payload, to modify."""
     data: dict[str, Any] = json.loads(REAL)
     return data
 
 
 def encode(payload: Any) -> bytes:
+    """Serialise a payload as the wire body."""
     return json.dumps(payload).encode()
 
 
@@ -230,6 +232,7 @@ def test_models_are_frozen() -> None:
 
 
 def _with(path: tuple[Any, ...], value: Any) -> bytes:
+    """The real payload with one value replaced (or deleted) at ``path``."""
     payload = real()
     target = payload
     for part in path[:-1]:

@@ -33,6 +33,7 @@ def problems(path: Path) -> list[ConfigProblem]:
 
 
 def by_location(found: list[ConfigProblem]) -> dict[str, ConfigProblem]:
+    """Problems keyed by their location."""
     return {p.location: p for p in found}
 
 
@@ -466,6 +467,7 @@ def test_an_unknown_environment_section_is_refused(
 
 
 def secret_files(tmp_path: Path) -> None:
+    """Secret files with the trailing newlines editors and `echo` leave."""
     (tmp_path / "secrets").mkdir()
     (tmp_path / "secrets" / "webhook-token").write_text("file-webhook-token\n")
     (tmp_path / "secrets" / "api-token").write_text("file-api-token\r\n")

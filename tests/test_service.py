@@ -61,10 +61,12 @@ def group(i: int, **kw: Any) -> Notification:
 
 
 def notify(book: IncidentBook, n: Notification) -> Command:
+    """The command a webhook handler submits for ``n``."""
     return lambda now: book.apply_notification(n, now)
 
 
 async def start(config: Config, clock: FakeClock) -> tuple[Components, GatedStore]:
+    """Build the components on a gated SQLite store, open it and start the service."""
     assert config.sqlite_path is not None
     store = GatedStore(SQLiteStore(config.sqlite_path))
     components = build_components(config, clock=clock, registry=CollectorRegistry(), store=store)
@@ -74,6 +76,7 @@ async def start(config: Config, clock: FakeClock) -> tuple[Components, GatedStor
 
 
 async def shutdown(components: Components) -> None:
+    """Stop the service, then close its store."""
     await components.service.stop()
     await components.store.close()
 
@@ -92,6 +95,7 @@ async def running(config: Config, clock: FakeClock) -> AsyncIterator[tuple[Compo
 
 
 def sample(components: Components, name: str, **labels: str) -> float:
+    """A sample of the components' registry, 0 when absent."""
     value = components.registry.get_sample_value(name, labels)
     return 0.0 if value is None else value
 

@@ -67,6 +67,7 @@ def incident(
 
 
 def events(inc: Incident, *seqs: int) -> list[TimelineEvent]:
+    """Timeline events of ``inc`` with these sequence numbers."""
     return [
         TimelineEvent(
             incident_id=inc.id,
@@ -83,6 +84,7 @@ def events(inc: Incident, *seqs: int) -> list[TimelineEvent]:
 
 
 def batch(*incidents: Incident, evs: list[TimelineEvent] | None = None) -> WriteBatch:
+    """A write batch of these incidents and events."""
     out = WriteBatch()
     out.incidents.extend(incident_row(inc, T0 + 1000) for inc in incidents)
     out.events.extend(event_row(e) for e in evs or [])
@@ -103,6 +105,7 @@ async def store(db_path: Path) -> AsyncIterator[SQLiteStore]:
 
 
 def migrations_applied(path: Path) -> list[tuple[Any, ...]]:
+    """The migrations recorded in the database file, read on a connection of our own."""
     assert path.exists()
     with sqlite3.connect(path) as con:
         return con.execute(
@@ -154,6 +157,7 @@ def test_migration_versions_are_increasing_and_unique() -> None:
 
 
 def _pragma(con: sqlite3.Connection | None, name: str) -> Any:
+    """A PRAGMA's value on one of the store's own connections."""
     assert con is not None, "the store has no open connection"
     return con.execute(f"PRAGMA {name}").fetchone()[0]
 
@@ -275,6 +279,7 @@ async def test_resolving_then_reopening_a_key_in_one_batch(store: SQLiteStore) -
 
 
 async def seed(store: SQLiteStore) -> None:
+    """Five incidents across states, severities and teams, triggered a second apart."""
     rows = [
         incident("a", severity="P0", team="sre", triggered_at=T0 + 1),
         incident("b", severity="P1", team="db", triggered_at=T0 + 2, state="acknowledged"),

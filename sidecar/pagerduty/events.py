@@ -310,9 +310,14 @@ def _links(
             seen.add(href)
             links.append({"href": href, "text": _cap(text)})
 
+    checked: set[str] = set()
     for alert in ranked:
         if len(links) >= MAX_GENERATOR_LINKS:
             break
+        # Alerts of one rule share their generator URL: parse each URL once.
+        if alert.generator_url in checked:
+            continue
+        checked.add(alert.generator_url)
         href = _public_url(alert.generator_url)
         if href:
             add(href, f"Source of {alert.labels.get('alertname') or alert.fingerprint}")

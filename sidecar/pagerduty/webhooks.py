@@ -55,6 +55,9 @@ def verify_signature(body: bytes, header: str | None, secrets: Sequence[str]) ->
             candidates.append(value.lower().encode("ascii"))
     if not candidates:
         return False
+    if isinstance(secrets, str):
+        # A str is a Sequence[str] too: never treat its characters as secrets.
+        secrets = [secrets]
     for secret in secrets:
         if not secret:
             continue

@@ -144,8 +144,8 @@ class SQLiteStore:
             raise StoreUnavailable("store is closed")
         try:
             return await asyncio.get_running_loop().run_in_executor(pool, fn)
-        except sqlite3.Error as exc:
-            raise StoreUnavailable(f"sqlite: {exc}") from exc
+        except (sqlite3.Error, OSError) as exc:
+            raise StoreUnavailable(f"sqlite {self.path}: {exc}") from exc
 
     def _w(self) -> sqlite3.Connection:
         if self._wcon is None:

@@ -1,0 +1,322 @@
+"""PagerDuty both ways, in process: pages out through the outbox, webhooks v3 back in.
+
+The sidecar runs in the test's event loop; PagerDuty is the fake written from
+its documentation, a real HTTP server on 127.0.0.1.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+import pytest
+from aiohttp.test_utils import TestClient
+from prometheus_client import CollectorRegistry
+
+from sidecar.clock import SystemClock
+from sidecar.config import Config
+from sidecar.runtime import Components, build_components
+from sidecar.web import create_app
+from tests.fakes.pagerduty import FakePagerDuty, encode_event, signature_header
+from tests.payloads import alert, body, notification
+
+Client = TestClient[Any, Any]
+ROUTING_KEY = "R0UT1NGKEYR0UT1NGKEYR0UT1NGKEY00"
+SECRET = "webhook-secret-one"
+GROUP = '{}:{alertname="DBDown"}'
+DEDUP = hashlib.sha256(GROUP.encode()).hexdigest()
+
+
+@pytest.fixture
+async def pd() -> AsyncIterator[FakePagerDuty]:
+    async with FakePagerDuty() as fake:
+        yield fake
+
+
+@pytest.fixture
+def pd_config(config_factory: Callable[..., Config], pd: FakePagerDuty) -> Config:
+    return config_factory(
+        {
+            "pagerduty": {
+                "events_url": pd.events_url,
+                "api_url": pd.api_url,
+                "api_token": pd.api_token,
+                "webhook_secret": SECRET,
+                "routing_key": ROUTING_KEY,
+                "timeout": "1s",
+                "retry": {"initial": "50ms", "max": "300ms", "rate_limited_initial": "100ms"},
+            }
+        }
+    )
+
+
+@pytest.fixture
+async def sidecar(
+    aiohttp_client: Callable[..., Any], pd_config: Config
+) -> tuple[Client, Components]:
+    components = build_components(pd_config, clock=SystemClock(), registry=CollectorRegistry())
+    client = await aiohttp_client(create_app(components))
+    return client, components
+
+
+async def post(client: Client, payload: dict[str, Any]) -> dict[str, Any]:
+    resp = await client.post(
+        "/webhook/alertmanager",
+        data=body(payload),
+        headers={"Authorization": "Bearer test-webhook-token"},
+    )
+    assert resp.status == 200, await resp.text()
+    result: dict[str, Any] = await resp.json()
+    return result
+
+
+async def until(check: Callable[[], Any], timeout: float = 10.0) -> None:
+    async with asyncio.timeout(timeout):
+        while not check():
+            await asyncio.sleep(0.02)
+
+
+def actions(pd: FakePagerDuty, dedup: str = DEDUP) -> list[str]:
+    return [e.event_action for e in pd.events_for(dedup)]
+
+
+async def test_a_p0_pages_once_and_resolves_with_alertmanagers_dedup_key(
+    sidecar: tuple[Client, Components], pd: FakePagerDuty
+) -> None:
+    client, components = sidecar
+    firing = notification(alert(labels={"service": "db", "severity": "critical"}), group_key=GROUP)
+    incident_id = (await post(client, firing))["changed"][0]["id"]
+    await post(client, firing)  # an HA duplicate
+    await post(client, firing)  # a repeat
+    await pd.wait_for_events(1)
+    event = pd.events[0]
+    assert event.routing_key == ROUTING_KEY
+    assert event.body["payload"]["severity"] == "critical"
+    assert event.dedup_key == DEDUP  # sha256(groupKey), as Alertmanager's own integration
+    await post(client, notification(alert(status="resolved", ends=1_700_000_100.0), group_key=GROUP))
+    await pd.wait_for_events(2)
+    await asyncio.sleep(0.2)  # nothing else may follow
+    assert actions(pd) == ["trigger", "resolve"]
+    view = await (await client.get(f"/api/v1/incidents/{incident_id}")).json()
+    assert [e["state"] for e in view["pagerduty"]["events"]] == ["delivered", "delivered"]
+    assert "pagerduty_queued" in [e["kind"] for e in view["timeline"]]
+    reg = components.registry
+    assert reg.get_sample_value(
+        "incident_sla_pagerduty_events_total", {"action": "trigger", "result": "accepted"}
+    ) == 1
+
+
+@pytest.mark.parametrize(
+    ("labels", "expected"),
+    [
+        ({"severity": "warning"}, ["trigger"]),  # P1 in the mini rules: page (error)
+        ({}, ["trigger"]),  # P2: notify, a trigger with severity warning
+    ],
+)
+async def test_paging_policy_by_severity(
+    sidecar: tuple[Client, Components], pd: FakePagerDuty, labels: dict[str, str], expected: list[str]
+) -> None:
+    client, _ = sidecar
+    await post(client, notification(alert(labels=labels), group_key=GROUP))
+    await pd.wait_for_events(1)
+    assert actions(pd) == expected
+    severity = pd.events[0].body["payload"]["severity"]
+    assert severity == ("error" if labels else "warning")
+
+
+async def test_ticket_and_none_policies_page_nobody(
+    aiohttp_client: Callable[..., Any], config_factory: Callable[..., Config], pd: FakePagerDuty, tmp_path: Any
+) -> None:
+    rules = (tmp_path / "rules.yaml")
+    from tests.conftest import DATA
+
+    text = (DATA / "rules-mini.yaml").read_text().replace("paging: notify", "paging: ticket")
+    rules.write_text(text)
+    config = config_factory(
+        {"pagerduty": {"events_url": pd.events_url, "routing_key": ROUTING_KEY}}
+    )
+    components = build_components(config, clock=SystemClock(), registry=CollectorRegistry())
+    client = await aiohttp_client(create_app(components))
+    incident_id = (await post(client, notification(alert(), group_key=GROUP)))["changed"][0]["id"]
+    await asyncio.sleep(0.3)
+    assert pd.events == []
+    view = await (await client.get(f"/api/v1/incidents/{incident_id}")).json()
+    assert "ticket" in [e["kind"] for e in view["timeline"]]
+    assert view["pagerduty"]["events"] == []
+
+
+async def test_acknowledge_from_the_api_is_forwarded_but_not_one_from_pagerduty(
+    sidecar: tuple[Client, Components], pd: FakePagerDuty
+) -> None:
+    client, components = sidecar
+    incident_id = (await post(client, notification(alert(), group_key=GROUP)))["changed"][0]["id"]
+    await pd.wait_for_events(1)
+    resp = await client.post(
+        f"/api/v1/incidents/{incident_id}/acknowledge",
+        json={"actor": "alice"},
+        headers={"Authorization": "Bearer test-api-token"},
+    )
+    assert resp.status == 200
+    await pd.wait_for_events(2)
+    assert actions(pd) == ["trigger", "acknowledge"]
+
+
+async def test_pagerduty_acknowledgment_and_resolution_flow_back(
+    sidecar: tuple[Client, Components], pd: FakePagerDuty
+) -> None:
+    client, components = sidecar
+    incident_id = (await post(client, notification(alert(), group_key=GROUP)))["changed"][0]["id"]
+    await pd.wait_for_events(1)
+    pd.subscribe(f"{client.make_url('/webhook/pagerduty')}", SECRET)
+    pd_incident = pd.open_incident(DEDUP)
+    assert pd_incident is not None
+    pd.acknowledge_incident(pd_incident.id)
+    await pd.drain_webhooks()
+    inc = components.book.get_open(incident_id)
+    assert inc is not None
+    assert (inc.state, inc.acknowledge_source) == ("acknowledged", "pagerduty")
+    assert inc.acknowledged_by == "Primary On-call"
+    pd.publish_status_update(pd_incident.id, "Rolling back the release")
+    await pd.drain_webhooks()
+    assert inc.last_update_at is not None
+    pd.resolve_incident(pd_incident.id)
+    await pd.drain_webhooks()
+    view = await (await client.get(f"/api/v1/incidents/{incident_id}")).json()
+    assert (view["state"], view["resolve_source"]) == ("resolved", "pagerduty")
+    kinds = [e["kind"] for e in view["timeline"]]
+    assert kinds[-3:] == ["acknowledged", "status_update", "resolved"]
+    await asyncio.sleep(0.2)
+    # What PagerDuty itself did is not echoed back to it.
+    assert actions(pd) == ["trigger"]
+    # The incident was mapped through the REST API: the fake's incident_key is null.
+    assert any("/alerts" in r.path for r in pd.requests)
+
+
+async def signed_post(client: Client, raw: bytes, header: str | None, webhook_id: str) -> int:
+    headers = {"Content-Type": "application/json", "X-Webhook-Id": webhook_id}
+    if header is not None:
+        headers["X-PagerDuty-Signature"] = header
+    resp = await client.post("/webhook/pagerduty", data=raw, headers=headers)
+    return resp.status
+
+
+@pytest.mark.parametrize(
+    ("make_header", "tamper", "status"),
+    [
+        (lambda raw: signature_header(raw, SECRET), False, 200),
+        (lambda raw: signature_header(raw, ["old-rotated-secret", SECRET]), False, 200),
+        (lambda raw: signature_header(raw, "not-the-secret"), False, 401),
+        (lambda raw: None, False, 401),
+        (lambda raw: "v1=zz", False, 401),
+        (lambda raw: "v2=" + signature_header(raw, SECRET)[3:], False, 401),
+        (lambda raw: signature_header(raw, SECRET), True, 401),
+    ],
+    ids=["valid", "rotated", "invalid", "missing", "malformed", "other-version", "tampered"],
+)
+async def test_webhook_signatures(
+    sidecar: tuple[Client, Components],
+    pd: FakePagerDuty,
+    make_header: Callable[[bytes], str | None],
+    tamper: bool,
+    status: int,
+) -> None:
+    client, components = sidecar
+    await post(client, notification(alert(), group_key=GROUP))
+    await pd.wait_for_events(1)
+    pd_incident = pd.open_incident(DEDUP)
+    assert pd_incident is not None
+    event = pd.webhook_event("incident.escalated", pd_incident.id)
+    raw = encode_event(event)
+    header = make_header(raw)
+    sent = raw.replace(b"incident.escalated", b"incident.resolved") if tamper else raw
+    assert await signed_post(client, sent, header, "delivery-1") == status
+    code = str(status)
+    assert components.registry.get_sample_value(
+        "incident_sla_webhook_requests_total", {"source": "pagerduty", "code": code}
+    ) == 1
+
+
+async def test_redelivery_is_recognised_and_bad_bodies_get_400(
+    sidecar: tuple[Client, Components], pd: FakePagerDuty
+) -> None:
+    client, components = sidecar
+    incident_id = (await post(client, notification(alert(), group_key=GROUP)))["changed"][0]["id"]
+    await pd.wait_for_events(1)
+    pd_incident = pd.open_incident(DEDUP)
+    assert pd_incident is not None
+    event = pd.acknowledge_incident(pd_incident.id)
+    raw = encode_event(event)
+    header = signature_header(raw, SECRET)
+    assert await signed_post(client, raw, header, "same-delivery") == 200
+    resp = await client.post(
+        "/webhook/pagerduty",
+        data=raw,
+        headers={"X-PagerDuty-Signature": header, "X-Webhook-Id": "same-delivery"},
+    )
+    assert (await resp.json())["status"] == "duplicate"
+    timeline = (await (await client.get(f"/api/v1/incidents/{incident_id}")).json())["timeline"]
+    assert [e["kind"] for e in timeline].count("acknowledged") == 1
+    bad = b'{"event": {"id": 5}}'
+    assert await signed_post(client, bad, signature_header(bad, SECRET), "d-bad") == 400
+
+
+async def test_outage_then_recovery_delivers_every_event_once_in_order(
+    sidecar: tuple[Client, Components], pd: FakePagerDuty
+) -> None:
+    client, components = sidecar
+    pd.fail_next(3, status=500)
+    pd.rate_limit_next(2)
+    pd.timeout_next(2, seconds=3)  # longer than the sidecar's 1 s client timeout
+    pd.drop_next(1)
+    groups = [f'{{}}:{{alertname="Flap{i}"}}' for i in range(6)]
+    for i, group in enumerate(groups):
+        await post(client, notification(alert(f"Flap{i}", fingerprint=f"{i:016x}"), group_key=group))
+        await post(
+            client,
+            notification(
+                alert(f"Flap{i}", fingerprint=f"{i:016x}", status="resolved", ends=1_700_000_050.0),
+                group_key=group,
+            ),
+        )
+    await pd.wait_for_events(12, timeout=30)
+    await asyncio.sleep(0.3)
+    for group in groups:
+        assert actions(pd, hashlib.sha256(group.encode()).hexdigest()) == ["trigger", "resolve"]
+    assert pd.pending_faults() == 0
+    retried = sum(
+        components.registry.get_sample_value(
+            "incident_sla_pagerduty_events_total", {"action": a, "result": "retried"}
+        )
+        or 0
+        for a in ("trigger", "resolve")
+    )
+    assert retried >= 8
+    await until(lambda: components.outbox is not None and components.outbox.pending == 0)
+
+
+async def test_a_400_is_dead_lettered_and_shown_on_the_incident(
+    sidecar: tuple[Client, Components], pd: FakePagerDuty
+) -> None:
+    client, components = sidecar
+    pd.reject_next(1)
+    incident_id = (await post(client, notification(alert(), group_key=GROUP)))["changed"][0]["id"]
+
+    async def dead() -> bool:
+        view = await (await client.get(f"/api/v1/incidents/{incident_id}")).json()
+        return bool(view["pagerduty"]["events"]) and view["pagerduty"]["events"][0]["state"] == "dead"
+
+    async with asyncio.timeout(10):
+        while not await dead():
+            await asyncio.sleep(0.05)
+    view = await (await client.get(f"/api/v1/incidents/{incident_id}")).json()
+    assert view["pagerduty"]["events"][0]["last_error"]
+    assert ROUTING_KEY not in str(view)
+    assert components.registry.get_sample_value(
+        "incident_sla_pagerduty_events_total", {"action": "trigger", "result": "rejected"}
+    ) == 1
+    # The resolve that follows is still delivered: a dead letter does not block its key.
+    await post(client, notification(alert(status="resolved", ends=1_700_000_100.0), group_key=GROUP))
+    await pd.wait_for_events(1)
+    assert actions(pd) == ["resolve"]
