@@ -84,7 +84,9 @@ def parse_notification(body: bytes) -> Notification:
             if err["type"] == "json_invalid":
                 reasons.append(f"malformed JSON: {err['msg']}")
             elif err["type"] == "literal_error" and loc == "version":
-                reasons.append(f"version: unsupported webhook version {err.get('input')!r}, expected '4'")
+                reasons.append(
+                    f"version: unsupported webhook version {err.get('input')!r}, expected '4'"
+                )
             else:
                 reasons.append(f"{loc}: {err['msg']}" if loc else str(err["msg"]))
         raise InvalidPayload(reasons) from exc

@@ -52,7 +52,10 @@ def check_config(path: Path) -> int:
         return 1
     s = config.settings
     print(f"{path}: OK")
-    print(f"  listen {s.server.listen}, store {s.store.url.split('://')[0]}, incidents by {s.incidents.key}")
+    print(
+        f"  listen {s.server.listen}, store {s.store.url.split('://')[0]}, "
+        f"incidents by {s.incidents.key}"
+    )
     print(
         f"  rules {config.rules_file}: preset {rules.name!r}, "
         f"severities {', '.join(p.name for p in rules.severities)}, teams {', '.join(rules.teams)}"
@@ -157,7 +160,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", type=Path, required=True)
     p.add_argument("labels", nargs="*", metavar="LABEL=VALUE")
     p.add_argument(
-        "--annotation", action="append", default=[], metavar="NAME=VALUE",
+        "--annotation",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
         help="an annotation for numeric conditions (repeatable)",
     )
     return parser

@@ -362,9 +362,7 @@ def load_config(path: Path, *, read_secrets: bool = True) -> Config:
             loc = tuple(problem.location.replace("[", ".").replace("]", "").split("."))
             env_var = _env_override_location(loc)
             if env_var is not None:
-                problem = ConfigProblem(
-                    f"environment {env_var}", problem.location, problem.reason
-                )
+                problem = ConfigProblem(f"environment {env_var}", problem.location, problem.reason)
             problems.append(problem)
         raise ConfigError(problems) from exc
     except SettingsError as exc:
@@ -397,11 +395,7 @@ def _read_secrets(config: Config) -> Secrets:
             )
             return None
         if not text:
-            problems.append(
-                ConfigProblem(
-                    str(config.path), location, f"{resolved} is empty"
-                )
-            )
+            problems.append(ConfigProblem(str(config.path), location, f"{resolved} is empty"))
             return None
         return text
 

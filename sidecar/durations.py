@@ -17,8 +17,14 @@ _UNIT_SECONDS = {"w": 604800.0, "d": 86400.0, "h": 3600.0, "m": 60.0, "s": 1.0, 
 
 _SIZE_RE = re.compile(r"^(?P<n>\d+)\s*(?P<unit>B|KB|KiB|MB|MiB|GB|GiB)?$")
 _SIZE_FACTOR = {
-    None: 1, "B": 1, "KB": 1000, "KiB": 1024, "MB": 1000**2, "MiB": 1024**2,
-    "GB": 1000**3, "GiB": 1024**3,
+    None: 1,
+    "B": 1,
+    "KB": 1000,
+    "KiB": 1024,
+    "MB": 1000**2,
+    "MiB": 1024**2,
+    "GB": 1000**3,
+    "GiB": 1024**3,
 }
 
 
@@ -37,7 +43,9 @@ def parse_duration(value: Any) -> timedelta:
     text = value.strip()
     match = _DURATION_RE.match(text)
     if not text or match is None or not any(match.groupdict().values()):
-        raise ValueError(f"invalid duration {value!r}: use units w, d, h, m, s, ms, as in 15m or 1h30m")
+        raise ValueError(
+            f"invalid duration {value!r}: use units w, d, h, m, s, ms, as in 15m or 1h30m"
+        )
     seconds = sum(int(v) * _UNIT_SECONDS[k] for k, v in match.groupdict().items() if v)
     return timedelta(seconds=seconds)
 

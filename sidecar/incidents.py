@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
 from sidecar.alertmanager import Alert, Notification
-from sidecar.errors import IncidentNotFound, InvalidTransition
+from sidecar.errors import IncidentNotFound
 
 State = Literal["triggered", "acknowledged", "resolved"]
 OPEN_STATES: tuple[State, ...] = ("triggered", "acknowledged")
@@ -150,7 +150,7 @@ class Incident:
     def from_columns(
         cls,
         *,
-        id: str,  # noqa: A002 - the column's name
+        id: str,
         key: str,
         state: State,
         severity: str,
@@ -347,7 +347,9 @@ class IncidentBook:
     def apply_notification(self, n: Notification, now: float) -> list[Change]:
         """Apply an Alertmanager notification; returns the changes (empty for a duplicate)."""
         if self.key_mode == "group":
-            change = self._apply(n.group_key, n.alerts, n, now, group_resolved=n.status == "resolved")
+            change = self._apply(
+                n.group_key, n.alerts, n, now, group_resolved=n.status == "resolved"
+            )
             return [change] if change else []
         changes = []
         for alert in n.alerts:
@@ -371,9 +373,15 @@ class IncidentBook:
         inc.acknowledged_by = actor
         inc.acknowledge_source = source
         tta = max(0.0, now - inc.triggered_at)
-        events = [self.event(inc, now, "acknowledged", source, actor, message or f"acknowledged by {actor}")]
+        events = [
+            self.event(
+                inc, now, "acknowledged", source, actor, message or f"acknowledged by {actor}"
+            )
+        ]
         self._finish(inc)
-        effects = [Effect("acknowledged", inc.id, inc.severity, inc.team, tta, source=source, actor=actor)]
+        effects = [
+            Effect("acknowledged", inc.id, inc.severity, inc.team, tta, source=source, actor=actor)
+        ]
         return Change(inc, events, effects, undo)
 
     def resolve(
@@ -396,7 +404,9 @@ class IncidentBook:
         undo = self._begin(inc.key, inc)
         inc.state = "triggered"
         inc.acknowledged_at = inc.acknowledged_by = inc.acknowledge_source = None
-        events = [self.event(inc, now, "unacknowledged", source, actor, message or "unacknowledged")]
+        events = [
+            self.event(inc, now, "unacknowledged", source, actor, message or "unacknowledged")
+        ]
         self._finish(inc)
         return Change(inc, events, [], undo)
 
@@ -428,7 +438,14 @@ class IncidentBook:
         return Change(inc, events, [Effect("status_update", inc.id, inc.severity, inc.team)], undo)
 
     def note(
-        self, incident_id: str, *, kind: str, actor: str | None, source: str, now: float, message: str
+        self,
+        incident_id: str,
+        *,
+        kind: str,
+        actor: str | None,
+        source: str,
+        now: float,
+        message: str,
     ) -> Change:
         """Put an event on an open incident's timeline without changing its state."""
         inc = self._require_open(incident_id)
@@ -516,7 +533,13 @@ class IncidentBook:
         return Change(inc, events, effects, undo)
 
     def _merge(
-        self, inc: Incident, alerts: list[Alert], n: Notification, now: float, *, group_resolved: bool
+        self,
+        inc: Incident,
+        alerts: list[Alert],
+        n: Notification,
+        now: float,
+        *,
+        group_resolved: bool,
     ) -> Change | None:
         undo = self._begin(inc.key, inc)
         events: list[TimelineEvent] = []
@@ -575,7 +598,11 @@ class IncidentBook:
                 )
                 effects.append(
                     Effect(
-                        "severity_raised", inc.id, inc.severity, inc.team, previous_severity=previous
+                        "severity_raised",
+                        inc.id,
+                        inc.severity,
+                        inc.team,
+                        previous_severity=previous,
                     )
                 )
         if group_resolved and (self.key_mode == "alert" or not firing or n.status == "resolved"):

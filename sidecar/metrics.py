@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
-from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client import CollectorRegistry, Counter, Histogram, disable_created_metrics
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
@@ -20,6 +20,12 @@ SLA_KINDS = ("detect", "acknowledge", "resolve", "update", "postmortem")
 OPEN_STATES = ("triggered", "acknowledged")
 PAGERDUTY_RESULTS = ("accepted", "retried", "rejected")
 PAGERDUTY_ACTIONS = ("trigger", "acknowledge", "resolve")
+WEBHOOK_SOURCES = ("alertmanager", "pagerduty")
+# Pre-created so that the first 401 after a restart is an increase PromQL can see.
+WEBHOOK_CODES = ("200", "400", "401", "413", "503")
+
+# The _created series double the series count and no dashboard uses them.
+disable_created_metrics()  # type: ignore[no-untyped-call]
 
 # Seconds; spans a fast page (1 s) to a weekly P3 resolution target.
 BASE_BUCKETS = (
@@ -151,6 +157,9 @@ class Metrics:
         for action in PAGERDUTY_ACTIONS:
             for result in PAGERDUTY_RESULTS:
                 self.pagerduty_events_total.labels(action, result)
+        for source in WEBHOOK_SOURCES:
+            for code in WEBHOOK_CODES:
+                self.webhook_requests_total.labels(source, code)
 
     def track_open_incidents(self, counts: Callable[[], Mapping[tuple[str, str], float]]) -> None:
         """Export ``open_incidents{severity,state}`` from the incident book's live counts."""

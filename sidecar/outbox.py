@@ -153,7 +153,11 @@ class OutboxWorker:
             self.metrics.pagerduty_events_total.labels(item.action, "accepted").inc()
             log.info(
                 "pagerduty event delivered",
-                extra={"incident_id": item.incident_id, "action": item.action, "attempts": attempts},
+                extra={
+                    "incident_id": item.incident_id,
+                    "action": item.action,
+                    "attempts": attempts,
+                },
             )
         elif result.outcome == "rejected":
             await self._finish(item, "dead", result.message, attempts=attempts)

@@ -122,7 +122,11 @@ class Pager:
             if reason == "opened":
                 change.events.append(
                     self.book.event(
-                        inc, now, "ticket", "sidecar", None,
+                        inc,
+                        now,
+                        "ticket",
+                        "sidecar",
+                        None,
                         f"{inc.severity} policy is ticket: recorded, nobody paged",
                     )
                 )
@@ -146,7 +150,11 @@ class Pager:
         verb = "page" if policy.paging == "page" else "notification (no page)"
         change.events.append(
             self.book.event(
-                inc, now, "pagerduty_queued", "sidecar", None,
+                inc,
+                now,
+                "pagerduty_queued",
+                "sidecar",
+                None,
                 f"PagerDuty {verb} queued ({reason}; severity {policy.pagerduty_severity}, "
                 f"routing {routing})",
                 {"action": "trigger", "routing": routing, "dedup_key": dedup},

@@ -107,9 +107,7 @@ def build_components(
         alertmanager_url=s.alertmanager.url,
         external_url=s.server.external_url,
     )
-    service = IncidentService(
-        book, store, metrics, clock, max_batch=s.store.max_batch, pager=pager
-    )
+    service = IncidentService(book, store, metrics, clock, max_batch=s.store.max_batch, pager=pager)
     outbox = None
     if pager.enabled:
         outbox = OutboxWorker(

@@ -83,7 +83,9 @@ def load_yaml(path: Path) -> YamlDocument:
     try:
         text = path.read_text(encoding="utf-8")
     except OSError as exc:
-        raise ConfigError([ConfigProblem(str(path), "", f"cannot read file: {exc.strerror}")]) from exc
+        raise ConfigError(
+            [ConfigProblem(str(path), "", f"cannot read file: {exc.strerror}")]
+        ) from exc
     try:
         node = yaml.compose(text, Loader=yaml.SafeLoader)
         data = yaml.safe_load(text)

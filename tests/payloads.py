@@ -1,4 +1,4 @@
-"""Builders of Alertmanager webhook v4 payloads, shaped as notify/webhook/webhook.go marshals them."""
+"""Builders of Alertmanager webhook v4 payloads, shaped as ``notify/webhook/webhook.go`` does."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Run the real sidecar as a separate process, the way users run it (``python -m sidecar serve``)."""
+"""Run the real sidecar as a separate process, as users run it (``python -m sidecar serve``)."""
 
 from __future__ import annotations
 

@@ -39,9 +39,9 @@ async def get_json(url: str) -> Any:
         return await resp.json()
 
 
-async def wait_for(check: Any, timeout: float = 30.0) -> Any:
-    """Poll ``check`` (async, returning a truthy value when done) for up to ``timeout`` s."""
-    deadline = asyncio.get_running_loop().time() + timeout
+async def wait_for(check: Any, limit: float = 30.0) -> Any:
+    """Poll ``check`` (async, returning a truthy value when done) for up to ``limit`` s."""
+    deadline = asyncio.get_running_loop().time() + limit
     while True:
         value = await check()
         if value:
@@ -82,9 +82,13 @@ async def test_alerts_become_incidents_and_resolve_with_ends_at(
 
     incidents = {i["labels"]["alertname"]: i for i in await wait_for(two_open)}
     assert (incidents["ServiceDown"]["severity"], incidents["ServiceDown"]["team"]) == (
-        "P0", "publishing",
+        "P0",
+        "publishing",
     )
-    assert (incidents["SearchSlow"]["severity"], incidents["SearchSlow"]["team"]) == ("P1", "search")
+    assert (incidents["SearchSlow"]["severity"], incidents["SearchSlow"]["team"]) == (
+        "P1",
+        "search",
+    )
     assert incidents["ServiceDown"]["group_key"] == '{}:{alertname="ServiceDown"}'
     assert incidents["ServiceDown"]["started_at"] == starts.isoformat().replace("+00:00", "Z")
 
@@ -112,19 +116,32 @@ async def test_alerts_become_incidents_and_resolve_with_ends_at(
         text = await resp.text()
     assert metric(text, "incident_sla_incidents_total", severity="P0", team="publishing") == 1
     assert metric(text, "incident_sla_incidents_total", severity="P1", team="search") == 1
-    assert metric(text, "incident_sla_time_to_resolve_seconds_count", severity="P0", team="publishing") == 1
-    assert metric(text, "incident_sla_time_to_resolve_seconds_sum", severity="P0", team="publishing") == 120
+    assert (
+        metric(text, "incident_sla_time_to_resolve_seconds_count", severity="P0", team="publishing")
+        == 1
+    )
+    assert (
+        metric(text, "incident_sla_time_to_resolve_seconds_sum", severity="P0", team="publishing")
+        == 120
+    )
     # 120 s is within P0's 1 h resolution SLA: counted in the bucket at that threshold.
     assert (
         metric(
-            text, "incident_sla_time_to_resolve_seconds_bucket",
-            severity="P0", team="publishing", le="3600.0",
+            text,
+            "incident_sla_time_to_resolve_seconds_bucket",
+            severity="P0",
+            team="publishing",
+            le="3600.0",
         )
         == 1
     )
-    assert metric(text, "incident_sla_time_to_detect_seconds_count", severity="P1", team="search") == 1
+    assert (
+        metric(text, "incident_sla_time_to_detect_seconds_count", severity="P1", team="search") == 1
+    )
     assert metric(text, "incident_sla_open_incidents", severity="P0", state="triggered") == 0
-    assert metric(text, "incident_sla_webhook_requests_total", source="alertmanager", code="200") >= 2
+    assert (
+        metric(text, "incident_sla_webhook_requests_total", source="alertmanager", code="200") >= 2
+    )
 
 
 async def test_wrong_token_is_refused_and_alertmanager_gets_401(
@@ -140,7 +157,9 @@ async def test_wrong_token_is_refused_and_alertmanager_gets_401(
             async with aiohttp.ClientSession() as http, http.get(f"{proc.url}/metrics") as resp:
                 text = await resp.text()
             try:
-                value = metric(text, "incident_sla_webhook_requests_total", source="alertmanager", code="401")
+                value = metric(
+                    text, "incident_sla_webhook_requests_total", source="alertmanager", code="401"
+                )
             except AssertionError:
                 return None
             return value

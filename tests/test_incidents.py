@@ -92,7 +92,10 @@ def test_resolved_notification_without_firing_records_a_closed_incident(book: In
     assert [e.kind for e in changes[0].events] == ["opened", "resolved"]
     assert changes[0].events[0].data["firing_notification_missed"] is True
     # Detection time is unknown, so it is not observed; resolution time is.
-    assert [(e.kind, e.seconds) for e in changes[0].effects] == [("opened", None), ("resolved", 300.0)]
+    assert [(e.kind, e.seconds) for e in changes[0].effects] == [
+        ("opened", None),
+        ("resolved", 300.0),
+    ]
     assert book.apply_notification(n(alert(status="resolved", ends=T0 + 300)), T0 + 401) == []
 
 
@@ -120,7 +123,9 @@ def test_alerts_join_and_leave_a_group(book: IncidentBook) -> None:
     assert kinds(book, n(a1, a2, group_key="g"), T0 + 20) == ["alert_added"]
     a1r = alert("Err", fingerprint="00000000000000b1", status="resolved", ends=T0 + 50)
     assert kinds(book, n(a1r, a2, group_key="g"), T0 + 60) == ["alert_resolved"]
-    a2r = alert("Err", fingerprint="00000000000000b2", status="resolved", starts=T0 + 5, ends=T0 + 90)
+    a2r = alert(
+        "Err", fingerprint="00000000000000b2", status="resolved", starts=T0 + 5, ends=T0 + 90
+    )
     changes = book.apply_notification(n(a2r, group_key="g"), T0 + 100)
     inc = changes[0].incident
     assert [e.kind for e in changes[0].events] == ["alert_resolved", "resolved"]
@@ -133,7 +138,9 @@ def test_truncated_resolved_notification_resolves_alerts_it_left_out(book: Incid
     a2 = alert("Err", fingerprint="00000000000000c2")
     book.apply_notification(n(a1, a2, group_key="g"), T0 + 10)
     a1r = alert("Err", fingerprint="00000000000000c1", status="resolved", ends=T0 + 70)
-    changes = book.apply_notification(n(a1r, group_key="g", truncated=1, status="resolved"), T0 + 80)
+    changes = book.apply_notification(
+        n(a1r, group_key="g", truncated=1, status="resolved"), T0 + 80
+    )
     inc = changes[0].incident
     assert inc.state == "resolved"
     assert all(a.status == "resolved" for a in inc.alerts.values())
@@ -165,7 +172,11 @@ def test_acknowledge_is_idempotent_and_measures_time_to_acknowledge(book: Incide
     inc = book.apply_notification(n(alert()), T0 + 10)[0].incident
     change = book.acknowledge(inc.id, actor="alice", source="api", now=T0 + 70)
     assert change is not None
-    assert (inc.state, inc.acknowledged_by, inc.acknowledge_source) == ("acknowledged", "alice", "api")
+    assert (inc.state, inc.acknowledged_by, inc.acknowledge_source) == (
+        "acknowledged",
+        "alice",
+        "api",
+    )
     assert change.effects[0].seconds == 60.0
     assert book.acknowledge(inc.id, actor="bob", source="api", now=T0 + 80) is None
     assert inc.acknowledged_by == "alice"

@@ -72,8 +72,8 @@ async def post(client: Client, payload: dict[str, Any]) -> dict[str, Any]:
     return result
 
 
-async def until(check: Callable[[], Any], timeout: float = 10.0) -> None:
-    async with asyncio.timeout(timeout):
+async def until(check: Callable[[], Any], limit: float = 10.0) -> None:
+    async with asyncio.timeout(limit):
         while not check():
             await asyncio.sleep(0.02)
 
@@ -95,7 +95,9 @@ async def test_a_p0_pages_once_and_resolves_with_alertmanagers_dedup_key(
     assert event.routing_key == ROUTING_KEY
     assert event.body["payload"]["severity"] == "critical"
     assert event.dedup_key == DEDUP  # sha256(groupKey), as Alertmanager's own integration
-    await post(client, notification(alert(status="resolved", ends=1_700_000_100.0), group_key=GROUP))
+    await post(
+        client, notification(alert(status="resolved", ends=1_700_000_100.0), group_key=GROUP)
+    )
     await pd.wait_for_events(2)
     await asyncio.sleep(0.2)  # nothing else may follow
     assert actions(pd) == ["trigger", "resolve"]
@@ -103,9 +105,12 @@ async def test_a_p0_pages_once_and_resolves_with_alertmanagers_dedup_key(
     assert [e["state"] for e in view["pagerduty"]["events"]] == ["delivered", "delivered"]
     assert "pagerduty_queued" in [e["kind"] for e in view["timeline"]]
     reg = components.registry
-    assert reg.get_sample_value(
-        "incident_sla_pagerduty_events_total", {"action": "trigger", "result": "accepted"}
-    ) == 1
+    assert (
+        reg.get_sample_value(
+            "incident_sla_pagerduty_events_total", {"action": "trigger", "result": "accepted"}
+        )
+        == 1
+    )
 
 
 @pytest.mark.parametrize(
@@ -116,7 +121,10 @@ async def test_a_p0_pages_once_and_resolves_with_alertmanagers_dedup_key(
     ],
 )
 async def test_paging_policy_by_severity(
-    sidecar: tuple[Client, Components], pd: FakePagerDuty, labels: dict[str, str], expected: list[str]
+    sidecar: tuple[Client, Components],
+    pd: FakePagerDuty,
+    labels: dict[str, str],
+    expected: list[str],
 ) -> None:
     client, _ = sidecar
     await post(client, notification(alert(labels=labels), group_key=GROUP))
@@ -127,9 +135,12 @@ async def test_paging_policy_by_severity(
 
 
 async def test_ticket_and_none_policies_page_nobody(
-    aiohttp_client: Callable[..., Any], config_factory: Callable[..., Config], pd: FakePagerDuty, tmp_path: Any
+    aiohttp_client: Callable[..., Any],
+    config_factory: Callable[..., Config],
+    pd: FakePagerDuty,
+    tmp_path: Any,
 ) -> None:
-    rules = (tmp_path / "rules.yaml")
+    rules = tmp_path / "rules.yaml"
     from tests.conftest import DATA
 
     text = (DATA / "rules-mini.yaml").read_text().replace("paging: notify", "paging: ticket")
@@ -150,7 +161,7 @@ async def test_ticket_and_none_policies_page_nobody(
 async def test_acknowledge_from_the_api_is_forwarded_but_not_one_from_pagerduty(
     sidecar: tuple[Client, Components], pd: FakePagerDuty
 ) -> None:
-    client, components = sidecar
+    client, _ = sidecar
     incident_id = (await post(client, notification(alert(), group_key=GROUP)))["changed"][0]["id"]
     await pd.wait_for_events(1)
     resp = await client.post(
@@ -233,15 +244,18 @@ async def test_webhook_signatures(
     sent = raw.replace(b"incident.escalated", b"incident.resolved") if tamper else raw
     assert await signed_post(client, sent, header, "delivery-1") == status
     code = str(status)
-    assert components.registry.get_sample_value(
-        "incident_sla_webhook_requests_total", {"source": "pagerduty", "code": code}
-    ) == 1
+    assert (
+        components.registry.get_sample_value(
+            "incident_sla_webhook_requests_total", {"source": "pagerduty", "code": code}
+        )
+        == 1
+    )
 
 
 async def test_redelivery_is_recognised_and_bad_bodies_get_400(
     sidecar: tuple[Client, Components], pd: FakePagerDuty
 ) -> None:
-    client, components = sidecar
+    client, _ = sidecar
     incident_id = (await post(client, notification(alert(), group_key=GROUP)))["changed"][0]["id"]
     await pd.wait_for_events(1)
     pd_incident = pd.open_incident(DEDUP)
@@ -272,7 +286,9 @@ async def test_outage_then_recovery_delivers_every_event_once_in_order(
     pd.drop_next(1)
     groups = [f'{{}}:{{alertname="Flap{i}"}}' for i in range(6)]
     for i, group in enumerate(groups):
-        await post(client, notification(alert(f"Flap{i}", fingerprint=f"{i:016x}"), group_key=group))
+        await post(
+            client, notification(alert(f"Flap{i}", fingerprint=f"{i:016x}"), group_key=group)
+        )
         await post(
             client,
             notification(
@@ -305,7 +321,9 @@ async def test_a_400_is_dead_lettered_and_shown_on_the_incident(
 
     async def dead() -> bool:
         view = await (await client.get(f"/api/v1/incidents/{incident_id}")).json()
-        return bool(view["pagerduty"]["events"]) and view["pagerduty"]["events"][0]["state"] == "dead"
+        return (
+            bool(view["pagerduty"]["events"]) and view["pagerduty"]["events"][0]["state"] == "dead"
+        )
 
     async with asyncio.timeout(10):
         while not await dead():
@@ -313,10 +331,15 @@ async def test_a_400_is_dead_lettered_and_shown_on_the_incident(
     view = await (await client.get(f"/api/v1/incidents/{incident_id}")).json()
     assert view["pagerduty"]["events"][0]["last_error"]
     assert ROUTING_KEY not in str(view)
-    assert components.registry.get_sample_value(
-        "incident_sla_pagerduty_events_total", {"action": "trigger", "result": "rejected"}
-    ) == 1
+    assert (
+        components.registry.get_sample_value(
+            "incident_sla_pagerduty_events_total", {"action": "trigger", "result": "rejected"}
+        )
+        == 1
+    )
     # The resolve that follows is still delivered: a dead letter does not block its key.
-    await post(client, notification(alert(status="resolved", ends=1_700_000_100.0), group_key=GROUP))
+    await post(
+        client, notification(alert(status="resolved", ends=1_700_000_100.0), group_key=GROUP)
+    )
     await pd.wait_for_events(1)
     assert actions(pd) == ["resolve"]

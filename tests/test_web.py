@@ -65,11 +65,22 @@ async def test_firing_notification_opens_an_incident_readable_through_the_api(
         (body(notification({**alert(), "labels": {"a": 1}})), "alerts.0.labels.a"),
         (body(notification({**alert(), "startsAt": "yesterday"})), "alerts.0.startsAt"),
         (body(notification({**alert(), "fingerprint": "not-hex!"})), "alerts.0.fingerprint"),
-        (body(notification({k: v for k, v in alert().items() if k != "status"})), "alerts.0.status"),
+        (
+            body(notification({k: v for k, v in alert().items() if k != "status"})),
+            "alerts.0.status",
+        ),
     ],
     ids=[
-        "malformed-json", "not-an-object", "wrong-version", "missing-groupKey", "no-alerts",
-        "bad-status", "wrong-type", "label-not-string", "bad-time", "bad-fingerprint",
+        "malformed-json",
+        "not-an-object",
+        "wrong-version",
+        "missing-groupKey",
+        "no-alerts",
+        "bad-status",
+        "wrong-type",
+        "label-not-string",
+        "bad-time",
+        "bad-fingerprint",
         "alert-missing-status",
     ],
 )
@@ -93,7 +104,9 @@ async def test_oversized_body_gets_413_and_writes_nothing(
     from sidecar.web import create_app
 
     components = build_components(
-        config_factory({"server": {"max_body_size": "2KiB"}}), clock=clock, registry=CollectorRegistry()
+        config_factory({"server": {"max_body_size": "2KiB"}}),
+        clock=clock,
+        registry=CollectorRegistry(),
     )
     client = await aiohttp_client(create_app(components))
     big = notification(alert(annotations={"description": "x" * 4096}))
@@ -185,35 +198,54 @@ async def test_store_failure_answers_503_keeps_nothing_and_recovers(
 
 
 async def test_acknowledge_and_resolve_through_the_api(
-    client: Client, auth: dict[str, str], api_auth: dict[str, str], components: Components, clock: Any
+    client: Client,
+    auth: dict[str, str],
+    api_auth: dict[str, str],
+    components: Components,
+    clock: Any,
 ) -> None:
     incident_id = (await fire(client, auth))["changed"][0]["id"]
     url = f"/api/v1/incidents/{incident_id}"
     assert (await client.post(f"{url}/acknowledge", json={"actor": "alice"})).status == 401
-    assert (await client.post(f"{url}/acknowledge", json={"actor": "alice"}, headers=auth)).status == 401
+    assert (
+        await client.post(f"{url}/acknowledge", json={"actor": "alice"}, headers=auth)
+    ).status == 401
     clock.advance(120)
     resp = await client.post(f"{url}/acknowledge", json={"actor": "alice"}, headers=api_auth)
     assert resp.status == 200
     data = await resp.json()
     assert (data["state"], data["acknowledged_by"], data["acknowledge_source"]) == (
-        "acknowledged", "alice", "api",
+        "acknowledged",
+        "alice",
+        "api",
     )
-    assert sample(components, "incident_sla_time_to_acknowledge_seconds_sum", severity="P2", team="sre") == 120
-    resp = await client.post(f"{url}/resolve", json={"actor": "bob", "message": "rolled back"}, headers=api_auth)
+    assert (
+        sample(
+            components, "incident_sla_time_to_acknowledge_seconds_sum", severity="P2", team="sre"
+        )
+        == 120
+    )
+    resp = await client.post(
+        f"{url}/resolve", json={"actor": "bob", "message": "rolled back"}, headers=api_auth
+    )
     assert resp.status == 200
     assert (await resp.json())["resolved_by"] == "bob"
     resp = await client.post(f"{url}/acknowledge", headers=api_auth)
     assert resp.status == 409
     timeline = (await (await client.get(url)).json())["timeline"]
     assert [(e["kind"], e["actor"]) for e in timeline] == [
-        ("opened", None), ("acknowledged", "alice"), ("resolved", "bob"),
+        ("opened", None),
+        ("acknowledged", "alice"),
+        ("resolved", "bob"),
     ]
     assert timeline[2]["message"] == "rolled back"
 
 
 async def test_api_errors(client: Client, api_auth: dict[str, str], auth: dict[str, str]) -> None:
     assert (await client.get("/api/v1/incidents/unknown")).status == 404
-    assert (await client.post("/api/v1/incidents/unknown/acknowledge", headers=api_auth)).status == 404
+    assert (
+        await client.post("/api/v1/incidents/unknown/acknowledge", headers=api_auth)
+    ).status == 404
     incident_id = (await fire(client, auth))["changed"][0]["id"]
     resp = await client.post(
         f"/api/v1/incidents/{incident_id}/acknowledge", data=b"{oops", headers=api_auth
@@ -231,7 +263,11 @@ async def test_list_filters(client: Client, auth: dict[str, str], api_auth: dict
         HOOK,
         data=body(
             notification(
-                alert("Slow", fingerprint="00000000000000a9", labels={"severity": "warning", "service": "db"}),
+                alert(
+                    "Slow",
+                    fingerprint="00000000000000a9",
+                    labels={"severity": "warning", "service": "db"},
+                ),
                 group_key="g2",
             )
         ),
@@ -261,7 +297,10 @@ async def test_metrics_health_and_readiness(client: Client, components: Componen
     text = await resp.text()
     assert 'incident_sla_open_incidents{severity="P0",state="triggered"} 0.0' in text
     # Buckets include every SLA threshold of the rules (P1 acknowledge 15m = 900 s, P2 resolve 24h).
-    assert 'incident_sla_time_to_acknowledge_seconds_bucket{le="900.0",severity="P1",team="sre"}' in text
+    assert (
+        'incident_sla_time_to_acknowledge_seconds_bucket{le="900.0",severity="P1",team="sre"}'
+        in text
+    )
     assert 'le="86400.0"' in text
     assert (await client.get("/healthz")).status == 200
     ready = await client.get("/readyz")

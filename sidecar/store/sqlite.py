@@ -320,7 +320,9 @@ class SQLiteStore:
         """Count of undelivered events."""
 
         def go() -> int:
-            row = self._r().execute("SELECT count(*) FROM outbox WHERE state = 'pending'").fetchone()
+            row = (
+                self._r().execute("SELECT count(*) FROM outbox WHERE state = 'pending'").fetchone()
+            )
             return int(row[0])
 
         return await self._run(self._reader, go)
@@ -336,10 +338,14 @@ class SQLiteStore:
         """The latest incident paged with ``dedup_key``."""
 
         def go() -> str | None:
-            row = self._r().execute(
-                "SELECT incident_id FROM outbox WHERE dedup_key = ? ORDER BY id DESC LIMIT 1",
-                (dedup_key,),
-            ).fetchone()
+            row = (
+                self._r()
+                .execute(
+                    "SELECT incident_id FROM outbox WHERE dedup_key = ? ORDER BY id DESC LIMIT 1",
+                    (dedup_key,),
+                )
+                .fetchone()
+            )
             return None if row is None else str(row[0])
 
         return await self._run(self._reader, go)

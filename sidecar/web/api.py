@@ -40,7 +40,9 @@ def sla_view(inc: Incident, rules: RuleSet, now: float) -> dict[str, Any]:
         if end is not None:
             status = "met" if end <= deadline else "breached"
         else:
-            status = "breached" if now > deadline else ("pending" if inc.is_open else "not_applicable")
+            status = (
+                "breached" if now > deadline else ("pending" if inc.is_open else "not_applicable")
+            )
         out[name] = {
             "target_seconds": target.total_seconds(),
             "deadline": isoformat(deadline),
@@ -179,7 +181,7 @@ async def _actor(request: web.Request) -> tuple[str, str]:
     try:
         body = orjson.loads(await request.read())
     except orjson.JSONDecodeError:
-        raise _bad("body must be JSON: {\"actor\": \"...\", \"message\": \"...\"}") from None
+        raise _bad('body must be JSON: {"actor": "...", "message": "..."}') from None
     if not isinstance(body, dict):
         raise _bad("body must be a JSON object")
     actor, message = body.get("actor", "api"), body.get("message", "")

@@ -36,7 +36,9 @@ def check_credentials(request: web.Request, expected: str | None, *, allow_basic
     return False
 
 
-def require(request: web.Request, expected: str | None, *, disabled: bool, allow_basic: bool) -> None:
+def require(
+    request: web.Request, expected: str | None, *, disabled: bool, allow_basic: bool
+) -> None:
     """Raise 401 unless the request is authorized."""
     if disabled:
         return

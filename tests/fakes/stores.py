@@ -74,8 +74,12 @@ class FlakyStore:
     ) -> None:
         self._check(write=True)
         await self.inner.finish_outbox(
-            item_id, state=state, attempts=attempts, next_attempt_at=next_attempt_at,
-            error=error, now=now,
+            item_id,
+            state=state,
+            attempts=attempts,
+            next_attempt_at=next_attempt_at,
+            error=error,
+            now=now,
         )
 
     async def outbox_pending(self) -> int:

@@ -1,0 +1,153 @@
+{{/*
+Names, labels and the small decisions every template shares.
+*/}}
+
+{{/* Chart name, overridable. */}}
+{{- define "incident-sla-sidecar.name" -}}
+{{- default .Chart.Name .Values.nameOverride | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{/* Fully qualified name: <release>-<chart>, or the release name when it already contains it. */}}
+{{- define "incident-sla-sidecar.fullname" -}}
+{{- if .Values.fullnameOverride }}
+{{- .Values.fullnameOverride | trunc 63 | trimSuffix "-" }}
+{{- else }}
+{{- $name := default .Chart.Name .Values.nameOverride }}
+{{- if contains $name .Release.Name }}
+{{- .Release.Name | trunc 63 | trimSuffix "-" }}
+{{- else }}
+{{- printf "%s-%s" .Release.Name $name | trunc 63 | trimSuffix "-" }}
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{/* Namespace of every namespaced object. */}}
+{{- define "incident-sla-sidecar.namespace" -}}
+{{- default .Release.Namespace .Values.namespaceOverride }}
+{{- end }}
+
+{{/* chart label value */}}
+{{- define "incident-sla-sidecar.chart" -}}
+{{- printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{/* Selector labels: stable for the lifetime of a release. */}}
+{{- define "incident-sla-sidecar.selectorLabels" -}}
+app.kubernetes.io/name: {{ include "incident-sla-sidecar.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+{{- end }}
+
+{{/* Common labels. */}}
+{{- define "incident-sla-sidecar.labels" -}}
+helm.sh/chart: {{ include "incident-sla-sidecar.chart" . }}
+{{ include "incident-sla-sidecar.selectorLabels" . }}
+app.kubernetes.io/version: {{ .Values.image.tag | default .Chart.AppVersion | trunc 63 | quote }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+app.kubernetes.io/part-of: incident-sla-sidecar
+{{- end }}
+
+{{/* ServiceAccount name. */}}
+{{- define "incident-sla-sidecar.serviceAccountName" -}}
+{{- if .Values.serviceAccount.create }}
+{{- default (include "incident-sla-sidecar.fullname" .) .Values.serviceAccount.name }}
+{{- else }}
+{{- default "default" .Values.serviceAccount.name }}
+{{- end }}
+{{- end }}
+
+{{/* Image reference: repository with digest when pinned, else with the tag. */}}
+{{- define "incident-sla-sidecar.image" -}}
+{{- if .Values.image.digest }}
+{{- printf "%s@%s" .Values.image.repository .Values.image.digest }}
+{{- else }}
+{{- printf "%s:%s" .Values.image.repository (.Values.image.tag | default .Chart.AppVersion) }}
+{{- end }}
+{{- end }}
+
+{{/* "true" when the store is the embedded SQLite database (one replica, one volume). */}}
+{{- define "incident-sla-sidecar.sqlite" -}}
+{{- $url := dig "store" "url" "" .Values.config }}
+{{- if and (not .Values.storeUrlSecret.name) (not (hasPrefix "postgresql://" $url)) (not (hasPrefix "postgres://" $url)) }}true{{ end }}
+{{- end }}
+
+{{/* "true" when tokens are required, i.e. authentication is not disabled. */}}
+{{- define "incident-sla-sidecar.auth" -}}
+{{- if not (dig "server" "insecure_disable_auth" false .Values.config) }}true{{ end }}
+{{- end }}
+
+{{/* "true" when the pod mounts secret files (tokens or PagerDuty keys). */}}
+{{- define "incident-sla-sidecar.hasSecretFiles" -}}
+{{- if or (include "incident-sla-sidecar.auth" .) .Values.pagerduty.enabled }}true{{ end }}
+{{- end }}
+
+{{/* Name of the Secret holding tokens and PagerDuty keys. */}}
+{{- define "incident-sla-sidecar.secretName" -}}
+{{- default (include "incident-sla-sidecar.fullname" .) .Values.secrets.existingSecret }}
+{{- end }}
+
+{{/* Where things are mounted in the container. */}}
+{{- define "incident-sla-sidecar.configDir" -}}/etc/incident-sla-sidecar/config{{- end }}
+{{- define "incident-sla-sidecar.secretsDir" -}}/etc/incident-sla-sidecar/secrets{{- end }}
+{{- define "incident-sla-sidecar.presetsDir" -}}/etc/incident-sla-sidecar/rules{{- end }}
+{{- define "incident-sla-sidecar.dataDir" -}}/var/lib/incident-sla-sidecar{{- end }}
+
+{{/*
+The sidecar's config.yaml: the user's `config` with the keys the chart owns filled in
+(listen address, secret file paths, rules file, default SQLite URL, PagerDuty section).
+*/}}
+{{- define "incident-sla-sidecar.configYaml" -}}
+{{- $cfg := deepCopy (.Values.config | default dict) }}
+{{- $secrets := include "incident-sla-sidecar.secretsDir" . }}
+{{- $server := get $cfg "server" | default dict }}
+{{- $_ := set $server "listen" (printf "0.0.0.0:%v" .Values.service.port) }}
+{{- if include "incident-sla-sidecar.auth" . }}
+{{- $_ := set $server "webhook_token_file" (printf "%s/webhook-token" $secrets) }}
+{{- $_ := set $server "api_token_file" (printf "%s/api-token" $secrets) }}
+{{- end }}
+{{- $_ := set $cfg "server" $server }}
+{{- $store := get $cfg "store" | default dict }}
+{{- if .Values.storeUrlSecret.name }}
+{{- $_ := unset $store "url" }}
+{{- else if not (get $store "url") }}
+{{- $_ := set $store "url" (printf "sqlite:///%s/sidecar.db" (include "incident-sla-sidecar.dataDir" .)) }}
+{{- end }}
+{{- $_ := set $cfg "store" $store }}
+{{- if .Values.rules.custom }}
+{{- $_ := set $cfg "rules" (dict "file" "rules.yaml") }}
+{{- else }}
+{{- $_ := set $cfg "rules" (dict "file" (printf "%s/%s.yaml" (include "incident-sla-sidecar.presetsDir" .) .Values.rules.preset)) }}
+{{- end }}
+{{- $am := get $cfg "alertmanager" | default dict }}
+{{- if not (get $am "url") }}
+{{- $_ := unset $cfg "alertmanager" }}
+{{- end }}
+{{- if not (get $server "external_url") }}
+{{- $_ := unset $server "external_url" }}
+{{- end }}
+{{- if .Values.pagerduty.enabled }}
+{{- $pd := deepCopy (.Values.pagerduty.settings | default dict) }}
+{{- $_ := set $pd "events_url" .Values.pagerduty.eventsUrl }}
+{{- $_ := set $pd "api_url" .Values.pagerduty.apiUrl }}
+{{- $_ := set $pd "routing_key_file" (printf "%s/pagerduty-routing-key" $secrets) }}
+{{- $_ := set $pd "api_token_file" (printf "%s/pagerduty-api-token" $secrets) }}
+{{- $_ := set $pd "webhook_secret_file" (printf "%s/pagerduty-webhook-secret" $secrets) }}
+{{- $teamKeys := dict }}
+{{- range $team, $key := .Values.pagerduty.teamRoutingKeys }}
+{{- $_ := set $teamKeys $team (dict "file" (printf "%s/pagerduty-team-%s" $secrets $team)) }}
+{{- end }}
+{{- if $teamKeys }}
+{{- $_ := set $pd "team_routing_keys" $teamKeys }}
+{{- end }}
+{{- $tierKeys := dict }}
+{{- range $tier, $key := .Values.pagerduty.tierRoutingKeys }}
+{{- $_ := set $tierKeys $tier (dict "file" (printf "%s/pagerduty-tier-%s" $secrets $tier)) }}
+{{- end }}
+{{- if $tierKeys }}
+{{- $_ := set $pd "tier_routing_keys" $tierKeys }}
+{{- end }}
+{{- $_ := set $cfg "pagerduty" $pd }}
+{{- else }}
+{{- $_ := unset $cfg "pagerduty" }}
+{{- end }}
+{{- toYaml $cfg }}
+{{- end }}
