@@ -20,10 +20,14 @@ import secrets
 from collections import Counter
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Literal, Protocol
+from typing import TYPE_CHECKING, Any, Literal, Protocol
 
+from sidecar import sla
 from sidecar.alertmanager import Alert, Notification
 from sidecar.errors import IncidentNotFound
+
+if TYPE_CHECKING:
+    from sidecar.rules import SeverityPolicy
 
 State = Literal["triggered", "acknowledged", "resolved"]
 OPEN_STATES: tuple[State, ...] = ("triggered", "acknowledged")
@@ -47,6 +51,8 @@ class Classifier(Protocol):
     ) -> ClassificationLike: ...
 
     def rank(self, severity: str) -> int: ...
+
+    def policy(self, severity: str) -> SeverityPolicy: ...
 
 
 @dataclass(slots=True)
@@ -114,6 +120,15 @@ class Incident:
     seq: int = 0
     # The PagerDuty dedup key once a trigger was queued for this incident.
     paged_dedup_key: str | None = None
+    # SLA name -> when its breach was recorded (each SLA breaches once).
+    breaches: dict[str, float] = field(default_factory=dict)
+    # Start of the update window whose deadline was missed (one breach per window).
+    update_breached_gap: float | None = None
+    # Escalation tier -> when it was paged (each tier once per incident).
+    escalated: dict[str, float] = field(default_factory=dict)
+    review_due_at: float | None = None
+    review_done_at: float | None = None
+    review_done_by: str | None = None
 
     @property
     def is_open(self) -> bool:
@@ -144,6 +159,10 @@ class Incident:
             "alerts": [a.to_json() for a in self.alerts.values()],
             "seq": self.seq,
             "paged_dedup_key": self.paged_dedup_key,
+            "breaches": self.breaches,
+            "update_breached_gap": self.update_breached_gap,
+            "escalated": self.escalated,
+            "review_done_by": self.review_done_by,
         }
 
     @classmethod
@@ -160,6 +179,8 @@ class Incident:
         acknowledged_at: float | None,
         resolved_at: float | None,
         data: Mapping[str, Any],
+        review_due_at: float | None = None,
+        review_done_at: float | None = None,
     ) -> Incident:
         """Rebuild an incident from its stored columns and JSON document."""
         alerts = [AlertState.from_json(a) for a in data.get("alerts", [])]
@@ -186,6 +207,12 @@ class Incident:
             alerts={a.fingerprint: a for a in alerts},
             seq=data.get("seq", 0),
             paged_dedup_key=data.get("paged_dedup_key"),
+            breaches=dict(data.get("breaches", {})),
+            update_breached_gap=data.get("update_breached_gap"),
+            escalated=dict(data.get("escalated", {})),
+            review_due_at=review_due_at,
+            review_done_at=review_done_at,
+            review_done_by=data.get("review_done_by"),
         )
 
 
@@ -207,8 +234,10 @@ class TimelineEvent:
 class Effect:
     """Something to publish (metric, log line) once the change is committed.
 
-    ``kind`` is ``opened``, ``acknowledged``, ``resolved`` or ``severity_raised``;
-    ``seconds`` is the measured interval (time to detect, acknowledge, resolve).
+    ``kind`` is ``opened``, ``acknowledged``, ``resolved``, ``severity_raised``,
+    ``status_update``, ``breach`` (``detail`` is the SLA) or ``escalated``
+    (``detail`` is the tier); ``seconds`` is the measured interval (time to
+    detect, acknowledge, resolve).
     """
 
     kind: str
@@ -219,6 +248,7 @@ class Effect:
     previous_severity: str | None = None
     source: str | None = None
     actor: str | None = None
+    detail: str | None = None
 
 
 @dataclass(slots=True)
@@ -267,6 +297,10 @@ class IncidentBook:
         self._by_id: dict[str, Incident] = {}
         self._closed: dict[str, _Closed] = {}
         self.open_counts: Counter[tuple[str, str]] = Counter()
+        # Open incidents with a recorded breach, and resolved ones whose review
+        # is still to do: small sets, so the gauges never scan every incident.
+        self._breached: dict[str, Incident] = {}
+        self._reviews: dict[str, Incident] = {}
 
     # -- state access -----------------------------------------------------
 
@@ -281,13 +315,28 @@ class IncidentBook:
     def __len__(self) -> int:
         return len(self._by_id)
 
-    def restore(self, open_incidents: Iterable[Incident], closed: Iterable[Incident]) -> None:
+    def restore(
+        self,
+        open_incidents: Iterable[Incident],
+        closed: Iterable[Incident],
+        reviews: Iterable[Incident] = (),
+    ) -> None:
         """Load state from the store at start."""
         for inc in closed:
             if inc.resolved_at is not None:
                 self._closed[inc.key] = _Closed(inc.id, inc.instances(), inc.resolved_at)
         for inc in open_incidents:
             self._index(inc)
+        for inc in reviews:
+            self._finish(inc)
+
+    def pending_reviews(self) -> Iterable[Incident]:
+        """Resolved incidents whose post-incident review is not done yet."""
+        return self._reviews.values()
+
+    def get_review(self, incident_id: str) -> Incident | None:
+        """A resolved incident with its review still to do."""
+        return self._reviews.get(incident_id)
 
     def set_classifier(self, classifier: Classifier) -> None:
         """Swap the rules (reload); open incidents keep the severity they have."""
@@ -297,11 +346,14 @@ class IncidentBook:
         self._open[inc.key] = inc
         self._by_id[inc.id] = inc
         self.open_counts[(inc.severity, inc.state)] += 1
+        if inc.breaches:
+            self._breached[inc.id] = inc
 
     def _unindex(self, inc: Incident) -> None:
         self._open.pop(inc.key, None)
         self._by_id.pop(inc.id, None)
         self.open_counts[(inc.severity, inc.state)] -= 1
+        self._breached.pop(inc.id, None)
 
     # -- undo -------------------------------------------------------------
 
@@ -309,17 +361,25 @@ class IncidentBook:
         before = None
         if inc is not None:
             before = copy.copy(inc)
-            # Alert states are mutated in place by _merge: copy them too.
+            # Mutable parts are changed in place: copy them too.
             before.alerts = {fp: copy.copy(st) for fp, st in inc.alerts.items()}
             before.labels = dict(inc.labels)
-            self._unindex(inc)
+            before.breaches = dict(inc.breaches)
+            before.escalated = dict(inc.escalated)
+            if inc.is_open:
+                self._unindex(inc)
         return _Undo(key, before, self._closed.get(key))
 
     def _finish(self, inc: Incident) -> None:
         if inc.is_open:
             self._index(inc)
+            return
+        if inc.resolved_at is not None:
+            self._closed[inc.key] = _Closed(inc.id, inc.instances(), inc.resolved_at)
+        if inc.review_due_at is not None and inc.review_done_at is None:
+            self._reviews[inc.id] = inc
         else:
-            self._closed[inc.key] = _Closed(inc.id, inc.instances(), inc.resolved_at or 0.0)
+            self._reviews.pop(inc.id, None)
 
     def undo(self, change: Change) -> None:
         """Revert a change that could not be committed (apply in reverse order)."""
@@ -327,8 +387,12 @@ class IncidentBook:
         if current is not None and current.id == change.incident.id:
             self._unindex(current)
         before = change.undo.before
-        if before is not None and before.is_open:
-            self._index(before)
+        self._reviews.pop(change.incident.id, None)
+        if before is not None:
+            if before.is_open:
+                self._index(before)
+            elif before.review_due_at is not None and before.review_done_at is None:
+                self._reviews[before.id] = before
         if change.undo.closed_before is None:
             self._closed.pop(change.undo.key, None)
         else:
@@ -454,6 +518,138 @@ class IncidentBook:
         self._finish(inc)
         return Change(inc, events, [], undo)
 
+    # -- SLA clocks -------------------------------------------------------
+
+    def next_deadline(self, incident_id: str) -> float | None:
+        """The earliest pending deadline of an open incident or a pending review."""
+        inc = self._by_id.get(incident_id)
+        if inc is not None:
+            pending = sla.pending_deadlines(inc, self.classifier.policy(inc.severity))
+            return min((at for _, at in pending), default=None)
+        review = self._reviews.get(incident_id)
+        if review is not None and "postmortem" not in review.breaches:
+            return review.review_due_at
+        return None
+
+    def check_deadlines(self, incident_id: str, now: float) -> Change | None:
+        """Record every breach and escalation that is due; None when nothing was."""
+        inc = self._by_id.get(incident_id)
+        if inc is None:
+            return self._check_review(incident_id, now)
+        undo = self._begin(inc.key, inc)
+        events: list[TimelineEvent] = []
+        effects: list[Effect] = []
+        self._settle(inc, now, events, effects)
+        self._finish(inc)
+        return Change(inc, events, effects, undo) if events else None
+
+    def _check_review(self, incident_id: str, now: float) -> Change | None:
+        inc = self._reviews.get(incident_id)
+        if inc is None or inc.review_due_at is None or "postmortem" in inc.breaches:
+            return None
+        if not now > inc.review_due_at:
+            return None
+        undo = self._begin(inc.key, inc)
+        events: list[TimelineEvent] = []
+        effects: list[Effect] = []
+        self._breach(inc, "postmortem", now, events, effects)
+        self._finish(inc)
+        return Change(inc, events, effects, undo)
+
+    def complete_review(
+        self, incident: Incident, *, actor: str, source: str, now: float, message: str = ""
+    ) -> Change | None:
+        """Mark the post-incident review done; None when it already was."""
+        inc = self._reviews.get(incident.id) or self._by_id.get(incident.id) or incident
+        if inc.review_done_at is not None:
+            return None
+        undo = self._begin(inc.key, inc)
+        inc.review_done_at = now
+        inc.review_done_by = actor
+        late = inc.review_due_at is not None and now > inc.review_due_at
+        events = [
+            self.event(
+                inc,
+                now,
+                "postmortem_done",
+                source,
+                actor,
+                message or f"post-incident review done{' (late)' if late else ''}",
+            )
+        ]
+        self._finish(inc)
+        return Change(inc, events, [], undo)
+
+    def breached_counts(self) -> Counter[tuple[str, str]]:
+        """Open incidents (and pending reviews) in breach, by severity and SLA."""
+        counts: Counter[tuple[str, str]] = Counter()
+        for inc in self._breached.values():
+            for kind in inc.breaches:
+                if kind == "update" and inc.update_breached_gap != sla.update_gap_start(inc):
+                    continue  # an update has been given since: no longer in breach
+                counts[(inc.severity, kind)] += 1
+        for inc in self._reviews.values():
+            if "postmortem" in inc.breaches:
+                counts[(inc.severity, "postmortem")] += 1
+        return counts
+
+    def _policy_sla(self, severity: str, name: str) -> float | None:
+        target = getattr(self.classifier.policy(severity).sla, name)
+        return None if target is None else float(target.total_seconds())
+
+    def _settle(
+        self, inc: Incident, now: float, events: list[TimelineEvent], effects: list[Effect]
+    ) -> None:
+        """Record what is due on an open incident: breaches, then escalation steps."""
+        policy = self.classifier.policy(inc.severity)
+        for kind, deadline in sla.pending_deadlines(inc, policy):
+            if not sla.is_due(kind, deadline, now):
+                continue
+            if kind.startswith(sla.ESCALATION):
+                tier = kind.removeprefix(sla.ESCALATION)
+                inc.escalated[tier] = now
+                events.append(
+                    self.event(
+                        inc,
+                        now,
+                        "escalated",
+                        "sidecar",
+                        None,
+                        f"escalated to {tier} ({inc.severity} ladder)",
+                        {"tier": tier},
+                    )
+                )
+                effects.append(Effect("escalated", inc.id, inc.severity, inc.team, detail=tier))
+            else:
+                if kind == "update":
+                    inc.update_breached_gap = sla.update_gap_start(inc)
+                self._breach(inc, kind, now, events, effects, deadline=deadline)
+
+    def _breach(
+        self,
+        inc: Incident,
+        kind: str,
+        now: float,
+        events: list[TimelineEvent],
+        effects: list[Effect],
+        *,
+        deadline: float | None = None,
+    ) -> None:
+        inc.breaches[kind] = now
+        late = "" if deadline is None else f" (deadline passed {now - deadline:.0f}s ago)"
+        events.append(
+            self.event(
+                inc,
+                now,
+                "sla_breached",
+                "sidecar",
+                None,
+                f"{kind} SLA of {inc.severity} breached{late}",
+                {"sla": kind, "deadline": deadline},
+            )
+        )
+        effects.append(Effect("breach", inc.id, inc.severity, inc.team, detail=kind))
+
     def _require_open(self, incident_id: str) -> Incident:
         inc = self._by_id.get(incident_id)
         if inc is None:
@@ -522,6 +718,11 @@ class IncidentBook:
         ]
         ttd = None if missed else max(0.0, now - inc.started_at)
         effects = [Effect("opened", inc.id, inc.severity, inc.team, ttd)]
+        detect = self._policy_sla(inc.severity, "detect")
+        if ttd is not None and detect is not None and ttd > detect:
+            self._breach(inc, "detect", now, events, effects)
+        if not missed:
+            self._settle(inc, now, events, effects)
         if missed:
             for st in inc.alerts.values():
                 if st.status == "firing":
@@ -613,6 +814,8 @@ class IncidentBook:
                 st.ends_at = st.ends_at or _ends(inc, now)
             events += self._close(inc, _ends(inc, now), "alertmanager", None, "all alerts resolved")
             effects.append(self._resolved_effect(inc, "alertmanager", None))
+        if inc.is_open and events:
+            self._settle(inc, now, events, effects)
         if not events:
             self._finish(inc)
             return None  # a duplicate or a repeat: nothing changed
@@ -626,6 +829,9 @@ class IncidentBook:
         inc.resolved_at = resolved_at
         inc.resolved_by = actor
         inc.resolve_source = source
+        review = self._policy_sla(inc.severity, "postmortem")
+        if review is not None and inc.review_done_at is None:
+            inc.review_due_at = resolved_at + review
         return [
             self.event(
                 inc, resolved_at, "resolved", source, actor, message, {"resolved_at": resolved_at}

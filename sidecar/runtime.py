@@ -97,6 +97,7 @@ def build_components(
         rules, key_mode=s.incidents.key, dedup_window=s.incidents.dedup_window.total_seconds()
     )
     metrics.track_open_incidents(lambda: book.open_counts)
+    metrics.track_open_breached(book.breached_counts)
     _check_routing(config, rules)
     pd = s.pagerduty
     pager = Pager(

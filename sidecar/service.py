@@ -71,7 +71,8 @@ class IncidentService:
         now = self.clock.now()
         open_incidents = await self.store.load_open()
         closed = await self.store.load_closed_since(now - self.book.dedup_window)
-        self.book.restore(open_incidents, closed)
+        reviews = await self.store.load_pending_reviews()
+        self.book.restore(open_incidents, closed, reviews)
         log.info(
             "restored incidents from the store",
             extra={"open_incidents": len(open_incidents), "recently_closed": len(closed)},
@@ -183,6 +184,10 @@ class IncidentService:
             m.time_to_acknowledge.labels(*labels).observe(effect.seconds or 0.0)
         elif effect.kind == "resolved":
             m.time_to_resolve.labels(*labels).observe(effect.seconds or 0.0)
+        elif effect.kind == "breach" and effect.detail is not None:
+            m.breaches_total.labels(*labels, effect.detail).inc()
+        elif effect.kind == "escalated" and effect.detail is not None:
+            m.escalations_total.labels(effect.severity, effect.detail).inc()
         log.info(
             f"incident {effect.kind}",
             extra={
@@ -194,5 +199,6 @@ class IncidentService:
                 "previous_severity": effect.previous_severity,
                 "source": effect.source,
                 "actor": effect.actor,
+                "detail": effect.detail,
             },
         )

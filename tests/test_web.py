@@ -43,8 +43,13 @@ async def test_firing_notification_opens_an_incident_readable_through_the_api(
     assert resp.status == 200
     data = await resp.json()
     assert (data["severity"], data["team"], data["state"]) == ("P0", "sre", "triggered")
-    assert [e["kind"] for e in data["timeline"]] == ["opened"]
+    # Declared 10 minutes after startsAt: P0's 5 minute detection SLA is breached at once.
+    assert [e["kind"] for e in data["timeline"]] == ["opened", "sla_breached"]
     assert data["sla"]["acknowledge"]["target_seconds"] == 300
+    assert (
+        sample(components, "incident_sla_breaches_total", severity="P0", team="sre", sla="detect")
+        == 1
+    )
     assert sample(components, "incident_sla_incidents_total", severity="P0", team="sre") == 1
     assert (
         sample(components, "incident_sla_webhook_requests_total", source="alertmanager", code="200")

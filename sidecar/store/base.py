@@ -9,12 +9,26 @@ import orjson
 
 from sidecar.incidents import Incident, TimelineEvent
 
-IncidentRow = tuple[str, str, str, str, str, float, float, float | None, float | None, float, bytes]
+IncidentRow = tuple[
+    str,
+    str,
+    str,
+    str,
+    str,
+    float,
+    float,
+    float | None,
+    float | None,
+    float,
+    bytes,
+    float | None,
+    float | None,
+]
 EventRow = tuple[str, int, float, str, str, str | None, str, bytes]
 
 INCIDENT_COLUMNS = (
     "id, key, state, severity, team, started_at, triggered_at, acknowledged_at, resolved_at, "
-    "updated_at, data"
+    "updated_at, data, review_due_at, review_done_at"
 )
 
 
@@ -32,6 +46,8 @@ def incident_row(inc: Incident, now: float) -> IncidentRow:
         inc.resolved_at,
         now,
         orjson.dumps(inc.data_json()),
+        inc.review_due_at,
+        inc.review_done_at,
     )
 
 
@@ -62,6 +78,8 @@ def incident_from_row(row: tuple[Any, ...]) -> Incident:
         acknowledged_at=row[7],
         resolved_at=row[8],
         data=orjson.loads(row[10]),
+        review_due_at=row[11],
+        review_done_at=row[12],
     )
 
 
@@ -148,6 +166,10 @@ class Store(Protocol):
 
     async def load_open(self) -> list[Incident]:
         """Every open incident (at start)."""
+        ...
+
+    async def load_pending_reviews(self) -> list[Incident]:
+        """Resolved incidents whose post-incident review is not done (at start)."""
         ...
 
     async def load_closed_since(self, since: float) -> list[Incident]:

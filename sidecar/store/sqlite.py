@@ -96,14 +96,25 @@ MIGRATIONS: list[tuple[int, str, str]] = [
         CREATE INDEX deliveries_received ON deliveries(received_at);
         """,
     ),
+    (
+        3,
+        "post-incident review deadlines",
+        """
+        ALTER TABLE incidents ADD COLUMN review_due_at REAL;
+        ALTER TABLE incidents ADD COLUMN review_done_at REAL;
+        CREATE INDEX incidents_review_pending ON incidents(review_due_at)
+            WHERE review_due_at IS NOT NULL AND review_done_at IS NULL;
+        """,
+    ),
 ]
 
 _UPSERT = f"""
-INSERT INTO incidents ({INCIDENT_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+INSERT INTO incidents ({INCIDENT_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
 ON CONFLICT(id) DO UPDATE SET
     state = excluded.state, severity = excluded.severity, team = excluded.team,
     started_at = excluded.started_at, acknowledged_at = excluded.acknowledged_at,
-    resolved_at = excluded.resolved_at, updated_at = excluded.updated_at, data = excluded.data
+    resolved_at = excluded.resolved_at, updated_at = excluded.updated_at, data = excluded.data,
+    review_due_at = excluded.review_due_at, review_done_at = excluded.review_done_at
 """  # noqa: S608 - a constant column list, no input
 _INSERT_EVENT = "INSERT OR IGNORE INTO events VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
 _INSERT_OUTBOX = (
@@ -231,6 +242,13 @@ class SQLiteStore:
     async def load_open(self) -> list[Incident]:
         """Every open incident."""
         return await self._select(f"{_SELECT} WHERE state != 'resolved'")
+
+    async def load_pending_reviews(self) -> list[Incident]:
+        """Resolved incidents whose post-incident review is not done."""
+        return await self._select(
+            f"{_SELECT} WHERE review_due_at IS NOT NULL AND review_done_at IS NULL "
+            "AND state = 'resolved'"
+        )
 
     async def load_closed_since(self, since: float) -> list[Incident]:
         """Latest resolved incident per key resolved after ``since``."""

@@ -35,6 +35,10 @@ class FlakyStore:
         self._check()
         return await self.inner.load_open()
 
+    async def load_pending_reviews(self) -> list[Incident]:
+        self._check()
+        return await self.inner.load_pending_reviews()
+
     async def load_closed_since(self, since: float) -> list[Incident]:
         self._check()
         return await self.inner.load_closed_since(since)
