@@ -29,6 +29,11 @@ from sidecar.pagerduty.events import (
 from sidecar.rules import RuleSet
 
 
+def tier_dedup_key(dedup_key: str, tier: str) -> str:
+    """The dedup key of an escalation tier's page: its own PagerDuty alert, same incident."""
+    return f"{dedup_key}:{tier}"
+
+
 @dataclass(frozen=True, slots=True)
 class OutboxEvent:
     """One Events API v2 body to deliver, without its routing key."""
@@ -98,20 +103,71 @@ class Pager:
                 out += self._trigger(change, now, reason="opened")
             elif effect.kind == "severity_raised" and inc.is_open:
                 out += self._trigger(change, now, reason=f"severity raised to {inc.severity}")
+            elif effect.kind == "escalated" and effect.detail is not None and inc.is_open:
+                out += self._escalate(change, now, effect.detail)
             elif effect.kind in ("acknowledged", "resolved") and effect.source != "pagerduty":
-                if inc.paged_dedup_key is None:
-                    continue
-                routing = self.routing_for(inc)
-                if routing is None:
-                    continue
-                body = (
-                    build_acknowledge(inc.paged_dedup_key)
-                    if effect.kind == "acknowledged"
-                    else build_resolve(inc.paged_dedup_key)
-                )
                 action = "acknowledge" if effect.kind == "acknowledged" else "resolve"
-                out.append(OutboxEvent(inc.id, inc.paged_dedup_key, routing, action, body))
+                build = build_acknowledge if action == "acknowledge" else build_resolve
+                # The team's page and every escalation tier's page follow.
+                for dedup, routing in self._pages(inc):
+                    out.append(OutboxEvent(inc.id, dedup, routing, action, build(dedup)))
         return out
+
+    def _pages(self, inc: Incident) -> list[tuple[str, str]]:
+        """(dedup key, routing name) of every PagerDuty alert this incident opened."""
+        pages: list[tuple[str, str]] = []
+        if inc.paged_dedup_key is None:
+            return pages
+        routing = self.routing_for(inc)
+        if routing is not None:
+            pages.append((inc.paged_dedup_key, routing))
+        for tier in inc.escalated:
+            if f"tier:{tier}" in self.routing_names:
+                pages.append((tier_dedup_key(inc.paged_dedup_key, tier), f"tier:{tier}"))
+        return pages
+
+    def _escalate(self, change: Change, now: float, tier: str) -> list[OutboxEvent]:
+        inc = change.incident
+        routing = f"tier:{tier}"
+        if routing not in self.routing_names:
+            change.events.append(
+                self.book.event(
+                    inc,
+                    now,
+                    "escalation_unrouted",
+                    "sidecar",
+                    None,
+                    f"no PagerDuty routing key for tier {tier}: escalation recorded, nobody paged",
+                    {"tier": tier},
+                )
+            )
+            return []
+        if inc.paged_dedup_key is None:
+            inc.paged_dedup_key = self.dedup_key(inc)
+        dedup = tier_dedup_key(inc.paged_dedup_key, tier)
+        policy = self.rules.policy(inc.severity)
+        body = build_trigger(
+            inc,
+            pagerduty_severity=policy.pagerduty_severity,
+            dedup_key=dedup,
+            alertmanager_url=inc.external_url or None,
+            incident_url=self._incident_url(inc),
+        )
+        change.events.append(
+            self.book.event(
+                inc,
+                now,
+                "pagerduty_queued",
+                "sidecar",
+                None,
+                f"PagerDuty page to escalation tier {tier} queued",
+                {"action": "trigger", "routing": routing, "dedup_key": dedup},
+            )
+        )
+        return [OutboxEvent(inc.id, dedup, routing, "trigger", body)]
+
+    def _incident_url(self, inc: Incident) -> str | None:
+        return f"{self.external_url}/api/v1/incidents/{inc.id}" if self.external_url else None
 
     def _trigger(self, change: Change, now: float, *, reason: str) -> list[OutboxEvent]:
         inc = change.incident
@@ -135,9 +191,7 @@ class Pager:
         if routing is None:
             return []
         dedup = self.dedup_key(inc)
-        incident_url = (
-            f"{self.external_url}/api/v1/incidents/{inc.id}" if self.external_url else None
-        )
+        incident_url = self._incident_url(inc)
         body = build_trigger(
             inc,
             pagerduty_severity=policy.pagerduty_severity,

@@ -17,6 +17,7 @@ from sidecar.pagerduty.inbound import PagerDutyInbound
 from sidecar.paging import Pager
 from sidecar.retry import RetryPolicy
 from sidecar.rules import RuleSet, load_rules
+from sidecar.scheduler import DeadlineScheduler
 from sidecar.service import IncidentService
 from sidecar.store import Store, open_store
 
@@ -38,6 +39,7 @@ class Components:
     pager: Pager
     outbox: OutboxWorker | None
     inbound: PagerDutyInbound
+    scheduler: DeadlineScheduler
 
     def reload_rules(self) -> bool:
         """Reload the rules file; on any problem keep the last good rules and return False."""
@@ -109,6 +111,8 @@ def build_components(
         external_url=s.server.external_url,
     )
     service = IncidentService(book, store, metrics, clock, max_batch=s.store.max_batch, pager=pager)
+    scheduler = DeadlineScheduler(book, service, clock)
+    service.on_commit.append(scheduler.on_commit)
     outbox = None
     if pager.enabled:
         outbox = OutboxWorker(
@@ -134,7 +138,18 @@ def build_components(
         store, book, api_url=pd.api_url, api_token=config.secrets.pagerduty_api_token
     )
     return Components(
-        config, rules, store, clock, registry, metrics, book, service, pager, outbox, inbound
+        config,
+        rules,
+        store,
+        clock,
+        registry,
+        metrics,
+        book,
+        service,
+        pager,
+        outbox,
+        inbound,
+        scheduler,
     )
 
 

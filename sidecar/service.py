@@ -56,6 +56,8 @@ class IncidentService:
         self.pager = pager
         # Called after a commit that queued PagerDuty events (wakes the worker).
         self.on_outbox: Callable[[], None] = lambda: None
+        # Called with every committed batch's changes (the deadline scheduler).
+        self.on_commit: list[Callable[[list[Change]], None]] = []
         self.store = store
         self.metrics = metrics
         self.clock = clock
@@ -169,6 +171,8 @@ class IncidentService:
             for change in all_changes:
                 for effect in change.effects:
                     self._publish(effect)
+            for hook in self.on_commit:
+                hook(all_changes)
         for pending, changes in applied:
             if not pending.future.done():
                 pending.future.set_result(changes)

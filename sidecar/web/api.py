@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import orjson
@@ -10,59 +11,28 @@ from aiohttp import web
 from sidecar.clock import isoformat
 from sidecar.errors import IncidentNotFound, InvalidTransition
 from sidecar.incidents import Incident, TimelineEvent
+from sidecar.postmortem import render_postmortem, sla_report
 from sidecar.rules import RuleSet
 from sidecar.store import IncidentQuery
 from sidecar.web.auth import require
 from sidecar.web.keys import COMPONENTS
 
 STATES = ("open", "triggered", "acknowledged", "resolved")
+TEMPLATES = ("llm-marketplace", "schema-registry", "generic")
 MAX_LIMIT = 1000
 
 
-def sla_view(inc: Incident, rules: RuleSet, now: float) -> dict[str, Any]:
-    """Each SLA of the incident's severity: target, deadline, and whether it was met."""
-    try:
-        sla = rules.policy(inc.severity).sla
-    except KeyError:
-        return {}
-    # (sla name, measured from, measured until)
-    spans = {
-        "detect": (inc.started_at, inc.triggered_at),
-        "acknowledge": (inc.triggered_at, inc.acknowledged_at),
-        "resolve": (inc.started_at, inc.resolved_at),
-    }
-    out: dict[str, Any] = {}
-    for name, (start, end) in spans.items():
-        target = getattr(sla, name)
-        if target is None:
-            continue
-        deadline = start + target.total_seconds()
-        if end is not None:
-            status = "met" if end <= deadline else "breached"
-        else:
-            status = (
-                "breached" if now > deadline else ("pending" if inc.is_open else "not_applicable")
-            )
-        out[name] = {
-            "target_seconds": target.total_seconds(),
-            "deadline": isoformat(deadline),
-            "status": status,
-        }
-    if sla.update is not None and inc.is_open:
-        last = inc.last_update_at or inc.triggered_at
-        out["update"] = {
-            "target_seconds": sla.update.total_seconds(),
-            "deadline": isoformat(last + sla.update.total_seconds()),
-        }
-    if sla.postmortem is not None and inc.resolved_at is not None:
-        out["postmortem"] = {
-            "target_seconds": sla.postmortem.total_seconds(),
-            "deadline": isoformat(inc.resolved_at + sla.postmortem.total_seconds()),
-        }
-    return out
+def sla_view(
+    inc: Incident, rules: RuleSet, now: float, timeline: Sequence[TimelineEvent] = ()
+) -> dict[str, Any]:
+    """Each SLA of the incident's severity: target, deadline, actual, met/breached/pending."""
+    report = sla_report(inc, timeline, rules, now, reviewed_at=inc.review_done_at)
+    return {r.name: r.to_json() for r in report}
 
 
-def incident_view(inc: Incident, rules: RuleSet, now: float) -> dict[str, Any]:
+def incident_view(
+    inc: Incident, rules: RuleSet, now: float, timeline: Sequence[TimelineEvent] = ()
+) -> dict[str, Any]:
     """The public JSON shape of an incident."""
     return {
         "id": inc.id,
@@ -94,7 +64,14 @@ def incident_view(inc: Incident, rules: RuleSet, now: float) -> dict[str, Any]:
             }
             for a in inc.alerts.values()
         ],
-        "sla": sla_view(inc, rules, now),
+        "sla": sla_view(inc, rules, now, timeline),
+        "breaches": {kind: isoformat(at) for kind, at in inc.breaches.items()},
+        "escalated": {tier: isoformat(at) for tier, at in inc.escalated.items()},
+        "review": {
+            "due_at": isoformat(inc.review_due_at),
+            "done_at": isoformat(inc.review_done_at),
+            "done_by": inc.review_done_by,
+        },
     }
 
 
@@ -155,7 +132,7 @@ async def get_incident(request: web.Request) -> web.Response:
     c = request.app[COMPONENTS]
     inc = await _load(request)
     events = await c.store.timeline(inc.id)
-    view = incident_view(inc, c.rules, c.clock.now())
+    view = incident_view(inc, c.rules, c.clock.now(), events)
     view["timeline"] = [event_view(e) for e in events]
     view["pagerduty"] = {
         "dedup_key": inc.paged_dedup_key,
@@ -242,3 +219,44 @@ async def resolve(request: web.Request) -> web.Response:
 async def post_update(request: web.Request) -> web.Response:
     """``POST /api/v1/incidents/{id}/updates`` with ``{"actor", "message"}``: a status update."""
     return await _transition(request, "update")
+
+
+async def get_postmortem(request: web.Request) -> web.Response:
+    """``GET /api/v1/incidents/{id}/postmortem``: the plan's review template, pre-filled."""
+    c = request.app[COMPONENTS]
+    inc = await _load(request)
+    timeline = await c.store.timeline(inc.id)
+    template = request.query.get("template")
+    if template is not None and template not in TEMPLATES:
+        raise _bad(f"template must be one of {', '.join(TEMPLATES)}")
+    text = render_postmortem(
+        inc,
+        timeline,
+        c.rules,
+        template=template,  # type: ignore[arg-type]
+        now=c.clock.now(),
+        incident_url=str(request.url.with_path(f"/api/v1/incidents/{inc.id}").with_query(None)),
+    )
+    return web.Response(text=text, content_type="text/markdown", charset="utf-8")
+
+
+async def complete_postmortem(request: web.Request) -> web.Response:
+    """``POST /api/v1/incidents/{id}/postmortem``: mark the review done (``{"actor", "message"}``)."""
+    c = request.app[COMPONENTS]
+    require(
+        request,
+        c.config.secrets.api_token,
+        disabled=c.config.settings.server.insecure_disable_auth,
+        allow_basic=False,
+    )
+    actor, message = await _actor(request)
+    inc = await _load(request)
+    if inc.is_open:
+        raise InvalidTransition(f"incident {inc.id} is {inc.state}; review it once resolved")
+
+    def command(now: float) -> list[Any]:
+        change = c.book.complete_review(inc, actor=actor, source="api", now=now, message=message)
+        return [change] if change else []
+
+    await c.service.submit(command)
+    return _json(incident_view(await _load(request), c.rules, c.clock.now()))

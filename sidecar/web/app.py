@@ -72,6 +72,7 @@ async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
     try:
         await components.service.start()
         await components.inbound.start(components.clock.now())
+        await components.scheduler.start()
         try:
             if components.outbox is not None:
                 await components.outbox.start()
@@ -81,6 +82,7 @@ async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
                 if components.outbox is not None:
                     await components.outbox.stop()
                 await components.inbound.stop()
+                await components.scheduler.stop()
         finally:
             await components.service.stop()
     finally:
@@ -102,6 +104,8 @@ def create_app(components: Components) -> web.Application:
     app.router.add_post("/api/v1/incidents/{id}/acknowledge", api.acknowledge)
     app.router.add_post("/api/v1/incidents/{id}/resolve", api.resolve)
     app.router.add_post("/api/v1/incidents/{id}/updates", api.post_update)
+    app.router.add_get("/api/v1/incidents/{id}/postmortem", api.get_postmortem)
+    app.router.add_post("/api/v1/incidents/{id}/postmortem", api.complete_postmortem)
     app.router.add_get("/metrics", ops.metrics)
     app.router.add_get("/healthz", ops.healthz)
     app.router.add_get("/readyz", ops.readyz)

@@ -1,0 +1,137 @@
+"""The deadline scheduler: each open incident's next SLA deadline in a priority queue.
+
+No scan of all incidents ever happens on the clock's account: the heap holds
+one entry per incident (its earliest pending deadline: an SLA, an escalation
+step, or a post-incident review), entries are refreshed after every committed
+change, and stale ones are skipped when they surface. At start the heap is
+rebuilt from the incidents the service restored from the store, so a deadline
+that passed while the sidecar was down fires at once, and one already
+recorded (a breach, an escalated tier) never fires again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import heapq
+import logging
+
+from sidecar.clock import Clock
+from sidecar.errors import StoreUnavailable
+from sidecar.incidents import Change, IncidentBook
+from sidecar.service import IncidentService
+
+log = logging.getLogger("sidecar.sla")
+
+
+class DeadlineScheduler:
+    """Fires SLA breaches and escalation steps when their deadlines pass."""
+
+    def __init__(
+        self,
+        book: IncidentBook,
+        service: IncidentService,
+        clock: Clock,
+        *,
+        max_sleep: float = 1.0,
+        retry_after: float = 1.0,
+    ) -> None:
+        self.book = book
+        self.service = service
+        self.clock = clock
+        self.max_sleep = max_sleep
+        self.retry_after = retry_after
+        self._heap: list[tuple[float, str]] = []
+        self._next: dict[str, float] = {}
+        self._wake = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+
+    def __len__(self) -> int:
+        return len(self._next)
+
+    def schedule(self, incident_id: str) -> None:
+        """(Re)compute an incident's next deadline."""
+        at = self.book.next_deadline(incident_id)
+        if at is None:
+            self._next.pop(incident_id, None)
+            return
+        if self._next.get(incident_id) == at:
+            return
+        self._next[incident_id] = at
+        heapq.heappush(self._heap, (at, incident_id))
+        if self._heap[0] == (at, incident_id):
+            self._wake.set()  # earlier than what the loop sleeps for
+
+    def on_commit(self, changes: list[Change]) -> None:
+        """Service hook: deadlines move on acknowledgment, severity change, resolution."""
+        for change in changes:
+            self.schedule(change.incident.id)
+
+    def rebuild(self) -> None:
+        """Schedule every open incident and pending review (at start)."""
+        self._heap.clear()
+        self._next.clear()
+        for inc in list(self.book.open_incidents()) + list(self.book.pending_reviews()):
+            self.schedule(inc.id)
+
+    def next_at(self) -> float | None:
+        """The earliest scheduled deadline."""
+        while self._heap and self._next.get(self._heap[0][1]) != self._heap[0][0]:
+            heapq.heappop(self._heap)  # stale: superseded or cleared
+        return self._heap[0][0] if self._heap else None
+
+    async def run_due(self) -> int:
+        """Fire every deadline that has passed; returns how many incidents changed."""
+        now = self.clock.now()
+        due: list[str] = []
+        while (at := self.next_at()) is not None and at < now:
+            _, incident_id = heapq.heappop(self._heap)
+            del self._next[incident_id]
+            due.append(incident_id)
+        if not due:
+            return 0
+
+        def command(t: float) -> list[Change]:
+            return [c for i in due if (c := self.book.check_deadlines(i, t)) is not None]
+
+        try:
+            changes = await self.service.submit(command)
+        finally:
+            # Committed changes were rescheduled by on_commit; this covers the
+            # rest (nothing due after all, or a failed commit to retry).
+            for incident_id in due:
+                if incident_id not in self._next:
+                    self.schedule(incident_id)
+        return len(changes)
+
+    async def start(self) -> None:
+        """Build the heap and start firing."""
+        self.rebuild()
+        self._task = asyncio.create_task(self._loop(), name="sla-deadlines")
+
+    async def stop(self) -> None:
+        """Stop firing."""
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+
+    async def _loop(self) -> None:
+        while True:
+            self._wake.clear()
+            at = self.next_at()
+            delay = self.max_sleep if at is None else min(self.max_sleep, at - self.clock.now())
+            if delay > 0:
+                with contextlib.suppress(TimeoutError):
+                    # Sleep just past the deadline: a breach needs it to have passed.
+                    await asyncio.wait_for(self._wake.wait(), delay + 0.001)
+            try:
+                await self.run_due()
+            except StoreUnavailable as exc:
+                log.warning("deadlines postponed: store unavailable", extra={"error": str(exc)})
+                await asyncio.sleep(self.retry_after)
+            except Exception:
+                # Never let a bug silence the SLA clocks for good.
+                log.exception("deadline scheduler failed; retrying")
+                await asyncio.sleep(self.retry_after)
