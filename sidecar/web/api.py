@@ -241,7 +241,7 @@ async def get_postmortem(request: web.Request) -> web.Response:
 
 
 async def complete_postmortem(request: web.Request) -> web.Response:
-    """``POST /api/v1/incidents/{id}/postmortem``: mark the review done (``{"actor", "message"}``)."""
+    """``POST /api/v1/incidents/{id}/postmortem``: mark the review done."""
     c = request.app[COMPONENTS]
     require(
         request,
