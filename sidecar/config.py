@@ -135,9 +135,14 @@ class IncidentsConfig(_Section):
 
 
 class AlertmanagerConfig(_Section):
-    """``alertmanager``: the Alertmanager API used for silences."""
+    """``alertmanager``: the Alertmanager API, polled for silences."""
 
     url: str | None = None
+    # Silencing every firing alert of an incident acknowledges it.
+    silences_acknowledge: bool = True
+    # Only silences whose comment starts with this count (e.g. "ack:"); unset: all.
+    silence_comment_prefix: str | None = None
+    poll_interval: Duration = timedelta(seconds=15)
 
 
 class RoutingKey(_Section):

@@ -490,6 +490,43 @@ class IncidentBook:
         self._finish(incident)
         return Change(incident, events, [], undo)
 
+    def resolve_alerts(
+        self,
+        incident_id: str,
+        ended: Mapping[str, float],
+        *,
+        now: float,
+        source: str,
+        message: str,
+    ) -> Change | None:
+        """Mark alerts ended (``fingerprint -> endsAt``); resolve the incident if none fires."""
+        inc = self._require_open(incident_id)
+        undo = self._begin(inc.key, inc)
+        events: list[TimelineEvent] = []
+        effects: list[Effect] = []
+        for fingerprint, ends_at in ended.items():
+            st = inc.alerts.get(fingerprint)
+            if st is None or st.status != "firing":
+                continue
+            st.status = "resolved"
+            st.ends_at = ends_at
+            events.append(
+                self.event(
+                    inc,
+                    now,
+                    "alert_resolved",
+                    source,
+                    None,
+                    f"alert {_name(st)} resolved",
+                    {"fingerprint": fingerprint, "ends_at": ends_at},
+                )
+            )
+        if events and not inc.firing():
+            events += self._close(inc, _ends(inc, now), source, None, message)
+            effects.append(self._resolved_effect(inc, source, None))
+        self._finish(inc)
+        return Change(inc, events, effects, undo) if events else None
+
     def record_update(
         self, incident_id: str, *, actor: str, source: str, now: float, message: str
     ) -> Change:

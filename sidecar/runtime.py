@@ -19,6 +19,7 @@ from sidecar.retry import RetryPolicy
 from sidecar.rules import RuleSet, load_rules
 from sidecar.scheduler import DeadlineScheduler
 from sidecar.service import IncidentService
+from sidecar.silences import SilenceWatcher
 from sidecar.store import Store, open_store
 
 log = logging.getLogger("sidecar")
@@ -40,6 +41,7 @@ class Components:
     outbox: OutboxWorker | None
     inbound: PagerDutyInbound
     scheduler: DeadlineScheduler
+    silences: SilenceWatcher | None
 
     def reload_rules(self) -> bool:
         """Reload the rules file; on any problem keep the last good rules and return False."""
@@ -112,6 +114,16 @@ def build_components(
     )
     service = IncidentService(book, store, metrics, clock, max_batch=s.store.max_batch, pager=pager)
     scheduler = DeadlineScheduler(book, service, clock)
+    silences = None
+    if s.alertmanager.url and s.alertmanager.silences_acknowledge:
+        silences = SilenceWatcher(
+            book,
+            service,
+            clock,
+            url=s.alertmanager.url,
+            interval=s.alertmanager.poll_interval.total_seconds(),
+            comment_prefix=s.alertmanager.silence_comment_prefix,
+        )
     service.on_commit.append(scheduler.on_commit)
     outbox = None
     if pager.enabled:
@@ -150,6 +162,7 @@ def build_components(
         outbox,
         inbound,
         scheduler,
+        silences,
     )
 
 

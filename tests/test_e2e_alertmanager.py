@@ -19,6 +19,7 @@ import pytest
 from tests.sidecar_process import SidecarProcess
 from tests.support.alertmanager import make_alert
 from tests.support.fixtures import AlertmanagerFactory
+from tests.support.ports import free_port
 
 pytestmark = pytest.mark.e2e
 
@@ -166,5 +167,63 @@ async def test_wrong_token_is_refused_and_alertmanager_gets_401(
 
         assert await wait_for(refused) >= 1
         assert (await get_json(f"{proc.url}/api/v1/incidents"))["incidents"] == []
+    finally:
+        proc.stop()
+
+
+async def test_a_silence_acknowledges_and_alerts_ending_under_it_resolve(
+    tmp_path: Path, alertmanager_factory: AlertmanagerFactory
+) -> None:
+    port = free_port()
+    am = alertmanager_factory(
+        f"http://127.0.0.1:{port}/webhook/alertmanager",
+        bearer_token="e2e-webhook-token",
+        start=False,
+    )
+    proc = SidecarProcess(
+        tmp_path / "sidecar",
+        port=port,
+        overrides={"alertmanager": {"url": am.url, "poll_interval": "200ms"}},
+    )
+    am.start()
+    proc.start()
+    try:
+        labels = {"alertname": "ServiceDown", "service": "publishing", "scope": "total"}
+        starts = datetime.now(UTC).replace(microsecond=0) - timedelta(minutes=1)
+        firing = make_alert(labels, starts_at=starts)
+        await am.post_alerts([firing])
+
+        async def opened() -> dict[str, Any] | None:
+            found = (await get_json(f"{proc.url}/api/v1/incidents?state=open"))["incidents"]
+            return found[0] if found else None
+
+        incident = await wait_for(opened)
+        assert incident["state"] == "triggered"
+        silence_id = await am.add_silence(
+            ['alertname="ServiceDown"'], author="alice@example.com", comment="looking into it"
+        )
+
+        async def acknowledged() -> dict[str, Any] | None:
+            inc = await get_json(f"{proc.url}/api/v1/incidents/{incident['id']}")
+            return inc if inc["state"] == "acknowledged" else None
+
+        inc = await wait_for(acknowledged)
+        assert (inc["acknowledged_by"], inc["acknowledge_source"]) == ("alice@example.com", "silence")
+        ack = [e for e in inc["timeline"] if e["kind"] == "acknowledged"]
+        assert silence_id in ack[0]["message"]
+
+        # The alert ends while silenced: Alertmanager sends no resolved notification.
+        ends = datetime.now(UTC).replace(microsecond=0)
+        await am.post_alerts([{**firing, "endsAt": ends.isoformat().replace("+00:00", "Z")}])
+
+        async def resolved() -> dict[str, Any] | None:
+            inc = await get_json(f"{proc.url}/api/v1/incidents/{incident['id']}")
+            return inc if inc["state"] == "resolved" else None
+
+        inc = await wait_for(resolved)
+        assert inc["resolve_source"] == "silence"
+        # Resolution is the alert's endsAt, within the polling interval at worst.
+        resolved_at = datetime.fromisoformat(inc["resolved_at"].replace("Z", "+00:00"))
+        assert abs((resolved_at - ends).total_seconds()) < 5
     finally:
         proc.stop()

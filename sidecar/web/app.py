@@ -73,6 +73,8 @@ async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
         await components.service.start()
         await components.inbound.start(components.clock.now())
         await components.scheduler.start()
+        if components.silences is not None:
+            await components.silences.start()
         try:
             if components.outbox is not None:
                 await components.outbox.start()
@@ -83,6 +85,8 @@ async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
                     await components.outbox.stop()
                 await components.inbound.stop()
                 await components.scheduler.stop()
+                if components.silences is not None:
+                    await components.silences.stop()
         finally:
             await components.service.stop()
     finally:
