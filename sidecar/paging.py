@@ -66,14 +66,12 @@ class Pager:
         *,
         routing_names: set[str],
         key_mode: Literal["group", "alert"] = "group",
-        alertmanager_url: str | None = None,
         external_url: str | None = None,
     ) -> None:
         self.rules = rules
         self.book = book
         self.routing_names = routing_names
         self.key_mode = key_mode
-        self.alertmanager_url = alertmanager_url
         self.external_url = external_url.rstrip("/") if external_url else None
 
     @property

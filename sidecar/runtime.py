@@ -109,7 +109,6 @@ def build_components(
         book,
         routing_names=set(config.secrets.routing_keys),
         key_mode=s.incidents.key,
-        alertmanager_url=s.alertmanager.url,
         external_url=s.server.external_url,
     )
     service = IncidentService(book, store, metrics, clock, max_batch=s.store.max_batch, pager=pager)

@@ -6,6 +6,7 @@ is JSON with a reason, so Alertmanager's logs and curl users see why.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 
@@ -67,30 +68,22 @@ async def count_webhooks(request: web.Request, handler: Handler) -> web.StreamRe
 
 
 async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
-    components = app[COMPONENTS]
-    await components.store.open()
-    try:
-        await components.service.start()
-        await components.inbound.start(components.clock.now())
-        await components.scheduler.start()
-        if components.silences is not None:
-            await components.silences.start()
-        try:
-            if components.outbox is not None:
-                await components.outbox.start()
-            try:
-                yield
-            finally:
-                if components.outbox is not None:
-                    await components.outbox.stop()
-                await components.inbound.stop()
-                await components.scheduler.stop()
-                if components.silences is not None:
-                    await components.silences.stop()
-        finally:
-            await components.service.stop()
-    finally:
-        await components.store.close()
+    c = app[COMPONENTS]
+    async with contextlib.AsyncExitStack() as stack:
+        # Started in dependency order, stopped in reverse, whatever fails.
+        await c.store.open()
+        stack.push_async_callback(c.store.close)
+        await c.service.start()
+        stack.push_async_callback(c.service.stop)
+        await c.inbound.start(c.clock.now())
+        stack.push_async_callback(c.inbound.stop)
+        await c.scheduler.start()
+        stack.push_async_callback(c.scheduler.stop)
+        for worker in (c.outbox, c.silences):
+            if worker is not None:
+                await worker.start()
+                stack.push_async_callback(worker.stop)
+        yield
 
 
 def create_app(components: Components) -> web.Application:
