@@ -358,6 +358,9 @@ def load_config(path: Path, *, read_secrets: bool = True) -> Config:
         raise ConfigError([ConfigProblem(str(path), "", "the configuration must be a mapping")])
     if unknown := _unknown_env_vars():
         raise ConfigError(unknown)
+    for section, value in doc.data.items():
+        if value is None:
+            doc.data[section] = {}  # a section whose keys are all commented out
     _env_wins_over_file(doc.data)
     try:
         settings = Settings(**doc.data)

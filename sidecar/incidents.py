@@ -557,15 +557,22 @@ class IncidentBook:
 
     # -- SLA clocks -------------------------------------------------------
 
-    def next_deadline(self, incident_id: str) -> float | None:
-        """The earliest pending deadline of an open incident or a pending review."""
+    def next_deadline(self, incident_id: str) -> tuple[float, bool] | None:
+        """The earliest pending deadline of an open incident or a pending review.
+
+        The flag is True for a breach, which is due only once the deadline has
+        passed, and False for an escalation step, due at the deadline itself.
+        """
         inc = self._by_id.get(incident_id)
         if inc is not None:
             pending = sla.pending_deadlines(inc, self.classifier.policy(inc.severity))
-            return min((at for _, at in pending), default=None)
+            return min(
+                ((at, not kind.startswith(sla.ESCALATION)) for kind, at in pending), default=None
+            )
         review = self._reviews.get(incident_id)
-        if review is not None and "postmortem" not in review.breaches:
-            return review.review_due_at
+        if review is not None and review.review_due_at is not None:
+            if "postmortem" not in review.breaches:
+                return (review.review_due_at, True)
         return None
 
     def check_deadlines(self, incident_id: str, now: float) -> Change | None:

@@ -24,6 +24,10 @@ from sidecar.service import IncidentService
 log = logging.getLogger("sidecar.sla")
 
 
+def _due(at: float, strict: bool, now: float) -> bool:
+    return now > at if strict else now >= at
+
+
 class DeadlineScheduler:
     """Fires SLA breaches and escalation steps when their deadlines pass."""
 
@@ -41,8 +45,10 @@ class DeadlineScheduler:
         self.clock = clock
         self.max_sleep = max_sleep
         self.retry_after = retry_after
-        self._heap: list[tuple[float, str]] = []
-        self._next: dict[str, float] = {}
+        # (deadline, strict, incident id): a strict deadline (a breach) is due once
+        # passed, a non-strict one (an escalation step) at the deadline itself.
+        self._heap: list[tuple[float, bool, str]] = []
+        self._next: dict[str, tuple[float, bool]] = {}
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
 
@@ -51,15 +57,16 @@ class DeadlineScheduler:
 
     def schedule(self, incident_id: str) -> None:
         """(Re)compute an incident's next deadline."""
-        at = self.book.next_deadline(incident_id)
-        if at is None:
+        deadline = self.book.next_deadline(incident_id)
+        if deadline is None:
             self._next.pop(incident_id, None)
             return
-        if self._next.get(incident_id) == at:
+        if self._next.get(incident_id) == deadline:
             return
-        self._next[incident_id] = at
-        heapq.heappush(self._heap, (at, incident_id))
-        if self._heap[0] == (at, incident_id):
+        self._next[incident_id] = deadline
+        entry = (*deadline, incident_id)
+        heapq.heappush(self._heap, entry)
+        if self._heap[0] == entry:
             self._wake.set()  # earlier than what the loop sleeps for
 
     def on_commit(self, changes: list[Change]) -> None:
@@ -74,18 +81,18 @@ class DeadlineScheduler:
         for inc in list(self.book.open_incidents()) + list(self.book.pending_reviews()):
             self.schedule(inc.id)
 
-    def next_at(self) -> float | None:
-        """The earliest scheduled deadline."""
-        while self._heap and self._next.get(self._heap[0][1]) != self._heap[0][0]:
+    def next_at(self) -> tuple[float, bool] | None:
+        """The earliest scheduled deadline and whether it is strict."""
+        while self._heap and self._next.get(self._heap[0][2]) != self._heap[0][:2]:
             heapq.heappop(self._heap)  # stale: superseded or cleared
-        return self._heap[0][0] if self._heap else None
+        return self._heap[0][:2] if self._heap else None
 
     async def run_due(self) -> int:
         """Fire every deadline that has passed; returns how many incidents changed."""
         now = self.clock.now()
         due: list[str] = []
-        while (at := self.next_at()) is not None and at < now:
-            _, incident_id = heapq.heappop(self._heap)
+        while (top := self.next_at()) is not None and _due(*top, now):
+            _, _, incident_id = heapq.heappop(self._heap)
             del self._next[incident_id]
             due.append(incident_id)
         if not due:
@@ -120,12 +127,14 @@ class DeadlineScheduler:
     async def _loop(self) -> None:
         while True:
             self._wake.clear()
-            at = self.next_at()
-            delay = self.max_sleep if at is None else min(self.max_sleep, at - self.clock.now())
-            if delay > 0:
+            top = self.next_at()
+            now = self.clock.now()
+            if top is None or not _due(*top, now):
+                delay = self.max_sleep if top is None else min(self.max_sleep, top[0] - now)
                 with contextlib.suppress(TimeoutError):
-                    # Sleep just past the deadline: a breach needs it to have passed.
-                    await asyncio.wait_for(self._wake.wait(), delay + 0.001)
+                    # Never less than a millisecond: a strict deadline that is
+                    # exactly now is due only once the clock has moved on.
+                    await asyncio.wait_for(self._wake.wait(), max(delay, 0.0) + 0.001)
             try:
                 await self.run_due()
             except StoreUnavailable as exc:
