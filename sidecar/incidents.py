@@ -570,10 +570,9 @@ class IncidentBook:
                 ((at, not kind.startswith(sla.ESCALATION)) for kind, at in pending), default=None
             )
         review = self._reviews.get(incident_id)
-        if review is not None and review.review_due_at is not None:
-            if "postmortem" not in review.breaches:
-                return (review.review_due_at, True)
-        return None
+        if review is None or review.review_due_at is None or "postmortem" in review.breaches:
+            return None
+        return (review.review_due_at, True)
 
     def check_deadlines(self, incident_id: str, now: float) -> Change | None:
         """Record every breach and escalation that is due; None when nothing was."""

@@ -105,5 +105,6 @@ def create_app(components: Components) -> web.Application:
     app.router.add_post("/api/v1/incidents/{id}/postmortem", api.complete_postmortem)
     app.router.add_get("/metrics", ops.metrics)
     app.router.add_get("/healthz", ops.healthz)
+    app.router.add_get("/openapi.yaml", ops.openapi)
     app.router.add_get("/readyz", ops.readyz)
     return app

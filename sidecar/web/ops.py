@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from importlib import resources
+
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
@@ -13,6 +15,12 @@ async def metrics(request: web.Request) -> web.Response:
     """``GET /metrics``."""
     body = generate_latest(request.app[COMPONENTS].registry)
     return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+
+async def openapi(request: web.Request) -> web.Response:
+    """``GET /openapi.yaml``: the OpenAPI document of this API."""
+    text = resources.files("sidecar.web").joinpath("openapi.yaml").read_text(encoding="utf-8")
+    return web.Response(text=text, content_type="application/yaml")
 
 
 async def healthz(request: web.Request) -> web.Response:
