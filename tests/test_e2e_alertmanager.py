@@ -208,7 +208,10 @@ async def test_a_silence_acknowledges_and_alerts_ending_under_it_resolve(
             return inc if inc["state"] == "acknowledged" else None
 
         inc = await wait_for(acknowledged)
-        assert (inc["acknowledged_by"], inc["acknowledge_source"]) == ("alice@example.com", "silence")
+        assert (inc["acknowledged_by"], inc["acknowledge_source"]) == (
+            "alice@example.com",
+            "silence",
+        )
         ack = [e for e in inc["timeline"] if e["kind"] == "acknowledged"]
         assert silence_id in ack[0]["message"]
 
