@@ -27,6 +27,7 @@ from sidecar.metrics import Metrics
 from sidecar.pagerduty.client import EventsClient, SendResult
 from sidecar.retry import RetryPolicy
 from sidecar.store.base import OutboxItem, Store
+from sidecar.tasks import BackgroundTask
 
 log = logging.getLogger("sidecar.pagerduty")
 
@@ -76,7 +77,7 @@ class OutboxWorker:
         self.poll_interval = poll_interval
         self.pending = 0
         self._wake = asyncio.Event()
-        self._task: asyncio.Task[None] | None = None
+        self._task = BackgroundTask("pagerduty-outbox", self._loop)
         self._session: aiohttp.ClientSession | None = None
 
     def wake(self) -> None:
@@ -87,15 +88,11 @@ class OutboxWorker:
         """Open the HTTP session and start delivering."""
         self._session = aiohttp.ClientSession()
         self.pending = await self.store.outbox_pending()
-        self._task = asyncio.create_task(self._loop(), name="pagerduty-outbox")
+        self._task.start()
 
     async def stop(self) -> None:
         """Stop delivering; pending events stay in the store for the next start."""
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        await self._task.stop()
         if self._session is not None:
             await self._session.close()
             self._session = None

@@ -20,6 +20,7 @@ from sidecar.clock import Clock
 from sidecar.errors import StoreUnavailable
 from sidecar.incidents import Change, IncidentBook
 from sidecar.service import IncidentService
+from sidecar.tasks import BackgroundTask
 
 log = logging.getLogger("sidecar.sla")
 
@@ -50,7 +51,7 @@ class DeadlineScheduler:
         self._heap: list[tuple[float, bool, str]] = []
         self._next: dict[str, tuple[float, bool]] = {}
         self._wake = asyncio.Event()
-        self._task: asyncio.Task[None] | None = None
+        self._task = BackgroundTask("sla-deadlines", self._loop)
 
     def __len__(self) -> int:
         return len(self._next)
@@ -114,15 +115,11 @@ class DeadlineScheduler:
     async def start(self) -> None:
         """Build the heap and start firing."""
         self.rebuild()
-        self._task = asyncio.create_task(self._loop(), name="sla-deadlines")
+        self._task.start()
 
     async def stop(self) -> None:
         """Stop firing."""
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        await self._task.stop()
 
     async def _loop(self) -> None:
         while True:

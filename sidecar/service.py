@@ -13,7 +13,6 @@ commit form the next batch: durability costs one fsync per batch, not per reques
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -24,6 +23,7 @@ from sidecar.incidents import Change, Effect, IncidentBook
 from sidecar.metrics import Metrics
 from sidecar.paging import Pager
 from sidecar.store.base import DeliveryRow, Store, WriteBatch, event_row, incident_row
+from sidecar.tasks import BackgroundTask
 
 log = logging.getLogger("sidecar.incidents")
 
@@ -63,7 +63,7 @@ class IncidentService:
         self.clock = clock
         self.max_batch = max_batch
         self._queue: asyncio.Queue[_Pending] = asyncio.Queue()
-        self._task: asyncio.Task[None] | None = None
+        self._task = BackgroundTask("incident-commit-loop", self._loop)
         self._inflight: asyncio.Future[None] | None = None
         self.batches_committed = 0
         self._last_expiry = 0.0
@@ -79,15 +79,11 @@ class IncidentService:
             "restored incidents from the store",
             extra={"open_incidents": len(open_incidents), "recently_closed": len(closed)},
         )
-        self._task = asyncio.create_task(self._loop(), name="incident-commit-loop")
+        self._task.start()
 
     async def stop(self) -> None:
         """Finish the batch in flight, then stop."""
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        await self._task.stop()
         if self._inflight is not None and not self._inflight.done():
             await self._inflight
         while not self._queue.empty():
@@ -98,7 +94,7 @@ class IncidentService:
     @property
     def running(self) -> bool:
         """True while the commit loop runs."""
-        return self._task is not None and not self._task.done()
+        return self._task.running
 
     async def submit(
         self, command: Command, *, deliveries: tuple[DeliveryRow, ...] = ()
@@ -108,7 +104,7 @@ class IncidentService:
         ``deliveries`` are inbound webhook delivery ids committed with the change,
         so a redelivery is recognised even across restarts.
         """
-        if self._task is None or self._task.done():
+        if not self._task.running:
             raise StoreUnavailable("incident service is not running")
         pending = _Pending(command, deliveries)
         self._queue.put_nowait(pending)

@@ -12,7 +12,6 @@ from the API, or listed with a past ``endsAt``) and resolves them.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from datetime import datetime
 from typing import Any
@@ -24,6 +23,7 @@ from sidecar.clock import Clock
 from sidecar.errors import StoreUnavailable
 from sidecar.incidents import Change, IncidentBook
 from sidecar.service import IncidentService
+from sidecar.tasks import BackgroundTask
 
 log = logging.getLogger("sidecar.silences")
 
@@ -91,20 +91,16 @@ class SilenceWatcher:
         # Fingerprints seen silenced: only their disappearance means "ended under a silence".
         self._silenced: set[str] = set()
         self._session: aiohttp.ClientSession | None = None
-        self._task: asyncio.Task[None] | None = None
+        self._task = BackgroundTask("silence-watcher", self._loop)
 
     async def start(self) -> None:
         """Start polling."""
         self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=self.timeout))
-        self._task = asyncio.create_task(self._loop(), name="silence-watcher")
+        self._task.start()
 
     async def stop(self) -> None:
         """Stop polling."""
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        await self._task.stop()
         if self._session is not None:
             await self._session.close()
             self._session = None

@@ -14,7 +14,7 @@ from sidecar.incidents import Incident, TimelineEvent
 from sidecar.postmortem import render_postmortem, sla_report
 from sidecar.rules import RuleSet
 from sidecar.store import IncidentQuery
-from sidecar.web.auth import require
+from sidecar.web.auth import require_api_token
 from sidecar.web.keys import COMPONENTS
 
 STATES = ("open", "triggered", "acknowledged", "resolved")
@@ -171,12 +171,7 @@ async def _actor(request: web.Request) -> tuple[str, str]:
 
 async def _transition(request: web.Request, action: str) -> web.Response:
     c = request.app[COMPONENTS]
-    require(
-        request,
-        c.config.secrets.api_token,
-        disabled=c.config.settings.server.insecure_disable_auth,
-        allow_basic=False,
-    )
+    require_api_token(request)
     actor, message = await _actor(request)
     incident_id = request.match_info["id"]
     if c.book.get_open(incident_id) is None:
@@ -243,12 +238,7 @@ async def get_postmortem(request: web.Request) -> web.Response:
 async def complete_postmortem(request: web.Request) -> web.Response:
     """``POST /api/v1/incidents/{id}/postmortem``: mark the review done."""
     c = request.app[COMPONENTS]
-    require(
-        request,
-        c.config.secrets.api_token,
-        disabled=c.config.settings.server.insecure_disable_auth,
-        allow_basic=False,
-    )
+    require_api_token(request)
     actor, message = await _actor(request)
     inc = await _load(request)
     if inc.is_open:

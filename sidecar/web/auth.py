@@ -12,6 +12,8 @@ import hmac
 
 from aiohttp import web
 
+from sidecar.web.keys import COMPONENTS
+
 
 def _equal(given: str, expected: str) -> bool:
     return hmac.compare_digest(given.encode(), expected.encode())
@@ -36,14 +38,21 @@ def check_credentials(request: web.Request, expected: str | None, *, allow_basic
     return False
 
 
-def require(
-    request: web.Request, expected: str | None, *, disabled: bool, allow_basic: bool
-) -> None:
-    """Raise 401 unless the request is authorized."""
-    if disabled:
+def _require(request: web.Request, expected: str | None, *, allow_basic: bool) -> None:
+    if request.app[COMPONENTS].config.settings.server.insecure_disable_auth:
         return
     if not check_credentials(request, expected, allow_basic=allow_basic):
         raise web.HTTPUnauthorized(
             reason="missing or invalid credentials",
             headers={"WWW-Authenticate": 'Bearer realm="incident-sla-sidecar"'},
         )
+
+
+def require_webhook_token(request: web.Request) -> None:
+    """401 unless Alertmanager's credentials (bearer or basic) are the webhook token."""
+    _require(request, request.app[COMPONENTS].config.secrets.webhook_token, allow_basic=True)
+
+
+def require_api_token(request: web.Request) -> None:
+    """401 unless the bearer token is the API token."""
+    _require(request, request.app[COMPONENTS].config.secrets.api_token, allow_basic=False)

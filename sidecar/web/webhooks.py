@@ -7,19 +7,14 @@ from aiohttp import web
 from sidecar.alertmanager import InvalidPayload, parse_notification
 from sidecar.pagerduty.client import PagerDutyApiError
 from sidecar.pagerduty.webhooks import parse_webhook, verify_signature
-from sidecar.web.auth import require
+from sidecar.web.auth import require_webhook_token
 from sidecar.web.keys import COMPONENTS
 
 
 async def alertmanager(request: web.Request) -> web.Response:
     """``POST /webhook/alertmanager``: 200 only once the change is durably committed."""
     c = request.app[COMPONENTS]
-    require(
-        request,
-        c.config.secrets.webhook_token,
-        disabled=c.config.settings.server.insecure_disable_auth,
-        allow_basic=True,
-    )
+    require_webhook_token(request)
     body = await request.read()
     try:
         notification = parse_notification(body)
