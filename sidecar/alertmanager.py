@@ -14,12 +14,27 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 # Alertmanager marshals Go's zero time for "no end yet".
 _GO_ZERO_YEAR = 1
+_EARLIEST = datetime(1970, 1, 1, tzinfo=UTC)
+# A day short of the calendar's end, so that any rendering of it stays in range.
+_LATEST = datetime(9999, 12, 30, tzinfo=UTC)
+
+
+def _utc(value: datetime, field: str) -> datetime:
+    """The time in UTC, refusing what cannot be a real alert time (or even a timestamp)."""
+    value = value if value.tzinfo else value.replace(tzinfo=UTC)
+    try:
+        value = value.astimezone(UTC)
+    except OverflowError:
+        raise ValueError(f"{field} is out of range") from None
+    if not _EARLIEST <= value <= _LATEST:
+        raise ValueError(f"{field} must be between 1970 and 9999")
+    return value
 
 
 def _none_if_zero(value: datetime | None) -> datetime | None:
     if value is None or value.year <= _GO_ZERO_YEAR:
         return None
-    return value if value.tzinfo else value.replace(tzinfo=UTC)
+    return _utc(value, "endsAt")
 
 
 class Alert(BaseModel):
@@ -40,7 +55,7 @@ class Alert(BaseModel):
     def _starts(cls, value: datetime) -> datetime:
         if value.year <= _GO_ZERO_YEAR:
             raise ValueError("startsAt must be set")
-        return value if value.tzinfo else value.replace(tzinfo=UTC)
+        return _utc(value, "startsAt")
 
     @field_validator("ends_at")
     @classmethod

@@ -133,33 +133,21 @@ class IncidentService:
                 continue
             applied.append((pending, changes))
         all_changes = [c for _, changes in applied for c in changes]
-        write = WriteBatch()
-        for pending, _ in applied:
-            write.deliveries.extend(pending.deliveries)
-        if all_changes or write.deliveries:
-            seen: dict[str, int] = {}
-            for change in all_changes:
-                if self.pager is not None and self.pager.enabled:
-                    # Before the row: paging marks the incident as paged.
-                    write.outbox.extend(e.row(now) for e in self.pager.events_for(change, now))
-                # An incident changed twice in one batch is written once, in
-                # its final state, at its first position (open-before-reopen order).
-                row = incident_row(change.incident, now)
-                if change.incident.id in seen:
-                    write.incidents[seen[change.incident.id]] = row
-                else:
-                    seen[change.incident.id] = len(write.incidents)
-                    write.incidents.append(row)
-                write.events.extend(event_row(e) for e in change.events)
+        deliveries = [d for pending, _ in applied for d in pending.deliveries]
+        if all_changes or deliveries:
+            try:
+                write = self._batch(all_changes, deliveries, now)
+            except Exception as exc:
+                # A bug in building the batch must not stop the loop: this batch
+                # fails (5xx, so Alertmanager retries) and the next one runs.
+                log.exception("could not build a batch; rejected")
+                self._reject(applied, all_changes, RuntimeError(f"internal error: {exc}"))
+                return
             try:
                 await self.store.write(write)
             except Exception as exc:  # whatever failed, nothing of this batch is committed
-                for change in reversed(all_changes):
-                    self.book.undo(change)
                 log.error("store write failed; batch rejected", extra={"error": str(exc)})
-                for pending, _ in applied:
-                    if not pending.future.done():
-                        pending.future.set_exception(StoreUnavailable(str(exc)))
+                self._reject(applied, all_changes, StoreUnavailable(str(exc)))
                 return
             self.batches_committed += 1
             if write.outbox:
@@ -172,6 +160,38 @@ class IncidentService:
         for pending, changes in applied:
             if not pending.future.done():
                 pending.future.set_result(changes)
+
+    def _batch(
+        self, changes: list[Change], deliveries: list[DeliveryRow], now: float
+    ) -> WriteBatch:
+        write = WriteBatch(deliveries=deliveries)
+        seen: dict[str, int] = {}
+        for change in changes:
+            if self.pager is not None and self.pager.enabled:
+                # Before the row: paging marks the incident as paged.
+                write.outbox.extend(e.row(now) for e in self.pager.events_for(change, now))
+            # An incident changed twice in one batch is written once, in its
+            # final state, at its first position (open-before-reopen order).
+            row = incident_row(change.incident, now)
+            if change.incident.id in seen:
+                write.incidents[seen[change.incident.id]] = row
+            else:
+                seen[change.incident.id] = len(write.incidents)
+                write.incidents.append(row)
+            write.events.extend(event_row(e) for e in change.events)
+        return write
+
+    def _reject(
+        self,
+        applied: list[tuple[_Pending, list[Change]]],
+        changes: list[Change],
+        error: Exception,
+    ) -> None:
+        for change in reversed(changes):
+            self.book.undo(change)
+        for pending, _ in applied:
+            if not pending.future.done():
+                pending.future.set_exception(error)
 
     def _publish(self, effect: Effect) -> None:
         m = self.metrics

@@ -5,9 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 
 from sidecar.store.base import IncidentQuery, Store, WriteBatch
+from sidecar.store.postgres import PostgresStore
 from sidecar.store.sqlite import SQLiteStore
 
-__all__ = ["IncidentQuery", "SQLiteStore", "Store", "WriteBatch", "open_store"]
+__all__ = ["IncidentQuery", "PostgresStore", "SQLiteStore", "Store", "WriteBatch", "open_store"]
 
 
 def open_store(url: str, *, sqlite_path: Path | None, synchronous: str = "full") -> Store:
@@ -15,6 +16,6 @@ def open_store(url: str, *, sqlite_path: Path | None, synchronous: str = "full")
     if url.startswith("sqlite:///"):
         assert sqlite_path is not None
         return SQLiteStore(sqlite_path, synchronous=synchronous)
-    raise NotImplementedError(
-        "store.url: PostgreSQL is not available in this version yet; use sqlite:///"
-    )
+    if url.startswith(("postgresql://", "postgres://")):
+        return PostgresStore(url)
+    raise ValueError(f"store.url: unsupported scheme in {url!r}; use sqlite:/// or postgresql://")
