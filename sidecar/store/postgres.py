@@ -17,6 +17,7 @@ never send the same event at once and a dead worker's lease runs out.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from typing import Any
@@ -165,8 +166,14 @@ RETURNING {", ".join("outbox." + c.strip() for c in _OUTBOX_COLUMNS.split(","))}
 """  # noqa: S608 - constant SQL, values are parameters
 
 # Everything asyncpg, the socket or a timeout can raise when the database cannot serve us;
-# TimeoutError and ConnectionError are OSErrors.
-_DATABASE_ERRORS = (asyncpg.PostgresError, asyncpg.InterfaceError, OSError)
+# TimeoutError and ConnectionError are OSErrors. InternalClientError is what asyncpg raises
+# when a connection the server just terminated is reused before the client noticed.
+_DATABASE_ERRORS = (
+    asyncpg.PostgresError,
+    asyncpg.InterfaceError,
+    asyncpg.exceptions.InternalClientError,
+    OSError,
+)
 
 
 async def _init_connection(con: Any) -> None:
@@ -185,23 +192,34 @@ class PostgresStore:
     """PostgreSQL behind the :class:`~sidecar.store.base.Store` interface."""
 
     def __init__(
-        self, dsn: str, *, min_size: int = 1, max_size: int = 10, connect_timeout: float = 10.0
+        self,
+        dsn: str,
+        *,
+        min_size: int = 1,
+        max_size: int = 10,
+        connect_timeout: float = 10.0,
+        command_timeout: float = 30.0,
     ) -> None:
         self.dsn = dsn
         self.min_size = min_size
         self.max_size = max_size
         self.connect_timeout = connect_timeout
+        # A hung server must become a 503 the sender retries, not a request that never ends.
+        self.command_timeout = command_timeout
         self._pool: Any = None
         self._closed = False
 
     # -- plumbing ---------------------------------------------------------
 
-    @asynccontextmanager
-    async def _connection(self) -> AsyncIterator[Any]:
+    def _check_open(self) -> None:
         if self._closed:
             raise StoreUnavailable("store is closed")
         if self._pool is None:
             raise StoreUnavailable("store is not open")
+
+    @asynccontextmanager
+    async def _connection(self) -> AsyncIterator[Any]:
+        self._check_open()
         try:
             async with self._pool.acquire(timeout=self.connect_timeout) as con:
                 yield con
@@ -232,6 +250,7 @@ class PostgresStore:
                 min_size=self.min_size,
                 max_size=self.max_size,
                 timeout=self.connect_timeout,
+                command_timeout=self.command_timeout,
                 init=_init_connection,
             )
         except _DATABASE_ERRORS as exc:
@@ -245,8 +264,9 @@ class PostgresStore:
         self._closed = True
         if pool is not None:
             try:
-                await pool.close()
+                await asyncio.wait_for(pool.close(), self.command_timeout)
             except _DATABASE_ERRORS:
+                # A connection still in use, or a server gone: do not hang the shutdown.
                 pool.terminate()
 
     # -- writes -----------------------------------------------------------
@@ -254,6 +274,7 @@ class PostgresStore:
     async def write(self, batch: WriteBatch) -> None:
         """Write the batch in one transaction; returns after the commit."""
         if not batch:
+            self._check_open()
             return
         async with self._connection() as con, con.transaction():
             if batch.incidents:

@@ -11,6 +11,8 @@ import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
+from aiohttp.web_protocol import RequestPayloadError
 
 from sidecar.errors import IncidentNotFound, InvalidTransition, StoreUnavailable
 from sidecar.runtime import Components
@@ -41,6 +43,10 @@ async def errors_middleware(request: web.Request, handler: Handler) -> web.Strea
         return _error(404, f"no incident with id {exc}")
     except InvalidTransition as exc:
         return _error(409, str(exc))
+    except (RequestPayloadError, HttpProcessingError) as exc:
+        # A body that cannot be read (a Content-Encoding it does not have, a
+        # truncated stream) is the client's fault, and retrying will not help.
+        return _error(400, f"cannot read the request body: {exc}")
     except web.HTTPException as exc:
         if exc.status < 400 or exc.content_type == "application/json":
             raise
@@ -62,6 +68,9 @@ async def count_webhooks(request: web.Request, handler: Handler) -> web.StreamRe
         response = await handler(request)
     except web.HTTPException as exc:
         metrics.webhook_requests_total.labels(source, str(exc.status)).inc()
+        raise
+    except Exception:
+        metrics.webhook_requests_total.labels(source, "500").inc()
         raise
     metrics.webhook_requests_total.labels(source, str(response.status)).inc()
     return response
