@@ -330,6 +330,58 @@ class IncidentBook:
         for inc in reviews:
             self._finish(inc)
 
+    def reset(
+        self,
+        open_incidents: Iterable[Incident],
+        closed: Iterable[Incident],
+        reviews: Iterable[Incident] = (),
+    ) -> None:
+        """Forget everything and load this state (a reload from a shared store)."""
+        self._open.clear()
+        self._by_id.clear()
+        self._closed.clear()
+        self._breached.clear()
+        self._reviews.clear()
+        self.open_counts.clear()
+        self.restore(open_incidents, closed, reviews)
+
+    def refresh(
+        self,
+        keys: Iterable[str],
+        ids: Iterable[str],
+        incidents: Iterable[Incident],
+        recently_closed: Iterable[Incident],
+    ) -> None:
+        """Replace what is known of these keys and ids by the store's rows (replicas).
+
+        Called under the keys' locks, right before commands on them: another
+        replica may have opened, changed or closed these incidents since.
+        """
+        for key in keys:
+            cached = self._open.get(key)
+            if cached is not None:
+                self._unindex(cached)
+            self._closed.pop(key, None)
+        for incident_id in ids:
+            cached = self._by_id.get(incident_id)
+            if cached is not None:
+                self._unindex(cached)
+            self._reviews.pop(incident_id, None)
+        for inc in recently_closed:
+            if inc.resolved_at is not None:
+                self._closed[inc.key] = _Closed(inc.id, inc.instances(), inc.resolved_at)
+        for inc in incidents:
+            current = self._open.get(inc.key)
+            if inc.is_open and current is not None and current.id != inc.id:
+                self._unindex(current)
+            self._finish(inc)
+
+    def keys_of(self, notification: Notification) -> list[str]:
+        """The incident keys a notification touches (its group, or each alert)."""
+        if self.key_mode == "group":
+            return [notification.group_key]
+        return [a.fingerprint for a in notification.alerts]
+
     def pending_reviews(self) -> Iterable[Incident]:
         """Resolved incidents whose post-incident review is not done yet."""
         return self._reviews.values()

@@ -124,6 +124,7 @@ def build_components(
             comment_prefix=s.alertmanager.silence_comment_prefix,
         )
     service.on_commit.append(scheduler.on_commit)
+    service.on_reload.append(scheduler.rebuild)
     outbox = None
     if pager.enabled:
         outbox = OutboxWorker(

@@ -103,7 +103,7 @@ class DeadlineScheduler:
             return [c for i in due if (c := self.book.check_deadlines(i, t)) is not None]
 
         try:
-            changes = await self.service.submit(command)
+            changes = await self.service.submit(command, ids=due)
         finally:
             # Committed changes were rescheduled by on_commit; this covers the
             # rest (nothing due after all, or a failed commit to retry).

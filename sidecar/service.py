@@ -13,8 +13,9 @@ commit form the next batch: durability costs one fsync per batch, not per reques
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 from sidecar.clock import Clock
@@ -34,9 +35,18 @@ Command = Callable[[float], list[Change]]
 class _Pending:
     command: Command
     deliveries: tuple[DeliveryRow, ...] = ()
+    # What the command touches: locked and re-read first when replicas share the store.
+    keys: tuple[str, ...] = ()
+    ids: tuple[str, ...] = ()
+    # Reload every open incident from the store (replicas only) before this batch.
+    sync: bool = False
     future: asyncio.Future[list[Change]] = field(
         default_factory=lambda: asyncio.get_running_loop().create_future()
     )
+
+
+class _BuildError(Exception):
+    """Building the write batch failed (a bug, not the store)."""
 
 
 class IncidentService:
@@ -64,25 +74,45 @@ class IncidentService:
         self.max_batch = max_batch
         self._queue: asyncio.Queue[_Pending] = asyncio.Queue()
         self._task = BackgroundTask("incident-commit-loop", self._loop)
+        self._sync_task = BackgroundTask("replica-sync", self._sync_loop)
+        self.sync_interval = 10.0
+        # Called after the book was reloaded from the store (the scheduler rebuilds).
+        self.on_reload: list[Callable[[], None]] = []
         self._inflight: asyncio.Future[None] | None = None
         self.batches_committed = 0
         self._last_expiry = 0.0
 
     async def start(self) -> None:
         """Restore open incidents from the store and start the commit loop."""
+        count = await self._reload()
+        log.info("restored incidents from the store", extra={"open_incidents": count})
+        self._task.start()
+        if self.store.shared:
+            self._sync_task.start()
+
+    async def _reload(self) -> int:
+        """Replace the book with what the store holds (at start, and to follow replicas)."""
         now = self.clock.now()
         open_incidents = await self.store.load_open()
         closed = await self.store.load_closed_since(now - self.book.dedup_window)
         reviews = await self.store.load_pending_reviews()
-        self.book.restore(open_incidents, closed, reviews)
-        log.info(
-            "restored incidents from the store",
-            extra={"open_incidents": len(open_incidents), "recently_closed": len(closed)},
-        )
-        self._task.start()
+        self.book.reset(open_incidents, closed, reviews)
+        for hook in self.on_reload:
+            hook()
+        return len(open_incidents)
+
+    async def _sync_loop(self) -> None:
+        # Other replicas open and close incidents too; every command re-reads
+        # what it touches under lock, and this keeps the rest (deadlines,
+        # gauges) within sync_interval of the store.
+        while True:
+            await asyncio.sleep(self.sync_interval)
+            with contextlib.suppress(StoreUnavailable):
+                await self.submit(lambda _now: [], sync=True)
 
     async def stop(self) -> None:
         """Finish the batch in flight, then stop."""
+        await self._sync_task.stop()
         await self._task.stop()
         if self._inflight is not None and not self._inflight.done():
             await self._inflight
@@ -97,7 +127,13 @@ class IncidentService:
         return self._task.running
 
     async def submit(
-        self, command: Command, *, deliveries: tuple[DeliveryRow, ...] = ()
+        self,
+        command: Command,
+        *,
+        keys: Iterable[str] = (),
+        ids: Iterable[str] = (),
+        deliveries: tuple[DeliveryRow, ...] = (),
+        sync: bool = False,
     ) -> list[Change]:
         """Run ``command`` in the next batch; returns its changes once durably committed.
 
@@ -106,7 +142,7 @@ class IncidentService:
         """
         if not self._task.running:
             raise StoreUnavailable("incident service is not running")
-        pending = _Pending(command, deliveries)
+        pending = _Pending(command, deliveries, tuple(keys), tuple(ids), sync)
         self._queue.put_nowait(pending)
         return await pending.future
 
@@ -124,7 +160,47 @@ class IncidentService:
         if now - self._last_expiry > 60:
             self.book.expire_closed(now)
             self._last_expiry = now
+        keys = {k for p in batch for k in p.keys}
+        ids = {i for p in batch for i in p.ids}
         applied: list[tuple[_Pending, list[Change]]] = []
+        all_changes: list[Change] = []
+        written = False
+        try:
+            if any(p.sync for p in batch):
+                await self._reload()
+            async with self.store.locked(keys, ids, now - self.book.dedup_window) as state:
+                if self.store.shared:
+                    self.book.refresh(state.keys, state.ids, state.incidents, state.recently_closed)
+                applied = self._apply(batch, now)
+                all_changes = [c for _, changes in applied for c in changes]
+                deliveries = [d for pending, _ in applied for d in pending.deliveries]
+                if all_changes or deliveries:
+                    try:
+                        write = self._batch(all_changes, deliveries, now)
+                    except Exception as exc:
+                        raise _BuildError(exc) from exc
+                    await state.write(write)
+                    written = True
+        except _BuildError as exc:
+            # A bug in building the batch must not stop the loop: this batch
+            # fails (5xx, so Alertmanager retries) and the next one runs.
+            log.exception("could not build a batch; rejected")
+            self._reject(batch, all_changes, RuntimeError(f"internal error: {exc.__cause__}"))
+            return
+        except Exception as exc:  # whatever failed, nothing of this batch is committed
+            log.error("store write failed; batch rejected", extra={"error": str(exc)})
+            self._reject(batch, all_changes, StoreUnavailable(str(exc)))
+            return
+        if written:
+            self.batches_committed += 1
+            if all_changes:
+                self._after_commit(all_changes, outbox=bool(write.outbox))
+        for pending, changes in applied:
+            if not pending.future.done():
+                pending.future.set_result(changes)
+
+    def _apply(self, batch: list[_Pending], now: float) -> list[tuple[_Pending, list[Change]]]:
+        applied = []
         for pending in batch:
             try:
                 changes = pending.command(now)
@@ -132,34 +208,16 @@ class IncidentService:
                 pending.future.set_exception(exc)
                 continue
             applied.append((pending, changes))
-        all_changes = [c for _, changes in applied for c in changes]
-        deliveries = [d for pending, _ in applied for d in pending.deliveries]
-        if all_changes or deliveries:
-            try:
-                write = self._batch(all_changes, deliveries, now)
-            except Exception as exc:
-                # A bug in building the batch must not stop the loop: this batch
-                # fails (5xx, so Alertmanager retries) and the next one runs.
-                log.exception("could not build a batch; rejected")
-                self._reject(applied, all_changes, RuntimeError(f"internal error: {exc}"))
-                return
-            try:
-                await self.store.write(write)
-            except Exception as exc:  # whatever failed, nothing of this batch is committed
-                log.error("store write failed; batch rejected", extra={"error": str(exc)})
-                self._reject(applied, all_changes, StoreUnavailable(str(exc)))
-                return
-            self.batches_committed += 1
-            if write.outbox:
-                self.on_outbox()
-            for change in all_changes:
-                for effect in change.effects:
-                    self._publish(effect)
-            for hook in self.on_commit:
-                hook(all_changes)
-        for pending, changes in applied:
-            if not pending.future.done():
-                pending.future.set_result(changes)
+        return applied
+
+    def _after_commit(self, changes: list[Change], *, outbox: bool) -> None:
+        if outbox:
+            self.on_outbox()
+        for change in changes:
+            for effect in change.effects:
+                self._publish(effect)
+        for hook in self.on_commit:
+            hook(changes)
 
     def _batch(
         self, changes: list[Change], deliveries: list[DeliveryRow], now: float
@@ -181,15 +239,10 @@ class IncidentService:
             write.events.extend(event_row(e) for e in change.events)
         return write
 
-    def _reject(
-        self,
-        applied: list[tuple[_Pending, list[Change]]],
-        changes: list[Change],
-        error: Exception,
-    ) -> None:
+    def _reject(self, batch: list[_Pending], changes: list[Change], error: Exception) -> None:
         for change in reversed(changes):
             self.book.undo(change)
-        for pending, _ in applied:
+        for pending in batch:
             if not pending.future.done():
                 pending.future.set_exception(error)
 

@@ -124,6 +124,7 @@ class SilenceWatcher:
         now = self.clock.now()
         listed = {a.fingerprint: a for a in alerts}
         commands = []
+        touched: list[str] = []
         seen_silenced: set[str] = set()
         for inc in list(self.book.open_incidents()):
             firing = inc.firing()
@@ -155,8 +156,10 @@ class SilenceWatcher:
                     all_silenced = False
             if ended:
                 commands.append(self._resolve_command(inc.id, ended))
+                touched.append(inc.id)
             elif all_silenced and silencers and inc.state == "triggered":
                 commands.append(self._ack_command(inc.id, silencers[0]))
+                touched.append(inc.id)
         self._silenced = seen_silenced
         if not commands:
             return 0
@@ -164,7 +167,7 @@ class SilenceWatcher:
         def run(t: float) -> list[Change]:
             return [c for command in commands if (c := command(t)) is not None]
 
-        return len(await self.service.submit(run))
+        return len(await self.service.submit(run, ids=touched))
 
     def _counts(self, silence: GettableSilence) -> bool:
         prefix = self.comment_prefix

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable, Collection
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -138,6 +140,22 @@ class OutboxItem:
     done_at: float | None
 
 
+@dataclass(slots=True)
+class LockedState:
+    """What :meth:`Store.locked` hands the service: current rows, and how to write.
+
+    For a shared store (several replicas) the rows are the truth the service
+    refreshes its memory from before applying commands; ``write`` commits in the
+    same transaction, so the keys stay locked from read to commit.
+    """
+
+    keys: set[str]
+    ids: set[str]
+    incidents: list[Incident]
+    recently_closed: list[Incident]
+    write: Callable[[WriteBatch], Awaitable[None]]
+
+
 @dataclass(frozen=True, slots=True)
 class IncidentQuery:
     """Filters for listing incidents; ``state`` may be ``open`` for triggered or acknowledged."""
@@ -153,7 +171,21 @@ class Store(Protocol):
 
     Every method raises :class:`sidecar.errors.StoreUnavailable` when the
     backend cannot serve it; ``write`` returns only once the batch is durable.
+    ``shared`` is True when other processes write to the same store.
     """
+
+    shared: bool
+
+    def locked(
+        self, keys: Collection[str], ids: Collection[str], closed_since: float
+    ) -> AbstractAsyncContextManager[LockedState]:
+        """A transaction that locks ``keys`` (and the keys of ``ids``) until it commits.
+
+        It yields the open incidents of those keys and ids, and the latest
+        incident of each key resolved since ``closed_since``; a single-process
+        store may yield nothing and lock nothing, its memory being the truth.
+        """
+        ...
 
     async def open(self) -> None:
         """Connect and apply pending schema migrations."""

@@ -18,7 +18,7 @@ never send the same event at once and a dead worker's lease runs out.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Collection, Sequence
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -29,6 +29,7 @@ from sidecar.incidents import Incident, TimelineEvent
 from sidecar.store.base import (
     INCIDENT_COLUMNS,
     IncidentQuery,
+    LockedState,
     OutboxItem,
     WriteBatch,
     event_from_row,
@@ -271,20 +272,50 @@ class PostgresStore:
 
     # -- writes -----------------------------------------------------------
 
+    # Several replicas write here: the service serialises changes per key
+    # through locked() instead of trusting its own memory.
+    shared = True
+
     async def write(self, batch: WriteBatch) -> None:
         """Write the batch in one transaction; returns after the commit."""
         if not batch:
             self._check_open()
             return
         async with self._connection() as con, con.transaction():
-            if batch.incidents:
-                await con.executemany(_UPSERT, batch.incidents)
-            if batch.events:
-                await con.executemany(_INSERT_EVENT, batch.events)
-            if batch.outbox:
-                await con.executemany(_INSERT_OUTBOX, batch.outbox)
-            if batch.deliveries:
-                await con.executemany(_INSERT_DELIVERY, batch.deliveries)
+            await _write(con, batch)
+
+    @asynccontextmanager
+    async def locked(
+        self, keys: Collection[str], ids: Collection[str], closed_since: float
+    ) -> AsyncIterator[LockedState]:
+        """A transaction holding the keys' locks, with their current rows (see Store)."""
+        async with self._connection() as con, con.transaction():
+            if ids:
+                rows = await con.fetch("SELECT key FROM incidents WHERE id = ANY($1)", list(ids))
+                keys = set(keys) | {r[0] for r in rows}
+            # Sorted, so that two replicas locking overlapping keys cannot deadlock.
+            for key in sorted(keys):
+                await con.execute("SELECT pg_advisory_xact_lock(hashtextextended($1, 0))", key)
+            open_rows = await con.fetch(
+                f"{_SELECT} WHERE (key = ANY($1) AND state <> 'resolved') OR id = ANY($2)",
+                list(keys),
+                list(ids),
+            )
+            closed_rows = await con.fetch(
+                f"SELECT DISTINCT ON (key) {INCIDENT_COLUMNS} FROM incidents "  # noqa: S608
+                "WHERE key = ANY($1) AND state = 'resolved' AND resolved_at >= $2 "
+                "ORDER BY key, resolved_at DESC",
+                list(keys),
+                closed_since,
+            )
+            state = LockedState(
+                keys=set(keys),
+                ids=set(ids),
+                incidents=[incident_from_row(tuple(r)) for r in open_rows],
+                recently_closed=[incident_from_row(tuple(r)) for r in closed_rows],
+                write=lambda batch: _write(con, batch),
+            )
+            yield state
 
     # -- reads ------------------------------------------------------------
 
@@ -428,6 +459,17 @@ class PostgresStore:
     async def schema_version(self) -> int:
         """Highest applied migration."""
         return int(await self._fetchval(_VERSION))
+
+
+async def _write(con: Any, batch: WriteBatch) -> None:
+    if batch.incidents:
+        await con.executemany(_UPSERT, batch.incidents)
+    if batch.events:
+        await con.executemany(_INSERT_EVENT, batch.events)
+    if batch.outbox:
+        await con.executemany(_INSERT_OUTBOX, batch.outbox)
+    if batch.deliveries:
+        await con.executemany(_INSERT_DELIVERY, batch.deliveries)
 
 
 _VERSION = "SELECT coalesce(max(version), 0) FROM schema_migrations"

@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable, Collection
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -20,6 +21,7 @@ from sidecar.incidents import Incident, TimelineEvent
 from sidecar.store.base import (
     INCIDENT_COLUMNS,
     IncidentQuery,
+    LockedState,
     OutboxItem,
     WriteBatch,
     event_from_row,
@@ -207,6 +209,16 @@ class SQLiteStore:
         self._reader.shutdown(wait=True)
 
     # -- writes -----------------------------------------------------------
+
+    # One process owns the file: its memory is the truth, nothing to lock.
+    shared = False
+
+    @asynccontextmanager
+    async def locked(
+        self, keys: Collection[str], ids: Collection[str], closed_since: float
+    ) -> AsyncIterator[LockedState]:
+        """No locks and no rows: writes go through :meth:`write` (see Store.locked)."""
+        yield LockedState(set(keys), set(ids), [], [], self.write)
 
     async def write(self, batch: WriteBatch) -> None:
         """Write the batch in one transaction; returns after the durable commit."""

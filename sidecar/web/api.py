@@ -174,10 +174,11 @@ async def _transition(request: web.Request, action: str) -> web.Response:
     require_api_token(request)
     actor, message = await _actor(request)
     incident_id = request.match_info["id"]
-    if c.book.get_open(incident_id) is None:
-        known = await c.store.get_incident(incident_id)
-        if known is None:
-            raise IncidentNotFound(incident_id)
+    # With replicas, another one may have opened it: the store knows.
+    known = c.book.get_open(incident_id) or await c.store.get_incident(incident_id)
+    if known is None:
+        raise IncidentNotFound(incident_id)
+    if not known.is_open:
         raise InvalidTransition(f"incident {incident_id} is {known.state}; cannot {action} it")
 
     def command(now: float) -> list[Any]:
@@ -196,7 +197,7 @@ async def _transition(request: web.Request, action: str) -> web.Response:
             ]
         return [c.book.resolve(incident_id, actor=actor, source="api", now=now, message=message)]
 
-    await c.service.submit(command)
+    await c.service.submit(command, ids=[incident_id])
     inc = await _load(request)
     return _json(incident_view(inc, c.rules, c.clock.now()))
 
@@ -248,5 +249,5 @@ async def complete_postmortem(request: web.Request) -> web.Response:
         change = c.book.complete_review(inc, actor=actor, source="api", now=now, message=message)
         return [change] if change else []
 
-    await c.service.submit(command)
+    await c.service.submit(command, ids=[inc.id])
     return _json(incident_view(await _load(request), c.rules, c.clock.now()))

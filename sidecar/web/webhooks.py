@@ -22,7 +22,10 @@ async def alertmanager(request: web.Request) -> web.Response:
         return web.json_response(
             {"error": "invalid Alertmanager webhook payload", "reasons": exc.reasons}, status=400
         )
-    changes = await c.service.submit(lambda now: c.book.apply_notification(notification, now))
+    changes = await c.service.submit(
+        lambda now: c.book.apply_notification(notification, now),
+        keys=c.book.keys_of(notification),
+    )
     return web.json_response(
         {
             "status": "ok",
@@ -64,7 +67,7 @@ async def pagerduty(request: web.Request) -> web.Response:
         inbound.remember(delivery_id)
         return web.json_response({"status": "ignored", "reason": "no matching incident"})
     command = inbound.command(event, incident)
-    changes = await c.service.submit(command, deliveries=delivery)
+    changes = await c.service.submit(command, ids=[incident.id], deliveries=delivery)
     inbound.remember(delivery_id)
     return web.json_response(
         {

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator, Collection
+from contextlib import asynccontextmanager
+
 from sidecar.errors import StoreUnavailable
 from sidecar.incidents import Incident, TimelineEvent
-from sidecar.store.base import IncidentQuery, OutboxItem, Store, WriteBatch
+from sidecar.store.base import IncidentQuery, LockedState, OutboxItem, Store, WriteBatch
 
 
 class FlakyStore:
@@ -12,6 +15,7 @@ class FlakyStore:
 
     def __init__(self, inner: Store) -> None:
         self.inner = inner
+        self.shared = inner.shared
         self.down = False
         self.fail_writes = False
         self.writes = 0
@@ -30,6 +34,26 @@ class FlakyStore:
         self._check(write=True)
         await self.inner.write(batch)
         self.writes += 1
+
+    @asynccontextmanager
+    async def locked(
+        self, keys: Collection[str], ids: Collection[str], closed_since: float
+    ) -> AsyncIterator[LockedState]:
+        self._check()
+        async with self.inner.locked(keys, ids, closed_since) as state:
+            if not self.inner.shared:
+                # Writes go through this fake's write (and a subclass's override).
+                state.write = self.write
+            else:
+                inner_write = state.write
+
+                async def write(batch: WriteBatch) -> None:
+                    self._check(write=True)
+                    await inner_write(batch)
+                    self.writes += 1
+
+                state.write = write
+            yield state
 
     async def load_open(self) -> list[Incident]:
         self._check()
