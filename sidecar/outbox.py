@@ -14,7 +14,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
+import socket
 import time
+import uuid
 from collections.abc import Mapping
 from typing import Any
 
@@ -76,6 +79,7 @@ class OutboxWorker:
         self.concurrency = concurrency
         self.poll_interval = poll_interval
         self.pending = 0
+        self.owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self._wake = asyncio.Event()
         self._task = BackgroundTask("pagerduty-outbox", self._loop)
         self._session: aiohttp.ClientSession | None = None
@@ -118,7 +122,10 @@ class OutboxWorker:
     async def run_once(self, limit: int = 200) -> int:
         """Send every due head-of-queue event once; returns how many were attempted."""
         assert self._session is not None, "start() first"
-        items = await self.store.due_outbox(self.clock.now(), limit)
+        # Leased, so that with several replicas only one sends each event; a
+        # lease outlives a send's worst case and lapses if this replica dies.
+        lease = max(60.0, 3 * self.timeout)
+        items = await self.store.claim_outbox(self.clock.now(), limit, lease, self.owner)
         if not items:
             return 0
         client = EventsClient(self._session, self.events_url, timeout=self.timeout)

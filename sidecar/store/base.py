@@ -227,6 +227,12 @@ class Store(Protocol):
         """The oldest pending event of each dedup key, if due (per-key order is kept)."""
         ...
 
+    async def claim_outbox(
+        self, now: float, limit: int, lease_seconds: float, owner: str
+    ) -> list[OutboxItem]:
+        """Like ``due_outbox``, leased to ``owner`` so no other replica sends them meanwhile."""
+        ...
+
     async def finish_outbox(
         self,
         item_id: int,

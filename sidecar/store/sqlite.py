@@ -324,6 +324,12 @@ class SQLiteStore:
             (now, limit),
         )
 
+    async def claim_outbox(
+        self, now: float, limit: int, lease_seconds: float, owner: str
+    ) -> list[OutboxItem]:
+        """The due heads: one process, one worker, so no lease is needed."""
+        return await self.due_outbox(now, limit)
+
     async def finish_outbox(
         self,
         item_id: int,

@@ -90,6 +90,12 @@ class FlakyStore:
         self._check()
         return await self.inner.due_outbox(now, limit)
 
+    async def claim_outbox(
+        self, now: float, limit: int, lease_seconds: float, owner: str
+    ) -> list[OutboxItem]:
+        self._check()
+        return await self.inner.claim_outbox(now, limit, lease_seconds, owner)
+
     async def finish_outbox(
         self,
         item_id: int,
