@@ -1,0 +1,358 @@
+"""Turns benchmark results into ``latest.json``, a Markdown table and, optionally, a plot."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import re
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+KIB = 1024
+TARGETS = {
+    "metrics_seconds": 0.050,
+    "latency_p99_seconds": 0.025,
+    "bytes_per_incident": 2 * KIB,
+    "restart_seconds": 3.0,
+    "breach_seconds": 1.0,
+}
+
+# Frames every sample passes through; they say nothing about where time goes.
+_ENTRY = (
+    "<frozen runpy>",
+    "sidecar/__main__.py",
+    "sidecar/cli.py:main",
+    "sidecar/cli.py:serve",
+    "uvloop/__init__.py:run",
+    "asyncio/runners.py",
+    "threading.py",
+    "futures/thread.py:_worker",
+)
+# Leaves py-spy counts as running that are waiting: an executor thread with no work.
+_IDLE = {"futures/thread.py:_worker"}
+# A leaf whose time is spent below Python, in C that py-spy cannot see into.
+_C_LEAVES = {"asyncio/runners.py:Runner.run": "(uvloop's C event loop: socket I/O, callbacks)"}
+_FRAME = re.compile(r"^(?P<fn>.*?) \((?P<file>[^():]+)(?::\d+)?\)$")
+
+
+def _site(frame: str) -> str:
+    """``function (path:line)`` as ``short/path.py:function`` (lines folded together)."""
+    m = _FRAME.match(frame.strip())
+    if not m:
+        return frame.strip()
+    path = m.group("file")
+    for anchor in ("site-packages/", "/lib/python3"):
+        if anchor in path:
+            path = path.split(anchor, 1)[1]
+            break
+    else:
+        parts = Path(path).parts
+        path = "/".join(parts[-2:]) if len(parts) >= 2 else path
+    return f"{path}:{m.group('fn')}"
+
+
+def collapse(raw: str, top: int = 15) -> dict[str, Any]:
+    """py-spy ``--format raw`` (collapsed stacks) to the top sites by own and by total time."""
+    own: Counter[str] = Counter()
+    total: Counter[str] = Counter()
+    samples = 0
+    for line in raw.splitlines():
+        stack, _, count = line.rpartition(" ")
+        if not stack or not count.isdigit():
+            continue
+        n = int(count)
+        frames = [_site(f) for f in stack.split(";") if f]
+        if not frames or frames[-1] in _IDLE:
+            continue
+        samples += n
+        own[_C_LEAVES.get(frames[-1], frames[-1])] += n
+        for site in set(frames):
+            if not site.startswith(_ENTRY):
+                total[site] += n
+
+    def share(c: Counter[str]) -> list[list[Any]]:
+        return [[site, round(100 * n / samples, 1)] for site, n in c.most_common(top)]
+
+    return {"samples": samples, "own": share(own) if samples else [], "total": share(total)}
+
+
+def _fmt_spread(s: dict[str, float], scale: float = 1.0, digits: int = 0) -> str:
+    med = f"{s['median'] * scale:,.{digits}f}"
+    if s.get("runs", 1) > 1:
+        return f"{med} ({s['min'] * scale:,.{digits}f}-{s['max'] * scale:,.{digits}f})"
+    return med
+
+
+def verdicts(r: dict[str, Any]) -> list[dict[str, Any]]:
+    """One row per target: what was measured, the target, the baseline ratio, pass or fail."""
+    rows: list[dict[str, Any]] = []
+    ingest = r.get("ingest", {})
+    for body in ("50-alert", "1-alert"):
+        cell = ingest.get(body)
+        if not cell:
+            continue
+        sc = cell["sidecar"]["rps"]["median"]
+        bare = cell.get("bare aiohttp", {}).get("rps", {}).get("median")
+        am = cell.get("alertmanager", {}).get("rps", {}).get("median")
+        alerts = r["bodies"][body]["alerts"]
+        ratios = []
+        ok = True
+        target = ">= 1/2 bare aiohttp"
+        if bare:
+            ratios.append(f"{sc / bare:.2f}x bare ({bare:,.0f}/s)")
+            ok = ok and sc >= bare / 2
+        if body == "50-alert":
+            target = ">= Alertmanager and >= 1/2 bare aiohttp"
+            if am:
+                ratios.append(f"{sc / am:.2f}x Alertmanager ({am:,.0f}/s)")
+                ok = ok and sc >= am
+            else:
+                ok = False
+        errors = cell["sidecar"]["errors"]
+        rows.append(
+            {
+                "what": f"ingest, durable, {body} notifications (90% repeats)",
+                "measured": f"{_fmt_spread(cell['sidecar']['rps'])} req/s = "
+                f"{sc * alerts:,.0f} alerts/s" + (f", {errors:.0f} errors" if errors else ""),
+                "target": target,
+                "ratio": "; ".join(ratios),
+                "pass": ok and not errors,
+            }
+        )
+        new = cell.get("sidecar (every request opens)")
+        if new:
+            rows.append(
+                {
+                    "what": f"ingest, durable, {body}, every request opens an incident",
+                    "measured": f"{_fmt_spread(new['rps'])} req/s",
+                    "target": "(informative)",
+                    "ratio": f"{new['rps']['median'] / bare:.2f}x bare" if bare else "",
+                    "pass": None,
+                }
+            )
+        lat = cell.get("latency")
+        if lat:
+            p99 = lat["p99_us"] / 1e6
+            rows.append(
+                {
+                    "what": f"latency to 200, {body}, at half peak "
+                    f"({lat['target_rps']:,.0f}/s asked, "
+                    f"{lat['rps']:,.0f}/s done)",
+                    "measured": f"p50 {lat['p50_us'] / 1000:.1f} ms, p99 {p99 * 1000:.1f} ms, "
+                    f"p99.9 {lat['p999_us'] / 1000:.1f} ms"
+                    + (
+                        f" (others took {lat['others_on_server_cpu_s']:.1f} s of its CPU)"
+                        if "others_on_server_cpu_s" in lat
+                        else ""
+                    ),
+                    "target": "p99 <= 25 ms",
+                    "ratio": "",
+                    "pass": p99 <= TARGETS["latency_p99_seconds"] and not lat["errors"],
+                }
+            )
+    scale = r.get("scale")
+    if scale:
+        levels = scale["levels"]
+        for n, lv in levels.items():
+            t = lv["metrics_seconds"]["median"]
+            rows.append(
+                {
+                    "what": f"`/metrics` at {int(n):,} open incidents",
+                    "measured": f"{_fmt_spread(lv['metrics_seconds'], 1000, 1)} ms, "
+                    f"{lv['series']} series",
+                    "target": "<= 50 ms",
+                    "ratio": "",
+                    "pass": t <= TARGETS["metrics_seconds"],
+                }
+            )
+        series = [lv["series"] for lv in levels.values()]
+        first, last = next(iter(levels)), list(levels)[-1]
+        rows.append(
+            {
+                "what": f"series count from {int(first):,} to {int(last):,} open incidents",
+                "measured": " → ".join(str(s) for s in series),
+                "target": "flat",
+                "ratio": "",
+                "pass": len(set(series)) == 1,
+            }
+        )
+        top = levels[last]
+        per = top["bytes_per_incident"]
+        rows.append(
+            {
+                "what": f"memory per open incident ({int(last):,} open)",
+                "measured": f"{per:,.0f} B (RSS {top['rss_kib']['median'] / KIB:,.0f} MiB, empty "
+                f"{r['rss_empty_kib'] / KIB:,.0f} MiB; slope "
+                f"{scale['bytes_per_incident_slope']:,.0f} B)",
+                "target": "<= 2 KB",
+                "ratio": "",
+                "pass": per <= TARGETS["bytes_per_incident"],
+            }
+        )
+        rows.append(
+            {
+                "what": f"restart to ready, {int(last):,} open incidents",
+                "measured": f"{_fmt_spread(top['ready_seconds'], 1, 2)} s",
+                "target": "<= 3 s",
+                "ratio": "",
+                "pass": top["ready_seconds"]["median"] <= TARGETS["restart_seconds"],
+            }
+        )
+    b = r.get("breach")
+    if b:
+        ok = (
+            "max" in b
+            and b["max"] <= TARGETS["breach_seconds"]
+            and b["logged_on_time"] == b["deadlines"] - b["passed_before_ready"]
+            and b["counted_in_metrics"] >= b["deadlines"]
+        )
+        rows.append(
+            {
+                "what": f"breach detection, {b['open_incidents']:,} open incidents "
+                f"({b['spread']} deadlines over 8 s + {b['burst']} at one instant)",
+                "measured": (
+                    f"max {b['max']:.3f} s, p99 {b['p99']:.3f} s, p50 {b['p50']:.3f} s; "
+                    f"{b['logged_on_time']}/{b['deadlines']} logged, "
+                    f"{b['counted_in_metrics']:.0f} counted"
+                    if "max" in b
+                    else "no breach seen"
+                ),
+                "target": "<= 1 s",
+                "ratio": "",
+                "pass": ok,
+            }
+        )
+    return rows
+
+
+def markdown(r: dict[str, Any]) -> str:
+    """The results as a Markdown document."""
+    m = r.get("machine", {})
+    out = ["# Benchmark results", ""]
+    out.append(
+        f"`{m.get('command', '')}` on {m.get('date', '')}: {m.get('nproc')} CPUs "
+        f"({m.get('cpu', '')}), Python {m.get('python', '')}, {m.get('wrk', '')}; server on "
+        f"CPU {m.get('server_cpu')}, wrk on CPU {m.get('load_cpu')}. Load average "
+        f"{_load(m.get('loadavg_start'))} at start, {_load(m.get('loadavg_end'))} at end "
+        "(other users of the machine show there)."
+    )
+    if "seconds" in m:
+        out.append(f"Took {m['seconds']:.0f} s.")
+    out += ["", "| what | measured | target | vs baseline | result |", "|---|---|---|---|---|"]
+    for row in verdicts(r):
+        res = {True: "**pass**", False: "**FAIL**", None: ""}[row["pass"]]
+        out.append(
+            f"| {row['what']} | {row['measured']} | {row['target']} | {row['ratio']} | {res} |"
+        )
+    ingest = r.get("ingest")
+    if ingest:
+        out += [
+            "",
+            "## Ingest, requests/s (median, min-max of the runs)",
+            "",
+            "| body | server | req/s | alerts/s | errors | others' CPU s on the server core |",
+            "|---|---|---|---|---|---|",
+        ]
+        for body, cell in ingest.items():
+            alerts = r["bodies"][body]["alerts"]
+            for target, v in cell.items():
+                if not isinstance(v, dict) or not isinstance(v.get("rps"), dict):
+                    continue
+                stolen = [x.get("others_on_server_cpu_s") for x in v.get("runs", [])]
+                known = [x for x in stolen if x is not None]
+                other = " / ".join(f"{x:.1f}" for x in known) if known else "n/a"
+                out.append(
+                    f"| {body} ({r['bodies'][body]['webhook_bytes']:,} B) | {target} | "
+                    f"{_fmt_spread(v['rps'])} | {v['rps']['median'] * alerts:,.0f} | "
+                    f"{v['errors']:.0f} | {other} |"
+                )
+        profiles = [(b, c["profile"]) for b, c in ingest.items() if c.get("profile")]
+        for body, prof in profiles:
+            out += [
+                "",
+                f"## Profile of the sidecar, {body} mixed load "
+                f"({prof['samples']} samples, `{prof['file']}`)",
+                "",
+                "| own time | % | total time | % |",
+                "|---|---|---|---|",
+            ]
+            for own, tot in zip(prof["own"], prof["total"], strict=False):
+                out.append(f"| `{own[0]}` | {own[1]} | `{tot[0]}` | {tot[1]} |")
+    scale = r.get("scale")
+    if scale:
+        out += [
+            "",
+            "## Open incidents",
+            "",
+            "| open | seeded in | ready in | `/metrics` ms | series | bytes | RSS MiB |",
+            "|---|---|---|---|---|---|---|",
+        ]
+        for n, lv in scale["levels"].items():
+            out.append(
+                f"| {int(n):,} | {lv['seed_seconds']:.1f} s | "
+                f"{_fmt_spread(lv['ready_seconds'], 1, 2)} s | "
+                f"{_fmt_spread(lv['metrics_seconds'], 1000, 1)} | {lv['series']} | "
+                f"{lv['metrics_bytes']:,} | {lv['rss_kib']['median'] / KIB:,.0f} |"
+            )
+    notes = r.get("notes")
+    if notes:
+        out += ["", "## Notes", ""] + [f"- {n}" for n in notes]
+    return "\n".join(out) + "\n"
+
+
+def _load(v: Any) -> str:
+    return "/".join(f"{x:.2f}" for x in v) if v else "?"
+
+
+def draw_plot(r: dict[str, Any], path: Path) -> bool:
+    """Bar chart of ingest throughput per server and body; False when matplotlib is missing."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return False
+    ingest = r.get("ingest")
+    if not ingest:
+        return False
+    fig, axes = plt.subplots(1, len(ingest), figsize=(6 * len(ingest), 4))
+    for ax, (body, cell) in zip(axes if len(ingest) > 1 else [axes], ingest.items(), strict=True):
+        names = [
+            k for k, v in cell.items() if isinstance(v, dict) and isinstance(v.get("rps"), dict)
+        ]
+        med = [cell[k]["rps"]["median"] for k in names]
+        err = [
+            [m - cell[k]["rps"]["min"] for k, m in zip(names, med, strict=True)],
+            [cell[k]["rps"]["max"] - m for k, m in zip(names, med, strict=True)],
+        ]
+        ax.bar(range(len(names)), med, yerr=err)
+        ax.set_xticks(range(len(names)), [n.replace(" (", "\n(") for n in names], fontsize=8)
+        ax.set_title(f"{body} notifications")
+        ax.set_ylabel("requests/s")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return True
+
+
+def write(r: dict[str, Any], out: Path, *, plot: bool = True, name: str | None = None) -> None:
+    """``latest.json``, ``latest.md`` and (if possible) ``latest.png`` in ``out``.
+
+    With ``name``, also ``<name>.json`` and ``<name>.md``, so a quick run does not
+    hide the last full one.
+    """
+    out.mkdir(parents=True, exist_ok=True)
+    r = dict(r)
+    r["verdicts"] = verdicts(r)
+    text = json.dumps(r, indent=2, default=str) + "\n"
+    md = markdown(r)
+    for stem in ["latest"] + ([name] if name else []):
+        (out / f"{stem}.json").write_text(text)
+        (out / f"{stem}.md").write_text(md)
+    png = out / "latest.png"
+    with contextlib.suppress(OSError):
+        png.unlink()  # a stale plot would not match the table
+    if plot:
+        draw_plot(r, png)

@@ -1,0 +1,596 @@
+"""The benchmark: the sidecar against the targets of DESIGN.md section 6 and against baselines.
+
+``python bench/run.py [--quick] [--no-profile] [--self-test]`` runs every step,
+each of which starts its own processes and stops them, and writes
+``bench/results/latest.md``, ``latest.json`` and, when matplotlib is importable,
+``latest.png``. The server under test runs on CPU 0, wrk on CPU 1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import datetime as dt
+import json
+import os
+import platform
+import re
+import secrets
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import orjson
+import yaml
+
+REPO = Path(__file__).resolve().parent.parent
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+
+from bench import procs, report  # noqa: E402
+from bench.payloads import api_alerts, notification, render  # noqa: E402
+from bench.seed import DUE_ACK_SECONDS  # noqa: E402
+
+RULES = REPO / "rules" / "llm-marketplace.yaml"
+LUA = Path(__file__).resolve().parent / "wrk" / "post.lua"
+RESULTS = Path(__file__).resolve().parent / "results"
+ALERTMANAGER = "/usr/bin/prometheus-alertmanager"
+
+
+@dataclass(frozen=True)
+class Plan:
+    """How long and how often each step runs."""
+
+    name: str
+    duration: float  # seconds of each measured wrk run
+    warmup: float
+    repeats: int  # measured runs per throughput cell
+    latency_duration: float
+    levels: tuple[int, ...]  # open incidents for /metrics, memory
+    restart_repeats: int
+    scrapes: int
+    due_spread: int  # deadlines spread over the window
+    due_burst: int  # deadlines at one instant
+    profile_seconds: float
+    connections: int = 64
+    groups: int = 1000  # open groups that "mix" repeats
+    new_every: int = 10  # one request in this many opens a new group
+
+
+QUICK = Plan("quick", 4, 1, 1, 6, (1_000, 10_000), 2, 5, 40, 40, 0)
+FULL = Plan("full", 10, 2, 3, 15, (1_000, 10_000, 100_000), 3, 9, 200, 200, 12)
+SELF_TEST = Plan("self-test", 1, 0, 1, 1, (20,), 1, 2, 3, 2, 0)
+
+
+@dataclass
+class Run:
+    """Results as they accumulate, and where the step files go."""
+
+    plan: Plan
+    work: Path
+    token: str = field(default_factory=lambda: secrets.token_hex(16))
+    results: dict[str, Any] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+
+    def log(self, msg: str) -> None:
+        """Progress on stderr, with the load average (other users of the machine show there)."""
+        load = os.getloadavg()[0]
+        print(f"[{time.strftime('%H:%M:%S')} load {load:4.2f}] {msg}", file=sys.stderr, flush=True)
+
+
+# -- servers ---------------------------------------------------------------
+
+
+def sidecar_config(run: Run, data: Path, port: int, *, log_level: str = "warning") -> Path:
+    """A config for the real sidecar: auth on, SQLite synchronous=FULL in ``data``."""
+    data.mkdir(parents=True, exist_ok=True)
+    config = {
+        "server": {
+            "listen": f"127.0.0.1:{port}",
+            "webhook_token": run.token,
+            "api_token": secrets.token_hex(16),
+            "insecure_disable_auth": False,
+        },
+        "store": {"url": f"sqlite:///{data / 'sidecar.db'}", "synchronous": "full"},
+        "rules": {"file": str(RULES)},
+        "logging": {"level": log_level, "format": "json"},
+    }
+    path = data / "config.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+@contextlib.contextmanager
+def sidecar(
+    run: Run, data: Path, *, log_level: str = "warning", name: str = "sidecar"
+) -> Iterator[tuple[procs.Proc, float, str]]:
+    """The real sidecar (``python -m sidecar serve``) pinned to the server core."""
+    port = procs.free_port()
+    config = sidecar_config(run, data, port, log_level=log_level)
+    url = f"http://127.0.0.1:{port}"
+    argv = [sys.executable, "-m", "sidecar", "serve", "--config", str(config)]
+    with procs.running(
+        name, argv, data / f"{name}.log", ready_url=f"{url}/readyz", cwd=REPO, timeout=300
+    ) as (proc, ready):
+        yield proc, ready, url
+
+
+@contextlib.contextmanager
+def bare(run: Run) -> Iterator[tuple[str, int]]:
+    """The bare aiohttp app that only parses the body."""
+    port = procs.free_port()
+    url = f"http://127.0.0.1:{port}"
+    argv = [sys.executable, str(REPO / "bench" / "bare_app.py"), str(port)]
+    with procs.running("bare", argv, run.work / "bare.log", ready_url=f"{url}/readyz") as (p, _):
+        yield url, p.pid
+
+
+@contextlib.contextmanager
+def alertmanager(run: Run) -> Iterator[tuple[str, int] | None]:
+    """Alertmanager 0.25 with a null receiver (only its ingest is measured); None if missing."""
+    if not Path(ALERTMANAGER).exists():
+        run.notes.append(f"{ALERTMANAGER} not found: the Alertmanager baseline is missing")
+        yield None
+        return
+    port = procs.free_port()
+    d = run.work / "alertmanager"
+    d.mkdir(parents=True, exist_ok=True)
+    (d / "am.yml").write_text(
+        "route:\n  receiver: 'null'\n  group_by: [bench_group]\nreceivers:\n  - name: 'null'\n"
+    )
+    argv = [
+        ALERTMANAGER,
+        f"--config.file={d / 'am.yml'}",
+        f"--storage.path={d}",
+        f"--web.listen-address=127.0.0.1:{port}",
+        "--cluster.listen-address=",
+        "--log.level=warn",
+    ]
+    url = f"http://127.0.0.1:{port}"
+    with procs.running("alertmanager", argv, d / "am.log", ready_url=f"{url}/-/ready") as (p, _):
+        yield url, p.pid
+
+
+# -- steps -----------------------------------------------------------------
+
+
+def body_files(run: Run) -> dict[str, dict[str, Path]]:
+    """Templates: per body size, the webhook (sidecar, bare) and API v2 (Alertmanager) bodies."""
+    out: dict[str, dict[str, Path]] = {}
+    for size in (1, 50):
+        name = f"{size}-alert"
+        files = {}
+        for kind, template in (("webhook", notification(size)), ("api", api_alerts(size))):
+            path = run.work / f"{name}.{kind}.json"
+            path.write_bytes(orjson.dumps(template))
+            files[kind] = path
+        out[name] = files
+        run.results.setdefault("bodies", {})[name] = {
+            "alerts": size,
+            "webhook_bytes": len(render(notification(size), "g-0")),
+            "api_bytes": len(render(api_alerts(size), "g-0")),
+        }
+    return out
+
+
+def spread(values: list[float]) -> dict[str, float]:
+    """Median, min and max of repeated measurements."""
+    return {
+        "median": statistics.median(values),
+        "min": min(values),
+        "max": max(values),
+        "runs": len(values),
+    }
+
+
+def load(run: Run, url: str, body_file: Path, token: str | None, **kw: Any) -> dict[str, float]:
+    """One wrk run with the plan's connections and groups (keyword arguments override)."""
+    p = run.plan
+    args: dict[str, Any] = {
+        "duration": p.duration,
+        "connections": p.connections,
+        "groups": p.groups,
+        "new_every": p.new_every,
+        "mode": "mix",
+    }
+    args.update(kw)
+    return procs.wrk(url, script=LUA, body_file=body_file, token=token, **args)
+
+
+def step_ingest(run: Run) -> None:
+    """Peak throughput of each server with each body, and the sidecar's latency at half of it.
+
+    Baselines run for the whole step; the sidecar starts on an empty store for
+    each body size, so both sizes meet the same store.
+    """
+    bodies = body_files(run)
+    ingest: dict[str, Any] = {}
+    with contextlib.ExitStack() as stack:
+        bare_srv = stack.enter_context(bare(run))
+        am_srv = stack.enter_context(alertmanager(run))
+        for body, files in bodies.items():
+            with sidecar(run, run.work / f"ingest-{body}") as (sc_proc, _, sc_url):
+                ingest[body] = ingest_body(run, body, files, bare_srv, am_srv, sc_proc, sc_url)
+    run.results["ingest"] = ingest
+
+
+def ingest_body(
+    run: Run,
+    body: str,
+    files: dict[str, Path],
+    bare_srv: tuple[str, int],
+    am_srv: tuple[str, int] | None,
+    sc_proc: procs.Proc,
+    sc_url: str,
+) -> dict[str, Any]:
+    """The measurements of one body size."""
+    p = run.plan
+    hook = f"{sc_url}/webhook/alertmanager"
+    targets: list[tuple[str, str, Path, str | None, int]] = [
+        (
+            "bare aiohttp",
+            f"{bare_srv[0]}/webhook/alertmanager",
+            files["webhook"],
+            None,
+            bare_srv[1],
+        ),
+        ("sidecar", hook, files["webhook"], run.token, sc_proc.pid),
+    ]
+    if am_srv is not None:
+        am = ("alertmanager", f"{am_srv[0]}/api/v2/alerts", files["api"], None, am_srv[1])
+        targets.insert(1, am)
+    cell: dict[str, Any] = {}
+    for target, url, file, token, _ in targets:
+        if p.warmup:  # also opens the groups that "mix" repeats
+            load(run, url, file, token, duration=p.warmup, mode="repeat", prefix=target[:2])
+        cell[target] = {"runs": []}
+    for rep in range(p.repeats):
+        # Interleaved, so a neighbour's burst of load hits every target alike.
+        for target, url, file, token, pid in targets:
+            others = procs.others_on_core(pid)
+            r = load(run, url, file, token, prefix=target[:2])
+            r["others_on_server_cpu_s"] = others()
+            r["load_after"] = os.getloadavg()[0]
+            cell[target]["runs"].append(r)
+            run.log(
+                f"ingest {body} {target} rep {rep + 1}: {r['rps']:.0f} req/s, "
+                f"p99 {r['p99_us'] / 1000:.1f} ms, errors {r['errors']:.0f}, "
+                f"others on its CPU {r['others_on_server_cpu_s']:.2f} s"
+            )
+    for target, *_ in targets:
+        runs = cell[target]["runs"]
+        cell[target]["rps"] = spread([r["rps"] for r in runs])
+        cell[target]["errors"] = sum(r["errors"] for r in runs)
+    # Latency at half the peak the sidecar reached on the same mix.
+    rate = cell["sidecar"]["rps"]["median"] / 2
+    others = procs.others_on_core(sc_proc.pid)
+    lat = load(
+        run, hook, files["webhook"], run.token, duration=p.latency_duration, prefix="si", rate=rate
+    )
+    lat["others_on_server_cpu_s"] = others()
+    lat["target_rps"] = rate
+    cell["latency"] = lat
+    run.log(
+        f"latency {body} at {rate:.0f}/s (got {lat['rps']:.0f}/s): "
+        f"p50 {lat['p50_us'] / 1000:.1f} ms p99 {lat['p99_us'] / 1000:.1f} ms "
+        f"p99.9 {lat['p999_us'] / 1000:.1f} ms, "
+        f"others on its CPU {lat['others_on_server_cpu_s']:.2f} s"
+    )
+    if p.profile_seconds:
+        cell["profile"] = profile(run, sc_proc.pid, sc_url, files["webhook"], body)
+    # Last, as it leaves many open incidents behind: every request opens one.
+    runs = []
+    for rep in range(p.repeats):
+        others = procs.others_on_core(sc_proc.pid)
+        r = load(run, hook, files["webhook"], run.token, mode="unique", prefix=f"new{rep}")
+        r["others_on_server_cpu_s"] = others()
+        runs.append(r)
+        run.log(f"ingest {body} sidecar all-new rep {rep + 1}: {r['rps']:.0f} req/s")
+    cell["sidecar (every request opens)"] = {
+        "runs": runs,
+        "rps": spread([r["rps"] for r in runs]),
+        "errors": sum(r["errors"] for r in runs),
+    }
+    return cell
+
+
+def profile(run: Run, pid: int, url: str, body_file: Path, body: str) -> dict[str, Any]:
+    """py-spy (if installed) on the sidecar under the mixed load; top functions by own time."""
+    spy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
+    if not Path(spy).exists():
+        run.notes.append("py-spy not installed: no profile (pip install py-spy to get one)")
+        return {}
+    out = RESULTS / f"profile-{body}.txt"
+    secs = run.plan.profile_seconds
+    spy_proc = subprocess.Popen(
+        procs.pinned(
+            procs.LOAD_CPU,
+            [
+                spy,
+                "record",
+                "--pid",
+                str(pid),
+                "--format",
+                "raw",
+                "--rate",
+                "200",
+                "--duration",
+                str(int(secs)),
+                "--nonblocking",
+                "--output",
+                str(out),
+            ],
+        ),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        load(run, f"{url}/webhook/alertmanager", body_file, run.token, duration=secs, prefix="pr")
+        spy_proc.wait(timeout=secs + 60)
+    finally:
+        if spy_proc.poll() is None:
+            spy_proc.kill()
+            spy_proc.wait()
+    if not out.exists():
+        run.notes.append(f"py-spy produced no profile for {body} (ptrace not permitted?)")
+        return {}
+    top = report.collapse(out.read_text())
+    run.log(f"profile {body}: {out.name}")
+    return {"file": str(out.relative_to(REPO)), **top}
+
+
+def scrape(url: str, n: int) -> tuple[list[float], int, int]:
+    """``GET /metrics`` ``n`` times: seconds of each, sample lines and bytes of the last."""
+    times: list[float] = []
+    body = b""
+    for _ in range(n):
+        t = time.perf_counter()
+        status, body = procs.http_get(f"{url}/metrics", timeout=30)
+        times.append(time.perf_counter() - t)
+        if status != 200:
+            raise RuntimeError(f"/metrics answered {status}")
+    lines = [ln for ln in body.decode().splitlines() if ln and not ln.startswith("#")]
+    return times, len(lines), len(body)
+
+
+def seed_db(run: Run, data: Path, n: int, due_at: list[float] | None = None) -> dict[str, float]:
+    """Seed ``data``/sidecar.db in a separate process (its memory is freed when it exits)."""
+    data.mkdir(parents=True, exist_ok=True)
+    argv = [
+        sys.executable,
+        str(REPO / "bench" / "seed.py"),
+        "--db",
+        str(data / "sidecar.db"),
+        "--rules",
+        str(RULES),
+        "--open",
+        str(n),
+    ]
+    if due_at:
+        argv += ["--due-at", *[repr(t) for t in due_at], "--prefix", "due"]
+    out = subprocess.run(argv, capture_output=True, text=True, timeout=900, check=False)
+    if out.returncode != 0:
+        raise RuntimeError(f"seeding failed: {out.stderr[-2000:]}")
+    deadlines: dict[str, float] = json.loads(out.stdout)["deadlines"]
+    return deadlines
+
+
+def step_scale(run: Run) -> Path:
+    """/metrics time and series, memory and restart-to-ready at each level of open incidents."""
+    p = run.plan
+    levels: dict[str, Any] = {}
+    empty = run.work / "scale-0"
+    with sidecar(run, empty) as (proc, ready, url):
+        scrape(url, 2)
+        base_rss = procs.rss_kib(proc.pid)
+    run.results["rss_empty_kib"] = base_rss
+    data = empty
+    for n in p.levels:
+        data = run.work / f"scale-{n}"
+        t = time.monotonic()
+        seed_db(run, data, n)
+        seconds_seed = time.monotonic() - t
+        readies: list[float] = []
+        rss_ready: list[int] = []
+        rss_after: list[int] = []
+        times: list[float] = []
+        series = size = 0
+        for rep in range(p.restart_repeats if n == p.levels[-1] else 1):
+            with sidecar(run, data, name=f"sidecar-{rep}") as (proc, ready, url):
+                readies.append(ready)
+                rss_ready.append(procs.rss_kib(proc.pid))
+                t_s, series, size = scrape(url, p.scrapes)
+                times += t_s[1:]  # the first scrape of a process warms it
+                rss_after.append(procs.rss_kib(proc.pid))
+        level = {
+            "open_incidents": n,
+            "seed_seconds": seconds_seed,
+            "ready_seconds": spread(readies),
+            "metrics_seconds": spread(times),
+            "series": series,
+            "metrics_bytes": size,
+            "rss_kib": spread([float(r) for r in rss_after]),
+            "rss_ready_kib": spread([float(r) for r in rss_ready]),
+            "bytes_per_incident": (statistics.median(rss_after) - base_rss) * 1024 / n,
+        }
+        levels[str(n)] = level
+        run.log(
+            f"scale {n}: ready {statistics.median(readies):.2f} s, /metrics "
+            f"{statistics.median(times) * 1000:.1f} ms, {series} series, RSS "
+            f"{statistics.median(rss_after) / 1024:.0f} MiB "
+            f"({level['bytes_per_incident']:.0f} B/incident)"
+        )
+    lo, hi = p.levels[0], p.levels[-1]
+    slope = (
+        (levels[str(hi)]["rss_kib"]["median"] - levels[str(lo)]["rss_kib"]["median"])
+        * 1024
+        / (hi - lo)
+        if hi > lo
+        else levels[str(hi)]["bytes_per_incident"]
+    )
+    run.results["scale"] = {"levels": levels, "bytes_per_incident_slope": slope}
+    return data
+
+
+def step_breach(run: Run, base: Path) -> None:
+    """Deadlines passing at known instants among the largest level's open incidents."""
+    p = run.plan
+    data = run.work / "breach"
+    shutil.rmtree(data, ignore_errors=True)
+    data.mkdir(parents=True)
+    for suffix in ("", "-wal", "-shm"):
+        src = base / f"sidecar.db{suffix}"
+        if src.exists():
+            shutil.copy2(src, data / src.name)
+    n = run.plan.levels[-1]
+    ready_guess = run.results["scale"]["levels"][str(n)]["ready_seconds"]["max"]
+    lead = 2.0 + 2 * ready_guess + 3.0  # seeding, then start, then margin
+    t0 = time.time() + lead
+    window = 8.0
+    due = [t0 + window * i / max(1, p.due_spread - 1) for i in range(p.due_spread)]
+    due += [t0 + window + 1.0] * p.due_burst
+    deadlines = seed_db(run, data, 0, due)
+    with sidecar(run, data, log_level="info", name="sidecar-breach") as (proc, ready, url):
+        ready_at = time.time()
+        while time.time() < max(due) + 3.0:
+            time.sleep(0.2)
+        _, body = procs.http_get(f"{url}/metrics", timeout=30)
+        log_path = proc.log_path
+    counted = 0.0
+    for line in body.decode().splitlines():
+        if line.startswith("incident_sla_breaches_total{") and 'sla="acknowledge"' in line:
+            counted += float(line.rsplit(" ", 1)[1])
+    delays: list[float] = []
+    early = 0
+    for line in log_path.read_text().splitlines():
+        with contextlib.suppress(ValueError):
+            rec = json.loads(line)
+            if rec.get("event") != "incident_breach" or rec.get("detail") != "acknowledge":
+                continue
+            deadline = deadlines.get(rec.get("incident_id", ""))
+            if deadline is None:
+                continue
+            at = dt.datetime.fromisoformat(rec["ts"].replace("Z", "+00:00")).timestamp()
+            if deadline < ready_at:
+                early += 1  # passed while starting: counted at start, not on time
+                continue
+            delays.append(at - deadline)
+    delays.sort()
+    res = {
+        "open_incidents": n + len(deadlines),
+        "deadlines": len(deadlines),
+        "spread": p.due_spread,
+        "burst": p.due_burst,
+        "counted_in_metrics": counted,
+        "logged_on_time": len(delays),
+        "passed_before_ready": early,
+        "ready_seconds": ready,
+        "ack_sla_seconds": DUE_ACK_SECONDS,
+    }
+    if delays:
+        res.update(
+            p50=delays[len(delays) // 2],
+            p99=delays[min(len(delays) - 1, int(len(delays) * 0.99))],
+            max=delays[-1],
+            min=delays[0],
+        )
+    run.results["breach"] = res
+    run.log(
+        f"breach at {res['open_incidents']} open: {len(delays)}/{len(deadlines)} on time, "
+        f"max {res.get('max', float('nan')):.3f} s, counted {counted:.0f}"
+    )
+
+
+def machine(argv: list[str]) -> dict[str, Any]:
+    """Where and how the numbers were taken."""
+    cpu = "unknown"
+    with contextlib.suppress(OSError):
+        m = re.search(r"^model name\s*:\s*(.+)$", Path("/proc/cpuinfo").read_text(), re.M)
+        cpu = m.group(1).strip() if m else cpu
+    wrk_v = subprocess.run(
+        [shutil.which("wrk") or "true", "-v"], capture_output=True, text=True, check=False
+    )
+    return {
+        "nproc": os.cpu_count(),
+        "cpu": cpu,
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "wrk": (wrk_v.stdout + wrk_v.stderr).splitlines()[0] if wrk_v.stdout + wrk_v.stderr else "",
+        "date": dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M:%S UTC"),
+        "command": " ".join(["python", "bench/run.py", *argv]),
+        "loadavg_start": os.getloadavg(),
+        "server_cpu": procs.SERVER_CPU,
+        "load_cpu": procs.LOAD_CPU,
+    }
+
+
+def self_test(out: Path) -> dict[str, Any]:
+    """No wrk, tiny N, seconds: seed, start the real sidecar, scrape, write the report."""
+    with tempfile.TemporaryDirectory(prefix="sidecar-bench-") as tmp:
+        run = Run(SELF_TEST, Path(tmp))
+        run.results["machine"] = machine(["--self-test"])
+        step_scale(run)
+        report.write(run.results, out, plot=False)
+    return run.results
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run every step and write the results."""
+    args_list = list(sys.argv[1:] if argv is None else argv)
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--quick", action="store_true", help="short runs, up to 10,000 incidents")
+    ap.add_argument("--no-profile", action="store_true", help="skip py-spy")
+    ap.add_argument("--self-test", action="store_true", help="seconds, no wrk: harness check")
+    ap.add_argument("--out", type=Path, help="results directory (default bench/results)")
+    ap.add_argument("--only", choices=["ingest", "scale"], help="run one group of steps")
+    args = ap.parse_args(args_list)
+    if args.self_test:
+        if args.out is None:
+            print("--self-test needs --out (it must not replace bench/results)", file=sys.stderr)
+            return 2
+        self_test(args.out)
+        return 0
+    args.out = args.out or RESULTS
+    if shutil.which("wrk") is None:
+        print("wrk not found (Debian package wrk)", file=sys.stderr)
+        return 2
+    plan = QUICK if args.quick else FULL
+    if args.no_profile:
+        plan = Plan(**{**plan.__dict__, "profile_seconds": 0})
+    args.out.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="sidecar-bench-") as tmp:
+        run = Run(plan, Path(tmp))
+        run.results["machine"] = machine(args_list)
+        run.results["plan"] = plan.__dict__
+        started = time.monotonic()
+        steps: list[tuple[str, Callable[[], Any]]] = []
+        if args.only in (None, "ingest"):
+            steps.append(("ingest", lambda: step_ingest(run)))
+        if args.only in (None, "scale"):
+            holder: dict[str, Path] = {}
+            steps.append(("scale", lambda: holder.__setitem__("db", step_scale(run))))
+            steps.append(("breach", lambda: step_breach(run, holder["db"])))
+        for name, fn in steps:
+            run.log(f"step {name}")
+            try:
+                fn()
+            except Exception as exc:  # one broken step must not lose the others' numbers
+                run.notes.append(f"step {name} failed: {type(exc).__name__}: {exc}")
+                run.log(f"step {name} FAILED: {exc}")
+        run.results["machine"]["loadavg_end"] = os.getloadavg()
+        run.results["machine"]["seconds"] = time.monotonic() - started
+        run.results["notes"] = run.notes
+        report.write(run.results, args.out, plot=True, name=plan.name)
+    run.log(f"wrote {args.out / 'latest.md'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
