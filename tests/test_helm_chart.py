@@ -4,7 +4,9 @@ Every scenario (the defaults and each ``ci/*-values.yaml``) must pass ``helm lin
 render, validate object by object against the Kubernetes OpenAPI schemas
 (``kubernetes-validate``), and produce a ConfigMap the sidecar's own ``check-config`` accepts
 once the rendered ConfigMap and Secret are laid out where the Deployment mounts them. The values
-schema must refuse what the chart cannot run (several replicas on SQLite, unknown keys).
+schema must refuse what the chart cannot run (several replicas or RollingUpdate on SQLite, a
+PodDisruptionBudget with both maxUnavailable and minAvailable, unknown keys); several replicas get
+a PodDisruptionBudget and a per-node pod anti-affinity.
 """
 
 from __future__ import annotations
@@ -243,6 +245,7 @@ def test_ci_scenarios_exist() -> None:
         "schema-registry-values.yaml",
         "networkpolicy-values.yaml",
         "ephemeral-values.yaml",
+        "ha-postgresql-values.yaml",
     } <= names
 
 
@@ -393,6 +396,20 @@ INVALID_VALUES: list[tuple[str, dict[str, Any], str]] = [
     ("bad volume size", {"persistence": {"size": "lots"}}, "size"),
     ("bad incident key", {"config": {"incidents": {"key": "fingerprint"}}}, "key"),
     ("replica count as a string", {"replicaCount": "1"}, "replicaCount"),
+    (
+        "both maxUnavailable and minAvailable",
+        {"podDisruptionBudget": {"maxUnavailable": 1, "minAvailable": 2}},
+        "podDisruptionBudget",
+    ),
+    (
+        "PDB that blocks every drain",
+        {"podDisruptionBudget": {"maxUnavailable": 0}},
+        "maxUnavailable",
+    ),
+    ("bad PDB percentage", {"podDisruptionBudget": {"minAvailable": "half"}}, "minAvailable"),
+    ("bad anti-affinity preset", {"podAntiAffinityPreset": "medium"}, "podAntiAffinityPreset"),
+    ("RollingUpdate on SQLite", {"strategy": {"type": "RollingUpdate"}}, "anyOf"),
+    ("unknown strategy type", {"strategy": {"type": "BlueGreen"}}, "type"),
 ]
 
 
@@ -458,6 +475,23 @@ def test_template_guards_replicas_even_without_schema(tmp_path: Path) -> None:
         with pytest.raises(helm.HelmRenderError, match="PostgreSQL"):
             unchecked.render({"replicaCount": 2}, name=RELEASE, namespace=NAMESPACE)
         unchecked.render({"replicaCount": 2, "storeUrlSecret": {"name": "s"}}, name=RELEASE)
+
+
+def test_template_guards_ha_values_even_without_schema(tmp_path: Path) -> None:
+    """Without the schema the templates still refuse what the schema refuses for HA values."""
+    copy = tmp_path / "chart"
+    shutil.copytree(CHART_DIR, copy)
+    (copy / "values.schema.json").unlink()
+    postgres = {"replicaCount": 2, "storeUrlSecret": {"name": "s"}}
+    with helm.Chart.load(copy) as unchecked:
+        with pytest.raises(helm.HelmRenderError, match="RollingUpdate needs a PostgreSQL"):
+            unchecked.render({"strategy": {"type": "RollingUpdate"}}, name=RELEASE)
+        with pytest.raises(helm.HelmRenderError, match="soft, hard or none"):
+            unchecked.render({**postgres, "podAntiAffinityPreset": "medium"}, name=RELEASE)
+        both = {"podDisruptionBudget": {"maxUnavailable": 1, "minAvailable": 1}}
+        with pytest.raises(helm.HelmRenderError, match="not both"):
+            unchecked.render({**postgres, **both}, name=RELEASE)
+        unchecked.render({"strategy": {"type": "Recreate"}}, name=RELEASE)
 
 
 def test_defaults_single_sqlite_replica_hardened(chart: helm.Chart) -> None:
@@ -543,6 +577,135 @@ def test_store_url_from_secret(chart: helm.Chart) -> None:
     config = yaml.safe_load(one(objs, "ConfigMap")["data"]["config.yaml"])
     assert "url" not in config["store"]
     assert "PersistentVolumeClaim" not in kinds(objs)
+
+
+def test_ha_postgresql_has_budget_anti_affinity_and_rolling_update(chart: helm.Chart) -> None:
+    """HA scenario: a PDB over the Deployment's pods, soft anti-affinity per node, RollingUpdate."""
+    objs = objects(render(chart, load_values(CHART_DIR / "ci/ha-postgresql-values.yaml")))
+    deployment = one(objs, "Deployment")
+    spec = deployment["spec"]
+    assert spec["replicas"] == 3
+    assert spec["strategy"] == {
+        "type": "RollingUpdate",
+        "rollingUpdate": {"maxUnavailable": 0, "maxSurge": 1},
+    }
+    pdb = one(objs, "PodDisruptionBudget")
+    assert pdb["apiVersion"] == "policy/v1"
+    assert pdb["spec"] == {"maxUnavailable": 1, "selector": spec["selector"]}
+    pod_labels = spec["template"]["metadata"]["labels"]
+    assert pdb["spec"]["selector"]["matchLabels"].items() <= pod_labels.items()
+    assert pdb["spec"]["selector"]["matchLabels"]["app.kubernetes.io/instance"] == RELEASE
+    assert spec["template"]["spec"]["affinity"] == {
+        "podAntiAffinity": {
+            "preferredDuringSchedulingIgnoredDuringExecution": [
+                {
+                    "weight": 100,
+                    "podAffinityTerm": {
+                        "topologyKey": "kubernetes.io/hostname",
+                        "labelSelector": spec["selector"],
+                    },
+                }
+            ]
+        }
+    }
+    assert "PersistentVolumeClaim" not in kinds(objs)
+
+
+def test_single_replica_has_no_budget_and_recreates(chart: helm.Chart) -> None:
+    """One SQLite replica: no PDB (it could only block drains), no anti-affinity, Recreate."""
+    objs = objects(render(chart, {}))
+    assert "PodDisruptionBudget" not in kinds(objs)
+    spec = one(objs, "Deployment")["spec"]
+    assert spec["strategy"] == {"type": "Recreate"}
+    assert "affinity" not in spec["template"]["spec"]
+
+
+@pytest.mark.parametrize(
+    ("budget", "expected"),
+    [
+        ({}, {"maxUnavailable": 1}),
+        ({"enabled": None}, {"maxUnavailable": 1}),
+        ({"maxUnavailable": "50%"}, {"maxUnavailable": "50%"}),
+        ({"minAvailable": 1}, {"minAvailable": 1}),
+        ({"maxUnavailable": None, "minAvailable": "50%"}, {"minAvailable": "50%"}),
+        ({"enabled": False}, None),
+    ],
+    ids=["automatic", "null-is-automatic", "max-percent", "min", "min-percent", "off"],
+)
+def test_budget_follows_replicas_and_values(
+    chart: helm.Chart, budget: dict[str, Any], expected: dict[str, Any] | None
+) -> None:
+    """Several replicas get a PDB unless disabled; minAvailable replaces the maxUnavailable: 1."""
+    values = {"replicaCount": 2, "storeUrlSecret": {"name": "s"}, "podDisruptionBudget": budget}
+    objs = objects(render(chart, values))
+    if expected is None:
+        assert "PodDisruptionBudget" not in kinds(objs)
+        return
+    pdb = one(objs, "PodDisruptionBudget")
+    for version in KUBE_VERSIONS:
+        kubernetes_validate.validate(pdb, version, strict=True)
+    spec = dict(pdb["spec"])
+    assert spec.pop("selector") == one(objs, "Deployment")["spec"]["selector"]
+    assert spec == expected
+
+
+def test_budget_can_be_forced_on_one_replica(chart: helm.Chart) -> None:
+    """enabled: true renders the PDB even for a single replica."""
+    objs = objects(render(chart, {"podDisruptionBudget": {"enabled": True}}))
+    assert one(objs, "PodDisruptionBudget")["spec"]["maxUnavailable"] == 1
+
+
+NODE_AFFINITY = {
+    "nodeAffinity": {
+        "requiredDuringSchedulingIgnoredDuringExecution": {
+            "nodeSelectorTerms": [
+                {"matchExpressions": [{"key": "pool", "operator": "In", "values": ["ops"]}]}
+            ]
+        }
+    }
+}
+
+
+@pytest.mark.parametrize(
+    ("values", "expected"),
+    [
+        (
+            {"podAntiAffinityPreset": "hard"},
+            {
+                "podAntiAffinity": {
+                    "requiredDuringSchedulingIgnoredDuringExecution": [
+                        {
+                            "topologyKey": "kubernetes.io/hostname",
+                            "labelSelector": {
+                                "matchLabels": {
+                                    "app.kubernetes.io/name": "incident-sla-sidecar",
+                                    "app.kubernetes.io/instance": RELEASE,
+                                }
+                            },
+                        }
+                    ]
+                }
+            },
+        ),
+        ({"podAntiAffinityPreset": "none"}, None),
+        (
+            {"affinity": NODE_AFFINITY, "podAntiAffinityPreset": "hard"},
+            NODE_AFFINITY,
+        ),
+    ],
+    ids=["hard", "none", "own-affinity-wins"],
+)
+def test_anti_affinity_preset(
+    chart: helm.Chart, values: dict[str, Any], expected: dict[str, Any] | None
+) -> None:
+    """The preset picks required, no or (with `affinity` set) the user's own affinity."""
+    values = {"replicaCount": 3, "config": {"store": {"url": "postgresql://s@db/s"}}, **values}
+    chart.validate_schema(values)
+    rendered = chart.render(values, name=RELEASE, namespace=NAMESPACE, is_install=True)
+    deployment = one(objects(rendered), "Deployment")
+    for version in KUBE_VERSIONS:
+        kubernetes_validate.validate(deployment, version, strict=True)
+    assert deployment["spec"]["template"]["spec"].get("affinity") == expected
 
 
 def test_existing_secret_is_mounted_not_created(chart: helm.Chart) -> None:
