@@ -15,6 +15,7 @@ from sidecar.metrics import Metrics
 from sidecar.outbox import OutboxWorker
 from sidecar.pagerduty.inbound import PagerDutyInbound
 from sidecar.paging import Pager
+from sidecar.replay import ReplayCache
 from sidecar.retry import RetryPolicy
 from sidecar.rules import RuleSet, load_rules
 from sidecar.scheduler import DeadlineScheduler
@@ -42,6 +43,7 @@ class Components:
     inbound: PagerDutyInbound
     scheduler: DeadlineScheduler
     silences: SilenceWatcher | None
+    replays: ReplayCache
 
     def reload_rules(self) -> bool:
         """Reload the rules file; on any problem keep the last good rules and return False."""
@@ -163,6 +165,8 @@ def build_components(
         inbound,
         scheduler,
         silences,
+        # Remember bodies no longer than incidents are remembered against duplicates.
+        ReplayCache(ttl=min(3600.0, s.incidents.dedup_window.total_seconds())),
     )
 
 

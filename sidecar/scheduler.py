@@ -77,10 +77,15 @@ class DeadlineScheduler:
 
     def rebuild(self) -> None:
         """Schedule every open incident and pending review (at start)."""
-        self._heap.clear()
         self._next.clear()
         for inc in list(self.book.open_incidents()) + list(self.book.pending_reviews()):
-            self.schedule(inc.id)
+            deadline = self.book.next_deadline(inc.id)
+            if deadline is not None:
+                self._next[inc.id] = deadline
+        # One heapify instead of a push per incident: this runs at start.
+        self._heap = [(*deadline, incident_id) for incident_id, deadline in self._next.items()]
+        heapq.heapify(self._heap)
+        self._wake.set()
 
     def next_at(self) -> tuple[float, bool] | None:
         """The earliest scheduled deadline and whether it is strict."""

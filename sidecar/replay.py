@@ -1,0 +1,44 @@
+"""Recognises webhook bodies already applied, so their repeats cost a hash, not a parse.
+
+Alertmanager resends a group's notification every ``group_interval`` or
+``repeat_interval`` and, in HA, once per peer: most bodies are byte for byte
+one that was already committed. Applying a body is idempotent (see
+:mod:`sidecar.incidents`), so once a body's change is committed, the same
+bytes can be answered 200 at once. Only committed bodies are remembered.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections import OrderedDict
+
+
+class ReplayCache:
+    """A bounded, time-limited set of digests of bodies already committed."""
+
+    def __init__(self, *, size: int = 20_000, ttl: float = 3600.0) -> None:
+        self.size = size
+        self.ttl = ttl
+        self._seen: OrderedDict[bytes, float] = OrderedDict()
+
+    @staticmethod
+    def digest(body: bytes) -> bytes:
+        """A 128-bit fingerprint of a body."""
+        return hashlib.blake2b(body, digest_size=16).digest()
+
+    def seen(self, digest: bytes, now: float) -> bool:
+        """True when this body was committed within ``ttl``."""
+        at = self._seen.get(digest)
+        if at is None:
+            return False
+        if now - at > self.ttl:
+            del self._seen[digest]
+            return False
+        return True
+
+    def add(self, digest: bytes, now: float) -> None:
+        """Remember a committed body."""
+        self._seen[digest] = now
+        self._seen.move_to_end(digest)
+        while len(self._seen) > self.size:
+            self._seen.popitem(last=False)
