@@ -79,6 +79,15 @@ class Notification(BaseModel):
     external_url: str = Field(default="", alias="externalURL")
     alerts: list[Alert] = Field(min_length=1)
 
+    @field_validator("group_key")
+    @classmethod
+    def _no_nul(cls, value: str) -> str:
+        # It becomes a text key in the store, and PostgreSQL text cannot hold NUL:
+        # refuse it here (400) rather than fail every retry at the store (503).
+        if "\x00" in value:
+            raise ValueError("groupKey must not contain NUL characters")
+        return value
+
 
 class InvalidPayload(ValueError):
     """The body is not a valid Alertmanager webhook; ``reasons`` says why."""

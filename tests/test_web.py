@@ -74,6 +74,7 @@ async def test_firing_notification_opens_an_incident_readable_through_the_api(
             body(notification({k: v for k, v in alert().items() if k != "status"})),
             "alerts.0.status",
         ),
+        (body(notification(alert(), group_key="{}:{a=\"\x00\"}")), "NUL"),
     ],
     ids=[
         "malformed-json",
@@ -87,6 +88,7 @@ async def test_firing_notification_opens_an_incident_readable_through_the_api(
         "bad-time",
         "bad-fingerprint",
         "alert-missing-status",
+        "nul-in-groupKey",
     ],
 )
 async def test_invalid_payloads_get_400_with_a_reason_and_write_nothing(
