@@ -74,7 +74,7 @@ async def test_firing_notification_opens_an_incident_readable_through_the_api(
             body(notification({k: v for k, v in alert().items() if k != "status"})),
             "alerts.0.status",
         ),
-        (body(notification(alert(), group_key="{}:{a=\"\x00\"}")), "NUL"),
+        (body(notification(alert(), group_key='{}:{a="\x00"}')), "NUL"),
     ],
     ids=[
         "malformed-json",
