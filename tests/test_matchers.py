@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import os
 import re
-import shutil
 import subprocess
 from pathlib import Path
 
@@ -14,6 +12,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from sidecar.matchers import OPS, Matcher, compile_go_regex, parse_matcher, parse_matchers
+from tests.support.binaries import require_binary
 
 # (input, expected (name, op, value) triples). Inputs follow the cases of
 # Alertmanager's pkg/labels/parse_test.go, written out here as our own table.
@@ -305,14 +304,7 @@ AMTOOL_INVALID = [
 
 @pytest.fixture(scope="module")
 def amtool() -> str:
-    path = shutil.which("amtool") or (
-        "/usr/bin/amtool" if Path("/usr/bin/amtool").exists() else None
-    )
-    if path is None:
-        if os.environ.get("CI") == "true":
-            pytest.fail("amtool (Debian package prometheus-alertmanager) is required in CI")
-        pytest.skip("amtool not installed")
-    return path
+    return str(require_binary("amtool"))
 
 
 def _write_config(path: Path, matcher_lines: list[str]) -> None:

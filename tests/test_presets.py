@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import os
-import shutil
 import subprocess
 from datetime import timedelta
 from pathlib import Path
@@ -13,6 +11,7 @@ import pytest
 import yaml
 
 from sidecar.rules import RuleSet, load_rules
+from tests.support.binaries import require_binary
 
 RULES_DIR = Path(__file__).resolve().parent.parent / "rules"
 
@@ -576,13 +575,7 @@ def test_sla_thresholds_cover_both_plans(marketplace: RuleSet, schema_registry: 
 
 def test_preset_matchers_are_valid_alertmanager_matchers(tmp_path: Path) -> None:
     """Every `match` line of both presets is accepted by Alertmanager's own config check."""
-    amtool = shutil.which("amtool") or (
-        "/usr/bin/amtool" if Path("/usr/bin/amtool").exists() else None
-    )
-    if amtool is None:
-        if os.environ.get("CI") == "true":
-            pytest.fail("amtool (Debian package prometheus-alertmanager) is required in CI")
-        pytest.skip("amtool not installed")
+    amtool = str(require_binary("amtool"))
     lines = []
     for preset in ("llm-marketplace", "schema-registry"):
         data = yaml.safe_load((RULES_DIR / f"{preset}.yaml").read_text(encoding="utf-8"))

@@ -23,7 +23,6 @@ from __future__ import annotations
 import asyncio
 import errno
 import hashlib
-import os
 import random
 import resource
 import sqlite3
@@ -50,6 +49,7 @@ from tests.fakes.pagerduty import AcceptedEvent, FakePagerDuty
 from tests.fakes.stores import FlakyStore
 from tests.payloads import alert, body, notification
 from tests.sidecar_process import SidecarProcess
+from tests.support.binaries import skip_or_fail
 
 pytestmark = pytest.mark.e2e
 
@@ -352,10 +352,7 @@ def _mount_tmpfs(path: Path, size: str) -> None:
         check=False,
     )
     if result.returncode != 0:
-        reason = f"cannot mount a tmpfs here: {result.stderr.strip() or result.returncode}"
-        if os.environ.get("CI") == "true":
-            pytest.fail(reason)
-        pytest.skip(reason)
+        skip_or_fail(f"cannot mount a tmpfs here: {result.stderr.strip() or result.returncode}")
 
 
 def _fill(filler: Path) -> None:
