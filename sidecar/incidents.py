@@ -20,6 +20,7 @@ import secrets
 from collections import Counter
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from sys import intern
 from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 from sidecar import sla
@@ -84,11 +85,11 @@ class AlertState:
         """Inverse of :meth:`to_json`."""
         return cls(
             fingerprint=data["fingerprint"],
-            status=data["status"],
+            status=intern(data["status"]),  # type: ignore[arg-type]
             starts_at=data["starts_at"],
             ends_at=data["ends_at"],
-            severity=data["severity"],
-            labels=data["labels"],
+            severity=intern(data["severity"]),
+            labels=interned(data["labels"]),
             generator_url=data.get("generator_url", ""),
         )
 
@@ -184,17 +185,19 @@ class Incident:
     ) -> Incident:
         """Rebuild an incident from its stored columns and JSON document."""
         alerts = [AlertState.from_json(a) for a in data.get("alerts", [])]
+        group_key = data.get("group_key", "")
         return cls(
             id=id,
             key=key,
-            group_key=data.get("group_key", ""),
-            receiver=data.get("receiver", ""),
-            state=state,
-            severity=severity,
-            team=team,
+            # In group mode the two are equal: hold one string, not two.
+            group_key=key if group_key == key else group_key,
+            receiver=intern(data.get("receiver", "")),
+            state=intern(state),  # type: ignore[arg-type]
+            severity=intern(severity),
+            team=intern(team),
             title=data.get("title", ""),
-            labels=data.get("labels", {}),
-            external_url=data.get("external_url", ""),
+            labels=interned(data.get("labels", {})),
+            external_url=intern(data.get("external_url", "")),
             started_at=started_at,
             triggered_at=triggered_at,
             acknowledged_at=acknowledged_at,
@@ -273,6 +276,16 @@ class Change:
     events: list[TimelineEvent]
     effects: list[Effect]
     undo: _Undo
+
+
+def interned(labels: Mapping[str, str]) -> dict[str, str]:
+    """Labels with their names and values interned.
+
+    A hundred thousand open incidents repeat the same few label names and
+    values (alertname, service, job...): one string each instead of one per
+    incident is most of what an open incident costs in memory.
+    """
+    return {intern(k): intern(v) for k, v in labels.items()}
 
 
 def new_incident_id() -> str:
@@ -784,13 +797,13 @@ class IncidentBook:
             id=new_incident_id(),
             key=key,
             group_key=n.group_key,
-            receiver=n.receiver,
+            receiver=intern(n.receiver),
             state="triggered",
             severity=top.severity,
             team=cls.team,
             title=_title(n, alerts),
-            labels=dict(n.group_labels or n.common_labels),
-            external_url=n.external_url,
+            labels=interned(n.group_labels or n.common_labels),
+            external_url=intern(n.external_url),
             started_at=min(a.starts_at for a in states.values()),
             triggered_at=now,
             alerts=states,
@@ -945,7 +958,7 @@ class IncidentBook:
             starts_at=alert.starts_at.timestamp(),
             ends_at=alert.ends_at.timestamp() if alert.ends_at else None,
             severity=cls.severity,
-            labels=dict(alert.labels),
+            labels=interned(alert.labels),
             generator_url=alert.generator_url,
         )
 
