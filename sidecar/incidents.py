@@ -21,6 +21,7 @@ from collections import Counter
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from sys import intern
+from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 from sidecar import sla
@@ -29,6 +30,8 @@ from sidecar.errors import IncidentNotFound
 
 if TYPE_CHECKING:
     from sidecar.rules import SeverityPolicy
+
+NOTHING: Mapping[str, float] = MappingProxyType({})
 
 State = Literal["triggered", "acknowledged", "resolved"]
 OPEN_STATES: tuple[State, ...] = ("triggered", "acknowledged")
@@ -122,11 +125,13 @@ class Incident:
     # The PagerDuty dedup key once a trigger was queued for this incident.
     paged_dedup_key: str | None = None
     # SLA name -> when its breach was recorded (each SLA breaches once).
-    breaches: dict[str, float] = field(default_factory=dict)
+    # Never changed in place (replaced on write), so most incidents share one
+    # empty mapping instead of holding two empty dicts each.
+    breaches: Mapping[str, float] = field(default_factory=lambda: NOTHING)
     # Start of the update window whose deadline was missed (one breach per window).
     update_breached_gap: float | None = None
     # Escalation tier -> when it was paged (each tier once per incident).
-    escalated: dict[str, float] = field(default_factory=dict)
+    escalated: Mapping[str, float] = field(default_factory=lambda: NOTHING)
     review_due_at: float | None = None
     review_done_at: float | None = None
     review_done_by: str | None = None
@@ -160,9 +165,9 @@ class Incident:
             "alerts": [a.to_json() for a in self.alerts.values()],
             "seq": self.seq,
             "paged_dedup_key": self.paged_dedup_key,
-            "breaches": self.breaches,
+            "breaches": dict(self.breaches),
             "update_breached_gap": self.update_breached_gap,
-            "escalated": self.escalated,
+            "escalated": dict(self.escalated),
             "review_done_by": self.review_done_by,
         }
 
@@ -210,9 +215,9 @@ class Incident:
             alerts={a.fingerprint: a for a in alerts},
             seq=data.get("seq", 0),
             paged_dedup_key=data.get("paged_dedup_key"),
-            breaches=dict(data.get("breaches", {})),
+            breaches=dict(data["breaches"]) if data.get("breaches") else NOTHING,
             update_breached_gap=data.get("update_breached_gap"),
-            escalated=dict(data.get("escalated", {})),
+            escalated=dict(data["escalated"]) if data.get("escalated") else NOTHING,
             review_due_at=review_due_at,
             review_done_at=review_done_at,
             review_done_by=data.get("review_done_by"),
@@ -429,8 +434,6 @@ class IncidentBook:
             # Mutable parts are changed in place: copy them too.
             before.alerts = {fp: copy.copy(st) for fp, st in inc.alerts.items()}
             before.labels = dict(inc.labels)
-            before.breaches = dict(inc.breaches)
-            before.escalated = dict(inc.escalated)
             if inc.is_open:
                 self._unindex(inc)
         return _Undo(key, before, self._closed.get(key))
@@ -715,7 +718,7 @@ class IncidentBook:
                 continue
             if kind.startswith(sla.ESCALATION):
                 tier = kind.removeprefix(sla.ESCALATION)
-                inc.escalated[tier] = now
+                inc.escalated = {**inc.escalated, tier: now}
                 events.append(
                     self.event(
                         inc,
@@ -743,7 +746,7 @@ class IncidentBook:
         *,
         deadline: float | None = None,
     ) -> None:
-        inc.breaches[kind] = now
+        inc.breaches = {**inc.breaches, kind: now}
         late = "" if deadline is None else f" (deadline passed {now - deadline:.0f}s ago)"
         events.append(
             self.event(

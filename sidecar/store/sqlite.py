@@ -247,7 +247,10 @@ class SQLiteStore:
 
     async def _select(self, sql: str, params: tuple[Any, ...] = ()) -> list[Incident]:
         def go() -> list[Incident]:
-            return [incident_from_row(r) for r in self._r().execute(sql, params).fetchall()]
+            # Row by row, not fetchall(): at start the raw rows of every open
+            # incident would otherwise sit in memory beside the decoded ones, and
+            # the allocator keeps that peak for the life of the process.
+            return [incident_from_row(r) for r in self._r().execute(sql, params)]
 
         return await self._run(self._reader, go)
 
