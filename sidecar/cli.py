@@ -101,13 +101,17 @@ async def _serve(config: Config, rules: RuleSet) -> None:
     components = build_components(config, rules=rules)
     app = create_app(components)
     runner = web.AppRunner(app, access_log=None, handle_signals=False)
-    await runner.setup()
     # The restored incidents live as long as they are open: keep the cyclic
-    # collector from walking them again and again (full collections of a
-    # large book took tens of milliseconds each, the tail of the latency).
-    gc.collect()
-    gc.freeze()
-    gc.set_threshold(50_000, 20, 100)
+    # collector from walking them again and again, while they load (restart
+    # time) and afterwards (full collections of a large book took tens of
+    # milliseconds each, the tail of the latency). Loading makes no cycles.
+    gc.disable()
+    try:
+        await runner.setup()
+    finally:
+        gc.freeze()
+        gc.set_threshold(50_000, 20, 100)
+        gc.enable()
     host, port = split_listen(config.settings.server.listen)
     site = web.TCPSite(runner, host, port, backlog=1024)
     await site.start()

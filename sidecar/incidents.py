@@ -93,7 +93,8 @@ class AlertState:
             ends_at=data["ends_at"],
             severity=intern(data["severity"]),
             labels=interned(data["labels"]),
-            generator_url=data.get("generator_url", ""),
+            # One Prometheus rule gives all its alerts the same generatorURL.
+            generator_url=intern(data.get("generator_url", "")),
         )
 
 
@@ -200,7 +201,7 @@ class Incident:
             state=intern(state),  # type: ignore[arg-type]
             severity=intern(severity),
             team=intern(team),
-            title=data.get("title", ""),
+            title=intern(data.get("title", "")),
             labels=interned(data.get("labels", {})),
             external_url=intern(data.get("external_url", "")),
             started_at=started_at,
@@ -804,7 +805,7 @@ class IncidentBook:
             state="triggered",
             severity=top.severity,
             team=cls.team,
-            title=_title(n, alerts),
+            title=intern(_title(n, alerts)),
             labels=interned(n.group_labels or n.common_labels),
             external_url=intern(n.external_url),
             started_at=min(a.starts_at for a in states.values()),
@@ -962,7 +963,7 @@ class IncidentBook:
             ends_at=alert.ends_at.timestamp() if alert.ends_at else None,
             severity=cls.severity,
             labels=interned(alert.labels),
-            generator_url=alert.generator_url,
+            generator_url=intern(alert.generator_url),
         )
 
     def _top(self, states: Iterable[AlertState], *, firing_only: bool) -> AlertState:
