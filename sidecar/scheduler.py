@@ -118,8 +118,8 @@ class DeadlineScheduler:
         return len(changes)
 
     async def start(self) -> None:
-        """Build the heap and start firing."""
-        self.rebuild()
+        """Start firing (the heap is built by ``rebuild``, which the service calls
+        after every load from the store, at start included)."""
         self._task.start()
 
     async def stop(self) -> None:
