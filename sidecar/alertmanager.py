@@ -114,8 +114,3 @@ def parse_notification(body: bytes) -> Notification:
             else:
                 reasons.append(f"{loc}: {err['msg']}" if loc else str(err["msg"]))
         raise InvalidPayload(reasons) from exc
-
-
-def utcnow() -> datetime:
-    """Timezone-aware now (for callers without an injected clock)."""
-    return datetime.now(UTC)

@@ -427,6 +427,25 @@ def _response_section(f: _Facts, heading: str) -> list[str]:
     ]
 
 
+def _opening(f: _Facts, fields: list[str], summary: str, placeholder: str) -> list[str]:
+    """What every template starts with: title, fields, summary, the timeline and the SLAs."""
+    return [
+        f"# Post-Incident Review: {f.title}",
+        "",
+        *_hard_breaks(fields),
+        "",
+        summary,
+        "",
+        placeholder,
+        "",
+        "## Timeline",
+        "",
+        *f.timeline,
+        "",
+        *_response_section(f, "## Response Times and SLAs"),
+    ]
+
+
 def _marketplace(f: _Facts) -> list[str]:
     """The LLM-Marketplace plan's "PIR Template"."""
     fields = [
@@ -443,19 +462,7 @@ def _marketplace(f: _Facts) -> list[str]:
     if f.review_due:
         fields.append(f"**PIR Due**: {f.review_due}")
     return [
-        f"# Post-Incident Review: {f.title}",
-        "",
-        *_hard_breaks(fields),
-        "",
-        "## Executive Summary",
-        "",
-        "[2-3 sentence summary for leadership]",
-        "",
-        "## Timeline",
-        "",
-        *f.timeline,
-        "",
-        *_response_section(f, "## Response Times and SLAs"),
+        *_opening(f, fields, "## Executive Summary", "[2-3 sentence summary for leadership]"),
         "## Root Cause Analysis",
         "",
         "### What Happened",
@@ -513,19 +520,7 @@ def _schema_registry(f: _Facts) -> list[str]:
         fields.append(f"**Review Due:** {f.review_due}")
     sla_breach = f"Yes ({', '.join(f.breached)})" if f.breached else "No"
     return [
-        f"# Post-Incident Review: {f.title}",
-        "",
-        *_hard_breaks(fields),
-        "",
-        "## Summary",
-        "",
-        "[2-3 sentence summary of incident]",
-        "",
-        "## Timeline",
-        "",
-        *f.timeline,
-        "",
-        *_response_section(f, "## Response Times and SLAs"),
+        *_opening(f, fields, "## Summary", "[2-3 sentence summary of incident]"),
         "## Root Cause",
         "",
         "[Detailed explanation of root cause]",
@@ -593,19 +588,7 @@ def _generic(f: _Facts) -> list[str]:
     if f.review_due:
         fields.append(f"**Review Due:** {f.review_due}")
     return [
-        f"# Post-Incident Review: {f.title}",
-        "",
-        *_hard_breaks(fields),
-        "",
-        "## Summary",
-        "",
-        "[2-3 sentence summary of incident]",
-        "",
-        "## Timeline",
-        "",
-        *f.timeline,
-        "",
-        *_response_section(f, "## Response Times and SLAs"),
+        *_opening(f, fields, "## Summary", "[2-3 sentence summary of incident]"),
         "## Root Cause",
         "",
         "[Detailed explanation of root cause]",

@@ -166,6 +166,28 @@ class IncidentQuery:
     limit: int = 100
 
 
+def query_filters(query: IncidentQuery, placeholder: Callable[[int], str]) -> tuple[str, list[Any]]:
+    """The WHERE clause (or "") and its parameters for ``query``, in either SQL dialect.
+
+    ``placeholder(n)`` renders the n-th parameter (``?`` or ``$n``); the limit is
+    the last parameter, for the caller's ``LIMIT``.
+    """
+    where: list[str] = []
+    params: list[Any] = []
+    if query.state == "open":
+        where.append("state <> 'resolved'")
+    for column, value in (
+        ("state", None if query.state == "open" else query.state),
+        ("severity", query.severity),
+        ("team", query.team),
+    ):
+        if value:
+            params.append(value)
+            where.append(f"{column} = {placeholder(len(params))}")
+    params.append(query.limit)
+    return (" WHERE " + " AND ".join(where) if where else ""), params
+
+
 class Store(Protocol):
     """Durable storage of incidents and their timelines.
 

@@ -34,6 +34,7 @@ from sidecar.store.base import (
     WriteBatch,
     event_from_row,
     incident_from_row,
+    query_filters,
 )
 
 # pg_advisory_xact_lock key: "sidecar" "migrate" as a fixed 64-bit number, the same in
@@ -343,23 +344,9 @@ class PostgresStore:
 
     async def list_incidents(self, query: IncidentQuery) -> list[Incident]:
         """Incidents matching the filters, newest first."""
-        where: list[str] = []
-        params: list[Any] = []
-        if query.state == "open":
-            where.append("state <> 'resolved'")
-        elif query.state:
-            params.append(query.state)
-            where.append(f"state = ${len(params)}")
-        if query.severity:
-            params.append(query.severity)
-            where.append(f"severity = ${len(params)}")
-        if query.team:
-            params.append(query.team)
-            where.append(f"team = ${len(params)}")
-        params.append(query.limit)
-        sql = _SELECT + (" WHERE " + " AND ".join(where) if where else "")
+        where, params = query_filters(query, lambda n: f"${n}")
         # COLLATE "C" breaks ties by bytes, as SQLite does, whatever the database's locale.
-        sql += f' ORDER BY triggered_at DESC, id COLLATE "C" LIMIT ${len(params)}'
+        sql = f'{_SELECT}{where} ORDER BY triggered_at DESC, id COLLATE "C" LIMIT ${len(params)}'
         return await self._select(sql, *params)
 
     async def get_incident(self, incident_id: str) -> Incident | None:

@@ -26,6 +26,7 @@ from sidecar.store.base import (
     WriteBatch,
     event_from_row,
     incident_from_row,
+    query_filters,
 )
 
 T = TypeVar("T")
@@ -274,21 +275,9 @@ class SQLiteStore:
 
     async def list_incidents(self, query: IncidentQuery) -> list[Incident]:
         """Incidents matching the filters, newest first."""
-        where, params = [], []
-        if query.state == "open":
-            where.append("state != 'resolved'")
-        elif query.state:
-            where.append("state = ?")
-            params.append(query.state)
-        if query.severity:
-            where.append("severity = ?")
-            params.append(query.severity)
-        if query.team:
-            where.append("team = ?")
-            params.append(query.team)
-        sql = _SELECT + (" WHERE " + " AND ".join(where) if where else "")
-        sql += " ORDER BY triggered_at DESC, id LIMIT ?"
-        return await self._select(sql, (*params, query.limit))
+        where, params = query_filters(query, lambda _n: "?")
+        sql = f"{_SELECT}{where} ORDER BY triggered_at DESC, id LIMIT ?"
+        return await self._select(sql, tuple(params))
 
     async def get_incident(self, incident_id: str) -> Incident | None:
         """One incident by id."""
