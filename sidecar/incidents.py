@@ -21,8 +21,10 @@ from collections import Counter
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from sys import intern
-from types import MappingProxyType
+from types import MappingProxyType, MemberDescriptorType
 from typing import TYPE_CHECKING, Any, Literal, Protocol
+
+import orjson
 
 from sidecar import sla
 from sidecar.alertmanager import Alert, Notification
@@ -136,6 +138,23 @@ class Incident:
     review_due_at: float | None = None
     review_done_at: float | None = None
     review_done_by: str | None = None
+    # The stored alerts document of an incident restored from the store, until
+    # ``alerts`` is first read (see ``__getattr__``).
+    alerts_doc: bytes | None = field(default=None, repr=False, compare=False)
+
+    if not TYPE_CHECKING:  # keeps mypy from taking every attribute as valid
+
+        def __getattr__(self, name: str) -> Any:
+            # Only reached for an unset slot. A restored incident leaves
+            # ``alerts`` unset and keeps its stored document: at start a hundred
+            # thousand incidents are restored, most are never touched before
+            # they resolve, and their alerts are most of what decoding them
+            # costs, in time and in memory. The first read decodes them.
+            if name != "alerts" or self.alerts_doc is None:
+                raise AttributeError(name)
+            self.alerts = decode_alerts(self.alerts_doc)
+            self.alerts_doc = None
+            return self.alerts
 
     @property
     def is_open(self) -> bool:
@@ -150,8 +169,19 @@ class Incident:
         """Alerts still firing."""
         return [a for a in self.alerts.values() if a.status == "firing"]
 
+    def alerts_json(self) -> bytes:
+        """The alerts as the JSON document stored beside the others."""
+        try:
+            # Unset means still as stored: write back the very bytes read.
+            alerts = _ALERTS_SLOT.__get__(self, Incident)
+        except AttributeError:
+            if self.alerts_doc is not None:
+                return self.alerts_doc
+            raise
+        return orjson.dumps([a.to_json() for a in alerts.values()])
+
     def data_json(self) -> dict[str, Any]:
-        """The fields stored as a JSON document beside the indexed columns."""
+        """The fields stored as a JSON document beside the indexed columns and the alerts."""
         return {
             "group_key": self.group_key,
             "receiver": self.receiver,
@@ -163,7 +193,6 @@ class Incident:
             "resolved_by": self.resolved_by,
             "resolve_source": self.resolve_source,
             "last_update_at": self.last_update_at,
-            "alerts": [a.to_json() for a in self.alerts.values()],
             "seq": self.seq,
             "paged_dedup_key": self.paged_dedup_key,
             "breaches": dict(self.breaches),
@@ -188,11 +217,16 @@ class Incident:
         data: Mapping[str, Any],
         review_due_at: float | None = None,
         review_done_at: float | None = None,
+        alerts_doc: bytes | None = None,
     ) -> Incident:
-        """Rebuild an incident from its stored columns and JSON document."""
-        alerts = [AlertState.from_json(a) for a in data.get("alerts", [])]
+        """Rebuild an incident from its stored columns and JSON documents.
+
+        ``alerts_doc`` is decoded when the alerts are first read. Rows written
+        before the alerts had their own column carry them in ``data``.
+        """
+        legacy = data.get("alerts")
         group_key = data.get("group_key", "")
-        return cls(
+        inc = cls(
             id=id,
             key=key,
             # In group mode the two are equal: hold one string, not two.
@@ -213,7 +247,7 @@ class Incident:
             resolved_by=data.get("resolved_by"),
             resolve_source=data.get("resolve_source"),
             last_update_at=data.get("last_update_at"),
-            alerts={a.fingerprint: a for a in alerts},
+            alerts=_decoded(legacy) if legacy is not None or alerts_doc is None else {},
             seq=data.get("seq", 0),
             paged_dedup_key=data.get("paged_dedup_key"),
             breaches=dict(data["breaches"]) if data.get("breaches") else NOTHING,
@@ -223,6 +257,24 @@ class Incident:
             review_done_at=review_done_at,
             review_done_by=data.get("review_done_by"),
         )
+        if legacy is None and alerts_doc is not None:
+            del inc.alerts  # decoded on first read
+            inc.alerts_doc = alerts_doc
+        return inc
+
+
+# The slot's own descriptor: reading through it never decodes.
+_ALERTS_SLOT: MemberDescriptorType = vars(Incident)["alerts"]
+
+
+def _decoded(alerts: Iterable[Mapping[str, Any]] | None) -> dict[str, AlertState]:
+    states = (AlertState.from_json(a) for a in alerts or ())
+    return {a.fingerprint: a for a in states}
+
+
+def decode_alerts(doc: bytes) -> dict[str, AlertState]:
+    """The alerts of an incident from their stored JSON document."""
+    return _decoded(orjson.loads(doc))
 
 
 @dataclass(frozen=True, slots=True)

@@ -8,7 +8,7 @@ import pytest
 
 from sidecar.alertmanager import Notification
 from sidecar.errors import IncidentNotFound
-from sidecar.incidents import IncidentBook
+from sidecar.incidents import Incident, IncidentBook
 from sidecar.rules import RuleSet, load_rules
 from tests.conftest import DATA
 from tests.payloads import alert, notification
@@ -209,6 +209,42 @@ def test_undo_restores_the_state_before_a_failed_commit(book: IncidentBook) -> N
     assert [c.incident.state for c in book.apply_notification(n(a1r, group_key="g"), T0 + 40)] == [
         "resolved"
     ]
+
+
+def test_a_restored_incident_decodes_its_alerts_when_touched_and_undoes_cleanly(
+    book: IncidentBook, rules: RuleSet
+) -> None:
+    a1 = alert("Err", fingerprint="00000000000000f1")
+    original = book.apply_notification(n(a1, group_key="g"), T0 + 10)[0].incident
+    restored = Incident.from_columns(**_columns(original))
+    assert restored.alerts_doc is not None
+    assert restored == original  # equality reads, and so decodes, the alerts
+    fresh = IncidentBook(rules)
+    fresh.restore([Incident.from_columns(**_columns(original))], [])
+    a1r = alert("Err", fingerprint="00000000000000f1", status="resolved", ends=T0 + 20)
+    change = fresh.apply_notification(n(a1r, group_key="g"), T0 + 30)[0]
+    assert change.incident.alerts["00000000000000f1"].status == "resolved"
+    fresh.undo(change)
+    back = fresh.get_open(original.id)
+    assert back is not None
+    assert back.alerts["00000000000000f1"].status == "firing"
+    assert back == original
+
+
+def _columns(inc: Incident) -> dict[str, Any]:
+    return {
+        "id": inc.id,
+        "key": inc.key,
+        "state": inc.state,
+        "severity": inc.severity,
+        "team": inc.team,
+        "started_at": inc.started_at,
+        "triggered_at": inc.triggered_at,
+        "acknowledged_at": inc.acknowledged_at,
+        "resolved_at": inc.resolved_at,
+        "data": inc.data_json(),
+        "alerts_doc": inc.alerts_json(),
+    }
 
 
 def test_undo_of_an_opening_forgets_the_incident(book: IncidentBook) -> None:

@@ -25,12 +25,13 @@ IncidentRow = tuple[
     bytes,
     float | None,
     float | None,
+    bytes,
 ]
 EventRow = tuple[str, int, float, str, str, str | None, str, bytes]
 
 INCIDENT_COLUMNS = (
     "id, key, state, severity, team, started_at, triggered_at, acknowledged_at, resolved_at, "
-    "updated_at, data, review_due_at, review_done_at"
+    "updated_at, data, review_due_at, review_done_at, alerts"
 )
 
 
@@ -50,6 +51,7 @@ def incident_row(inc: Incident, now: float) -> IncidentRow:
         orjson.dumps(inc.data_json()),
         inc.review_due_at,
         inc.review_done_at,
+        inc.alerts_json(),
     )
 
 
@@ -82,6 +84,7 @@ def incident_from_row(row: tuple[Any, ...]) -> Incident:
         data=orjson.loads(row[10]),
         review_due_at=row[11],
         review_done_at=row[12],
+        alerts_doc=row[13],
     )
 
 

@@ -122,16 +122,26 @@ MIGRATIONS: list[tuple[int, str, str]] = [
             WHERE review_due_at IS NOT NULL AND review_done_at IS NULL;
         """,
     ),
+    (
+        4,
+        "alerts in their own document",
+        # Restored incidents keep this document undecoded until first used
+        # (restart time). Earlier rows keep their alerts in data, still read.
+        """
+        ALTER TABLE incidents ADD COLUMN alerts json;
+        """,
+    ),
 ]
 
 _UPSERT = f"""
 INSERT INTO incidents ({INCIDENT_COLUMNS})
-VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)
+VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)
 ON CONFLICT (id) DO UPDATE SET
     state = excluded.state, severity = excluded.severity, team = excluded.team,
     started_at = excluded.started_at, acknowledged_at = excluded.acknowledged_at,
     resolved_at = excluded.resolved_at, updated_at = excluded.updated_at, data = excluded.data,
-    review_due_at = excluded.review_due_at, review_done_at = excluded.review_done_at
+    review_due_at = excluded.review_due_at, review_done_at = excluded.review_done_at,
+    alerts = excluded.alerts
 """  # noqa: S608 - a constant column list, no input
 _INSERT_EVENT = (
     "INSERT INTO events (incident_id, seq, at, kind, source, actor, message, data) "
