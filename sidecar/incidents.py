@@ -686,10 +686,7 @@ class IncidentBook:
         """
         inc = self._by_id.get(incident_id)
         if inc is not None:
-            pending = sla.pending_deadlines(inc, self.classifier.policy(inc.severity))
-            return min(
-                ((at, not kind.startswith(sla.ESCALATION)) for kind, at in pending), default=None
-            )
+            return sla.next_deadline(inc, self.classifier.policy(inc.severity))
         review = self._reviews.get(incident_id)
         if review is None or review.review_due_at is None or "postmortem" in review.breaches:
             return None

@@ -23,6 +23,7 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationErr
 from sidecar.durations import Duration
 from sidecar.errors import ConfigError, ConfigProblem
 from sidecar.matchers import Matcher, parse_matchers
+from sidecar.sla import Clocks
 from sidecar.yamlfile import format_loc, load_yaml, problems_from_validation
 
 _NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:-]*")
@@ -81,6 +82,11 @@ class SeverityPolicy(_Strict):
     pagerduty_severity: Literal["critical", "error", "warning", "info"]
     sla: SLA = SLA()
     escalation: list[EscalationStep] = []
+
+    @functools.cached_property
+    def clocks(self) -> Clocks:
+        """The SLA and escalation durations in seconds (see :class:`sidecar.sla.Clocks`)."""
+        return Clocks.of(self)
 
 
 class NumericCondition(_Strict):

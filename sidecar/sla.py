@@ -10,6 +10,7 @@ across restarts too. Escalation steps are due at their deadline, including
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -17,6 +18,41 @@ if TYPE_CHECKING:
     from sidecar.rules import SeverityPolicy
 
 ESCALATION = "escalation:"
+
+
+@dataclass(frozen=True, slots=True)
+class Clocks:
+    """A severity's SLA and escalation durations in seconds, worked out once per policy.
+
+    Every open incident's next deadline is computed at start and after each
+    change: a hundred thousand of them at start, where converting durations
+    and naming escalation kinds each time showed.
+    """
+
+    acknowledge: float | None
+    resolve: float | None
+    update: float | None
+    # (kind, tier, only while unacknowledged, seconds after triggered_at)
+    escalation: tuple[tuple[str, str, bool, float], ...]
+
+    @classmethod
+    def of(cls, policy: SeverityPolicy) -> Clocks:
+        """The clocks of ``policy``."""
+        sla = policy.sla
+        return cls(
+            acknowledge=None if sla.acknowledge is None else sla.acknowledge.total_seconds(),
+            resolve=None if sla.resolve is None else sla.resolve.total_seconds(),
+            update=None if sla.update is None else sla.update.total_seconds(),
+            escalation=tuple(
+                (
+                    ESCALATION + step.tier,
+                    step.tier,
+                    step.while_ == "unacknowledged",
+                    step.after.total_seconds(),
+                )
+                for step in policy.escalation
+            ),
+        )
 
 
 def update_gap_start(inc: Incident) -> float:
@@ -28,27 +64,33 @@ def pending_deadlines(inc: Incident, policy: SeverityPolicy) -> list[tuple[str, 
     """Deadlines still ahead of an open incident: SLA names and ``escalation:<tier>``."""
     if not inc.is_open:
         return []
-    sla = policy.sla
+    clocks = policy.clocks
+    triggered = inc.state == "triggered"
     out: list[tuple[str, float]] = []
-    if (
-        sla.acknowledge is not None
-        and inc.state == "triggered"
-        and "acknowledge" not in inc.breaches
-    ):
-        out.append(("acknowledge", inc.triggered_at + sla.acknowledge.total_seconds()))
-    if sla.resolve is not None and "resolve" not in inc.breaches:
-        out.append(("resolve", inc.started_at + sla.resolve.total_seconds()))
-    if sla.update is not None:
+    if clocks.acknowledge is not None and triggered and "acknowledge" not in inc.breaches:
+        out.append(("acknowledge", inc.triggered_at + clocks.acknowledge))
+    if clocks.resolve is not None and "resolve" not in inc.breaches:
+        out.append(("resolve", inc.started_at + clocks.resolve))
+    if clocks.update is not None:
         start = update_gap_start(inc)
         if inc.update_breached_gap != start:
-            out.append(("update", start + sla.update.total_seconds()))
-    for step in policy.escalation:
-        if step.tier in inc.escalated:
+            out.append(("update", start + clocks.update))
+    for kind, tier, while_unacknowledged, after in clocks.escalation:
+        if tier in inc.escalated or (while_unacknowledged and not triggered):
             continue
-        if step.while_ == "unacknowledged" and inc.state != "triggered":
-            continue
-        out.append((ESCALATION + step.tier, inc.triggered_at + step.after.total_seconds()))
+        out.append((kind, inc.triggered_at + after))
     return out
+
+
+def next_deadline(inc: Incident, policy: SeverityPolicy) -> tuple[float, bool] | None:
+    """The earliest pending deadline, and whether it is strict (an SLA's, see :func:`is_due`)."""
+    best: tuple[float, bool] | None = None
+    for kind, at in pending_deadlines(inc, policy):
+        # At one instant an escalation (not strict) comes before a breach.
+        candidate = (at, not kind.startswith(ESCALATION))
+        if best is None or candidate < best:
+            best = candidate
+    return best
 
 
 def is_due(kind: str, deadline: float, now: float) -> bool:
