@@ -13,6 +13,7 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, disable_created_metrics
 from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.metrics import MetricWrapperBase
 from prometheus_client.registry import Collector
 
 NAMESPACE = "incident_sla"
@@ -84,6 +85,7 @@ class Metrics:
         self.registry = registry
         self.severities = tuple(severities)
         self.teams = tuple(teams)
+        self._children: dict[tuple[int, tuple[str, ...]], Any] = {}
         buckets = buckets_with(sla_thresholds)
         self.incidents_total = Counter(
             "incidents_total",
@@ -160,6 +162,19 @@ class Metrics:
         for source in WEBHOOK_SOURCES:
             for code in WEBHOOK_CODES:
                 self.webhook_requests_total.labels(source, code)
+
+    def child(self, metric: MetricWrapperBase, *values: str) -> Any:
+        """``metric.labels(*values)``, memoised.
+
+        ``labels()`` takes a lock and checks its arguments on every call, which
+        showed on the webhook path; label values are bounded (see above), so
+        is this cache.
+        """
+        key = (id(metric), values)
+        found = self._children.get(key)
+        if found is None:
+            found = self._children[key] = metric.labels(*values)
+        return found
 
     def track_open_incidents(self, counts: Callable[[], Mapping[tuple[str, str], float]]) -> None:
         """Export ``open_incidents{severity,state}`` from the incident book's live counts."""

@@ -24,7 +24,9 @@ class ReplayCache:
     @staticmethod
     def digest(body: bytes) -> bytes:
         """A 128-bit fingerprint of a body."""
-        return hashlib.blake2b(body, digest_size=16).digest()
+        # SHA-256 rather than BLAKE2: OpenSSL's runs on the CPU's SHA
+        # instructions, more than twice as fast on a 25 KB body here.
+        return hashlib.sha256(body).digest()[:16]
 
     def seen(self, digest: bytes, now: float) -> bool:
         """True when this body was committed within ``ttl``."""

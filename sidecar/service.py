@@ -250,17 +250,19 @@ class IncidentService:
         m = self.metrics
         labels = (effect.severity, effect.team)
         if effect.kind == "opened":
-            m.incidents_total.labels(*labels).inc()
+            m.child(m.incidents_total, *labels).inc()
             if effect.seconds is not None:
-                m.time_to_detect.labels(*labels).observe(effect.seconds)
+                m.child(m.time_to_detect, *labels).observe(effect.seconds)
         elif effect.kind == "acknowledged":
-            m.time_to_acknowledge.labels(*labels).observe(effect.seconds or 0.0)
+            m.child(m.time_to_acknowledge, *labels).observe(effect.seconds or 0.0)
         elif effect.kind == "resolved":
-            m.time_to_resolve.labels(*labels).observe(effect.seconds or 0.0)
+            m.child(m.time_to_resolve, *labels).observe(effect.seconds or 0.0)
         elif effect.kind == "breach" and effect.detail is not None:
-            m.breaches_total.labels(*labels, effect.detail).inc()
+            m.child(m.breaches_total, *labels, effect.detail).inc()
         elif effect.kind == "escalated" and effect.detail is not None:
-            m.escalations_total.labels(effect.severity, effect.detail).inc()
+            m.child(m.escalations_total, effect.severity, effect.detail).inc()
+        if not log.isEnabledFor(logging.INFO):
+            return
         log.info(
             f"incident {effect.kind}",
             extra={

@@ -14,6 +14,7 @@ from sidecar.incidents import Incident, TimelineEvent
 from sidecar.postmortem import render_postmortem, sla_report
 from sidecar.rules import RuleSet
 from sidecar.store import IncidentQuery
+from sidecar.web.answers import json_answer
 from sidecar.web.auth import require_api_token
 from sidecar.web.keys import COMPONENTS
 
@@ -88,10 +89,6 @@ def event_view(ev: TimelineEvent) -> dict[str, Any]:
     }
 
 
-def _json(data: Any, status: int = 200) -> web.Response:
-    return web.Response(body=orjson.dumps(data), status=status, content_type="application/json")
-
-
 def _bad(reason: str) -> web.HTTPBadRequest:
     return web.HTTPBadRequest(reason=reason)
 
@@ -115,7 +112,7 @@ async def list_incidents(request: web.Request) -> web.Response:
         raise _bad(f"limit must be between 1 and {MAX_LIMIT}")
     found = await c.store.list_incidents(IncidentQuery(state, severity, team, limit))
     now = c.clock.now()
-    return _json({"incidents": [incident_view(i, c.rules, now) for i in found]})
+    return json_answer({"incidents": [incident_view(i, c.rules, now) for i in found]})
 
 
 async def _load(request: web.Request) -> Incident:
@@ -149,7 +146,7 @@ async def get_incident(request: web.Request) -> web.Response:
             for item in await c.store.outbox_for_incident(inc.id)
         ],
     }
-    return _json(view)
+    return json_answer(view)
 
 
 async def _actor(request: web.Request) -> tuple[str, str]:
@@ -199,7 +196,7 @@ async def _transition(request: web.Request, action: str) -> web.Response:
 
     await c.service.submit(command, ids=[incident_id])
     inc = await _load(request)
-    return _json(incident_view(inc, c.rules, c.clock.now()))
+    return json_answer(incident_view(inc, c.rules, c.clock.now()))
 
 
 async def acknowledge(request: web.Request) -> web.Response:
@@ -250,4 +247,4 @@ async def complete_postmortem(request: web.Request) -> web.Response:
         return [change] if change else []
 
     await c.service.submit(command, ids=[inc.id])
-    return _json(incident_view(await _load(request), c.rules, c.clock.now()))
+    return json_answer(incident_view(await _load(request), c.rules, c.clock.now()))

@@ -17,6 +17,7 @@ from aiohttp.web_protocol import RequestPayloadError
 from sidecar.errors import IncidentNotFound, InvalidTransition, StoreUnavailable
 from sidecar.runtime import Components
 from sidecar.web import api, ops, webhooks
+from sidecar.web.answers import json_answer
 from sidecar.web.keys import COMPONENTS
 
 log = logging.getLogger("sidecar.web")
@@ -28,11 +29,37 @@ WEBHOOK_SOURCES = {"/webhook/alertmanager": "alertmanager", "/webhook/pagerduty"
 
 
 def _error(status: int, reason: str) -> web.Response:
-    return web.json_response({"error": reason}, status=status)
+    return json_answer({"error": reason}, status=status)
 
 
 @web.middleware
-async def errors_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+async def answers_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Answer errors as JSON with a reason, and count every webhook answer.
+
+    One middleware, not two: each one is a layer every request goes through.
+    """
+    source = WEBHOOK_SOURCES.get(request.path)
+    try:
+        response = await _answer(request, handler)
+    except web.HTTPException as exc:
+        if source is not None:
+            _count(request, source, exc.status)
+        raise
+    except Exception:
+        if source is not None:
+            _count(request, source, 500)
+        raise
+    if source is not None:
+        _count(request, source, response.status)
+    return response
+
+
+def _count(request: web.Request, source: str, status: int) -> None:
+    metrics = request.app[COMPONENTS].metrics
+    metrics.child(metrics.webhook_requests_total, source, str(status)).inc()
+
+
+async def _answer(request: web.Request, handler: Handler) -> web.StreamResponse:
     """Turn domain errors and aiohttp's own HTTP errors into JSON answers."""
     try:
         return await handler(request)
@@ -54,26 +81,7 @@ async def errors_middleware(request: web.Request, handler: Handler) -> web.Strea
         text = exc.text or ""
         reason = text if text and not text.startswith(f"{exc.status}:") else exc.reason
         headers = {k: v for k, v in exc.headers.items() if k == "WWW-Authenticate"}
-        return web.json_response({"error": reason}, status=exc.status, headers=headers)
-
-
-@web.middleware
-async def count_webhooks(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Count every webhook answer by source and status code."""
-    source = WEBHOOK_SOURCES.get(request.path)
-    if source is None:
-        return await handler(request)
-    metrics = request.app[COMPONENTS].metrics
-    try:
-        response = await handler(request)
-    except web.HTTPException as exc:
-        metrics.webhook_requests_total.labels(source, str(exc.status)).inc()
-        raise
-    except Exception:
-        metrics.webhook_requests_total.labels(source, "500").inc()
-        raise
-    metrics.webhook_requests_total.labels(source, str(response.status)).inc()
-    return response
+        return json_answer({"error": reason}, status=exc.status, headers=headers)
 
 
 async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
@@ -99,7 +107,7 @@ def create_app(components: Components) -> web.Application:
     """Build the application around already-built components."""
     app = web.Application(
         client_max_size=components.config.settings.server.max_body_size,
-        middlewares=[count_webhooks, errors_middleware],
+        middlewares=[answers_middleware],
     )
     app[COMPONENTS] = components
     app.cleanup_ctx.append(_lifecycle)

@@ -8,6 +8,7 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from sidecar.errors import StoreUnavailable
+from sidecar.web.answers import json_answer
 from sidecar.web.keys import COMPONENTS
 
 
@@ -25,7 +26,7 @@ async def openapi(request: web.Request) -> web.Response:
 
 async def healthz(request: web.Request) -> web.Response:
     """``GET /healthz``: the process answers."""
-    return web.json_response({"status": "ok"})
+    return json_answer({"status": "ok"})
 
 
 async def readyz(request: web.Request) -> web.Response:
@@ -34,7 +35,7 @@ async def readyz(request: web.Request) -> web.Response:
     try:
         await c.store.ping()
     except StoreUnavailable as exc:
-        return web.json_response({"status": "unavailable", "error": str(exc)}, status=503)
+        return json_answer({"status": "unavailable", "error": str(exc)}, status=503)
     if not c.service.running:
-        return web.json_response({"status": "starting"}, status=503)
-    return web.json_response({"status": "ready", "open_incidents": len(c.book)})
+        return json_answer({"status": "starting"}, status=503)
+    return json_answer({"status": "ready", "open_incidents": len(c.book)})

@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import orjson
 from aiohttp import web
 
 from sidecar.alertmanager import InvalidPayload, parse_notification
 from sidecar.pagerduty.client import PagerDutyApiError
 from sidecar.pagerduty.webhooks import parse_webhook, verify_signature
+from sidecar.web.answers import encoded_answer, json_answer
 from sidecar.web.auth import require_webhook_token
 from sidecar.web.keys import COMPONENTS
+
+_UNCHANGED = orjson.dumps({"status": "ok", "changed": []})
 
 
 async def alertmanager(request: web.Request) -> web.Response:
@@ -19,11 +23,11 @@ async def alertmanager(request: web.Request) -> web.Response:
     digest = c.replays.digest(body)
     if c.replays.seen(digest, c.clock.now()):
         # Byte for byte a body already committed: applying it again changes nothing.
-        return web.json_response({"status": "ok", "changed": []})
+        return encoded_answer(_UNCHANGED)
     try:
         notification = parse_notification(body)
     except InvalidPayload as exc:
-        return web.json_response(
+        return json_answer(
             {"error": "invalid Alertmanager webhook payload", "reasons": exc.reasons}, status=400
         )
     changes = await c.service.submit(
@@ -31,7 +35,7 @@ async def alertmanager(request: web.Request) -> web.Response:
         keys=c.book.keys_of(notification),
     )
     c.replays.add(digest, c.clock.now())
-    return web.json_response(
+    return json_answer(
         {
             "status": "ok",
             "changed": [
@@ -55,26 +59,26 @@ async def pagerduty(request: web.Request) -> web.Response:
     try:
         event = parse_webhook(body)
     except ValueError as exc:
-        return web.json_response({"error": f"invalid PagerDuty webhook: {exc}"}, status=400)
+        return json_answer({"error": f"invalid PagerDuty webhook: {exc}"}, status=400)
     inbound = c.inbound
     delivery_id = request.headers.get("X-Webhook-Id") or event.event_id
     if inbound.seen(delivery_id):
-        return web.json_response({"status": "duplicate", "delivery": delivery_id})
+        return json_answer({"status": "duplicate", "delivery": delivery_id})
     try:
         incident = await inbound.find_incident(event)
     except PagerDutyApiError as exc:
         # PagerDuty retries a delivery that fails; the lookup may work then.
-        return web.json_response({"error": f"PagerDuty REST lookup failed: {exc}"}, status=503)
+        return json_answer({"error": f"PagerDuty REST lookup failed: {exc}"}, status=503)
     now = c.clock.now()
     delivery = ((delivery_id, "pagerduty", now),)
     if incident is None:
         await c.service.submit(lambda _now: [], deliveries=delivery)
         inbound.remember(delivery_id)
-        return web.json_response({"status": "ignored", "reason": "no matching incident"})
+        return json_answer({"status": "ignored", "reason": "no matching incident"})
     command = inbound.command(event, incident)
     changes = await c.service.submit(command, ids=[incident.id], deliveries=delivery)
     inbound.remember(delivery_id)
-    return web.json_response(
+    return json_answer(
         {
             "status": "ok",
             "incident_id": incident.id,
