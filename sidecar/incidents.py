@@ -343,7 +343,7 @@ def interned(labels: Mapping[str, str]) -> dict[str, str]:
     values (alertname, service, job...): one string each instead of one per
     incident is most of what an open incident costs in memory.
     """
-    return {intern(k): intern(v) for k, v in labels.items()}
+    return dict(zip(map(intern, labels.keys()), map(intern, labels.values()), strict=True))
 
 
 def new_incident_id() -> str:

@@ -230,15 +230,19 @@ class RuleSet:
 
     def classify(self, labels: Mapping[str, str], annotations: Mapping[str, str]) -> Classification:
         """Severity and team of an alert with these labels and annotations."""
+        # map() over dict.get: this runs for every alert of every new notification.
         return self._classify_cached(
-            tuple(labels.get(k, "") for k in self._label_keys),
-            tuple(annotations.get(k) for k in self._annotation_keys),
+            tuple(map(labels.get, self._label_keys)),
+            tuple(map(annotations.get, self._annotation_keys)),
         )
 
     def _classify_key(
-        self, label_values: tuple[str, ...], annotation_values: tuple[str | None, ...]
+        self, label_values: tuple[str | None, ...], annotation_values: tuple[str | None, ...]
     ) -> Classification:
-        labels = dict(zip(self._label_keys, label_values, strict=True))
+        # A missing label reads as the empty string, as in Prometheus.
+        labels = {
+            k: "" if v is None else v for k, v in zip(self._label_keys, label_values, strict=True)
+        }
         annotations = {
             k: v
             for k, v in zip(self._annotation_keys, annotation_values, strict=True)
