@@ -410,6 +410,7 @@ INVALID_VALUES: list[tuple[str, dict[str, Any], str]] = [
     ("bad anti-affinity preset", {"podAntiAffinityPreset": "medium"}, "podAntiAffinityPreset"),
     ("RollingUpdate on SQLite", {"strategy": {"type": "RollingUpdate"}}, "anyOf"),
     ("unknown strategy type", {"strategy": {"type": "BlueGreen"}}, "type"),
+    ("bad silence poll interval", {"config": {"alertmanager": {"poll_interval": "soon"}}}, "poll"),
 ]
 
 
@@ -766,6 +767,27 @@ def test_custom_rules_go_next_to_the_config(chart: helm.Chart) -> None:
     data = one(objects(render(chart, values)), "ConfigMap")["data"]
     assert yaml.safe_load(data["config.yaml"])["rules"] == {"file": "rules.yaml"}
     assert yaml.safe_load(data["rules.yaml"]) == values["rules"]["custom"]
+
+
+def test_silence_settings_reach_the_config(chart: helm.Chart) -> None:
+    """The alertmanager section passes through; an empty comment prefix means every silence."""
+    values = load_values(CHART_DIR / "ci/kube-prometheus-stack-values.yaml")
+    data = one(objects(render(chart, values)), "ConfigMap", "-sidecar")["data"]
+    assert yaml.safe_load(data["config.yaml"])["alertmanager"] == {
+        "url": "http://kube-prometheus-stack-alertmanager:9093",
+        "silences_acknowledge": True,
+        "silence_comment_prefix": "ack:",
+        "poll_interval": "30s",
+    }
+    plain = {"config": {"alertmanager": {"url": "http://alertmanager:9093"}}}
+    data = one(objects(render(chart, plain)), "ConfigMap")["data"]
+    assert yaml.safe_load(data["config.yaml"])["alertmanager"] == {
+        "url": "http://alertmanager:9093",
+        "silences_acknowledge": True,
+        "poll_interval": "15s",
+    }
+    data = one(objects(render(chart, {})), "ConfigMap")["data"]
+    assert "alertmanager" not in yaml.safe_load(data["config.yaml"])
 
 
 def test_presets_offered_exist_in_the_repository(chart: helm.Chart) -> None:

@@ -120,6 +120,8 @@ The sidecar's config.yaml: the user's `config` with the keys the chart owns fill
 {{- $am := get $cfg "alertmanager" | default dict }}
 {{- if not (get $am "url") }}
 {{- $_ := unset $cfg "alertmanager" }}
+{{- else if not (get $am "silence_comment_prefix") }}
+{{- $_ := unset $am "silence_comment_prefix" }}
 {{- end }}
 {{- if not (get $server "external_url") }}
 {{- $_ := unset $server "external_url" }}
