@@ -36,6 +36,9 @@ class ReplayCache:
         if now - at > self.ttl:
             del self._seen[digest]
             return False
+        # Least recently seen goes first: the bodies Alertmanager keeps resending
+        # stay while a stream of one-off ones passes through.
+        self._seen.move_to_end(digest)
         return True
 
     def add(self, digest: bytes, now: float) -> None:
