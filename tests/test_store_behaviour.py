@@ -381,6 +381,19 @@ async def test_upsert_updates_the_row(store: Store) -> None:
     assert [e.seq for e in await store.timeline("u")] == [1, 2]
 
 
+async def test_a_large_batch_writes_every_row(store: Store) -> None:
+    # More rows than one multi-row statement takes, and not a multiple of it.
+    incs = [incident(f"big{n:03}", triggered_at=T0 + n) for n in range(70)]
+    write = WriteBatch()
+    for inc in incs:
+        write.incidents.append(incident_row(inc, T0))
+        write.events.extend(event_row(e) for e in events(inc, 1, 2))
+    await store.write(write)
+    loaded = {i.id: i for i in await store.load_open()}
+    assert loaded == {i.id: i for i in incs}
+    assert [len(await store.timeline(i.id)) for i in incs] == [2] * 70
+
+
 async def test_a_replayed_event_is_not_appended_twice(store: Store) -> None:
     inc = incident("e")
     await store.write(batch(inc, evs=events(inc, 1)))
