@@ -146,11 +146,6 @@ def serve(path: Path) -> int:
         print("refusing to start: fix the problems above", file=sys.stderr)
         return 1
     setup_logging(config.settings.logging.level, config.settings.logging.format)
-    # The store's thread gives the GIL up around each SQLite step and, while the
-    # event loop is busy, waits up to this interval to get it back: at the
-    # default 5 ms a commit under load took tens of milliseconds, holding every
-    # webhook of its batch (and its connection) that long.
-    sys.setswitchinterval(0.0005)
     runner = asyncio.run
     with contextlib.suppress(ImportError):
         import uvloop  # an optional extra: a faster event loop when installed
