@@ -1,9 +1,9 @@
-"""Turns benchmark results into ``latest.json``, a Markdown table and, optionally, a plot."""
+"""Turns benchmark results into ``latest.json`` and a Markdown report with tables and charts."""
 
 from __future__ import annotations
 
-import contextlib
 import json
+import math
 import re
 from collections import Counter
 from pathlib import Path
@@ -267,6 +267,7 @@ def markdown(r: dict[str, Any]) -> str:
                     f"{_fmt_spread(v['rps'])} | {v['rps']['median'] * alerts:,.0f} | "
                     f"{v['errors']:.0f} | {other} |"
                 )
+        out += charts(r)
         profiles = [(b, c["profile"]) for b, c in ingest.items() if c.get("profile")]
         for body, prof in profiles:
             out += [
@@ -305,40 +306,40 @@ def _load(v: Any) -> str:
     return "/".join(f"{x:.2f}" for x in v) if v else "?"
 
 
-def draw_plot(r: dict[str, Any], path: Path) -> bool:
-    """Bar chart of ingest throughput per server and body; False when matplotlib is missing."""
-    try:
-        import matplotlib
+def charts(r: dict[str, Any]) -> list[str]:
+    """Ingest throughput per server as Mermaid bar charts, with the half-bare target as a line.
 
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        return False
-    ingest = r.get("ingest")
-    if not ingest:
-        return False
-    fig, axes = plt.subplots(1, len(ingest), figsize=(6 * len(ingest), 4))
-    for ax, (body, cell) in zip(axes if len(ingest) > 1 else [axes], ingest.items(), strict=True):
+    Mermaid, not an image: GitHub draws it in the README and ``latest.md``, and
+    it needs no plotting library and no binary file in the repository.
+    """
+    out: list[str] = []
+    for body, cell in (r.get("ingest") or {}).items():
         names = [
             k for k, v in cell.items() if isinstance(v, dict) and isinstance(v.get("rps"), dict)
         ]
+        if not names:
+            continue
         med = [cell[k]["rps"]["median"] for k in names]
-        err = [
-            [m - cell[k]["rps"]["min"] for k, m in zip(names, med, strict=True)],
-            [cell[k]["rps"]["max"] - m for k, m in zip(names, med, strict=True)],
+        top = max(med)
+        half = cell["bare aiohttp"]["rps"]["median"] / 2 if "bare aiohttp" in cell else None
+        labels = ", ".join(f'"{n.replace("(", "").replace(")", "")}"' for n in names)
+        out += [
+            "",
+            "```mermaid",
+            "xychart-beta",
+            f'    title "{body} notifications: requests/s, median of the runs"',
+            f"    x-axis [{labels}]",
+            f'    y-axis "requests/s" 0 --> {math.ceil(top * 1.1 / 1000) * 1000}',
+            f"    bar [{', '.join(f'{m:.0f}' for m in med)}]",
         ]
-        ax.bar(range(len(names)), med, yerr=err)
-        ax.set_xticks(range(len(names)), [n.replace(" (", "\n(") for n in names], fontsize=8)
-        ax.set_title(f"{body} notifications")
-        ax.set_ylabel("requests/s")
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return True
+        if half is not None:  # the target: half of the bare handler
+            out.append(f"    line [{', '.join(f'{half:.0f}' for _ in names)}]")
+        out.append("```")
+    return out
 
 
-def write(r: dict[str, Any], out: Path, *, plot: bool = True, name: str | None = None) -> None:
-    """``latest.json``, ``latest.md`` and (if possible) ``latest.png`` in ``out``.
+def write(r: dict[str, Any], out: Path, *, name: str | None = None) -> None:
+    """``latest.json`` and ``latest.md`` in ``out``.
 
     With ``name``, also ``<name>.json`` and ``<name>.md``, so a quick run does not
     hide the last full one.
@@ -351,8 +352,3 @@ def write(r: dict[str, Any], out: Path, *, plot: bool = True, name: str | None =
     for stem in ["latest"] + ([name] if name else []):
         (out / f"{stem}.json").write_text(text)
         (out / f"{stem}.md").write_text(md)
-    png = out / "latest.png"
-    with contextlib.suppress(OSError):
-        png.unlink()  # a stale plot would not match the table
-    if plot:
-        draw_plot(r, png)

@@ -2,8 +2,8 @@
 
 ``python bench/run.py [--quick] [--no-profile] [--self-test]`` runs every step,
 each of which starts its own processes and stops them, and writes
-``bench/results/latest.md``, ``latest.json`` and, when matplotlib is importable,
-``latest.png``. The server under test runs on CPU 0, wrk on CPU 1.
+``bench/results/latest.md`` (tables and charts) and ``latest.json``. The server
+under test runs on CPU 0, wrk on CPU 1.
 """
 
 from __future__ import annotations
@@ -537,7 +537,7 @@ def self_test(out: Path) -> dict[str, Any]:
         run = Run(SELF_TEST, Path(tmp))
         run.results["machine"] = machine(["--self-test"])
         step_scale(run)
-        report.write(run.results, out, plot=False)
+        report.write(run.results, out)
     return run.results
 
 
@@ -587,7 +587,7 @@ def main(argv: list[str] | None = None) -> int:
         run.results["machine"]["loadavg_end"] = os.getloadavg()
         run.results["machine"]["seconds"] = time.monotonic() - started
         run.results["notes"] = run.notes
-        report.write(run.results, args.out, plot=True, name=plan.name)
+        report.write(run.results, args.out, name=plan.name)
     run.log(f"wrote {args.out / 'latest.md'}")
     return 0
 

@@ -64,6 +64,22 @@ def test_verdicts_compare_against_the_baselines_of_the_same_run() -> None:
     assert row["pass"] is True
 
 
+def test_charts_draw_each_server_and_the_half_bare_target() -> None:
+    spread = {"median": 0.0, "min": 0.0, "max": 0.0}
+    cell = {
+        "bare aiohttp": {"rps": {**spread, "median": 1000.0}, "errors": 0},
+        "sidecar (every request opens)": {"rps": {**spread, "median": 120.4}, "errors": 0},
+        "latency": {"p99_us": 1.0},
+    }
+    lines = report.charts({"ingest": {"1-alert": cell}})
+    assert lines[1:3] == ["```mermaid", "xychart-beta"]
+    assert '    x-axis ["bare aiohttp", "sidecar every request opens"]' in lines
+    assert "    bar [1000, 120]" in lines
+    assert "    line [500, 500]" in lines
+    assert '    y-axis "requests/s" 0 --> 2000' in lines
+    assert lines[-1] == "```"
+
+
 def test_self_test_runs_the_sidecar_and_writes_the_report(tmp_path: Path) -> None:
     out = subprocess.run(
         [sys.executable, str(REPO / "bench" / "run.py"), "--self-test", "--out", str(tmp_path)],
