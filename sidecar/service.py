@@ -148,23 +148,12 @@ class IncidentService:
 
     async def _loop(self) -> None:
         while True:
-            batch = self._more([await self._queue.get()])
+            batch = [await self._queue.get()]
+            while len(batch) < self.max_batch and not self._queue.empty():
+                batch.append(self._queue.get_nowait())
             # Shielded: stopping the loop must not abandon a commit and its callers.
-            self._inflight = asyncio.ensure_future(self._commit_all(batch))
+            self._inflight = asyncio.ensure_future(self._commit(batch))
             await asyncio.shield(self._inflight)
-
-    def _more(self, batch: list[_Pending]) -> list[_Pending]:
-        while len(batch) < self.max_batch and not self._queue.empty():
-            batch.append(self._queue.get_nowait())
-        return batch
-
-    async def _commit_all(self, batch: list[_Pending]) -> None:
-        # What queued during a commit is committed next, in this task: handing
-        # it back to the loop task first costs two trips through the event loop,
-        # which under load is milliseconds every webhook of the batch waits.
-        while batch:
-            await self._commit(batch)
-            batch = self._more([])
 
     async def _commit(self, batch: list[_Pending]) -> None:
         now = self.clock.now()
