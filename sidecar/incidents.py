@@ -36,8 +36,6 @@ if TYPE_CHECKING:
 NOTHING: Mapping[str, float] = MappingProxyType({})
 
 State = Literal["triggered", "acknowledged", "resolved"]
-OPEN_STATES: tuple[State, ...] = ("triggered", "acknowledged")
-Source = Literal["alertmanager", "api", "pagerduty", "silence", "sidecar"]
 
 
 class ClassificationLike(Protocol):
@@ -247,7 +245,7 @@ class Incident:
             resolved_by=data.get("resolved_by"),
             resolve_source=data.get("resolve_source"),
             last_update_at=data.get("last_update_at"),
-            alerts=_decoded(legacy) if legacy is not None or alerts_doc is None else {},
+            alerts=_decoded(legacy),
             seq=data.get("seq", 0),
             paged_dedup_key=data.get("paged_dedup_key"),
             breaches=dict(data["breaches"]) if data.get("breaches") else NOTHING,
@@ -321,7 +319,6 @@ class _Undo:
 
 @dataclass(frozen=True, slots=True)
 class _Closed:
-    incident_id: str
     instances: frozenset[tuple[str, float]]
     closed_at: float
 
@@ -395,7 +392,7 @@ class IncidentBook:
         """Load state from the store at start."""
         for inc in closed:
             if inc.resolved_at is not None:
-                self._closed[inc.key] = _Closed(inc.id, inc.instances(), inc.resolved_at)
+                self._closed[inc.key] = _Closed(inc.instances(), inc.resolved_at)
         for inc in open_incidents:
             self._index(inc)
         for inc in reviews:
@@ -440,7 +437,7 @@ class IncidentBook:
             self._reviews.pop(incident_id, None)
         for inc in recently_closed:
             if inc.resolved_at is not None:
-                self._closed[inc.key] = _Closed(inc.id, inc.instances(), inc.resolved_at)
+                self._closed[inc.key] = _Closed(inc.instances(), inc.resolved_at)
         for inc in incidents:
             current = self._open.get(inc.key)
             if inc.is_open and current is not None and current.id != inc.id:
@@ -496,7 +493,7 @@ class IncidentBook:
             self._index(inc)
             return
         if inc.resolved_at is not None:
-            self._closed[inc.key] = _Closed(inc.id, inc.instances(), inc.resolved_at)
+            self._closed[inc.key] = _Closed(inc.instances(), inc.resolved_at)
         if inc.review_due_at is not None and inc.review_done_at is None:
             self._reviews[inc.id] = inc
         else:
@@ -968,12 +965,13 @@ class IncidentBook:
                     )
                 )
         if group_resolved and (self.key_mode == "alert" or not firing or n.status == "resolved"):
+            ends = _ends(inc, now)
             for st in firing:
                 # Alertmanager says the whole group resolved; alerts we track but
                 # that were truncated out of this payload resolved with it.
                 st.status = "resolved"
-                st.ends_at = st.ends_at or _ends(inc, now)
-            events += self._close(inc, _ends(inc, now), "alertmanager", None, "all alerts resolved")
+                st.ends_at = st.ends_at or ends
+            events += self._close(inc, ends, "alertmanager", None, "all alerts resolved")
             effects.append(self._resolved_effect(inc, "alertmanager", None))
         if inc.is_open and events:
             self._settle(inc, now, events, effects)

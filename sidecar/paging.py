@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any
 
 import orjson
 
@@ -26,7 +26,6 @@ from sidecar.pagerduty.events import (
     dedup_key_for_alert,
     dedup_key_for_group,
 )
-from sidecar.rules import RuleSet
 
 
 def tier_dedup_key(dedup_key: str, tier: str) -> str:
@@ -61,17 +60,15 @@ class Pager:
 
     def __init__(
         self,
-        rules: RuleSet,
         book: IncidentBook,
         *,
         routing_names: set[str],
-        key_mode: Literal["group", "alert"] = "group",
         external_url: str | None = None,
     ) -> None:
-        self.rules = rules
+        # Rules and key mode are the book's: a SIGHUP reload swaps the book's
+        # rules, and paging must follow the same ones.
         self.book = book
         self.routing_names = routing_names
-        self.key_mode = key_mode
         self.external_url = external_url.rstrip("/") if external_url else None
 
     @property
@@ -81,7 +78,7 @@ class Pager:
 
     def dedup_key(self, inc: Incident) -> str:
         """The dedup key of an incident: sha256(groupKey), as Alertmanager's own integration."""
-        if self.key_mode == "alert":
+        if self.book.key_mode == "alert":
             return dedup_key_for_alert(inc.group_key, inc.key)
         return dedup_key_for_group(inc.group_key)
 
@@ -143,7 +140,7 @@ class Pager:
         if inc.paged_dedup_key is None:
             inc.paged_dedup_key = self.dedup_key(inc)
         dedup = tier_dedup_key(inc.paged_dedup_key, tier)
-        policy = self.rules.policy(inc.severity)
+        policy = self.book.classifier.policy(inc.severity)
         body = build_trigger(
             inc,
             pagerduty_severity=policy.pagerduty_severity,
@@ -169,7 +166,7 @@ class Pager:
 
     def _trigger(self, change: Change, now: float, *, reason: str) -> list[OutboxEvent]:
         inc = change.incident
-        policy = self.rules.policy(inc.severity)
+        policy = self.book.classifier.policy(inc.severity)
         if policy.paging == "none":
             return []
         if policy.paging == "ticket":

@@ -107,10 +107,8 @@ def build_components(
     _check_routing(config, rules)
     pd = s.pagerduty
     pager = Pager(
-        rules,
         book,
         routing_names=set(config.secrets.routing_keys),
-        key_mode=s.incidents.key,
         external_url=s.server.external_url,
     )
     service = IncidentService(book, store, metrics, clock, max_batch=s.store.max_batch, pager=pager)

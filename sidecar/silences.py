@@ -121,12 +121,16 @@ class SilenceWatcher:
 
     async def apply(self, alerts: list[GettableAlert], silences: dict[str, GettableSilence]) -> int:
         """Decide on what Alertmanager reported (separate from I/O, for tests)."""
+        if not self._silenced and not any(a.status.silenced_by for a in alerts):
+            # Nothing silenced now or at the last look: no incident can change,
+            # and reading every open incident's alerts would decode them all.
+            return 0
         now = self.clock.now()
         listed = {a.fingerprint: a for a in alerts}
         commands = []
         touched: list[str] = []
         seen_silenced: set[str] = set()
-        for inc in list(self.book.open_incidents()):
+        for inc in self.book.open_incidents():
             firing = inc.firing()
             if not firing:
                 continue

@@ -41,10 +41,6 @@ class YamlDocument:
                 return None
             key = key[:-1]
 
-    def problems(self, error: ValidationError, prefix: Loc = ()) -> list[ConfigProblem]:
-        """Convert a pydantic error into one problem per failing location."""
-        return problems_from_validation(error, str(self.path), self.position, prefix)
-
 
 def problems_from_validation(
     error: ValidationError,
@@ -123,9 +119,8 @@ def _collect_marks(node: yaml.Node, loc: Loc, marks: dict[Loc, tuple[int, int]])
     if isinstance(node, yaml.MappingNode):
         for key_node, value_node in node.value:
             key = key_node.value if isinstance(key_node, yaml.ScalarNode) else str(key_node)
-            # The key's own position is the most useful place to point at.
-            marks[(*loc, key)] = (key_node.start_mark.line + 1, key_node.start_mark.column + 1)
             _collect_marks(value_node, (*loc, key), marks)
+            # The key's own position is the most useful place to point at.
             marks[(*loc, key)] = (key_node.start_mark.line + 1, key_node.start_mark.column + 1)
     elif isinstance(node, yaml.SequenceNode):
         for index, item in enumerate(node.value):

@@ -11,7 +11,6 @@ and schema, and never a 5xx. Examples are bounded and derandomized.
 from __future__ import annotations
 
 import asyncio
-import os
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -30,6 +29,7 @@ from sidecar.web import create_app
 from tests.conftest import API_TOKEN, WEBHOOK_TOKEN, write_config
 from tests.fakes.pagerduty import signature_header
 from tests.payloads import alert, body, notification
+from tests.support.binaries import in_ci
 
 try:
     import schemathesis
@@ -40,7 +40,7 @@ try:
         status_code_conformance,
     )
 except ImportError:  # a dev dependency: required in CI, optional on a laptop
-    if os.environ.get("CI") == "true":
+    if in_ci():
         pytest.fail("schemathesis (dev extras) is not installed", pytrace=False)
     pytest.skip("schemathesis is not installed", allow_module_level=True)
 

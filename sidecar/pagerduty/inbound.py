@@ -9,7 +9,6 @@ dedup keys.
 
 from __future__ import annotations
 
-import logging
 from collections import OrderedDict
 from collections.abc import Callable
 
@@ -19,8 +18,6 @@ from sidecar.incidents import Change, Incident, IncidentBook
 from sidecar.pagerduty.client import RestClient
 from sidecar.pagerduty.webhooks import WebhookEvent
 from sidecar.store.base import Store
-
-log = logging.getLogger("sidecar.pagerduty")
 
 SOURCE = "pagerduty"
 DELIVERY_MEMORY = 100_000  # ids remembered in memory; older ones are still in the store

@@ -169,6 +169,11 @@ class IncidentQuery:
     limit: int = 100
 
 
+# Predicates both stores share, in SQL both dialects read the same way.
+OPEN = "state <> 'resolved'"
+REVIEW_PENDING = "review_due_at IS NOT NULL AND review_done_at IS NULL AND state = 'resolved'"
+
+
 def query_filters(query: IncidentQuery, placeholder: Callable[[int], str]) -> tuple[str, list[Any]]:
     """The WHERE clause (or "") and its parameters for ``query``, in either SQL dialect.
 
@@ -178,7 +183,7 @@ def query_filters(query: IncidentQuery, placeholder: Callable[[int], str]) -> tu
     where: list[str] = []
     params: list[Any] = []
     if query.state == "open":
-        where.append("state <> 'resolved'")
+        where.append(OPEN)
     for column, value in (
         ("state", None if query.state == "open" else query.state),
         ("severity", query.severity),

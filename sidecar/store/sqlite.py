@@ -21,6 +21,8 @@ from sidecar.errors import StoreUnavailable
 from sidecar.incidents import Incident, TimelineEvent
 from sidecar.store.base import (
     INCIDENT_COLUMNS,
+    OPEN,
+    REVIEW_PENDING,
     IncidentQuery,
     LockedState,
     OutboxItem,
@@ -296,14 +298,11 @@ class SQLiteStore:
 
     async def load_open(self) -> list[Incident]:
         """Every open incident."""
-        return await self._select(f"{_SELECT} WHERE state != 'resolved'")
+        return await self._select(f"{_SELECT} WHERE {OPEN}")
 
     async def load_pending_reviews(self) -> list[Incident]:
         """Resolved incidents whose post-incident review is not done."""
-        return await self._select(
-            f"{_SELECT} WHERE review_due_at IS NOT NULL AND review_done_at IS NULL "
-            "AND state = 'resolved'"
-        )
+        return await self._select(f"{_SELECT} WHERE {REVIEW_PENDING}")
 
     async def load_closed_since(self, since: float) -> list[Incident]:
         """Latest resolved incident per key resolved after ``since``."""

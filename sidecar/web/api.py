@@ -170,11 +170,9 @@ async def _transition(request: web.Request, action: str) -> web.Response:
     c = request.app[COMPONENTS]
     require_api_token(request)
     actor, message = await _actor(request)
-    incident_id = request.match_info["id"]
     # With replicas, another one may have opened it: the store knows.
-    known = c.book.get_open(incident_id) or await c.store.get_incident(incident_id)
-    if known is None:
-        raise IncidentNotFound(incident_id)
+    known = await _load(request)
+    incident_id = known.id
     if not known.is_open:
         raise InvalidTransition(f"incident {incident_id} is {known.state}; cannot {action} it")
 

@@ -39,24 +39,19 @@ async def answers_middleware(request: web.Request, handler: Handler) -> web.Stre
     One middleware, not two: each one is a layer every request goes through.
     """
     source = WEBHOOK_SOURCES.get(request.path)
+    if source is None:
+        return await _answer(request, handler)
+    status = 500  # unless an answer or an HTTP error says otherwise
     try:
         response = await _answer(request, handler)
+        status = response.status
+        return response
     except web.HTTPException as exc:
-        if source is not None:
-            _count(request, source, exc.status)
+        status = exc.status
         raise
-    except Exception:
-        if source is not None:
-            _count(request, source, 500)
-        raise
-    if source is not None:
-        _count(request, source, response.status)
-    return response
-
-
-def _count(request: web.Request, source: str, status: int) -> None:
-    metrics = request.app[COMPONENTS].metrics
-    metrics.child(metrics.webhook_requests_total, source, str(status)).inc()
+    finally:
+        metrics = request.app[COMPONENTS].metrics
+        metrics.child(metrics.webhook_requests_total, source, str(status)).inc()
 
 
 async def _answer(request: web.Request, handler: Handler) -> web.StreamResponse:
