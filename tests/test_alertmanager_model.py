@@ -279,6 +279,14 @@ _DELETE = object()
         (_with(("alerts", 0, "startsAt"), "yesterday"), "alerts.0.startsAt"),
         (_with(("alerts", 0, "startsAt"), "0001-01-01T00:00:00Z"), "startsAt must be set"),
         (_with(("alerts", 1, "endsAt"), "soon"), "alerts.1.endsAt"),
+        (
+            _with(("alerts", 1, "endsAt"), "1969-12-31T23:00:00Z"),
+            "alerts.1.endsAt: endsAt must be between 1970 and 9999",
+        ),
+        (
+            _with(("alerts", 0, "startsAt"), "1970-01-01T00:30:00+01:00"),
+            "alerts.0.startsAt: startsAt must be between 1970 and 9999",
+        ),
         (_with(("alerts", 0, "fingerprint"), _DELETE), "alerts.0.fingerprint: Field required"),
         (_with(("alerts", 0, "fingerprint"), "not-hex!"), "alerts.0.fingerprint"),
         (_with(("alerts", 0, "fingerprint"), "0123456789abcdef0"), "alerts.0.fingerprint"),
@@ -305,6 +313,18 @@ def test_every_problem_of_a_payload_is_reported() -> None:
     joined = "\n".join(err.value.reasons)
     for where in ("version", "status", "alerts.0.fingerprint", "alerts.1.startsAt"):
         assert where in joined
+
+
+def test_every_bad_time_is_reported_with_its_alert() -> None:
+    payload = real()
+    payload["alerts"][0]["startsAt"] = "0001-01-01T00:00:00Z"
+    payload["alerts"][1]["endsAt"] = "9999-12-31T23:59:59-23:59"
+    with pytest.raises(InvalidPayload) as err:
+        parse_notification(encode(payload))
+    assert err.value.reasons == [
+        "alerts.0.startsAt: startsAt must be set",
+        "alerts.1.endsAt: endsAt is out of range",
+    ]
 
 
 def test_reasons_use_the_wire_names_not_python_names() -> None:
