@@ -343,9 +343,32 @@ def interned(labels: Mapping[str, str]) -> dict[str, str]:
     return dict(zip(map(intern, labels.keys()), map(intern, labels.values()), strict=True))
 
 
-def new_incident_id() -> str:
-    """A random, URL-safe incident id."""
-    return secrets.token_hex(8)
+class _IdSource:
+    """Incident ids that sort by creation time and never repeat.
+
+    Twelve hex digits of the creation time in milliseconds, then eight of a
+    counter that starts at a random value in each process. Ids made one
+    after the other land next to each other in the store's indexes (the
+    incidents' primary key, the timeline's), where random ids put every new
+    row on a page of its own. The counter keeps ids unique within a process
+    whatever the clock does; its random start keeps replicas, and restarts
+    after the clock was set back, apart.
+    """
+
+    def __init__(self) -> None:
+        self._count = secrets.randbits(32)
+
+    def next(self, now: float) -> str:
+        self._count = (self._count + 1) & 0xFFFF_FFFF
+        return f"{int(now * 1000) & 0xFFFF_FFFF_FFFF:012x}{self._count:08x}"
+
+
+_IDS = _IdSource()
+
+
+def new_incident_id(now: float) -> str:
+    """A new URL-safe incident id, ordered by ``now`` (epoch seconds)."""
+    return _IDS.next(now)
 
 
 class IncidentBook:
@@ -844,7 +867,7 @@ class IncidentBook:
         top = self._top(states.values(), firing_only=bool(firing))
         cls = self.classifier.classify(top.labels, _annotations(alerts, top.fingerprint))
         inc = Incident(
-            id=new_incident_id(),
+            id=new_incident_id(now),
             key=key,
             group_key=n.group_key,
             receiver=intern(n.receiver),

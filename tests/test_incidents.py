@@ -276,3 +276,15 @@ def test_expired_closed_incidents_are_forgotten(rules: RuleSet) -> None:
     book.apply_notification(n(alert(status="resolved", ends=T0 + 20)), T0 + 30)
     assert book.expire_closed(T0 + 500) == 1
     assert book.expire_closed(T0 + 500) == 0
+
+
+def test_incident_ids_sort_by_creation_time_and_never_repeat() -> None:
+    from sidecar.incidents import new_incident_id
+
+    times = [1_700_000_000.0 + i * 0.0005 for i in range(2000)] + [1_600_000_000.0] * 50
+    ids = [new_incident_id(t) for t in times]
+    assert len(set(ids)) == len(ids)  # the same millisecond, or a clock set back, too
+    assert all(len(i) == 20 and int(i, 16) >= 0 for i in ids)
+    forward = ids[:2000]
+    assert [i[:12] for i in forward] == sorted(i[:12] for i in forward)
+    assert ids[-1][:12] < ids[0][:12]  # ordered by the time given, not by the call
