@@ -121,6 +121,16 @@ MIGRATIONS: list[tuple[int, str, str]] = [
         ALTER TABLE incidents ADD COLUMN alerts BLOB;
         """,
     ),
+    (
+        5,
+        "drop indexes no query of the backend uses",
+        # No SQLite query looks incidents up by key (one process owns the file
+        # and keeps them in memory), and the group key is long and random: each
+        # new incident cost a page write of its own in this index at commit.
+        """
+        DROP INDEX IF EXISTS incidents_key_resolved;
+        """,
+    ),
 ]
 
 _UPSERT = (
