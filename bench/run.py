@@ -268,8 +268,12 @@ def ingest_body(
         runs = cell[target]["runs"]
         cell[target]["rps"] = spread([r["rps"] for r in runs])
         cell[target]["errors"] = sum(r["errors"] for r in runs)
-    # Latency at half the peak the sidecar reached on the same mix.
+    # Latency at half the peak the sidecar reached on the same mix, once it
+    # runs steadily at that rate: the peak runs just before leave a backlog
+    # (their last commits, a WAL checkpoint) that is not the rate's latency.
     rate = cell["sidecar"]["rps"]["median"] / 2
+    if p.warmup:
+        load(run, hook, files["webhook"], run.token, duration=p.warmup, prefix="si", rate=rate)
     others = procs.others_on_core(sc_proc.pid)
     lat = load(
         run, hook, files["webhook"], run.token, duration=p.latency_duration, prefix="si", rate=rate
