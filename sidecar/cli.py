@@ -110,7 +110,12 @@ async def _serve(config: Config, rules: RuleSet) -> None:
         await runner.setup()
     finally:
         gc.freeze()
-        gc.set_threshold(50_000, 20, 100)
+        # Young collections every 5,000 survivors rather than 700: fewer walks
+        # over the incidents opened since. Not 50,000: each such collection
+        # walked some 40,000 young objects in 20-30 ms, a stall every few
+        # seconds that put the p99 at half the peak rate near 70 ms. At 5,000
+        # the same load kept its throughput and a p99 of 4-6 ms.
+        gc.set_threshold(5_000, 10, 10)
         gc.enable()
     host, port = split_listen(config.settings.server.listen)
     site = web.TCPSite(runner, host, port, backlog=1024)
