@@ -15,6 +15,7 @@ fires again after it resolved.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import secrets
 from collections import Counter
@@ -153,6 +154,19 @@ class Incident:
             self.alerts = decode_alerts(self.alerts_doc)
             self.alerts_doc = None
             return self.alerts
+
+    def shelve_alerts(self, doc: bytes) -> None:
+        """Hold the alerts as ``doc``, the document just committed, until next read.
+
+        A restored incident starts this way; a committed change ends this way.
+        Open incidents mostly wait for their next change without reading their
+        alerts, and as objects a 50-alert incident is some fifty more for the
+        cyclic garbage collector: with thousands open, one full collection
+        took a quarter of a second, a stall of every request in flight.
+        """
+        with contextlib.suppress(AttributeError):  # already shelved
+            del self.alerts
+        self.alerts_doc = doc
 
     @property
     def is_open(self) -> bool:

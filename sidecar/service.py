@@ -23,7 +23,14 @@ from sidecar.errors import StoreUnavailable
 from sidecar.incidents import Change, Effect, IncidentBook
 from sidecar.metrics import Metrics
 from sidecar.paging import Pager
-from sidecar.store.base import DeliveryRow, Store, WriteBatch, event_row, incident_row
+from sidecar.store.base import (
+    DeliveryRow,
+    Store,
+    WriteBatch,
+    event_row,
+    incident_row,
+    row_alerts,
+)
 from sidecar.tasks import BackgroundTask
 
 log = logging.getLogger("sidecar.incidents")
@@ -193,6 +200,7 @@ class IncidentService:
             return
         if written:
             self.batches_committed += 1
+            self._shelve(all_changes, write)
             if all_changes:
                 self._after_commit(all_changes, outbox=bool(write.outbox))
         for pending, changes in applied:
@@ -238,6 +246,14 @@ class IncidentService:
                 write.incidents.append(row)
             write.events.extend(event_row(e) for e in change.events)
         return write
+
+    @staticmethod
+    def _shelve(changes: list[Change], write: WriteBatch) -> None:
+        # Committed: each changed incident's alerts are in the store as written,
+        # and are held as that document until next read (see shelve_alerts).
+        docs = {row[0]: row_alerts(row) for row in write.incidents}
+        for change in changes:
+            change.incident.shelve_alerts(docs[change.incident.id])
 
     def _reject(self, batch: list[_Pending], changes: list[Change], error: Exception) -> None:
         for change in reversed(changes):

@@ -479,3 +479,37 @@ async def test_a_bug_building_a_batch_fails_that_batch_only_and_the_loop_goes_on
     finally:
         await svc.stop()
         await store.close()
+
+
+async def test_committed_alerts_are_held_as_their_stored_document_until_read(
+    running: tuple[Components, GatedStore],
+) -> None:
+    components, _ = running
+    svc, book = components.service, components.book
+    n = group(7)
+    [change] = await svc.submit(notify(book, n))
+    inc = book.get_open(change.incident.id)
+    assert inc is not None
+    stored = await components.store.get_incident(inc.id)
+    assert stored is not None
+    # Nothing decoded: the incident holds the very bytes the store holds.
+    assert inc.alerts_doc == stored.alerts_json()
+    assert not hasattr_slot(inc, "alerts")
+    # Read again on demand, equal to what was applied...
+    assert list(inc.alerts) == [f"{7:016x}"]
+    assert inc.alerts[f"{7:016x}"].status == "firing"
+    # ...and a later change applies to them as usual.
+    resolved = group(7, status="resolved", ends=T0 + 60)
+    [closing] = await svc.submit(notify(book, resolved))
+    assert closing.incident.id == inc.id
+    assert closing.incident.state == "resolved"
+    assert closing.incident.alerts[f"{7:016x}"].status == "resolved"
+
+
+def hasattr_slot(obj: object, name: str) -> bool:
+    """Whether a slot is set, read through its descriptor (never through __getattr__)."""
+    try:
+        vars(type(obj))[name].__get__(obj, type(obj))
+    except AttributeError:
+        return False
+    return True

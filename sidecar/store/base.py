@@ -55,6 +55,11 @@ def incident_row(inc: Incident, now: float) -> IncidentRow:
     )
 
 
+def row_alerts(row: IncidentRow) -> bytes:
+    """The alerts document of an incident row."""
+    return row[13]
+
+
 def event_row(ev: TimelineEvent) -> EventRow:
     """The row that stores one timeline event."""
     return (
