@@ -28,10 +28,11 @@ class ReplayCache:
         # XXH3, not a cryptographic hash: it is 30 times faster than SHA-256 on
         # a 25 KB body (0.4 us against 14 us here), and every webhook body is
         # hashed. Resistance to crafted collisions buys nothing here: only a
-        # sender holding the webhook token reaches this, and a body it made
-        # collide would only be answered without being applied, which that
-        # sender can have by not sending it. Accidental collisions of 128 bits
-        # among 20,000 remembered bodies are out of reach.
+        # sender allowed to post webhooks reaches this (with the token, unless
+        # auth was explicitly disabled), and such a sender can resolve any
+        # incident outright; a body made to collide with a committed one is
+        # only answered without being applied. Accidental collisions of 128
+        # bits among 20,000 remembered bodies are out of reach.
         return xxhash.xxh3_128_digest(body)
 
     def seen(self, digest: bytes, now: float) -> bool:
