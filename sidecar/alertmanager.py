@@ -11,6 +11,7 @@ from datetime import UTC, datetime
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic_core import PydanticCustomError
 
 # Alertmanager marshals Go's zero time for "no end yet".
 _GO_ZERO_YEAR = 1
@@ -18,9 +19,9 @@ _EARLIEST = datetime(1970, 1, 1, tzinfo=UTC)
 # A day short of the calendar's end, so that any rendering of it stays in range.
 _LATEST = datetime(9999, 12, 30, tzinfo=UTC)
 _FIRST_YEAR, _LAST_YEAR = _EARLIEST.year, _LATEST.year
-# Starts the message of the notification-wide time check, so the reasons name
-# each alert's field, as for the checks pydantic makes itself.
-_TIMES = "alert times: "
+# The error type of the notification-wide time check, whose context carries one
+# reason per alert field, named as pydantic names the fields it checks itself.
+_TIMES = "alert_times"
 
 
 def _utc(value: datetime, field: str) -> datetime:
@@ -113,7 +114,7 @@ class Notification(BaseModel):
     def _times(self) -> Notification:
         problems = _check_times(self.alerts)
         if problems:
-            raise ValueError(_TIMES + "; ".join(problems))
+            raise PydanticCustomError(_TIMES, "{reasons}", {"reasons": problems})
         return self
 
 
@@ -139,8 +140,8 @@ def parse_notification(body: bytes) -> Notification:
                 reasons.append(
                     f"version: unsupported webhook version {err.get('input')!r}, expected '4'"
                 )
-            elif not loc and _TIMES in err["msg"]:
-                reasons.extend(err["msg"].split(_TIMES, 1)[1].split("; "))
+            elif err["type"] == _TIMES:
+                reasons.extend(err["ctx"]["reasons"])
             else:
                 reasons.append(f"{loc}: {err['msg']}" if loc else str(err["msg"]))
         raise InvalidPayload(reasons) from exc

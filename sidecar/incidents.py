@@ -137,18 +137,18 @@ class Incident:
     review_due_at: float | None = None
     review_done_at: float | None = None
     review_done_by: str | None = None
-    # The stored alerts document of an incident restored from the store, until
-    # ``alerts`` is first read (see ``__getattr__``).
+    # The stored alerts document of a restored or committed incident, until
+    # ``alerts`` is next read (see ``shelve_alerts`` and ``__getattr__``).
     alerts_doc: bytes | None = field(default=None, repr=False, compare=False)
 
     if not TYPE_CHECKING:  # keeps mypy from taking every attribute as valid
 
         def __getattr__(self, name: str) -> Any:
-            # Only reached for an unset slot. A restored incident leaves
-            # ``alerts`` unset and keeps its stored document: at start a hundred
-            # thousand incidents are restored, most are never touched before
-            # they resolve, and their alerts are most of what decoding them
-            # costs, in time and in memory. The first read decodes them.
+            # Only reached for an unset slot. A restored or committed incident
+            # leaves ``alerts`` unset and keeps its stored document: at start a
+            # hundred thousand incidents are restored, most are never touched
+            # before they resolve, and their alerts are most of what decoding
+            # them costs, in time and in memory. The next read decodes them.
             if name != "alerts" or self.alerts_doc is None:
                 raise AttributeError(name)
             self.alerts = decode_alerts(self.alerts_doc)
@@ -270,8 +270,7 @@ class Incident:
             review_done_by=data.get("review_done_by"),
         )
         if legacy is None and alerts_doc is not None:
-            del inc.alerts  # decoded on first read
-            inc.alerts_doc = alerts_doc
+            inc.shelve_alerts(alerts_doc)
         return inc
 
 
@@ -742,7 +741,7 @@ class IncidentBook:
         inc = self._reviews.get(incident_id)
         if inc is None or inc.review_due_at is None or "postmortem" in inc.breaches:
             return None
-        if not now > inc.review_due_at:
+        if not sla.passed(inc.review_due_at, True, now):
             return None
         undo = self._begin(inc.key, inc)
         events: list[TimelineEvent] = []
@@ -761,7 +760,7 @@ class IncidentBook:
         undo = self._begin(inc.key, inc)
         inc.review_done_at = now
         inc.review_done_by = actor
-        late = inc.review_due_at is not None and now > inc.review_due_at
+        late = inc.review_due_at is not None and sla.passed(inc.review_due_at, True, now)
         events = [
             self.event(
                 inc,

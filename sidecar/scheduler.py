@@ -16,6 +16,7 @@ import contextlib
 import heapq
 import logging
 
+from sidecar import sla
 from sidecar.clock import Clock
 from sidecar.errors import StoreUnavailable
 from sidecar.incidents import Change, IncidentBook
@@ -23,10 +24,6 @@ from sidecar.service import IncidentService
 from sidecar.tasks import BackgroundTask
 
 log = logging.getLogger("sidecar.sla")
-
-
-def _due(at: float, strict: bool, now: float) -> bool:
-    return now > at if strict else now >= at
 
 
 class DeadlineScheduler:
@@ -97,7 +94,7 @@ class DeadlineScheduler:
         """Fire every deadline that has passed; returns how many incidents changed."""
         now = self.clock.now()
         due: list[str] = []
-        while (top := self.next_at()) is not None and _due(*top, now):
+        while (top := self.next_at()) is not None and sla.passed(*top, now):
             _, _, incident_id = heapq.heappop(self._heap)
             del self._next[incident_id]
             due.append(incident_id)
@@ -131,7 +128,7 @@ class DeadlineScheduler:
             self._wake.clear()
             top = self.next_at()
             now = self.clock.now()
-            if top is None or not _due(*top, now):
+            if top is None or not sla.passed(*top, now):
                 delay = self.max_sleep if top is None else min(self.max_sleep, top[0] - now)
                 with contextlib.suppress(TimeoutError):
                     # Never less than a millisecond: a strict deadline that is

@@ -83,16 +83,26 @@ def pending_deadlines(inc: Incident, policy: SeverityPolicy) -> list[tuple[str, 
 
 
 def next_deadline(inc: Incident, policy: SeverityPolicy) -> tuple[float, bool] | None:
-    """The earliest pending deadline, and whether it is strict (an SLA's, see :func:`is_due`)."""
+    """The earliest pending deadline, and whether it is strict (see :func:`passed`)."""
     best: tuple[float, bool] | None = None
     for kind, at in pending_deadlines(inc, policy):
         # At one instant an escalation (not strict) comes before a breach.
-        candidate = (at, not kind.startswith(ESCALATION))
+        candidate = (at, is_strict(kind))
         if best is None or candidate < best:
             best = candidate
     return best
 
 
+def is_strict(kind: str) -> bool:
+    """An SLA's deadline is strict (breached once passed); an escalation step's is not."""
+    return not kind.startswith(ESCALATION)
+
+
+def passed(deadline: float, strict: bool, now: float) -> bool:
+    """Whether a deadline is due: a strict one once passed, another at the deadline itself."""
+    return now > deadline if strict else now >= deadline
+
+
 def is_due(kind: str, deadline: float, now: float) -> bool:
     """Escalations run at their deadline; an SLA is breached only once it has passed."""
-    return now >= deadline if kind.startswith(ESCALATION) else now > deadline
+    return passed(deadline, is_strict(kind), now)
