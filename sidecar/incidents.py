@@ -334,6 +334,7 @@ class _Undo:
 class _Closed:
     instances: frozenset[tuple[str, float]]
     closed_at: float
+    opened_at: float
 
 
 @dataclass(slots=True)
@@ -344,6 +345,10 @@ class Change:
     events: list[TimelineEvent]
     effects: list[Effect]
     undo: _Undo
+    # Outbox rows this change causes, planned right after the command, while
+    # the incident is as the command left it (a later command of the same
+    # batch may resolve it): see ``IncidentService``.
+    outbox: list[tuple[str, str, str, str, bytes, float]] = field(default_factory=list)
 
 
 def interned(labels: Mapping[str, str]) -> dict[str, str]:
@@ -427,8 +432,7 @@ class IncidentBook:
     ) -> None:
         """Load state from the store at start."""
         for inc in closed:
-            if inc.resolved_at is not None:
-                self._closed[inc.key] = _Closed(inc.instances(), inc.resolved_at)
+            self._remember_closed(inc)
         for inc in open_incidents:
             self._index(inc)
         for inc in reviews:
@@ -472,8 +476,7 @@ class IncidentBook:
                 self._unindex(cached)
             self._reviews.pop(incident_id, None)
         for inc in recently_closed:
-            if inc.resolved_at is not None:
-                self._closed[inc.key] = _Closed(inc.instances(), inc.resolved_at)
+            self._remember_closed(inc)
         for inc in incidents:
             current = self._open.get(inc.key)
             if inc.is_open and current is not None and current.id != inc.id:
@@ -528,12 +531,24 @@ class IncidentBook:
         if inc.is_open:
             self._index(inc)
             return
-        if inc.resolved_at is not None:
-            self._closed[inc.key] = _Closed(inc.instances(), inc.resolved_at)
+        self._remember_closed(inc)
         if inc.review_due_at is not None and inc.review_done_at is None:
             self._reviews[inc.id] = inc
         else:
             self._reviews.pop(inc.id, None)
+
+    def _remember_closed(self, inc: Incident) -> None:
+        """Remember a resolved incident against late duplicates, unless a newer one is.
+
+        Only the newest episode of a key matters: a late HA duplicate can only
+        repeat what was sent last. Finishing an older episode (its review done,
+        or restored after the newer one) must not make the newer one forgettable.
+        """
+        if inc.resolved_at is None:
+            return
+        known = self._closed.get(inc.key)
+        if known is None or inc.triggered_at >= known.opened_at:
+            self._closed[inc.key] = _Closed(inc.instances(), inc.resolved_at, inc.triggered_at)
 
     def undo(self, change: Change) -> None:
         """Revert a change that could not be committed (apply in reverse order)."""
@@ -608,9 +623,12 @@ class IncidentBook:
         """Resolve an open incident by hand (API, PagerDuty)."""
         inc = self._require_open(incident_id)
         undo = self._begin(inc.key, inc)
-        events = self._close(inc, now, source, actor, message or f"resolved by {actor}")
+        events: list[TimelineEvent] = []
+        effects: list[Effect] = []
+        message = message or f"resolved by {actor}"
+        self._close(inc, now, source, actor, message, now=now, events=events, effects=effects)
         self._finish(inc)
-        return Change(inc, events, [self._resolved_effect(inc, source, actor)], undo)
+        return Change(inc, events, effects, undo)
 
     def unacknowledge(
         self, incident_id: str, *, actor: str, source: str, now: float, message: str = ""
@@ -676,8 +694,8 @@ class IncidentBook:
                 )
             )
         if events and not inc.firing():
-            events += self._close(inc, _ends(inc, now), source, None, message)
-            effects.append(self._resolved_effect(inc, source, None))
+            ends = _ends(inc, now)
+            self._close(inc, ends, source, None, message, now=now, events=events, effects=effects)
         self._finish(inc)
         return Change(inc, events, effects, undo) if events else None
 
@@ -687,10 +705,23 @@ class IncidentBook:
         """Record a status update (it resets the update-cadence clock)."""
         inc = self._require_open(incident_id)
         undo = self._begin(inc.key, inc)
+        events: list[TimelineEvent] = []
+        effects: list[Effect] = []
+        update = self.classifier.policy(inc.severity).clocks.update
+        start = sla.update_gap_start(inc)
+        if (
+            update is not None
+            and inc.update_breached_gap != start
+            and sla.passed(start + update, True, now)
+        ):
+            # Late, and before the scheduler noticed: the gap it closes overran.
+            inc.update_breached_gap = start
+            self._breach(inc, "update", now, events, effects, deadline=start + update)
         inc.last_update_at = now
-        events = [self.event(inc, now, "status_update", source, actor, message)]
+        events.append(self.event(inc, now, "status_update", source, actor, message))
+        effects.append(Effect("status_update", inc.id, inc.severity, inc.team))
         self._finish(inc)
-        return Change(inc, events, [Effect("status_update", inc.id, inc.severity, inc.team)], undo)
+        return Change(inc, events, effects, undo)
 
     def note(
         self,
@@ -758,10 +789,14 @@ class IncidentBook:
         if inc.review_done_at is not None:
             return None
         undo = self._begin(inc.key, inc)
+        events: list[TimelineEvent] = []
+        effects: list[Effect] = []
+        late = inc.review_due_at is not None and sla.passed(inc.review_due_at, True, now)
+        if late and "postmortem" not in inc.breaches:
+            self._breach(inc, "postmortem", now, events, effects, deadline=inc.review_due_at)
         inc.review_done_at = now
         inc.review_done_by = actor
-        late = inc.review_due_at is not None and sla.passed(inc.review_due_at, True, now)
-        events = [
+        events.append(
             self.event(
                 inc,
                 now,
@@ -770,9 +805,9 @@ class IncidentBook:
                 actor,
                 message or f"post-incident review done{' (late)' if late else ''}",
             )
-        ]
+        )
         self._finish(inc)
-        return Change(inc, events, [], undo)
+        return Change(inc, events, effects, undo)
 
     def breached_counts(self) -> Counter[tuple[str, str]]:
         """Open incidents (and pending reviews) in breach, by severity and SLA."""
@@ -922,8 +957,7 @@ class IncidentBook:
                 if st.status == "firing":
                     st.status = "resolved"
                     st.ends_at = st.ends_at or now
-            events += self._close(inc, _ends(inc, now), "alertmanager", None, "all alerts resolved")
-            effects.append(self._resolved_effect(inc, "alertmanager", None))
+            self._close_by_alertmanager(inc, _ends(inc, now), now, events, effects)
         self._finish(inc)
         return Change(inc, events, effects, undo)
 
@@ -1007,8 +1041,7 @@ class IncidentBook:
                 # that were truncated out of this payload resolved with it.
                 st.status = "resolved"
                 st.ends_at = st.ends_at or ends
-            events += self._close(inc, ends, "alertmanager", None, "all alerts resolved")
-            effects.append(self._resolved_effect(inc, "alertmanager", None))
+            self._close_by_alertmanager(inc, ends, now, events, effects)
         if inc.is_open and events:
             self._settle(inc, now, events, effects)
         if not events:
@@ -1018,8 +1051,35 @@ class IncidentBook:
         return Change(inc, events, effects, undo)
 
     def _close(
-        self, inc: Incident, resolved_at: float, source: str, actor: str | None, message: str
-    ) -> list[TimelineEvent]:
+        self,
+        inc: Incident,
+        resolved_at: float,
+        source: str,
+        actor: str | None,
+        message: str,
+        *,
+        now: float,
+        events: list[TimelineEvent],
+        effects: list[Effect],
+    ) -> None:
+        """Resolve ``inc`` at ``resolved_at``, first recording what the resolution overran.
+
+        The scheduler records a breach at its deadline; a resolution that
+        arrives before it ran (Alertmanager batches resolved notifications)
+        still overran, and the breach is counted now, once, as the review
+        will report it.
+        """
+        clocks = self.classifier.policy(inc.severity).clocks
+        overran: list[tuple[str, float]] = []
+        if inc.state == "triggered" and clocks.acknowledge is not None:
+            overran.append(("acknowledge", inc.triggered_at + clocks.acknowledge))
+        if clocks.resolve is not None:
+            overran.append(("resolve", inc.started_at + clocks.resolve))
+        if clocks.update is not None and inc.update_breached_gap != sla.update_gap_start(inc):
+            overran.append(("update", sla.update_gap_start(inc) + clocks.update))
+        for kind, deadline in overran:
+            if kind not in inc.breaches and sla.passed(deadline, True, resolved_at):
+                self._breach(inc, kind, now, events, effects, deadline=deadline)
         inc.state = "resolved"
         inc.resolved_at = resolved_at
         inc.resolved_by = actor
@@ -1027,15 +1087,28 @@ class IncidentBook:
         review = self._policy_sla(inc.severity, "postmortem")
         if review is not None and inc.review_done_at is None:
             inc.review_due_at = resolved_at + review
-        return [
+        events.append(
             self.event(
                 inc, resolved_at, "resolved", source, actor, message, {"resolved_at": resolved_at}
             )
-        ]
+        )
+        ttr = max(0.0, resolved_at - inc.started_at)
+        effects.append(
+            Effect("resolved", inc.id, inc.severity, inc.team, ttr, source=source, actor=actor)
+        )
 
-    def _resolved_effect(self, inc: Incident, source: str, actor: str | None) -> Effect:
-        ttr = max(0.0, (inc.resolved_at or inc.triggered_at) - inc.started_at)
-        return Effect("resolved", inc.id, inc.severity, inc.team, ttr, source=source, actor=actor)
+    def _close_by_alertmanager(
+        self,
+        inc: Incident,
+        resolved_at: float,
+        now: float,
+        events: list[TimelineEvent],
+        effects: list[Effect],
+    ) -> None:
+        message = "all alerts resolved"
+        self._close(
+            inc, resolved_at, "alertmanager", None, message, now=now, events=events, effects=effects
+        )
 
     def _alert_state(self, alert: Alert) -> AlertState:
         cls = self.classifier.classify(alert.labels, alert.annotations)

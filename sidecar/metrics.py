@@ -11,7 +11,13 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
-from prometheus_client import CollectorRegistry, Counter, Histogram, disable_created_metrics
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    disable_created_metrics,
+)
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.metrics import MetricWrapperBase
 from prometheus_client.registry import Collector
@@ -87,6 +93,7 @@ class Metrics:
         self.teams = tuple(teams)
         self._children: dict[tuple[int, tuple[str, ...]], Any] = {}
         buckets = buckets_with(sla_thresholds)
+        self.buckets = buckets
         self.incidents_total = Counter(
             "incidents_total",
             "Incidents opened, by severity at opening and owning team.",
@@ -146,6 +153,20 @@ class Metrics:
             namespace=NAMESPACE,
             registry=registry,
         )
+        # As Prometheus' and Alertmanager's own *_config_last_reload_* gauges.
+        self.rules_reload_successful = Gauge(
+            "rules_last_reload_successful",
+            "Whether the last rules reload succeeded (1) or was refused (0).",
+            namespace=NAMESPACE,
+            registry=registry,
+        )
+        self.rules_reload_timestamp = Gauge(
+            "rules_last_reload_success_timestamp_seconds",
+            "When the rules were last loaded successfully (start or reload).",
+            namespace=NAMESPACE,
+            registry=registry,
+        )
+        self.rules_reload_successful.set(1)
         for sev in self.severities:
             for team in self.teams:
                 self.incidents_total.labels(sev, team)

@@ -84,6 +84,11 @@ class OutboxWorker:
         self._task = BackgroundTask("pagerduty-outbox", self._loop)
         self._session: aiohttp.ClientSession | None = None
 
+    @property
+    def tasks(self) -> tuple[BackgroundTask, ...]:
+        """The loops this runs (for liveness)."""
+        return (self._task,)
+
     def wake(self) -> None:
         """New events were committed: look now rather than at the next poll."""
         self._wake.set()

@@ -1,7 +1,8 @@
 """Post-incident reviews: each SLA's verdict, and the plan's review template pre-filled.
 
 :func:`sla_report` is the one implementation of "was this SLA met?": the API's
-incident view and the Markdown review both use it. :func:`render_postmortem`
+incident view and the Markdown review both use it, and it counts every breach
+the incident book recorded (and so the metrics counted) as breached. :func:`render_postmortem`
 fills the post-incident review template of the plan in use (the LLM-Marketplace
 "PIR Template", the Schema Registry "Post-Mortem Template", or a generic one
 close to both) with everything the sidecar knows: title, times, severity,
@@ -14,6 +15,7 @@ Everything here is pure: times are UTC epoch seconds and ``now`` is passed in.
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -127,7 +129,13 @@ def sla_report(
             results.append(_span(name, incident.started_at, incident.resolved_at, seconds, now))
         else:
             results.append(_review(incident, reviewed_at, seconds, now))
-    return results
+    # A breach the book recorded was counted in the metrics when its deadline
+    # passed; it stands even when a later resolution's endsAt falls inside the
+    # target, so that the metric, the API and the review give one answer.
+    return [
+        dataclasses.replace(r, status="breached") if r.name in incident.breaches else r
+        for r in results
+    ]
 
 
 def _span(name: SlaName, start: float, end: float | None, target: float, now: float) -> SlaResult:

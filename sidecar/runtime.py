@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from collections.abc import Callable, Collection
+from dataclasses import dataclass, field
 
 from prometheus_client import CollectorRegistry
 
@@ -45,32 +46,70 @@ class Components:
     silences: SilenceWatcher | None
     replays: ReplayCache
 
+    # Called with the new rules once a reload is accepted, in order: the book
+    # classifies with them, the scheduler moves every deadline to them.
+    on_reload: list[Callable[[RuleSet], None]] = field(default_factory=list)
+
+    def failed_tasks(self) -> list[str]:
+        """Names of the background loops that died (liveness fails on any)."""
+        tasks = [*self.service.tasks, *self.scheduler.tasks]
+        for part in (self.outbox, self.silences):
+            if part is not None:
+                tasks += part.tasks
+        return [task.name for task in tasks if task.died]
+
     def reload_rules(self) -> bool:
-        """Reload the rules file; on any problem keep the last good rules and return False."""
+        """Reload the rules file (SIGHUP); on any problem keep the last good rules, return False.
+
+        A reload applies whole or not at all: what cannot change while running
+        (severities, teams, SLA thresholds that are no histogram bucket) is
+        refused with the reason, and so is anything :func:`check` refuses at start.
+        """
         path = self.config.rules_file
+        m = self.metrics
         try:
             rules = load_rules(path)
-            _check_compatible(self.rules, rules, str(path))
+            _check_live_change(self.rules, rules, str(path), m.buckets)
         except ConfigError as exc:
+            m.rules_reload_successful.set(0)
+            problems = [str(p) for p in exc.problems]
             log.error(
-                "rules reload refused; keeping the last good rules",
-                extra={"problems": [str(p) for p in exc.problems]},
+                "rules reload refused; keeping the last good rules: %s",
+                "; ".join(problems),
+                extra={"problems": problems},
             )
             return False
         self.rules = rules
-        self.book.set_classifier(rules)
+        for hook in self.on_reload:
+            hook(rules)
+        m.rules_reload_successful.set(1)
+        m.rules_reload_timestamp.set(self.clock.now())
         log.info("rules reloaded", extra={"rules_file": str(path), "preset": rules.name})
         return True
 
 
-def _check_compatible(old: RuleSet, new: RuleSet, file: str) -> None:
-    # Severities and teams are metric label values and SLA buckets fixed at
-    # start; changing them needs a restart, rules and ownership do not.
+def _check_live_change(old: RuleSet, new: RuleSet, file: str, buckets: Collection[float]) -> None:
+    """Refuse what a running sidecar cannot take: metric label values and buckets are fixed."""
     problems = []
     if [s.name for s in old.severities] != [s.name for s in new.severities]:
         problems.append(ConfigProblem(file, "severities", "changing severities needs a restart"))
-    if set(new.teams) - set(old.teams):
-        problems.append(ConfigProblem(file, "teams", "adding teams needs a restart"))
+    added = sorted(set(new.teams) - set(old.teams))
+    if added:
+        problems.append(
+            ConfigProblem(file, "teams", f"adding teams ({', '.join(added)}) needs a restart")
+        )
+    for policy in new.severities:
+        for name in type(policy.sla).model_fields:
+            value = getattr(policy.sla, name)
+            if value is not None and value.total_seconds() not in buckets:
+                problems.append(
+                    ConfigProblem(
+                        file,
+                        f"severities.{policy.name}.sla.{name}",
+                        f"{value.total_seconds():g}s is no histogram bucket yet "
+                        "(the le= series could not count it): a new threshold needs a restart",
+                    )
+                )
     if problems:
         raise ConfigError(problems)
 
@@ -124,7 +163,7 @@ def build_components(
             comment_prefix=s.alertmanager.silence_comment_prefix,
         )
     service.on_commit.append(scheduler.on_commit)
-    service.on_reload.append(scheduler.rebuild)
+    service.on_restore.append(scheduler.rebuild)
     outbox = None
     if pager.enabled:
         outbox = OutboxWorker(
@@ -149,7 +188,8 @@ def build_components(
     inbound = PagerDutyInbound(
         store, book, api_url=pd.api_url, api_token=config.secrets.pagerduty_api_token
     )
-    return Components(
+    metrics.rules_reload_timestamp.set(clock.now())
+    components = Components(
         config,
         rules,
         store,
@@ -166,6 +206,8 @@ def build_components(
         # Remember bodies no longer than incidents are remembered against duplicates.
         ReplayCache(ttl=min(3600.0, s.incidents.dedup_window.total_seconds())),
     )
+    components.on_reload += [book.set_classifier, lambda _rules: scheduler.rebuild()]
+    return components
 
 
 def _check_routing(config: Config, rules: RuleSet) -> None:

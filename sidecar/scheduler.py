@@ -50,6 +50,11 @@ class DeadlineScheduler:
         self._wake = asyncio.Event()
         self._task = BackgroundTask("sla-deadlines", self._loop)
 
+    @property
+    def tasks(self) -> tuple[BackgroundTask, ...]:
+        """The loops this runs (for liveness)."""
+        return (self._task,)
+
     def __len__(self) -> int:
         return len(self._next)
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -84,7 +85,7 @@ class IncidentService:
         self._sync_task = BackgroundTask("replica-sync", self._sync_loop)
         self.sync_interval = 10.0
         # Called after the book was reloaded from the store (the scheduler rebuilds).
-        self.on_reload: list[Callable[[], None]] = []
+        self.on_restore: list[Callable[[], None]] = []
         self._inflight: asyncio.Future[None] | None = None
         self.batches_committed = 0
         self._last_expiry = 0.0
@@ -104,7 +105,7 @@ class IncidentService:
         closed = await self.store.load_closed_since(now - self.book.dedup_window)
         reviews = await self.store.load_pending_reviews()
         self.book.reset(open_incidents, closed, reviews)
-        for hook in self.on_reload:
+        for hook in self.on_restore:
             hook()
         return len(open_incidents)
 
@@ -154,13 +155,34 @@ class IncidentService:
         return await pending.future
 
     async def _loop(self) -> None:
-        while True:
-            batch = [await self._queue.get()]
-            while len(batch) < self.max_batch and not self._queue.empty():
-                batch.append(self._queue.get_nowait())
-            # Shielded: stopping the loop must not abandon a commit and its callers.
-            self._inflight = asyncio.ensure_future(self._commit(batch))
-            await asyncio.shield(self._inflight)
+        batch: list[_Pending] = []
+        try:
+            while True:
+                batch = [await self._queue.get()]
+                while len(batch) < self.max_batch and not self._queue.empty():
+                    batch.append(self._queue.get_nowait())
+                # Shielded: stopping the loop must not abandon a commit and its callers.
+                self._inflight = asyncio.ensure_future(self._commit(batch))
+                await asyncio.shield(self._inflight)
+        except Exception as exc:
+            # A bug in the loop itself: nobody may wait forever for an answer
+            # (a 503 makes Alertmanager retry elsewhere or later), and the task
+            # ends as died, which fails liveness so that the pod is restarted.
+            log.critical("incident commit loop died", exc_info=True)
+            error = StoreUnavailable(f"incident commit loop died: {exc}")
+            for pending in batch:
+                if not pending.future.done():
+                    pending.future.set_exception(error)
+            while not self._queue.empty():
+                pending = self._queue.get_nowait()
+                if not pending.future.done():
+                    pending.future.set_exception(error)
+            raise
+
+    @property
+    def tasks(self) -> tuple[BackgroundTask, ...]:
+        """The loops this service runs (for liveness)."""
+        return (self._task, self._sync_task)
 
     async def _commit(self, batch: list[_Pending]) -> None:
         now = self.clock.now()
@@ -200,9 +222,10 @@ class IncidentService:
             return
         if written:
             self.batches_committed += 1
-            self._shelve(all_changes, write)
             if all_changes:
-                self._after_commit(all_changes, outbox=bool(write.outbox))
+                # Committed is committed: callers get their answer whatever a
+                # metric, log or hook does wrong after it.
+                self._after_commit(all_changes, write)
         for pending, changes in applied:
             if not pending.future.done():
                 pending.future.set_result(changes)
@@ -215,17 +238,46 @@ class IncidentService:
             except Exception as exc:  # a domain error belongs to its caller alone
                 pending.future.set_exception(exc)
                 continue
+            try:
+                self._plan_notifications(changes, now)
+            except Exception as exc:
+                # A bug, not the caller's input: undo this command alone, and
+                # answer 5xx so that Alertmanager retries.
+                log.exception("could not plan the notifications of a change; rejected")
+                for change in reversed(changes):
+                    self.book.undo(change)
+                pending.future.set_exception(RuntimeError(f"internal error: {exc}"))
+                continue
             applied.append((pending, changes))
         return applied
 
-    def _after_commit(self, changes: list[Change], *, outbox: bool) -> None:
-        if outbox:
-            self.on_outbox()
+    def _plan_notifications(self, changes: list[Change], now: float) -> None:
+        # Right after the command, not when the batch is written: a later
+        # command of the same batch may resolve the incident this one opened,
+        # and both its trigger and its resolve must still go out, in order.
+        if self.pager is None or not self.pager.enabled:
+            return
+        for change in changes:
+            change.outbox = [e.row(now) for e in self.pager.events_for(change, now)]
+
+    def _after_commit(self, changes: list[Change], write: WriteBatch) -> None:
+        # Each step on its own: a failing one must not skip the others (a
+        # broken metric must not keep the scheduler from the new deadlines).
+        steps: list[Callable[[], None]] = [functools.partial(self._shelve, changes, write)]
+        if write.outbox:
+            steps.append(self.on_outbox)
+        steps.append(lambda: self._publish_all(changes))
+        steps += [functools.partial(hook, changes) for hook in self.on_commit]
+        for step in steps:
+            try:
+                step()
+            except Exception:
+                log.exception("a step after the commit failed; the batch stays committed")
+
+    def _publish_all(self, changes: list[Change]) -> None:
         for change in changes:
             for effect in change.effects:
                 self._publish(effect)
-        for hook in self.on_commit:
-            hook(changes)
 
     def _batch(
         self, changes: list[Change], deliveries: list[DeliveryRow], now: float
@@ -233,9 +285,7 @@ class IncidentService:
         write = WriteBatch(deliveries=deliveries)
         seen: dict[str, int] = {}
         for change in changes:
-            if self.pager is not None and self.pager.enabled:
-                # Before the row: paging marks the incident as paged.
-                write.outbox.extend(e.row(now) for e in self.pager.events_for(change, now))
+            write.outbox.extend(change.outbox)
             # An incident changed twice in one batch is written once, in its
             # final state, at its first position (open-before-reopen order).
             row = incident_row(change.incident, now)

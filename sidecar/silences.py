@@ -93,6 +93,11 @@ class SilenceWatcher:
         self._session: aiohttp.ClientSession | None = None
         self._task = BackgroundTask("silence-watcher", self._loop)
 
+    @property
+    def tasks(self) -> tuple[BackgroundTask, ...]:
+        """The loops this runs (for liveness)."""
+        return (self._task,)
+
     async def start(self) -> None:
         """Start polling."""
         self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=self.timeout))
@@ -164,14 +169,23 @@ class SilenceWatcher:
             elif all_silenced and silencers and inc.state == "triggered":
                 commands.append(self._ack_command(inc.id, silencers[0]))
                 touched.append(inc.id)
-        self._silenced = seen_silenced
         if not commands:
+            self._silenced = seen_silenced
             return 0
 
         def run(t: float) -> list[Change]:
             return [c for command in commands if (c := command(t)) is not None]
 
-        return len(await self.service.submit(run, ids=touched))
+        try:
+            changes = await self.service.submit(run, ids=touched)
+        except BaseException:
+            # Not committed: the alerts that ended under a silence must still
+            # be known as silenced at the next look, or their end is never
+            # noticed again and the incident stays open and escalates.
+            self._silenced |= seen_silenced
+            raise
+        self._silenced = seen_silenced
+        return len(changes)
 
     def _counts(self, silence: GettableSilence) -> bool:
         prefix = self.comment_prefix

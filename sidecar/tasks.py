@@ -21,6 +21,21 @@ class BackgroundTask:
         """True while the coroutine runs."""
         return self._task is not None and not self._task.done()
 
+    @property
+    def died(self) -> bool:
+        """True when the coroutine ended by an exception rather than by ``stop``.
+
+        Every loop here is meant to run until stopped: one that died is a
+        sidecar that looks alive and does nothing, which liveness must report.
+        """
+        task = self._task
+        return (
+            task is not None
+            and task.done()
+            and not task.cancelled()
+            and (task.exception() is not None)
+        )
+
     def start(self) -> None:
         """Start the coroutine (once)."""
         if self._task is None:
@@ -30,6 +45,7 @@ class BackgroundTask:
         """Cancel the coroutine and wait until it has ended."""
         if self._task is not None:
             self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
+            # A task that died has logged why; stopping it must not raise it again.
+            with contextlib.suppress(asyncio.CancelledError, Exception):
                 await self._task
             self._task = None

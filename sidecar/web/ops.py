@@ -25,7 +25,14 @@ async def openapi(request: web.Request) -> web.Response:
 
 
 async def healthz(request: web.Request) -> web.Response:
-    """``GET /healthz``: the process answers."""
+    """``GET /healthz``: the process answers and none of its loops has died.
+
+    A dead loop (commits, deadlines, paging) leaves a process that answers
+    and does nothing; 503 makes Kubernetes restart it.
+    """
+    failed = request.app[COMPONENTS].failed_tasks()
+    if failed:
+        return json_answer({"status": "failed", "failed": failed}, status=503)
     return json_answer({"status": "ok"})
 
 
