@@ -1,4 +1,4 @@
-"""The two shipped presets: each plan's example scenarios, SLA tables, paging and escalation."""
+"""The shipped presets: plan scenarios, kube-prometheus-stack defaults, SLAs and escalation."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Tests of sidecar.rules: loading, classification, numeric conditions, every bad file."""
+"""Tests of sidecar.rules: loading, classification, the severity floor, every bad file."""
 
 from __future__ import annotations
 
