@@ -18,7 +18,7 @@ from sidecar import __version__
 from sidecar.config import Config, load_config, rules_file_of, split_listen
 from sidecar.errors import ConfigError
 from sidecar.logs import setup_logging
-from sidecar.rules import RuleSet, load_rules
+from sidecar.rules import DROP, FLOOR_LABEL, Classification, RuleSet, load_rules
 
 log = logging.getLogger("sidecar")
 
@@ -76,8 +76,27 @@ def _parse_pairs(pairs: Sequence[str], what: str) -> dict[str, str]:
     return out
 
 
+def _floor_line(result: Classification, labels: dict[str, str]) -> str:
+    """What the severity floor did, for ``test-rules``."""
+    value = labels.get(FLOOR_LABEL)
+    if value is None:
+        return f"none  (no {FLOOR_LABEL} label)"
+    if result.floor is None:
+        return f'none  ({FLOOR_LABEL}="{value}" sets none)'
+    head = f'{result.floor}  ({FLOOR_LABEL}="{value}")'
+    rule = result.severity_rule
+    if result.raised_from == DROP:
+        return f"{head}: kept; rule {rule} drops alerts but does not say below_floor"
+    if result.raised_from is not None:
+        return f"{head}: raised from {result.raised_from} (rule {rule})"
+    if result.below_floor:
+        what = "dropped" if result.dropped else f"lowered to {result.severity}"
+        return f"{head}: {what} by rule {rule} (below_floor: true)"
+    return head
+
+
 def explain_rules(path: Path, labels: Sequence[str], annotations: Sequence[str]) -> int:
-    """Print the severity, team and matching rules for a label set."""
+    """Print the severity, team and matching rules for a label set, and the floor's part."""
     try:
         _, rules = _load(path, read_secrets=False)
     except ConfigError as exc:
@@ -86,10 +105,15 @@ def explain_rules(path: Path, labels: Sequence[str], annotations: Sequence[str])
     label_set = _parse_pairs(labels, "label")
     annotation_set = _parse_pairs(annotations, "annotation")
     result = rules.classify(label_set, annotation_set)
-    print(f"severity: {result.severity}  (rule: {result.severity_rule})")
+    severity = "dropped" if result.dropped else result.severity
+    print(f"severity: {severity}  (rule: {result.severity_rule})")
+    if rules.severity_floor:
+        print(f"floor:    {_floor_line(result, label_set)}")
     print(f"team:     {result.team}  (rule: {result.team_rule})")
-    policy = rules.policy(result.severity)
-    print(f"paging:   {policy.paging}")
+    if result.dropped:
+        print("paging:   none: dropped, no incident is opened")
+    else:
+        print(f"paging:   {rules.policy(result.severity).paging}")
     return 0
 
 

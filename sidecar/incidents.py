@@ -11,6 +11,10 @@ Identity of an alert *instance* is ``(fingerprint, startsAt)``: Alertmanager
 gives a re-firing alert a new ``startsAt``. This is what lets a late duplicate
 of an old notification (HA peers, retries) be told apart from a group that
 fires again after it resolved.
+
+Alerts the rules drop (``severity="none"``: Watchdog, InfoInhibitor) are left
+out of every notification before anything else: they never open or join an
+incident, and do not keep a group's incident open.
 """
 
 from __future__ import annotations
@@ -46,6 +50,10 @@ class ClassificationLike(Protocol):
     def severity(self) -> str: ...
     @property
     def team(self) -> str: ...
+    @property
+    def dropped(self) -> bool: ...
+    @property
+    def unmatched(self) -> tuple[str, ...]: ...
 
 
 class Classifier(Protocol):
@@ -307,9 +315,10 @@ class Effect:
     """Something to publish (metric, log line) once the change is committed.
 
     ``kind`` is ``opened``, ``acknowledged``, ``resolved``, ``severity_raised``,
-    ``status_update``, ``breach`` (``detail`` is the SLA) or ``escalated``
-    (``detail`` is the tier); ``seconds`` is the measured interval (time to
-    detect, acknowledge, resolve).
+    ``status_update``, ``breach`` (``detail`` is the SLA), ``escalated``
+    (``detail`` is the tier) or ``unmatched`` (``count`` new alert instances of
+    ``team`` that no rule of ``detail``, ``severity`` or ``ownership``, matched);
+    ``seconds`` is the measured interval (time to detect, acknowledge, resolve).
     """
 
     kind: str
@@ -321,6 +330,7 @@ class Effect:
     source: str | None = None
     actor: str | None = None
     detail: str | None = None
+    count: int = 1
 
 
 @dataclass(slots=True)
@@ -897,12 +907,49 @@ class IncidentBook:
         group_resolved: bool,
     ) -> Change | None:
         inc = self._open.get(key)
+        kept, classes = self._keep(alerts, inc)
+        if not kept:
+            return None  # only dropped alerts, firing or resolved: no incident to touch
+        if len(kept) < len(alerts) and not group_resolved and not n.truncated_alerts:
+            # Alertmanager's status counts the dropped alerts too: a Watchdog
+            # in the same group would keep the others' incident open for ever.
+            group_resolved = all(a.status == "resolved" for a in kept)
         if inc is None:
-            return self._open_new(key, alerts, n, now, group_resolved=group_resolved)
-        return self._merge(inc, alerts, n, now, group_resolved=group_resolved)
+            return self._open_new(key, kept, classes, n, now, group_resolved=group_resolved)
+        return self._merge(inc, kept, classes, n, now, group_resolved=group_resolved)
+
+    def _keep(
+        self, alerts: list[Alert], inc: Incident | None
+    ) -> tuple[list[Alert], dict[str, ClassificationLike]]:
+        """The alerts the rules do not drop, and the classification of each new instance.
+
+        An instance the incident already tracks is kept without asking: it
+        joined under the rules of the time, and must stay to resolve the
+        incident even if reloaded rules now drop it.
+        """
+        known = inc.alerts if inc is not None else {}
+        kept = []
+        classes: dict[str, ClassificationLike] = {}
+        for alert in alerts:
+            tracked = known.get(alert.fingerprint)
+            if tracked is None or tracked.starts_at != alert.starts_at.timestamp():
+                cls = classes[alert.fingerprint] = self.classifier.classify(
+                    alert.labels, alert.annotations
+                )
+                if cls.dropped:
+                    continue
+            kept.append(alert)
+        return kept, classes
 
     def _open_new(
-        self, key: str, alerts: list[Alert], n: Notification, now: float, *, group_resolved: bool
+        self,
+        key: str,
+        alerts: list[Alert],
+        classes: Mapping[str, ClassificationLike],
+        n: Notification,
+        now: float,
+        *,
+        group_resolved: bool,
     ) -> Change | None:
         closed = self._closed.get(key)
         firing = [a for a in alerts if a.status == "firing"]
@@ -911,7 +958,8 @@ class IncidentBook:
             # A late duplicate of a notification for an incident already closed.
             return None
         undo = self._begin(key, None)
-        states = {a.fingerprint: self._alert_state(a) for a in alerts}
+        unmatched: Counter[tuple[str, str]] = Counter()
+        states = {a.fingerprint: self._alert_state(a, classes, unmatched) for a in alerts}
         top = self._top(states.values(), firing_only=bool(firing))
         cls = self.classifier.classify(top.labels, _annotations(alerts, top.fingerprint))
         inc = Incident(
@@ -958,6 +1006,7 @@ class IncidentBook:
                     st.status = "resolved"
                     st.ends_at = st.ends_at or now
             self._close_by_alertmanager(inc, _ends(inc, now), now, events, effects)
+        effects += _unmatched_effects(inc, unmatched)
         self._finish(inc)
         return Change(inc, events, effects, undo)
 
@@ -965,6 +1014,7 @@ class IncidentBook:
         self,
         inc: Incident,
         alerts: list[Alert],
+        classes: Mapping[str, ClassificationLike],
         n: Notification,
         now: float,
         *,
@@ -973,11 +1023,12 @@ class IncidentBook:
         undo = self._begin(inc.key, inc)
         events: list[TimelineEvent] = []
         effects: list[Effect] = []
+        unmatched: Counter[tuple[str, str]] = Counter()
         for alert in alerts:
             starts = alert.starts_at.timestamp()
             known = inc.alerts.get(alert.fingerprint)
             if known is None or known.starts_at < starts:
-                inc.alerts[alert.fingerprint] = st = self._alert_state(alert)
+                inc.alerts[alert.fingerprint] = st = self._alert_state(alert, classes, unmatched)
                 what = "joined" if known is None else "fired again"
                 events.append(
                     self.event(
@@ -1044,6 +1095,7 @@ class IncidentBook:
             self._close_by_alertmanager(inc, ends, now, events, effects)
         if inc.is_open and events:
             self._settle(inc, now, events, effects)
+        effects += _unmatched_effects(inc, unmatched)
         if not events:
             self._finish(inc)
             return None  # a duplicate or a repeat: nothing changed
@@ -1110,8 +1162,16 @@ class IncidentBook:
             inc, resolved_at, "alertmanager", None, message, now=now, events=events, effects=effects
         )
 
-    def _alert_state(self, alert: Alert) -> AlertState:
-        cls = self.classifier.classify(alert.labels, alert.annotations)
+    def _alert_state(
+        self,
+        alert: Alert,
+        classes: Mapping[str, ClassificationLike],
+        unmatched: Counter[tuple[str, str]],
+    ) -> AlertState:
+        """A new alert instance of an incident; counts it in ``unmatched`` if no rule matched."""
+        cls = classes[alert.fingerprint]  # _keep classified every new instance
+        for rules in cls.unmatched:
+            unmatched[(rules, cls.team)] += 1
         return AlertState(
             fingerprint=alert.fingerprint,
             status=alert.status,
@@ -1139,6 +1199,13 @@ class IncidentBook:
         """A new timeline event of ``inc``, numbered after its last one."""
         inc.seq += 1
         return TimelineEvent(inc.id, inc.seq, at, kind, source, actor, message, data or {})
+
+
+def _unmatched_effects(inc: Incident, unmatched: Counter[tuple[str, str]]) -> list[Effect]:
+    return [
+        Effect("unmatched", inc.id, inc.severity, team, detail=rules, count=count)
+        for (rules, team), count in sorted(unmatched.items())
+    ]
 
 
 def _instance(alert: Alert) -> tuple[str, float]:

@@ -28,6 +28,8 @@ OPEN_STATES = ("triggered", "acknowledged")
 PAGERDUTY_RESULTS = ("accepted", "retried", "rejected")
 PAGERDUTY_ACTIONS = ("trigger", "acknowledge", "resolve")
 WEBHOOK_SOURCES = ("alertmanager", "pagerduty")
+# The rule lists of a rules file: severity_rules, ownership_rules.
+RULE_LISTS = ("severity", "ownership")
 # Pre-created so that the first 401 after a restart is an increase PromQL can see.
 WEBHOOK_CODES = ("200", "400", "401", "413", "503")
 
@@ -167,6 +169,14 @@ class Metrics:
             registry=registry,
         )
         self.rules_reload_successful.set(1)
+        self.alerts_unmatched_total = Counter(
+            "alerts_unmatched_total",
+            "New alert instances of incidents that no rule of a list (severity, ownership) "
+            "matched: the defaults and the severity floor classified them. By the alert's team.",
+            ["rules", "team"],
+            namespace=NAMESPACE,
+            registry=registry,
+        )
         for sev in self.severities:
             for team in self.teams:
                 self.incidents_total.labels(sev, team)
@@ -183,6 +193,9 @@ class Metrics:
         for source in WEBHOOK_SOURCES:
             for code in WEBHOOK_CODES:
                 self.webhook_requests_total.labels(source, code)
+        for rules in RULE_LISTS:
+            for team in self.teams:
+                self.alerts_unmatched_total.labels(rules, team)
 
     def child(self, metric: MetricWrapperBase, *values: str) -> Any:
         """``metric.labels(*values)``, memoised.

@@ -6,6 +6,15 @@ escalation ladder; the teams; and two ordered rule lists, ``severity_rules`` and
 ``ownership_rules``. A rule matches when all its Alertmanager matchers match
 the alert's labels and all its numeric conditions hold; the first matching rule
 wins, and the defaults apply when none does.
+
+The ``severity_floor`` maps values of the alert's own ``severity`` label (the
+Prometheus convention) to the lowest plan severity the alert may get: the
+severity rules can raise an alert above its floor but lower it only when the
+matching rule says ``below_floor: true``, so a ``critical`` alert pages unless
+a rule explicitly decides otherwise. A severity rule may ``drop`` alerts
+instead of giving a severity (``severity="none"``: Watchdog, InfoInhibitor);
+dropping is going below any floor, so it too needs ``below_floor`` on an alert
+that has one.
 """
 
 from __future__ import annotations
@@ -29,6 +38,13 @@ from sidecar.yamlfile import format_loc, load_yaml, problems_from_validation
 _NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:-]*")
 _NUMBER_RE = re.compile(r"[+-]?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][+-]?\d+)?")
 _CACHE_SIZE = 4096
+
+DEFAULT_RULE = "default"
+"""The rule name a classification reports when no rule of a list matched."""
+FLOOR_LABEL = "severity"
+"""The label whose value ``severity_floor`` maps (Prometheus' convention)."""
+DROP = "drop"
+"""What ``Classification.raised_from`` holds when a floor kept an alert a rule dropped."""
 
 
 def _check_name(value: str) -> str:
@@ -138,9 +154,20 @@ class _Rule(_Strict):
 
 
 class SeverityRule(_Rule):
-    """Gives ``severity`` to alerts that match."""
+    """Gives ``severity`` to alerts that match, or drops them (``drop: true``).
 
-    severity: str
+    The result never goes below the alert's severity floor unless ``below_floor``.
+    """
+
+    severity: str | None = None
+    drop: bool = False
+    below_floor: bool = False
+
+    @model_validator(mode="after")
+    def _severity_or_drop(self) -> SeverityRule:
+        if (self.severity is None) != self.drop:
+            raise ValueError("give either severity or drop: true")
+        return self
 
 
 class OwnershipRule(_Rule):
@@ -158,26 +185,51 @@ class RulesFile(_Strict):
     teams: list[Name] = Field(min_length=1)
     default_severity: str
     default_team: str
+    # Keys are values of the `severity` label (Prometheus' convention), values plan severities.
+    severity_floor: dict[Annotated[str, Field(min_length=1)], str] = {}
     severity_rules: list[SeverityRule] = []
     ownership_rules: list[OwnershipRule] = []
 
 
 @dataclass(frozen=True, slots=True)
 class Classification:
-    """The severity and team of an alert, and the names of the rules that chose them."""
+    """The severity and team of an alert, the rules that chose them, and the floor's part.
+
+    ``severity`` is the final severity, the empty string when ``dropped``.
+    ``floor`` is the lowest severity the alert's ``severity`` label allows (None:
+    no floor); ``raised_from`` what the rule gave (a severity, or ``drop``) when
+    the floor raised it; ``below_floor`` is true when the rule went below the
+    floor, as it explicitly allowed.
+    """
 
     severity: str
     team: str
     severity_rule: str
     team_rule: str
+    floor: str | None = None
+    raised_from: str | None = None
+    below_floor: bool = False
+    dropped: bool = False
+
+    @property
+    def unmatched(self) -> tuple[Literal["severity", "ownership"], ...]:
+        """The rule lists of which no rule matched: the defaults decided."""
+        out: list[Literal["severity", "ownership"]] = []
+        if self.severity_rule == DEFAULT_RULE:
+            out.append("severity")
+        if self.team_rule == DEFAULT_RULE:
+            out.append("ownership")
+        return tuple(out)
 
 
 @dataclass(frozen=True, slots=True)
 class _CompiledRule:
     name: str
-    result: str
+    result: str  # a severity or a team; DROP for a rule that drops
     matchers: tuple[Matcher, ...]
     conditions: tuple[NumericCondition, ...]
+    drop: bool = False
+    below_floor: bool = False
 
     def matches(self, labels: Mapping[str, str], annotations: Mapping[str, str]) -> bool:
         return all(m.matches(labels) for m in self.matchers) and all(
@@ -186,10 +238,16 @@ class _CompiledRule:
 
 
 def _compile(
-    name: str, result: str, match: Iterable[str], when: Iterable[NumericCondition]
+    name: str,
+    result: str,
+    match: Iterable[str],
+    when: Iterable[NumericCondition],
+    *,
+    drop: bool = False,
+    below_floor: bool = False,
 ) -> _CompiledRule:
     matchers = tuple(m for line in match for m in parse_matchers(line))
-    return _CompiledRule(name, result, matchers, tuple(when))
+    return _CompiledRule(name, result, matchers, tuple(when), drop, below_floor)
 
 
 class RuleSet:
@@ -208,8 +266,17 @@ class RuleSet:
         self.default_team = spec.default_team
         self._ranks = {p.name: i for i, p in enumerate(self.severities)}
         self._policies = {p.name: p for p in self.severities}
+        self.severity_floor: Mapping[str, str] = dict(spec.severity_floor)
         self._severity_rules = tuple(
-            _compile(r.name, r.severity, r.match, r.when) for r in spec.severity_rules
+            _compile(
+                r.name,
+                DROP if r.severity is None else r.severity,
+                r.match,
+                r.when,
+                drop=r.drop,
+                below_floor=r.below_floor,
+            )
+            for r in spec.severity_rules
         )
         self._ownership_rules = tuple(
             _compile(r.name, r.team, r.match, r.when) for r in spec.ownership_rules
@@ -219,6 +286,7 @@ class RuleSet:
             sorted(
                 {m.name for r in rules for m in r.matchers}
                 | {c.label for r in rules for c in r.conditions if c.label is not None}
+                | ({FLOOR_LABEL} if self.severity_floor else set())
             )
         )
         self._annotation_keys = tuple(
@@ -248,17 +316,35 @@ class RuleSet:
             for k, v in zip(self._annotation_keys, annotation_values, strict=True)
             if v is not None
         }
-        severity, severity_rule = self.default_severity, "default"
+        chosen: _CompiledRule | None = None
         for rule in self._severity_rules:
             if rule.matches(labels, annotations):
-                severity, severity_rule = rule.result, rule.name
+                chosen = rule
                 break
-        team, team_rule = self.default_team, "default"
+        team, team_rule = self.default_team, DEFAULT_RULE
         for rule in self._ownership_rules:
             if rule.matches(labels, annotations):
                 team, team_rule = rule.result, rule.name
                 break
-        return Classification(severity, team, severity_rule, team_rule)
+        if chosen is None:
+            chosen = _CompiledRule(DEFAULT_RULE, self.default_severity, (), ())
+        floor = self.severity_floor.get(labels.get(FLOOR_LABEL, ""))
+        if floor is None:
+            if chosen.drop:
+                return Classification("", team, chosen.name, team_rule, dropped=True)
+            return Classification(chosen.result, team, chosen.name, team_rule)
+        below = chosen.drop or self._ranks[chosen.result] > self._ranks[floor]
+        if not below:
+            return Classification(chosen.result, team, chosen.name, team_rule, floor)
+        if chosen.below_floor:
+            if chosen.drop:
+                return Classification(
+                    "", team, chosen.name, team_rule, floor, below_floor=True, dropped=True
+                )
+            return Classification(
+                chosen.result, team, chosen.name, team_rule, floor, below_floor=True
+            )
+        return Classification(floor, team, chosen.name, team_rule, floor, chosen.result)
 
     def rank(self, severity: str) -> int:
         """Position of ``severity``, 0 being the highest; ``KeyError`` if undeclared."""
@@ -287,7 +373,14 @@ class RuleSet:
                     str(c) for c in rule.conditions if not c.holds(labels, annotations)
                 ]
                 verdict = "matches" if not failed else "no: " + ", ".join(failed)
-                lines.append(f"{kind} rule {rule.name} -> {rule.result}: {verdict}")
+                may = " (below_floor)" if rule.below_floor else ""
+                lines.append(f"{kind} rule {rule.name} -> {rule.result}{may}: {verdict}")
+        value = labels.get(FLOOR_LABEL, "")
+        floor = self.severity_floor.get(value)
+        if floor is not None:
+            lines.append(f'severity floor {FLOOR_LABEL}="{value}" -> {floor}')
+        elif self.severity_floor:
+            lines.append(f'severity floor {FLOOR_LABEL}="{value}": none')
         return lines
 
 
@@ -305,7 +398,7 @@ def parse_number(raw: str | None) -> float | None:
 
 
 def semantic_problems(data: Any) -> list[tuple[tuple[int | str, ...], str]]:
-    """Cross-references pydantic cannot see: duplicates and undeclared severities or teams.
+    """Cross-references pydantic cannot see: duplicates, undeclared severities or teams, floors.
 
     Works on the raw document so that these problems are reported together with
     the field errors, even when other parts of the file are invalid.
@@ -322,6 +415,7 @@ def semantic_problems(data: Any) -> list[tuple[tuple[int | str, ...], str]]:
         value = data.get(key)
         if isinstance(value, str) and declared is not None and value not in declared:
             problems.append(((key,), f"{what} {value!r} is not declared in {_what_list(what)}"))
+    problems += _floor_problems(data, severities)
     for section, field_name, declared, what in (
         ("severity_rules", "severity", severities, "severity"),
         ("ownership_rules", "team", teams, "team"),
@@ -332,7 +426,15 @@ def semantic_problems(data: Any) -> list[tuple[tuple[int | str, ...], str]]:
         seen: dict[str, int] = {}
         for index, rule in enumerate(rules):
             name = _get(rule, "name")
-            if isinstance(name, str):
+            if name == DEFAULT_RULE:
+                problems.append(
+                    (
+                        (section, index, "name"),
+                        f"the rule name {DEFAULT_RULE!r} is reserved: test-rules and "
+                        "metrics use it for the defaults",
+                    )
+                )
+            elif isinstance(name, str):
                 if name in seen:
                     problems.append(
                         (
@@ -350,6 +452,33 @@ def semantic_problems(data: Any) -> list[tuple[tuple[int | str, ...], str]]:
                         f"{what} {target!r} is not declared in {_what_list(what)}",
                     )
                 )
+    return problems
+
+
+def _floor_problems(
+    data: Mapping[str, Any], severities: set[str] | None
+) -> list[tuple[tuple[int | str, ...], str]]:
+    """Each floor must be a declared severity, and a ``critical`` alert must page."""
+    floors = data.get("severity_floor")
+    items = data.get("severities")
+    if not isinstance(floors, Mapping) or severities is None or not isinstance(items, list):
+        return []
+    paging = {_get(item, "name"): _get(item, "paging") for item in items}
+    problems: list[tuple[tuple[int | str, ...], str]] = []
+    for value, floor in floors.items():
+        if not isinstance(floor, str):
+            continue
+        loc: tuple[int | str, ...] = ("severity_floor", str(value))
+        if floor not in severities:
+            problems.append((loc, f"severity {floor!r} is not declared in severities"))
+        elif value == "critical" and paging.get(floor) != "page":
+            problems.append(
+                (
+                    loc,
+                    f"severity {floor!r} does not page (paging: {paging.get(floor)}): "
+                    "the floor of a critical alert must be a severity whose paging is page",
+                )
+            )
     return problems
 
 

@@ -74,9 +74,7 @@ class Components:
             m.rules_reload_successful.set(0)
             problems = [str(p) for p in exc.problems]
             log.error(
-                "rules reload refused; keeping the last good rules: %s",
-                "; ".join(problems),
-                extra={"problems": problems},
+                "rules reload refused; keeping the last good rules", extra={"problems": problems}
             )
             return False
         self.rules = rules

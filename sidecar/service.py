@@ -327,6 +327,8 @@ class IncidentService:
             m.child(m.breaches_total, *labels, effect.detail).inc()
         elif effect.kind == "escalated" and effect.detail is not None:
             m.child(m.escalations_total, effect.severity, effect.detail).inc()
+        elif effect.kind == "unmatched" and effect.detail is not None:
+            m.child(m.alerts_unmatched_total, effect.detail, effect.team).inc(effect.count)
         if not log.isEnabledFor(logging.INFO):
             return
         log.info(
@@ -341,5 +343,6 @@ class IncidentService:
                 "source": effect.source,
                 "actor": effect.actor,
                 "detail": effect.detail,
+                "count": effect.count,
             },
         )

@@ -269,6 +269,106 @@ def test_test_rules_prints_severity_team_and_matching_rules(
     assert re.search(rf"^team:\s+{team}\s+\(rule: {re.escape(team_rule)}\)$", out, re.M), out
 
 
+# (preset, labels, the severity line, the floor line, the paging line)
+FLOOR_OUTPUT = [
+    (
+        "llm-marketplace",
+        ["alertname=AdminErrors", "service=admin", "severity=critical"],
+        "P1  (rule: p2-errors)",
+        'P1  (severity="critical"): raised from P2 (rule p2-errors)',
+        "page",
+    ),
+    (
+        "llm-marketplace",
+        ["alertname=ServiceDown", "service=publishing", "environment=staging", "severity=critical"],
+        "P3  (rule: p3-non-production)",
+        'P1  (severity="critical"): lowered to P3 by rule p3-non-production (below_floor: true)',
+        "ticket",
+    ),
+    (
+        "llm-marketplace",
+        ["alertname=ServiceDown", "service=publishing", "scope=total", "severity=warning"],
+        "P0  (rule: p0-core-service-down)",
+        'P2  (severity="warning")',
+        "page",
+    ),
+    (
+        "llm-marketplace",
+        ["alertname=Watchdog", "severity=none"],
+        "dropped  (rule: drop-severity-none)",
+        'none  (severity="none" sets none)',
+        "none: dropped, no incident is opened",
+    ),
+    (
+        "schema-registry",
+        ["alertname=KubeAPIErrorBudgetBurn", "severity=critical"],
+        "P1  (rule: default)",
+        'P1  (severity="critical"): raised from P3 (rule default)',
+        "page",
+    ),
+    (
+        "schema-registry",
+        ["alertname=X"],
+        "P3  (rule: default)",
+        "none  (no severity label)",
+        "ticket",
+    ),
+]
+
+
+@pytest.mark.parametrize(("preset", "args", "severity", "floor", "paging"), FLOOR_OUTPUT)
+def test_test_rules_shows_the_floor_and_when_a_rule_lowers_it(
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    preset: str,
+    args: list[str],
+    severity: str,
+    floor: str,
+    paging: str,
+) -> None:
+    path = example_config(tmp_path, preset=preset, secrets=False)
+    code, out, err = run(capsys, "test-rules", "--config", path, *args)
+    assert code == 0, err
+    lines = out.splitlines()
+    assert lines[0] == f"severity: {severity}", out
+    assert lines[1] == f"floor:    {floor}", out
+    assert lines[3] == f"paging:   {paging}", out
+
+
+def test_test_rules_says_a_floor_kept_an_alert_a_rule_drops(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = write_config(tmp_path)
+    text = (DATA / "rules-mini.yaml").read_text()
+    text = text.replace(
+        "severity_rules:\n",
+        "severity_floor: {critical: P1}\n"
+        "severity_rules:\n"
+        "  - {name: drop-flaky, match: ['alertname=\"Flaky\"'], drop: true}\n",
+    )
+    (tmp_path / "rules.yaml").write_text(text)
+    code, out, err = run(
+        capsys, "test-rules", "--config", path, "alertname=Flaky", "severity=critical"
+    )
+    assert code == 0, err
+    assert out.splitlines()[:2] == [
+        "severity: P1  (rule: drop-flaky)",
+        'floor:    P1  (severity="critical"): kept; rule drop-flaky drops alerts but does not '
+        "say below_floor",
+    ]
+    code, out, _ = run(capsys, "test-rules", "--config", path, "alertname=Flaky")
+    assert out.splitlines()[0] == "severity: dropped  (rule: drop-flaky)"
+
+
+def test_test_rules_prints_no_floor_line_when_the_rules_declare_no_floor(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = write_config(tmp_path)
+    code, out, _ = run(capsys, "test-rules", "--config", path, "severity=critical")
+    assert code == 0
+    assert [line.split(":")[0] for line in out.splitlines()] == ["severity", "team", "paging"]
+
+
 def test_test_rules_accepts_quoted_values(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

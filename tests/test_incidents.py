@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Any
+from pathlib import Path
+from typing import Any, Literal
 
 import pytest
 
@@ -42,7 +43,11 @@ def test_first_firing_notification_opens_an_incident_with_its_times(book: Incide
     assert inc.started_at == T0
     assert inc.triggered_at == T0 + 90
     assert [e.kind for e in changes[0].events] == ["opened"]
-    assert [(e.kind, e.seconds) for e in changes[0].effects] == [("opened", 90.0)]
+    # The crit rule set the severity; no ownership rule matched (counted, see below).
+    assert [(e.kind, e.seconds, e.detail) for e in changes[0].effects] == [
+        ("opened", 90.0, None),
+        ("unmatched", None, "ownership"),
+    ]
     assert book.open_counts[("P0", "triggered")] == 1
 
 
@@ -95,6 +100,8 @@ def test_resolved_notification_without_firing_records_a_closed_incident(book: In
     assert [(e.kind, e.seconds) for e in changes[0].effects] == [
         ("opened", None),
         ("resolved", 300.0),
+        ("unmatched", None),
+        ("unmatched", None),
     ]
     assert book.apply_notification(n(alert(status="resolved", ends=T0 + 300)), T0 + 401) == []
 
@@ -288,3 +295,108 @@ def test_incident_ids_sort_by_creation_time_and_never_repeat() -> None:
     forward = ids[:2000]
     assert [i[:12] for i in forward] == sorted(i[:12] for i in forward)
     assert ids[-1][:12] < ids[0][:12]  # ordered by the time given, not by the call
+
+
+# -- dropped alerts and alerts no rule matched ---------------------------------
+
+
+def watchdog(**kw: Any) -> dict[str, Any]:
+    """The Watchdog of kube-prometheus-stack: severity none, always firing; dropped by the rules."""
+    return alert("Watchdog", fingerprint="00000000000000f0", labels={"severity": "none"}, **kw)
+
+
+@pytest.mark.parametrize("key_mode", ["group", "alert"])
+def test_a_notification_of_dropped_alerts_only_opens_nothing(
+    rules: RuleSet, key_mode: Literal["group", "alert"]
+) -> None:
+    book = IncidentBook(rules, key_mode=key_mode)
+    assert book.apply_notification(n(watchdog(), group_key="w"), T0 + 10) == []
+    assert book.apply_notification(n(watchdog(), group_key="w"), T0 + 3600) == []
+    resolved = n(watchdog(status="resolved", ends=T0 + 7200), group_key="w")
+    assert book.apply_notification(resolved, T0 + 7210) == []
+    assert len(book) == 0
+    assert sum(book.open_counts.values()) == 0
+
+
+def test_a_dropped_alert_never_joins_an_incident(book: IncidentBook) -> None:
+    db = alert("DBDown", fingerprint="00000000000000f1", labels={"severity": "critical"})
+    change = book.apply_notification(n(watchdog(), db, group_key="g"), T0 + 10)[0]
+    inc = change.incident
+    assert set(inc.alerts) == {"00000000000000f1"}
+    assert inc.title.startswith("DBDown")
+    assert change.events[0].data["alerts"] == ["00000000000000f1"]
+    # The same group with the Watchdog again, and alone: nothing changes.
+    assert book.apply_notification(n(db, watchdog(), group_key="g"), T0 + 20) == []
+    assert book.apply_notification(n(watchdog(), group_key="g"), T0 + 30) == []
+    assert set(inc.alerts) == {"00000000000000f1"}
+
+
+def test_a_dropped_alert_firing_on_does_not_keep_the_incident_open(book: IncidentBook) -> None:
+    db = alert("DBDown", fingerprint="00000000000000f1")
+    book.apply_notification(n(db, watchdog(), group_key="g"), T0 + 10)
+    db_resolved = alert("DBDown", fingerprint="00000000000000f1", status="resolved", ends=T0 + 50)
+    # Alertmanager says "firing": the Watchdog fires. Every alert the book keeps resolved.
+    payload = n(db_resolved, watchdog(), group_key="g")
+    assert payload.status == "firing"
+    changes = book.apply_notification(payload, T0 + 60)
+    assert [e.kind for e in changes[0].events] == ["alert_resolved", "resolved"]
+    assert changes[0].incident.resolved_at == T0 + 50
+    assert len(book) == 0
+
+
+def test_with_truncated_alerts_the_group_status_still_decides(book: IncidentBook) -> None:
+    """Alerts left out of the payload may still fire: only Alertmanager's status can tell."""
+    db = alert("DBDown", fingerprint="00000000000000f1")
+    book.apply_notification(n(db, watchdog(), group_key="g"), T0 + 10)
+    db_resolved = alert("DBDown", fingerprint="00000000000000f1", status="resolved", ends=T0 + 50)
+    changes = book.apply_notification(
+        n(db_resolved, watchdog(), group_key="g", truncated=3), T0 + 60
+    )
+    assert [e.kind for e in changes[0].events] == ["alert_resolved"]
+    assert len(book) == 1
+
+
+def test_a_tracked_alert_the_reloaded_rules_drop_still_resolves_its_incident(
+    book: IncidentBook, tmp_path: Path
+) -> None:
+    inc = book.apply_notification(n(alert()), T0 + 10)[0].incident
+    text = (DATA / "rules-mini.yaml").read_text().replace('severity="none"', 'alertname="DBDown"')
+    (tmp_path / "rules.yaml").write_text(text)
+    book.set_classifier(load_rules(tmp_path / "rules.yaml"))
+    assert book.apply_notification(n(alert()), T0 + 20) == []
+    changes = book.apply_notification(n(alert(status="resolved", ends=T0 + 90)), T0 + 100)
+    assert changes[0].incident is inc
+    assert inc.state == "resolved"
+    # A new instance of it is a new alert to the new rules: dropped.
+    assert book.apply_notification(n(alert(starts=T0 + 200)), T0 + 210) == []
+
+
+def unmatched(changes: list[Any]) -> list[tuple[str | None, str, int]]:
+    return [
+        (e.detail, e.team, e.count) for c in changes for e in c.effects if e.kind == "unmatched"
+    ]
+
+
+def test_alerts_no_rule_matched_are_counted_once_per_new_instance(book: IncidentBook) -> None:
+    a1 = alert("Err", fingerprint="0000000000000011")  # no rule at all: both lists
+    a2 = alert("Err", fingerprint="0000000000000012", labels={"service": "db"})  # team rule only
+    a3 = alert("Err", fingerprint="0000000000000013", labels={"severity": "warning"})
+    first = book.apply_notification(n(a1, a2, watchdog(), group_key="g"), T0 + 10)
+    assert unmatched(first) == [
+        ("ownership", "sre", 1),
+        ("severity", "db", 1),
+        ("severity", "sre", 1),
+    ]
+    # Repeats count nothing; a new alert joining counts; dropped alerts never count.
+    assert book.apply_notification(n(a1, a2, watchdog(), group_key="g"), T0 + 20) == []
+    assert unmatched(book.apply_notification(n(a1, a2, a3, group_key="g"), T0 + 30)) == [
+        ("ownership", "sre", 1)
+    ]
+    # A known alert firing again is a new instance: counted again.
+    a1_resolved = alert("Err", fingerprint="0000000000000011", status="resolved", ends=T0 + 40)
+    book.apply_notification(n(a1_resolved, a2, a3, group_key="g"), T0 + 45)
+    a1_again = alert("Err", fingerprint="0000000000000011", starts=T0 + 100)
+    assert unmatched(book.apply_notification(n(a1_again, a2, a3, group_key="g"), T0 + 110)) == [
+        ("ownership", "sre", 1),
+        ("severity", "sre", 1),
+    ]

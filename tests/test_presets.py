@@ -1,7 +1,9 @@
-"""The two shipped presets: each plan's example scenarios, SLA tables, paging and escalation."""
+"""The shipped presets: plan scenarios, kube-prometheus-stack defaults, SLAs and escalation."""
 
 from __future__ import annotations
 
+import csv
+import functools
 import subprocess
 from datetime import timedelta
 from pathlib import Path
@@ -11,9 +13,11 @@ import pytest
 import yaml
 
 from sidecar.rules import RuleSet, load_rules
+from tests.conftest import DATA
 from tests.support.binaries import require_binary
 
 RULES_DIR = Path(__file__).resolve().parent.parent / "rules"
+DROPPED = "dropped"
 
 
 class Scenario(NamedTuple):
@@ -22,7 +26,7 @@ class Scenario(NamedTuple):
     example: str
     labels: dict[str, str]
     annotations: dict[str, str]
-    severity: str
+    severity: str  # or DROPPED: no incident at all
     team: str | None  # None where the plan names no owner
 
 
@@ -258,6 +262,73 @@ MARKETPLACE_MORE = [
     Scenario("Generic critical alert", {"alertname": "X", "severity": "critical"}, {}, "P1", None),
     Scenario("Generic info alert", {"alertname": "X", "severity": "info"}, {}, "P3", None),
     Scenario("Unlabelled alert", {"alertname": "X"}, {}, "P3", "devops"),
+    # The severity floor: an alertname heuristic never takes a critical alert below P1.
+    Scenario(
+        "Critical errors of a service page",
+        {"alertname": "AdminErrors", "service": "admin", "severity": "critical"},
+        {},
+        "P1",
+        "platform",
+    ),
+    Scenario(
+        "Slow critical alert pages",
+        {"alertname": "etcdGRPCRequestsSlow", "severity": "critical"},
+        {},
+        "P1",
+        None,
+    ),
+    Scenario(
+        "Warning errors of a service stay P2",
+        {"alertname": "AdminErrors", "service": "admin", "severity": "warning"},
+        {},
+        "P2",
+        "platform",
+    ),
+    Scenario(
+        "Critical alert of one instance pages",
+        {
+            "alertname": "ServiceDown",
+            "service": "consumption",
+            "scope": "single",
+            "severity": "critical",
+        },
+        {},
+        "P1",
+        "api",
+    ),
+    Scenario(
+        "Critical alert from staging does not page (below the floor, explicitly)",
+        {
+            "alertname": "ServiceDown",
+            "service": "publishing",
+            "environment": "staging",
+            "severity": "critical",
+        },
+        {},
+        "P3",
+        "publishing",
+    ),
+    Scenario(
+        "Explicit override goes below the floor",
+        {"alertname": "X", "incident_severity": "P3", "severity": "critical"},
+        {},
+        "P3",
+        None,
+    ),
+    Scenario(
+        "Watchdog opens no incident",
+        {"alertname": "Watchdog", "severity": "none"},
+        {},
+        DROPPED,
+        None,
+    ),
+    Scenario(
+        "An explicit override wins over the drop",
+        {"alertname": "Watchdog", "severity": "none", "incident_severity": "P3"},
+        {},
+        "P3",
+        None,
+    ),
     Scenario(
         "Explicit team label wins over service",
         {"alertname": "X", "service": "publishing", "team": "search"},
@@ -428,12 +499,50 @@ SCHEMA_REGISTRY_MORE = [
     Scenario("Generic critical alert", {"alertname": "X", "severity": "critical"}, {}, "P1", None),
     Scenario("Generic warning alert", {"alertname": "X", "severity": "warning"}, {}, "P2", None),
     Scenario("Generic info alert", {"alertname": "X", "severity": "info"}, {}, "P4", None),
+    # The severity floor: the metric bands and categories raise, never lower.
+    Scenario(
+        "Critical alert with a low error rate pages",
+        {"alertname": "SchemaRegistryHighErrorRate", "severity": "critical"},
+        _rate("2"),
+        "P1",
+        None,
+    ),
+    Scenario(
+        "Critical bug alert pages",
+        {"category": "bug", "severity": "critical"},
+        {},
+        "P1",
+        "engineering",
+    ),
+    Scenario(
+        "Warning documentation alert is P2",
+        {"category": "documentation", "severity": "warning"},
+        {},
+        "P2",
+        None,
+    ),
+    Scenario(
+        "Explicit override goes below the floor",
+        {"alertname": "X", "incident_severity": "P4", "severity": "critical"},
+        {},
+        "P4",
+        None,
+    ),
+    Scenario(
+        "InfoInhibitor opens no incident",
+        {"alertname": "InfoInhibitor", "severity": "none"},
+        {},
+        DROPPED,
+        None,
+    ),
 ]
 
 
 def _check(rules: RuleSet, scenario: Scenario) -> str:
     got = rules.classify(scenario.labels, scenario.annotations)
-    assert got.severity == scenario.severity, (scenario.example, got)
+    assert got.dropped == (scenario.severity == DROPPED), (scenario.example, got)
+    if not got.dropped:
+        assert got.severity == scenario.severity, (scenario.example, got)
     if scenario.team is not None:
         assert got.team == scenario.team, (scenario.example, got)
     return got.severity_rule
@@ -476,6 +585,72 @@ def test_every_rule_is_exercised(preset: str, scenarios: list[Scenario]) -> None
         hit_team.add(got.team_rule)
     assert {r.name for r in rules.spec.severity_rules} - hit_severity == set()
     assert {r.name for r in rules.spec.ownership_rules} - hit_team == set()
+
+
+class KubePrometheusAlert(NamedTuple):
+    """One default alerting rule of kube-prometheus-stack and what each preset makes of it."""
+
+    alertname: str
+    severity: str
+    rules_file: str
+    expected: dict[str, str]  # preset name -> severity or DROPPED
+
+
+def _kube_prometheus_alerts() -> list[KubePrometheusAlert]:
+    path = DATA / "kube-prometheus-stack-alerts.csv"
+    lines = [line for line in path.read_text(encoding="utf-8").splitlines() if line[:1] != "#"]
+    rows = []
+    for row in csv.DictReader(lines):
+        name, severity, rules_file = (
+            row.pop("alertname"),
+            row.pop("severity"),
+            row.pop("rules_file"),
+        )
+        rows.append(KubePrometheusAlert(name, severity, rules_file, row))
+    return rows
+
+
+KUBE_PROMETHEUS_ALERTS = _kube_prometheus_alerts()
+PRESETS = ("llm-marketplace", "schema-registry")
+
+
+def test_the_kube_prometheus_table_is_whole() -> None:
+    """The table is the chart's default rules, not a sample: the issue's alerts are in it."""
+    pairs = {(a.alertname, a.severity) for a in KUBE_PROMETHEUS_ALERTS}
+    assert len(pairs) == len(KUBE_PROMETHEUS_ALERTS) > 100
+    assert {a.severity for a in KUBE_PROMETHEUS_ALERTS} == {"critical", "warning", "info", "none"}
+    downgraded_before = {
+        "KubeAPIErrorBudgetBurn",
+        "KubePersistentVolumeErrors",
+        "KubeStateMetricsListErrors",
+        "KubeStateMetricsWatchErrors",
+        "PrometheusErrorSendingAlertsToAnyAlertmanager",
+        "etcdGRPCRequestsSlow",
+    }
+    assert {(name, "critical") for name in downgraded_before} <= pairs
+    assert {("Watchdog", "none"), ("InfoInhibitor", "none")} <= pairs
+    assert all(set(a.expected) == set(PRESETS) for a in KUBE_PROMETHEUS_ALERTS)
+
+
+@pytest.mark.parametrize("preset", PRESETS)
+@pytest.mark.parametrize(
+    "alert", KUBE_PROMETHEUS_ALERTS, ids=lambda a: f"{a.alertname}-{a.severity}"
+)
+def test_kube_prometheus_default_alerts(preset: str, alert: KubePrometheusAlert) -> None:
+    """Each default alert, with only its own labels, gets the table's severity; critical pages."""
+    rules = _preset(preset)
+    got = rules.classify({"alertname": alert.alertname, "severity": alert.severity}, {})
+    expected = alert.expected[preset]
+    assert (DROPPED if got.dropped else got.severity) == expected, got
+    if alert.severity == "critical":
+        assert rules.policy(got.severity).paging == "page", got
+    if alert.severity == "none":
+        assert got.dropped, got
+
+
+@functools.cache
+def _preset(name: str) -> RuleSet:
+    return load_rules(RULES_DIR / f"{name}.yaml")
 
 
 def _sla(**values: str | None) -> dict[str, timedelta | None]:

@@ -1,4 +1,4 @@
-"""Tests of sidecar.rules: loading, classification, numeric conditions, every bad file."""
+"""Tests of sidecar.rules: loading, classification, the severity floor, every bad file."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ import pytest
 
 from sidecar.errors import ConfigError
 from sidecar.rules import (
+    DROP,
     Classification,
     RuleSet,
     RulesFile,
@@ -273,6 +274,111 @@ def test_explain_names_failing_matchers(rules: RuleSet) -> None:
     assert "severity rule outage -> P0: matches" in ok
 
 
+# ---------------------------------------------------------------------------
+# The severity floor and dropped alerts.
+# ---------------------------------------------------------------------------
+
+FLOOR = BASE.replace(
+    "severity_rules:\n",
+    """\
+severity_floor: {critical: P1, warning: P2, page: P1}
+severity_rules:
+  - {name: drop-none, match: ['severity="none"'], drop: true}
+  - {name: drop-flaky, match: ['alertname="Flaky"'], drop: true}
+  - {name: drop-test, match: ['env="test"'], drop: true, below_floor: true}
+  - {name: staging, match: ['env="staging"'], severity: P2, below_floor: true}
+  - {name: noisy, match: ['alertname="Noisy"'], severity: P2}
+""",
+)
+
+
+def floored(
+    severity: str,
+    rule: str,
+    floor: str | None,
+    *,
+    raised_from: str | None = None,
+    below_floor: bool = False,
+    dropped: bool = False,
+) -> Classification:
+    """A classification of the FLOOR file's default team."""
+    return Classification(
+        severity, "ops", rule, "default", floor, raised_from, below_floor, dropped
+    )
+
+
+# (labels, expected classification): the result is the higher of rule and floor.
+FLOOR_CASES = [
+    # A rule below the floor is raised to it, and says from what.
+    (
+        {"alertname": "Noisy", "severity": "critical"},
+        floored("P1", "noisy", "P1", raised_from="P2"),
+    ),
+    ({"alertname": "Noisy", "severity": "warning"}, floored("P2", "noisy", "P2")),
+    # No label, or a value the floor does not list: no floor.
+    ({"alertname": "Noisy"}, floored("P2", "noisy", None)),
+    ({"alertname": "Noisy", "severity": "Critical"}, floored("P2", "noisy", None)),
+    # A rule above the floor keeps its severity.
+    (
+        {"alertname": "ServiceDown", "scope": "total", "severity": "warning"},
+        floored("P0", "outage", "P2"),
+    ),
+    ({"severity": "critical"}, floored("P0", "any-critical", "P1")),
+    # The default is raised like any rule.
+    ({"severity": "page"}, floored("P1", "default", "P1", raised_from="P2")),
+    ({}, floored("P2", "default", None)),
+    # Explicitly below the floor.
+    ({"env": "staging", "severity": "critical"}, floored("P2", "staging", "P1", below_floor=True)),
+    ({"env": "staging", "severity": "warning"}, floored("P2", "staging", "P2")),
+    # Dropped: by a rule; a floor overrules a drop unless the rule says below_floor.
+    ({"severity": "none"}, floored("", "drop-none", None, dropped=True)),
+    ({"alertname": "Flaky"}, floored("", "drop-flaky", None, dropped=True)),
+    (
+        {"alertname": "Flaky", "severity": "critical"},
+        floored("P1", "drop-flaky", "P1", raised_from=DROP),
+    ),
+    (
+        {"env": "test", "severity": "critical"},
+        floored("", "drop-test", "P1", below_floor=True, dropped=True),
+    ),
+]
+
+
+@pytest.mark.parametrize(("labels", "expected"), FLOOR_CASES)
+def test_severity_floor(tmp_path: Path, labels: dict[str, str], expected: Classification) -> None:
+    rules = load_rules(write(tmp_path, FLOOR))
+    assert rules.classify(labels, {}) == expected
+    assert rules.classify({**labels, "pod": "x"}, {}) == expected  # from the cache
+
+
+def test_floor_reads_the_severity_label_even_when_no_rule_does(tmp_path: Path) -> None:
+    """The cache key must include the label the floor reads."""
+    text = BASE[: BASE.index("severity_rules:")] + "severity_floor: {critical: P0}\n"
+    rules = load_rules(write(tmp_path, text))
+    assert rules.classify({}, {}).severity == "P2"
+    assert rules.classify({"severity": "critical"}, {}) == Classification(
+        "P0", "ops", "default", "default", "P0", "P2"
+    )
+    assert rules.classify({}, {}).severity == "P2"
+
+
+def test_unmatched_names_the_rule_lists_the_defaults_decided(rules: RuleSet) -> None:
+    assert rules.classify({}, {}).unmatched == ("severity", "ownership")
+    assert rules.classify({"service": "api"}, {}).unmatched == ("severity",)
+    assert rules.classify({"severity": "critical"}, {}).unmatched == ("ownership",)
+    assert rules.classify({"severity": "critical", "service": "api"}, {}).unmatched == ()
+
+
+def test_explain_shows_the_floor_and_what_a_rule_may_do(tmp_path: Path) -> None:
+    rules = load_rules(write(tmp_path, FLOOR))
+    lines = rules.explain({"alertname": "Noisy", "severity": "critical"}, {})
+    assert 'severity floor severity="critical" -> P1' in lines
+    assert "severity rule noisy -> P2: matches" in lines
+    assert 'severity rule staging -> P2 (below_floor): no: env="staging"' in lines
+    assert 'severity rule drop-none -> drop: no: severity="none"' in lines
+    assert 'severity floor severity="": none' in rules.explain({}, {})
+
+
 def test_ruleset_rejects_undeclared_names_when_built_directly() -> None:
     spec = RulesFile.model_validate(
         {
@@ -445,6 +551,50 @@ INVALID = [
             ("name: test", "default_team: Field required"),
             ("  - name: P1", "severities[1].pagerduty_severity: Field required"),
         ],
+    ),
+    (
+        "severity floor: undeclared severity, and a critical floor that does not page",
+        [
+            (
+                "default_team: ops\n",
+                "default_team: ops\nseverity_floor:\n  critical: P2\n  warning: P7\n",
+            )
+        ],
+        [
+            (
+                "critical: P2",
+                "severity_floor.critical: severity 'P2' does not page (paging: notify): "
+                "the floor of a critical alert must be a severity whose paging is page",
+            ),
+            ("warning: P7", "severity_floor.warning: severity 'P7' is not declared in severities"),
+        ],
+    ),
+    (
+        "severity rule with both severity and drop, with neither, and a bad below_floor",
+        [
+            (
+                "    severity: P0\n  - name: errors-high",
+                "    severity: P0\n    drop: true\n  - name: errors-high",
+            ),
+            (
+                "    severity: P1\n  - name: errors-band",
+                "    below_floor: true\n  - name: errors-band",
+            ),
+            ("  - name: any-critical\n", "  - name: any-critical\n    below_floor: sometimes\n"),
+        ],
+        [
+            ("  - name: outage", "severity_rules[0]: give either severity or drop: true"),
+            ("  - name: errors-high", "severity_rules[1]: give either severity or drop: true"),
+            (
+                "below_floor: sometimes",
+                "severity_rules[3].below_floor: Input should be a valid boolean",
+            ),
+        ],
+    ),
+    (
+        "the rule name default is reserved",
+        [("  - name: db\n", "  - name: default\n")],
+        [("name: default", "ownership_rules[1].name: the rule name 'default' is reserved")],
     ),
     (
         "wrong types",

@@ -430,6 +430,55 @@ async def test_metrics_are_published_only_after_a_commit(
     assert sample(components, "incident_sla_time_to_resolve_seconds_sum", **labels) == 1200
 
 
+async def test_alerts_no_rule_matched_are_counted_after_commit_once_per_instance(
+    running: tuple[Components, GatedStore],
+) -> None:
+    components, store = running
+    svc, book = components.service, components.book
+    metric = "incident_sla_alerts_unmatched_total"
+    # rules-mini: "crit" gives the severity; no ownership rule matches; team sre by default.
+    critical = group(1, labels={"severity": "critical"})
+    assert sample(components, metric, rules="ownership", team="db") == 0.0  # exported at 0
+    store.fail_writes = True
+    with pytest.raises(StoreUnavailable):
+        await svc.submit(notify(book, critical))
+    assert sample(components, metric, rules="ownership", team="sre") == 0
+    store.fail_writes = False
+    await svc.submit(notify(book, critical))
+    await svc.submit(notify(book, critical))  # a repeat: the same instance
+    assert sample(components, metric, rules="ownership", team="sre") == 1
+    assert sample(components, metric, rules="severity", team="sre") == 0
+    # Two alerts no rule matched at all, in one notification.
+    pair = Notification.model_validate(
+        notification(
+            alert("A", fingerprint="00000000000000a1"),
+            alert("B", fingerprint="00000000000000a2"),
+            group_key="pair",
+        )
+    )
+    await svc.submit(notify(book, pair))
+    assert sample(components, metric, rules="ownership", team="sre") == 3
+    assert sample(components, metric, rules="severity", team="sre") == 2
+
+
+async def test_dropped_alerts_open_nothing_and_count_nothing(
+    running: tuple[Components, GatedStore],
+) -> None:
+    components, store = running
+    svc, book = components.service, components.book
+    attempts = store.attempts
+    for status, ends in (("firing", None), ("resolved", T0 + 60), ("firing", None)):
+        watchdog = group(9, labels={"severity": "none"}, status=status, ends=ends)
+        assert await svc.submit(notify(book, watchdog)) == []
+    assert store.attempts == attempts  # nothing to commit
+    assert len(book) == 0
+    assert sample(components, "incident_sla_incidents_total", severity="P2", team="sre") == 0
+    assert (
+        sample(components, "incident_sla_alerts_unmatched_total", rules="ownership", team="sre")
+        == 0
+    )
+
+
 async def test_open_incident_gauge_follows_commits_not_attempts(
     running: tuple[Components, GatedStore],
 ) -> None:
