@@ -277,6 +277,10 @@ class IncidentService:
             m.child(m.breaches_total, *labels, effect.detail).inc()
         elif effect.kind == "escalated" and effect.detail is not None:
             m.child(m.escalations_total, effect.severity, effect.detail).inc()
+            if effect.outcome is not None:
+                m.child(
+                    m.escalation_outcomes_total, effect.severity, effect.detail, effect.outcome
+                ).inc()
         if not log.isEnabledFor(logging.INFO):
             return
         log.info(
@@ -291,5 +295,6 @@ class IncidentService:
                 "source": effect.source,
                 "actor": effect.actor,
                 "detail": effect.detail,
+                "outcome": effect.outcome,
             },
         )

@@ -74,7 +74,9 @@ def test_check_config_accepts_the_example(
     assert "severities P0, P1, P2, P3" in out
     assert "store sqlite" in out
     assert "cli-webhook-token" not in out + err
-    assert "WARNING" not in out
+    assert "insecure_disable_auth" not in out
+    # The example configures no PagerDuty: it says so, not refuses.
+    assert "WARNING: no PagerDuty routing key is configured" in out
 
 
 def test_check_config_accepts_the_example_with_the_other_preset(
