@@ -208,7 +208,7 @@ class Incident:
 
     def data_json(self) -> dict[str, Any]:
         """The fields stored as a JSON document beside the indexed columns and the alerts."""
-        return {
+        data: dict[str, Any] = {
             "group_key": self.group_key,
             "receiver": self.receiver,
             "title": self.title,
@@ -224,9 +224,13 @@ class Incident:
             "breaches": dict(self.breaches),
             "update_breached_gap": self.update_breached_gap,
             "escalated": dict(self.escalated),
-            "escalation_outcomes": dict(self.escalation_outcomes),
             "review_done_by": self.review_done_by,
         }
+        if self.escalation_outcomes:
+            # Only once there is one: most incidents never escalate, and every
+            # row written pays for every key.
+            data["escalation_outcomes"] = dict(self.escalation_outcomes)
+        return data
 
     @classmethod
     def from_columns(
