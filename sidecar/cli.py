@@ -18,13 +18,20 @@ from sidecar import __version__
 from sidecar.config import Config, load_config, rules_file_of, split_listen
 from sidecar.errors import ConfigError
 from sidecar.logs import setup_logging
+from sidecar.routing import routing_problems, routing_warnings
 from sidecar.rules import DROP, FLOOR_LABEL, Classification, RuleSet, load_rules
 
 log = logging.getLogger("sidecar")
 
 
-def _load(path: Path, *, read_secrets: bool = True) -> tuple[Config, RuleSet]:
-    """Load the configuration and its rules, reporting the problems of both files at once."""
+def _load(
+    path: Path, *, read_secrets: bool = True, check_routing: bool = True
+) -> tuple[Config, RuleSet]:
+    """Load the configuration and its rules, reporting the problems of both files at once.
+
+    ``check_routing`` also checks what the two say together: that no page or
+    escalation would reach nobody (:func:`sidecar.routing.routing_problems`).
+    """
     try:
         config = load_config(path, read_secrets=read_secrets)
     except ConfigError as exc:
@@ -35,7 +42,10 @@ def _load(path: Path, *, read_secrets: bool = True) -> tuple[Config, RuleSet]:
             except ConfigError as rules_exc:
                 raise ConfigError(exc.problems + rules_exc.problems) from exc
         raise
-    return config, load_rules(config.rules_file)
+    rules = load_rules(config.rules_file)
+    if check_routing and (problems := routing_problems(config, rules)):
+        raise ConfigError(problems)
+    return config, rules
 
 
 def _print_problems(exc: ConfigError) -> None:
@@ -63,6 +73,8 @@ def check_config(path: Path) -> int:
     )
     if s.server.insecure_disable_auth:
         print("  WARNING: server.insecure_disable_auth is true: anyone can post webhooks")
+    for warning in routing_warnings(config, rules):
+        print(f"  WARNING: {warning}")
     return 0
 
 
@@ -98,7 +110,8 @@ def _floor_line(result: Classification, labels: dict[str, str]) -> str:
 def explain_rules(path: Path, labels: Sequence[str], annotations: Sequence[str]) -> int:
     """Print the severity, team and matching rules for a label set, and the floor's part."""
     try:
-        _, rules = _load(path, read_secrets=False)
+        # Which rule matches needs neither secrets nor complete routing.
+        _, rules = _load(path, read_secrets=False, check_routing=False)
     except ConfigError as exc:
         _print_problems(exc)
         return 1

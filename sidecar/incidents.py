@@ -23,11 +23,11 @@ import contextlib
 import copy
 import secrets
 from collections import Counter
-from collections.abc import Iterable, Mapping
+from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass, field
 from sys import intern
 from types import MappingProxyType, MemberDescriptorType
-from typing import TYPE_CHECKING, Any, Literal, Protocol
+from typing import TYPE_CHECKING, Any, Literal, Protocol, cast
 
 import orjson
 
@@ -41,6 +41,14 @@ if TYPE_CHECKING:
 NOTHING: Mapping[str, float] = MappingProxyType({})
 
 State = Literal["triggered", "acknowledged", "resolved"]
+
+EscalationOutcome = Literal["paged", "recorded", "unrouted"]
+ESCALATION_OUTCOMES: tuple[EscalationOutcome, ...] = ("paged", "recorded", "unrouted")
+"""What a due escalation step did: paged its tier's routing key; was recorded
+only, as its ``record_only`` step declares; or reached nobody, the tier having
+no routing key (only possible without any PagerDuty configuration: with one,
+such a step is refused at start, see :mod:`sidecar.routing`)."""
+NO_OUTCOMES: Mapping[str, EscalationOutcome] = MappingProxyType({})
 
 
 class ClassificationLike(Protocol):
@@ -140,8 +148,14 @@ class Incident:
     breaches: Mapping[str, float] = field(default_factory=lambda: NOTHING)
     # Start of the update window whose deadline was missed (one breach per window).
     update_breached_gap: float | None = None
-    # Escalation tier -> when it was paged (each tier once per incident).
+    # Escalation tier -> when its step came due (each tier once per incident).
     escalated: Mapping[str, float] = field(default_factory=lambda: NOTHING)
+    # Escalation tier -> its outcome. Kept apart from ``escalated``, whose
+    # stored shape replicas of the previous version still read; rows written
+    # before outcomes were kept have none.
+    escalation_outcomes: Mapping[str, EscalationOutcome] = field(
+        default_factory=lambda: NO_OUTCOMES
+    )
     review_due_at: float | None = None
     review_done_at: float | None = None
     review_done_by: str | None = None
@@ -202,7 +216,7 @@ class Incident:
 
     def data_json(self) -> dict[str, Any]:
         """The fields stored as a JSON document beside the indexed columns and the alerts."""
-        return {
+        data: dict[str, Any] = {
             "group_key": self.group_key,
             "receiver": self.receiver,
             "title": self.title,
@@ -220,6 +234,11 @@ class Incident:
             "escalated": dict(self.escalated),
             "review_done_by": self.review_done_by,
         }
+        if self.escalation_outcomes:
+            # Only once there is one: most incidents never escalate, and every
+            # row written pays for every key.
+            data["escalation_outcomes"] = dict(self.escalation_outcomes)
+        return data
 
     @classmethod
     def from_columns(
@@ -273,6 +292,7 @@ class Incident:
             breaches=dict(data["breaches"]) if data.get("breaches") else NOTHING,
             update_breached_gap=data.get("update_breached_gap"),
             escalated=dict(data["escalated"]) if data.get("escalated") else NOTHING,
+            escalation_outcomes=_outcomes(data.get("escalation_outcomes")),
             review_due_at=review_due_at,
             review_done_at=review_done_at,
             review_done_by=data.get("review_done_by"),
@@ -280,6 +300,19 @@ class Incident:
         if legacy is None and alerts_doc is not None:
             inc.shelve_alerts(alerts_doc)
         return inc
+
+
+def escalation_outcome(record_only: bool, routed: bool) -> EscalationOutcome:
+    """A due step's outcome: recorded when record_only, else paged if its tier is routed."""
+    if record_only:
+        return "recorded"
+    return "paged" if routed else "unrouted"
+
+
+def _outcomes(stored: Mapping[str, str] | None) -> Mapping[str, EscalationOutcome]:
+    if not stored:
+        return NO_OUTCOMES
+    return {tier: cast("EscalationOutcome", intern(o)) for tier, o in stored.items()}
 
 
 # The slot's own descriptor: reading through it never decodes.
@@ -316,9 +349,10 @@ class Effect:
 
     ``kind`` is ``opened``, ``acknowledged``, ``resolved``, ``severity_raised``,
     ``status_update``, ``breach`` (``detail`` is the SLA), ``escalated``
-    (``detail`` is the tier) or ``unmatched`` (``count`` new alert instances of
-    ``team`` that no rule of ``detail``, ``severity`` or ``ownership``, matched);
-    ``seconds`` is the measured interval (time to detect, acknowledge, resolve).
+    (``detail`` is the tier, ``outcome`` what came of it) or ``unmatched``
+    (``count`` new alert instances of ``team`` that no rule of ``detail``,
+    ``severity`` or ``ownership``, matched); ``seconds`` is the measured
+    interval (time to detect, acknowledge, resolve).
     """
 
     kind: str
@@ -331,6 +365,7 @@ class Effect:
     actor: str | None = None
     detail: str | None = None
     count: int = 1
+    outcome: EscalationOutcome | None = None
 
 
 @dataclass(slots=True)
@@ -408,10 +443,14 @@ class IncidentBook:
         *,
         key_mode: Literal["group", "alert"] = "group",
         dedup_window: float = 6 * 3600.0,
+        routed_tiers: Collection[str] = frozenset(),
     ) -> None:
         self.classifier = classifier
         self.key_mode = key_mode
         self.dedup_window = dedup_window
+        # Escalation tiers with a PagerDuty routing key: a due step's outcome
+        # is decided here, with the change, not guessed later by the pager.
+        self.routed_tiers = frozenset(routed_tiers)
         self._open: dict[str, Incident] = {}
         self._by_id: dict[str, Incident] = {}
         self._closed: dict[str, _Closed] = {}
@@ -845,24 +884,48 @@ class IncidentBook:
             if not sla.is_due(kind, deadline, now):
                 continue
             if kind.startswith(sla.ESCALATION):
-                tier = kind.removeprefix(sla.ESCALATION)
-                inc.escalated = {**inc.escalated, tier: now}
-                events.append(
-                    self.event(
-                        inc,
-                        now,
-                        "escalated",
-                        "sidecar",
-                        None,
-                        f"escalated to {tier} ({inc.severity} ladder)",
-                        {"tier": tier},
-                    )
-                )
-                effects.append(Effect("escalated", inc.id, inc.severity, inc.team, detail=tier))
+                self._escalate(inc, policy, kind.removeprefix(sla.ESCALATION), now, events, effects)
             else:
                 if kind == "update":
                     inc.update_breached_gap = sla.update_gap_start(inc)
                 self._breach(inc, kind, now, events, effects, deadline=deadline)
+
+    def _escalate(
+        self,
+        inc: Incident,
+        policy: SeverityPolicy,
+        tier: str,
+        now: float,
+        events: list[TimelineEvent],
+        effects: list[Effect],
+    ) -> None:
+        outcome = self._escalation_outcome(policy, tier)
+        inc.escalated = {**inc.escalated, tier: now}
+        inc.escalation_outcomes = {**inc.escalation_outcomes, tier: outcome}
+        ladder = f"{inc.severity} ladder"
+        if outcome == "paged":
+            message = f"escalated to {tier}: paged ({ladder})"
+        elif outcome == "recorded":
+            message = (
+                f"escalated to {tier}: recorded only, nobody paged (record_only step, {ladder})"
+            )
+        else:
+            message = (
+                f"escalation to {tier} due: nobody routed (no PagerDuty routing key "
+                f"for tier {tier}; {ladder})"
+            )
+        events.append(
+            self.event(
+                inc, now, "escalated", "sidecar", None, message, {"tier": tier, "outcome": outcome}
+            )
+        )
+        effects.append(
+            Effect("escalated", inc.id, inc.severity, inc.team, detail=tier, outcome=outcome)
+        )
+
+    def _escalation_outcome(self, policy: SeverityPolicy, tier: str) -> EscalationOutcome:
+        record_only = any(step.record_only for step in policy.escalation if step.tier == tier)
+        return escalation_outcome(record_only, tier in self.routed_tiers)
 
     def _breach(
         self,

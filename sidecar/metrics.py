@@ -88,8 +88,10 @@ class Metrics:
         severities: Sequence[str],
         teams: Sequence[str],
         tiers: Sequence[str] = (),
+        escalation_outcomes: Iterable[tuple[str, str, str]] = (),
         sla_thresholds: Iterable[float] = (),
     ) -> None:
+        # escalation_outcomes: the (severity, tier, outcome) series exported from the start.
         self.registry = registry
         self.severities = tuple(severities)
         self.teams = tuple(teams)
@@ -136,8 +138,16 @@ class Metrics:
         )
         self.escalations_total = Counter(
             "escalations_total",
-            "Escalation steps taken.",
+            "Escalation steps that came due, whatever their outcome.",
             ["severity", "tier"],
+            namespace=NAMESPACE,
+            registry=registry,
+        )
+        self.escalation_outcomes_total = Counter(
+            "escalation_outcomes_total",
+            "Escalation steps that came due, by outcome: paged, recorded (a record_only step) "
+            "or unrouted (no routing key: nobody paged).",
+            ["severity", "tier", "outcome"],
             namespace=NAMESPACE,
             registry=registry,
         )
@@ -187,6 +197,8 @@ class Metrics:
                     self.breaches_total.labels(sev, team, sla)
             for tier in tiers:
                 self.escalations_total.labels(sev, tier)
+        for severity, tier, outcome in escalation_outcomes:
+            self.escalation_outcomes_total.labels(severity, tier, outcome)
         for action in PAGERDUTY_ACTIONS:
             for result in PAGERDUTY_RESULTS:
                 self.pagerduty_events_total.labels(action, result)

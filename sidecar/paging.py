@@ -5,9 +5,11 @@ severity: critical/error wake someone, warning/info do not); ``ticket`` sends
 nothing and records a ticket on the timeline; ``none`` records nothing. A
 trigger goes out when an incident opens or its severity rises; acknowledge and
 resolve follow from any source but PagerDuty itself, and only for incidents
-that were paged. The events are written to the outbox in the same transaction
-as the change that causes them (see :mod:`sidecar.service`), so a page is never
-lost and never sent for a change that was not committed.
+that were paged. An escalation step pages its tier's key only when the
+incident book recorded its outcome as ``paged`` (the book decides, with the
+change). The events are written to the outbox in the same transaction as the
+change that causes them (see :mod:`sidecar.service`), so a page is never lost
+and never sent for a change that was not committed.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from sidecar.pagerduty.events import (
     dedup_key_for_alert,
     dedup_key_for_group,
 )
+from sidecar.routing import routing_for_team, tier_routing
 
 
 def tier_dedup_key(dedup_key: str, tier: str) -> str:
@@ -84,10 +87,7 @@ class Pager:
 
     def routing_for(self, inc: Incident) -> str | None:
         """The routing key name for an incident's owning team, or the default."""
-        team = f"team:{inc.team}"
-        if team in self.routing_names:
-            return team
-        return "default" if "default" in self.routing_names else None
+        return routing_for_team(inc.team, self.routing_names)
 
     def events_for(self, change: Change, now: float) -> list[OutboxEvent]:
         """Outbox events for a change; may add paging notes to the change's timeline."""
@@ -98,7 +98,14 @@ class Pager:
                 out += self._trigger(change, now, reason="opened")
             elif effect.kind == "severity_raised" and inc.is_open:
                 out += self._trigger(change, now, reason=f"severity raised to {inc.severity}")
-            elif effect.kind == "escalated" and effect.detail is not None and inc.is_open:
+            elif (
+                effect.kind == "escalated"
+                and effect.outcome == "paged"
+                and effect.detail is not None
+                and inc.is_open
+            ):
+                # The book decided the outcome with the change; only a paged
+                # step sends anything.
                 out += self._escalate(change, now, effect.detail)
             elif effect.kind in ("acknowledged", "resolved") and effect.source != "pagerduty":
                 action = "acknowledge" if effect.kind == "acknowledged" else "resolve"
@@ -117,26 +124,17 @@ class Pager:
         if routing is not None:
             pages.append((inc.paged_dedup_key, routing))
         for tier in inc.escalated:
-            if f"tier:{tier}" in self.routing_names:
-                pages.append((tier_dedup_key(inc.paged_dedup_key, tier), f"tier:{tier}"))
+            routing = tier_routing(tier)
+            # Rows from before outcomes were kept have none: their tier was
+            # paged when it had a key.
+            outcome = inc.escalation_outcomes.get(tier, "paged")
+            if outcome == "paged" and routing in self.routing_names:
+                pages.append((tier_dedup_key(inc.paged_dedup_key, tier), routing))
         return pages
 
     def _escalate(self, change: Change, now: float, tier: str) -> list[OutboxEvent]:
         inc = change.incident
-        routing = f"tier:{tier}"
-        if routing not in self.routing_names:
-            change.events.append(
-                self.book.event(
-                    inc,
-                    now,
-                    "escalation_unrouted",
-                    "sidecar",
-                    None,
-                    f"no PagerDuty routing key for tier {tier}: escalation recorded, nobody paged",
-                    {"tier": tier},
-                )
-            )
-            return []
+        routing = tier_routing(tier)
         if inc.paged_dedup_key is None:
             inc.paged_dedup_key = self.dedup_key(inc)
         dedup = tier_dedup_key(inc.paged_dedup_key, tier)

@@ -22,12 +22,20 @@ from __future__ import annotations
 import functools
 import math
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    StrictBool,
+    ValidationError,
+    model_validator,
+)
 
 from sidecar.durations import Duration
 from sidecar.errors import ConfigError, ConfigProblem
@@ -81,11 +89,18 @@ class SLA(_Strict):
 
 
 class EscalationStep(_Strict):
-    """Page ``tier`` once ``after`` has passed since ``triggered_at``, if ``while`` still holds."""
+    """Page ``tier`` once ``after`` has passed since ``triggered_at``, if ``while`` still holds.
+
+    A ``record_only`` step pages nobody by design: it is written on the
+    timeline, so that the plan's step shows, and needs no routing key.
+    """
 
     after: Duration
     tier: Name
     while_: Literal["unacknowledged", "unresolved"] = Field(alias="while")
+    # Strict: "yes" or 1 would pass a lax bool, and a typo here decides whether
+    # anybody is woken.
+    record_only: StrictBool = False
 
 
 class SeverityPolicy(_Strict):
@@ -251,13 +266,27 @@ def _compile(
 
 
 class RuleSet:
-    """A validated rules file, ready to classify alerts."""
+    """A validated rules file, ready to classify alerts.
 
-    def __init__(self, spec: RulesFile) -> None:
+    ``source`` names the file and ``position`` maps a location in it, such as
+    ``("severities", 0, "escalation", 1, "tier")``, to its line and column, so
+    that checks made later (routing against the configuration) can point at
+    the line to change.
+    """
+
+    def __init__(
+        self,
+        spec: RulesFile,
+        *,
+        source: str = "<rules>",
+        position: Callable[[Sequence[int | str]], tuple[int, int] | None] | None = None,
+    ) -> None:
         problems = semantic_problems(spec.model_dump(by_alias=True, mode="json"))
         if problems:
             raise ValueError("; ".join(f"{format_loc(loc)}: {reason}" for loc, reason in problems))
         self.spec = spec
+        self.source = source
+        self._position = position
         self.name = spec.name
         self.description = spec.description
         self.severities: tuple[SeverityPolicy, ...] = tuple(spec.severities)
@@ -345,6 +374,17 @@ class RuleSet:
                 chosen.result, team, chosen.name, team_rule, floor, below_floor=True
             )
         return Classification(floor, team, chosen.name, team_rule, floor, chosen.result)
+
+    def problem(self, loc: Sequence[int | str], reason: str) -> ConfigProblem:
+        """A problem at ``loc`` of this rules file, with its line when known."""
+        pos = self._position(loc) if self._position is not None else None
+        return ConfigProblem(
+            self.source,
+            format_loc(loc),
+            reason,
+            line=pos[0] if pos else None,
+            column=pos[1] if pos else None,
+        )
 
     def rank(self, severity: str) -> int:
         """Position of ``severity``, 0 being the highest; ``KeyError`` if undeclared."""
@@ -536,7 +576,7 @@ def parse_rules(data: Any, source: str = "<rules>", position: Any = None) -> Rul
     if problems or spec is None:
         problems.sort(key=lambda p: (p.line or 0, p.column or 0))
         raise ConfigError(problems)
-    return RuleSet(spec)
+    return RuleSet(spec, source=source, position=position)
 
 
 def load_rules(path: Path) -> RuleSet:

@@ -11,13 +11,14 @@ from prometheus_client import CollectorRegistry
 from sidecar.clock import Clock, SystemClock
 from sidecar.config import Config
 from sidecar.errors import ConfigError, ConfigProblem
-from sidecar.incidents import IncidentBook
+from sidecar.incidents import IncidentBook, escalation_outcome
 from sidecar.metrics import Metrics
 from sidecar.outbox import OutboxWorker
 from sidecar.pagerduty.inbound import PagerDutyInbound
 from sidecar.paging import Pager
 from sidecar.replay import ReplayCache
 from sidecar.retry import RetryPolicy
+from sidecar.routing import routed_tiers, routing_problems, routing_warnings
 from sidecar.rules import RuleSet, load_rules
 from sidecar.scheduler import DeadlineScheduler
 from sidecar.service import IncidentService
@@ -70,6 +71,10 @@ class Components:
         try:
             rules = load_rules(path)
             _check_live_change(self.rules, rules, str(path), m.buckets)
+            # The same refusal as at start: no page or escalation may reach nobody.
+            problems = routing_problems(self.config, rules)
+            if problems:
+                raise ConfigError(problems)
         except ConfigError as exc:
             m.rules_reload_successful.set(0)
             problems = [str(p) for p in exc.problems]
@@ -120,8 +125,18 @@ def build_components(
     store: Store | None = None,
     rules: RuleSet | None = None,
 ) -> Components:
-    """Wire rules, store, metrics, incident book and service together (nothing started)."""
+    """Wire rules, store, metrics, incident book and service together (nothing started).
+
+    Refuses (:class:`ConfigError`) a configuration whose pages or escalations
+    would reach nobody (see :func:`sidecar.routing.routing_problems`); without
+    any PagerDuty key, logs one warning per escalation tier that would page.
+    """
     rules = rules or load_rules(config.rules_file)
+    problems = routing_problems(config, rules)
+    if problems:
+        raise ConfigError(problems)
+    for warning in routing_warnings(config, rules):
+        log.warning(warning, extra={"rules_file": rules.source})
     clock = clock or SystemClock()
     registry = registry if registry is not None else CollectorRegistry()
     s = config.settings
@@ -129,25 +144,33 @@ def build_components(
         s.store.url, sqlite_path=config.sqlite_path, synchronous=s.store.synchronous
     )
     tiers = sorted({step.tier for sev in rules.severities for step in sev.escalation})
+    names = set(config.secrets.routing_keys)
+    routed = routed_tiers(names)
     metrics = Metrics(
         registry,
         severities=[sev.name for sev in rules.severities],
         teams=rules.teams,
         tiers=tiers,
+        # The one outcome each step can have with this configuration.
+        escalation_outcomes=sorted(
+            {
+                (sev.name, step.tier, escalation_outcome(step.record_only, step.tier in routed))
+                for sev in rules.severities
+                for step in sev.escalation
+            }
+        ),
         sla_thresholds=rules.sla_thresholds(),
     )
     book = IncidentBook(
-        rules, key_mode=s.incidents.key, dedup_window=s.incidents.dedup_window.total_seconds()
+        rules,
+        key_mode=s.incidents.key,
+        dedup_window=s.incidents.dedup_window.total_seconds(),
+        routed_tiers=routed,
     )
     metrics.track_open_incidents(lambda: book.open_counts)
     metrics.track_open_breached(book.breached_counts)
-    _check_routing(config, rules)
     pd = s.pagerduty
-    pager = Pager(
-        book,
-        routing_names=set(config.secrets.routing_keys),
-        external_url=s.server.external_url,
-    )
+    pager = Pager(book, routing_names=names, external_url=s.server.external_url)
     service = IncidentService(book, store, metrics, clock, max_batch=s.store.max_batch, pager=pager)
     scheduler = DeadlineScheduler(book, service, clock)
     silences = None
@@ -206,27 +229,3 @@ def build_components(
     )
     components.on_reload += [book.set_classifier, lambda _rules: scheduler.rebuild()]
     return components
-
-
-def _check_routing(config: Config, rules: RuleSet) -> None:
-    pd = config.settings.pagerduty
-    tiers = {step.tier for sev in rules.severities for step in sev.escalation}
-    problems = [
-        ConfigProblem(
-            str(config.path),
-            f"pagerduty.team_routing_keys.{team}",
-            f"team {team!r} is not declared in {config.rules_file}",
-        )
-        for team in pd.team_routing_keys
-        if team not in rules.teams
-    ] + [
-        ConfigProblem(
-            str(config.path),
-            f"pagerduty.tier_routing_keys.{tier}",
-            f"tier {tier!r} is not used by any escalation step in {config.rules_file}",
-        )
-        for tier in pd.tier_routing_keys
-        if tier not in tiers
-    ]
-    if problems:
-        raise ConfigError(problems)

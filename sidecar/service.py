@@ -327,6 +327,10 @@ class IncidentService:
             m.child(m.breaches_total, *labels, effect.detail).inc()
         elif effect.kind == "escalated" and effect.detail is not None:
             m.child(m.escalations_total, effect.severity, effect.detail).inc()
+            if effect.outcome is not None:
+                m.child(
+                    m.escalation_outcomes_total, effect.severity, effect.detail, effect.outcome
+                ).inc()
         elif effect.kind == "unmatched" and effect.detail is not None:
             m.child(m.alerts_unmatched_total, effect.detail, effect.team).inc(effect.count)
         if not log.isEnabledFor(logging.INFO):
@@ -344,5 +348,6 @@ class IncidentService:
                 "actor": effect.actor,
                 "detail": effect.detail,
                 "count": effect.count,
+                "outcome": effect.outcome,
             },
         )

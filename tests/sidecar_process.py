@@ -60,3 +60,25 @@ class SidecarProcess(ManagedProcess):
     def webhook_url(self) -> str:
         """Where Alertmanager posts."""
         return f"{self.url}/webhook/alertmanager"
+
+
+def record_only_ladders(rules_text: str) -> str:
+    """A rules file with every escalation step declared ``record_only``.
+
+    For tests about the owning team's page with PagerDuty configured: a tier
+    without a routing key is refused at start, and these tests page no tier.
+    """
+    data = yaml.safe_load(rules_text)
+    for severity in data["severities"]:
+        for step in severity.get("escalation", []):
+            step["record_only"] = True
+    return yaml.safe_dump(data, sort_keys=False)
+
+
+def record_only_preset(preset: str, directory: Path) -> Path:
+    """The preset, its ladders record-only (see :func:`record_only_ladders`), in ``directory``."""
+    directory.mkdir(parents=True, exist_ok=True)
+    path = directory / f"{preset}-record-only.yaml"
+    text = (REPO / "rules" / f"{preset}.yaml").read_text(encoding="utf-8")
+    path.write_text(record_only_ladders(text), encoding="utf-8")
+    return path

@@ -74,7 +74,9 @@ def test_check_config_accepts_the_example(
     assert "severities P0, P1, P2, P3" in out
     assert "store sqlite" in out
     assert "cli-webhook-token" not in out + err
-    assert "WARNING" not in out
+    assert "insecure_disable_auth" not in out
+    # The example configures no PagerDuty: it says so, not refuses.
+    assert "WARNING: no PagerDuty routing key is configured" in out
 
 
 def test_check_config_accepts_the_example_with_the_other_preset(
@@ -396,6 +398,77 @@ def test_test_rules_reports_a_bad_rules_file(
     code, _, err = run(capsys, "test-rules", "--config", path, "alertname=A")
     assert code == 1
     assert {m["file"] for m in problem_lines(err)} == {str(tmp_path / "rules.yaml")}
+
+
+# -- routing: no page and no escalation may reach nobody ----------------------
+
+ROUTING_KEY = "R0UT1NGKEYR0UT1NGKEYR0UT1NGKEY00"
+# The LLM-Marketplace preset's ladders: (severity index, severity, tier).
+LADDERS = [(0, "P0", "vp-engineering"), (1, "P1", "engineering-manager"), (2, "P2", "team-lead")]
+
+
+def preset_config(
+    tmp_path: Path, pagerduty: dict[str, Any] | None, rules_text: str | None = None
+) -> tuple[Path, Path]:
+    """A config on (a copy of) the LLM-Marketplace preset; its path and the rules path."""
+    rules = tmp_path / "rules.yaml"
+    rules.write_text(rules_text or (REPO / "rules" / "llm-marketplace.yaml").read_text())
+    overrides = {"pagerduty": pagerduty} if pagerduty is not None else None
+    return write_config(tmp_path, overrides), rules
+
+
+def line_of(path: Path, needle: str) -> int:
+    """The 1-based number of the first line of ``path`` containing ``needle``."""
+    lines = path.read_text().splitlines()
+    return next(n for n, line in enumerate(lines, 1) if needle in line)
+
+
+@pytest.mark.parametrize("command", ["check-config", "serve"])
+def test_a_tier_without_routing_key_is_refused_naming_file_line_severity_and_tier(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], command: str
+) -> None:
+    path, rules = preset_config(tmp_path, {"routing_key": ROUTING_KEY})
+    code, out, err = run(capsys, command, "--config", path)
+    assert code == 1
+    assert "OK" not in out
+    found = problem_lines(err)
+    assert [(m["file"], int(m["line"]), m["loc"]) for m in found] == [
+        (str(rules), line_of(rules, f"tier: {tier}"), f"severities[{i}].escalation[0].tier")
+        for i, _, tier in LADDERS
+    ]
+    for m, (_, severity, tier) in zip(found, LADDERS, strict=True):
+        assert f"severity {severity} escalates to tier {tier!r}" in m["reason"]
+        assert f"pagerduty.tier_routing_keys.{tier}" in m["reason"]
+        assert "record_only: true" in m["reason"]
+    assert ("refusing to start" in err) == (command == "serve")
+
+
+def test_record_only_steps_and_routed_tiers_pass(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    preset = (REPO / "rules" / "llm-marketplace.yaml").read_text()
+    step = "{after: 12h, tier: team-lead, while: unresolved}"
+    assert step in preset
+    text = preset.replace(step, step.replace("}", ", record_only: true}"))
+    tiers = {"vp-engineering": {"key": ROUTING_KEY}, "engineering-manager": {"key": ROUTING_KEY}}
+    path, _ = preset_config(
+        tmp_path, {"routing_key": ROUTING_KEY, "tier_routing_keys": tiers}, text
+    )
+    code, out, err = run(capsys, "check-config", "--config", path)
+    assert (code, err) == (0, "")
+    assert f"{path}: OK" in out
+    assert "WARNING" not in out
+
+
+def test_without_pagerduty_check_config_warns_once_per_tier_that_would_page(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path, _ = preset_config(tmp_path, None)
+    code, out, _ = run(capsys, "check-config", "--config", path)
+    assert code == 0
+    warnings = [line for line in out.splitlines() if "WARNING: escalation tier" in line]
+    assert [w.split("'")[1] for w in warnings] == [tier for _, _, tier in LADDERS]
+    assert all("nobody will be paged for it" in w for w in warnings)
 
 
 # -- serve ----------------------------------------------------------------

@@ -22,7 +22,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from tests.fakes.pagerduty import FakePagerDuty
 from tests.payloads import alert, body, notification
-from tests.sidecar_process import SidecarProcess
+from tests.sidecar_process import SidecarProcess, record_only_preset
 from tests.support.alertmanager import group_key, make_alert
 from tests.support.fixtures import AlertmanagerClusterFactory
 
@@ -175,6 +175,8 @@ def sidecar_factory(tmp_path: Path, pd: FakePagerDuty) -> Iterator[SidecarFactor
             tmp_path / "sidecar",
             port=port,
             overrides={
+                # These tests follow the team's page; no escalation tier has a key.
+                "rules": {"file": str(record_only_preset("llm-marketplace", tmp_path))},
                 "pagerduty": {
                     "events_url": pd.events_url,
                     "api_url": pd.api_url,
@@ -186,7 +188,7 @@ def sidecar_factory(tmp_path: Path, pd: FakePagerDuty) -> Iterator[SidecarFactor
                     # real limit would only slow them down (the fake does not enforce it).
                     "rate_limit_per_minute": 6000,
                     "retry": RETRY,
-                }
+                },
             },
         )
         built.append(proc)

@@ -22,7 +22,7 @@ import pytest
 import yaml
 
 from tests.fakes.pagerduty import FakePagerDuty
-from tests.sidecar_process import SidecarProcess
+from tests.sidecar_process import SidecarProcess, record_only_preset
 from tests.support.alertmanager import make_alert
 from tests.support.fixtures import AlertmanagerFactory
 from tests.support.ports import free_port
@@ -134,6 +134,8 @@ async def test_three_replicas_one_incident_and_one_page_per_group_and_a_killed_o
                     webhook_token=TOKEN,
                     overrides={
                         "store": {"url": postgres_database_dsn},
+                        # One page per group is under test; no escalation tier has a key.
+                        "rules": {"file": str(record_only_preset("llm-marketplace", tmp_path))},
                         "pagerduty": {
                             "events_url": pd.events_url,
                             "routing_key": ROUTING_KEY,

@@ -745,14 +745,15 @@ def test_per_team_and_tier_routing_keys(chart: helm.Chart) -> None:
     objs = objects(render(chart, load_values(CHART_DIR / "ci/pagerduty-values.yaml")))
     secret = one(objs, "Secret")["data"]
     assert base64.b64decode(secret["pagerduty-team-search"]) == b"placeholder-search-routing-key"
-    assert "pagerduty-tier-vp-engineering" in secret
+    assert {"pagerduty-tier-vp-engineering", "pagerduty-tier-team-lead"} <= set(secret)
     pagerduty = yaml.safe_load(one(objs, "ConfigMap")["data"]["config.yaml"])["pagerduty"]
     secrets_dir = "/etc/incident-sla-sidecar/secrets"
     assert pagerduty["team_routing_keys"] == {
         "search": {"file": f"{secrets_dir}/pagerduty-team-search"}
     }
     assert pagerduty["tier_routing_keys"] == {
-        "vp-engineering": {"file": f"{secrets_dir}/pagerduty-tier-vp-engineering"}
+        tier: {"file": f"{secrets_dir}/pagerduty-tier-{tier}"}
+        for tier in ("vp-engineering", "engineering-manager", "team-lead")
     }
     assert pagerduty["timeout"] == "5s"
     values = load_values(CHART_DIR / "ci/pagerduty-values.yaml")

@@ -400,3 +400,65 @@ def test_alerts_no_rule_matched_are_counted_once_per_new_instance(book: Incident
         ("ownership", "sre", 1),
         ("severity", "sre", 1),
     ]
+
+
+# -- escalation outcomes ---------------------------------------------------------
+
+LADDER = (
+    (DATA / "rules-mini.yaml")
+    .read_text()
+    .replace(
+        "postmortem: 24h}}",
+        "postmortem: 24h}, escalation: [{after: 0s, tier: vp, while: unresolved},"
+        " {after: 0s, tier: scribe, while: unresolved, record_only: true}]}",
+    )
+)
+
+
+@pytest.fixture
+def ladder(tmp_path: Any) -> RuleSet:
+    path = tmp_path / "rules.yaml"
+    path.write_text(LADDER)
+    return load_rules(path)
+
+
+@pytest.mark.parametrize(
+    ("routed", "expected"),
+    [
+        ({"vp"}, {"vp": "paged", "scribe": "recorded"}),
+        # Without a key (no PagerDuty at all): due, recorded, nobody routed.
+        (set(), {"vp": "unrouted", "scribe": "recorded"}),
+        # A key never turns a record_only step into a page.
+        ({"vp", "scribe"}, {"vp": "paged", "scribe": "recorded"}),
+    ],
+)
+def test_a_due_step_records_its_outcome_with_the_change(
+    ladder: RuleSet, routed: set[str], expected: dict[str, str]
+) -> None:
+    book = IncidentBook(ladder, routed_tiers=routed)
+    [change] = book.apply_notification(n(alert(labels={"severity": "critical"})), T0 + 60)
+    events = {e.data["tier"]: e for e in change.events if e.kind == "escalated"}
+    assert {tier: e.data["outcome"] for tier, e in events.items()} == expected
+    effects = {e.detail: e.outcome for e in change.effects if e.kind == "escalated"}
+    assert effects == expected
+    assert dict(change.incident.escalation_outcomes) == expected
+    assert set(change.incident.escalated) == {"vp", "scribe"}
+    messages = {tier: e.message for tier, e in events.items()}
+    assert messages["scribe"].startswith("escalated to scribe: recorded only, nobody paged")
+    if expected["vp"] == "paged":
+        assert messages["vp"].startswith("escalated to vp: paged")
+    else:
+        assert messages["vp"].startswith("escalation to vp due: nobody routed")
+
+
+def test_outcomes_survive_the_store_and_old_rows_have_none(ladder: RuleSet) -> None:
+    book = IncidentBook(ladder, routed_tiers={"vp"})
+    [change] = book.apply_notification(n(alert(labels={"severity": "critical"})), T0 + 60)
+    columns = _columns(change.incident)
+    restored = Incident.from_columns(**columns)
+    assert restored.escalation_outcomes == {"vp": "paged", "scribe": "recorded"}
+    # A row written before outcomes were kept: {tier: at} only.
+    legacy = {k: v for k, v in columns["data"].items() if k != "escalation_outcomes"}
+    old = Incident.from_columns(**{**columns, "data": legacy})
+    assert set(old.escalated) == {"vp", "scribe"}
+    assert old.escalation_outcomes == {}

@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import logging
 from collections.abc import AsyncIterator, Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -17,8 +19,12 @@ from prometheus_client import CollectorRegistry
 
 from sidecar.clock import SystemClock
 from sidecar.config import Config
+from sidecar.incidents import Incident, IncidentBook
+from sidecar.paging import Pager
+from sidecar.rules import load_rules
 from sidecar.runtime import Components, build_components
 from sidecar.web import create_app
+from tests.conftest import DATA
 from tests.fakes.pagerduty import FakePagerDuty, encode_event, signature_header
 from tests.payloads import alert, body, notification
 
@@ -343,3 +349,155 @@ async def test_a_400_is_dead_lettered_and_shown_on_the_incident(
     )
     await pd.wait_for_events(1)
     assert actions(pd) == ["resolve"]
+
+
+# -- escalation outcomes: paged, recorded, unrouted -------------------------------
+
+VP_KEY = "VPVPVPVPVPVPVPVPVPVPVPVPVPVPVP00"
+# The mini rules with a P0 ladder: vp pages at once, scribe is recorded only.
+LADDER = (
+    (DATA / "rules-mini.yaml")
+    .read_text()
+    .replace(
+        "postmortem: 24h}}",
+        "postmortem: 24h}, escalation: [{after: 0s, tier: vp, while: unresolved},"
+        " {after: 0s, tier: scribe, while: unresolved, record_only: true}]}",
+    )
+)
+
+
+def outcomes(components: Components, tier: str) -> dict[str, float | None]:
+    """``incident_sla_escalation_outcomes_total`` of P0 and ``tier``, by outcome."""
+    return {
+        outcome: components.registry.get_sample_value(
+            "incident_sla_escalation_outcomes_total",
+            {"severity": "P0", "tier": tier, "outcome": outcome},
+        )
+        for outcome in ("paged", "recorded", "unrouted")
+    }
+
+
+async def ladder_sidecar(
+    aiohttp_client: Callable[..., Any],
+    config_factory: Callable[..., Config],
+    tmp_path: Path,
+    pagerduty: dict[str, Any] | None,
+) -> tuple[Client, Components]:
+    (tmp_path / "rules.yaml").write_text(LADDER)
+    config = config_factory({"pagerduty": pagerduty} if pagerduty is not None else None)
+    components = build_components(config, clock=SystemClock(), registry=CollectorRegistry())
+    return await aiohttp_client(create_app(components)), components
+
+
+async def test_a_routed_tier_is_paged_and_a_record_only_one_recorded(
+    aiohttp_client: Callable[..., Any],
+    config_factory: Callable[..., Config],
+    pd: FakePagerDuty,
+    tmp_path: Path,
+) -> None:
+    pagerduty = {
+        "events_url": pd.events_url,
+        "routing_key": ROUTING_KEY,
+        "tier_routing_keys": {"vp": {"key": VP_KEY}},
+    }
+    client, components = await ladder_sidecar(aiohttp_client, config_factory, tmp_path, pagerduty)
+    firing = notification(alert(labels={"severity": "critical"}), group_key=GROUP)
+    incident_id = (await post(client, firing))["changed"][0]["id"]
+    view = await (await client.get(f"/api/v1/incidents/{incident_id}")).json()
+    escalated = {e["data"]["tier"]: e for e in view["timeline"] if e["kind"] == "escalated"}
+    assert {t: e["data"]["outcome"] for t, e in escalated.items()} == {
+        "vp": "paged",
+        "scribe": "recorded",
+    }
+    assert escalated["vp"]["message"].startswith("escalated to vp: paged")
+    assert "nobody paged" in escalated["scribe"]["message"]
+    assert {t: e["outcome"] for t, e in view["escalations"].items()} == {
+        "vp": "paged",
+        "scribe": "recorded",
+    }
+    assert set(view["escalated"]) == {"vp", "scribe"}
+    assert outcomes(components, "vp") == {"paged": 1, "recorded": None, "unrouted": None}
+    assert outcomes(components, "scribe") == {"paged": None, "recorded": 1, "unrouted": None}
+    for tier in ("vp", "scribe"):  # the contract counter counts every step that came due
+        labels = {"severity": "P0", "tier": tier}
+        assert components.registry.get_sample_value("incident_sla_escalations_total", labels) == 1
+    # Resolved: the team's page and vp's follow; scribe, never paged, has no event at all.
+    resp = await client.post(
+        f"/api/v1/incidents/{incident_id}/resolve",
+        json={"actor": "alice"},
+        headers={"Authorization": "Bearer test-api-token"},
+    )
+    assert resp.status == 200
+    await pd.wait_for_events(4)
+    assert sorted((e.routing_key, e.event_action) for e in pd.events) == sorted(
+        (key, action) for key in (ROUTING_KEY, VP_KEY) for action in ("trigger", "resolve")
+    )
+    view = await (await client.get(f"/api/v1/incidents/{incident_id}")).json()
+    assert sorted(e["routing"] for e in view["pagerduty"]["events"]) == [
+        "default",
+        "default",
+        "tier:vp",
+        "tier:vp",
+    ]
+
+
+async def test_without_pagerduty_a_due_step_says_nobody_was_routed(
+    aiohttp_client: Callable[..., Any],
+    config_factory: Callable[..., Config],
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    with caplog.at_level(logging.WARNING, logger="sidecar"):
+        client, components = await ladder_sidecar(aiohttp_client, config_factory, tmp_path, None)
+    tiers = [r.getMessage() for r in caplog.records if "escalation tier" in r.getMessage()]
+    assert len(tiers) == 1  # vp would page; scribe is record_only
+    assert tiers[0].startswith("escalation tier 'vp' (P0) would page")
+    assert "nobody will be paged for it" in tiers[0]
+    firing = notification(alert(labels={"severity": "critical"}), group_key=GROUP)
+    incident_id = (await post(client, firing))["changed"][0]["id"]
+    view = await (await client.get(f"/api/v1/incidents/{incident_id}")).json()
+    escalated = {e["data"]["tier"]: e for e in view["timeline"] if e["kind"] == "escalated"}
+    assert escalated["vp"]["data"]["outcome"] == "unrouted"
+    assert escalated["vp"]["message"].startswith("escalation to vp due: nobody routed")
+    assert view["escalations"]["vp"]["outcome"] == "unrouted"
+    assert view["escalations"]["scribe"]["outcome"] == "recorded"
+    assert view["pagerduty"]["events"] == []
+    assert outcomes(components, "vp") == {"paged": None, "recorded": None, "unrouted": 1}
+
+
+@pytest.mark.parametrize(
+    ("stored", "followed"),
+    [
+        ({"vp": "paged"}, ["default", "tier:vp"]),
+        ({"vp": "recorded"}, ["default"]),
+        ({"vp": "unrouted"}, ["default"]),
+        ({}, ["default", "tier:vp"]),  # a row from before outcomes: as it was paged then
+    ],
+)
+def test_acknowledgment_follows_only_the_tiers_that_were_paged(
+    stored: dict[str, str], followed: list[str]
+) -> None:
+    book = IncidentBook(load_rules(DATA / "rules-mini.yaml"), routed_tiers={"vp"})
+    inc = Incident.from_columns(
+        id="i1",
+        key=GROUP,
+        state="triggered",
+        severity="P0",
+        team="sre",
+        started_at=1_700_000_000.0,
+        triggered_at=1_700_000_000.0,
+        acknowledged_at=None,
+        resolved_at=None,
+        data={
+            "group_key": GROUP,
+            "paged_dedup_key": DEDUP,
+            "escalated": {"vp": 1_700_000_000.0},
+            "escalation_outcomes": stored,
+        },
+    )
+    book.restore([inc], [])
+    pager = Pager(book, routing_names={"default", "tier:vp"})
+    change = book.acknowledge("i1", actor="alice", source="api", now=1_700_000_060.0)
+    assert change is not None
+    events = pager.events_for(change, 1_700_000_060.0)
+    assert [(e.routing, e.action) for e in events] == [(r, "acknowledge") for r in followed]

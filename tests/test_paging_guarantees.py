@@ -191,6 +191,13 @@ async def test_a_reload_moves_the_deadlines_already_scheduled(
         ("  - {name: P2,", "  - {name: P3,", "severities"),
         # 7 minutes is no histogram bucket: the le= series would not count it.
         ("acknowledge: 1h,", "acknowledge: 7m,", "bucket"),
+        # A new ladder step whose tier has no routing key would page nobody.
+        (
+            "resolve: 24h, postmortem: 1w}}",
+            "resolve: 24h, postmortem: 1w},"
+            " escalation: [{after: 1h, tier: cto, while: unresolved}]}",
+            "cto",
+        ),
     ],
 )
 async def test_a_reload_that_cannot_apply_live_is_refused_whole(

@@ -48,7 +48,7 @@ from tests.conftest import WEBHOOK_TOKEN
 from tests.fakes.pagerduty import AcceptedEvent, FakePagerDuty
 from tests.fakes.stores import FlakyStore
 from tests.payloads import alert, body, notification
-from tests.sidecar_process import SidecarProcess
+from tests.sidecar_process import SidecarProcess, record_only_preset
 from tests.support.binaries import skip_or_fail
 
 pytestmark = pytest.mark.e2e
@@ -130,6 +130,8 @@ def make_sidecar(workdir: Path, pd: FakePagerDuty, port: int | None = None) -> S
         workdir,
         port=port,
         overrides={
+            # The team's page is under test; no escalation tier has a key.
+            "rules": {"file": str(record_only_preset("llm-marketplace", workdir))},
             "pagerduty": {
                 "events_url": pd.events_url,
                 "api_url": pd.api_url,
@@ -137,7 +139,7 @@ def make_sidecar(workdir: Path, pd: FakePagerDuty, port: int | None = None) -> S
                 "timeout": "1s",
                 "rate_limit_per_minute": 60000,
                 "retry": RETRY,
-            }
+            },
         },
     )
 

@@ -92,6 +92,7 @@ def test_loads_the_plan(rules: RuleSet) -> None:
         (timedelta(0), "vp", "unresolved"),
         (timedelta(minutes=15), "lead", "unacknowledged"),
     ]
+    assert not any(s.record_only for s in p0.escalation)  # a step pages unless declared
     p1 = rules.policy("P1")
     assert (p1.sla.detect, p1.sla.update, p1.sla.postmortem) == (None, None, None)
     assert rules.policy("P2").escalation == []
@@ -543,6 +544,11 @@ INVALID = [
             ("'o p s'", "teams[2]: invalid name 'o p s'"),
             ("default_team: ops", "default_team: team 'ops' is not declared in teams"),
         ],
+    ),
+    (
+        "record_only is a real boolean, never a truthy string",
+        [("tier: vp, while: unresolved}", "tier: vp, while: unresolved, record_only: 'yes'}")],
+        [("record_only: 'yes'", "severities[0].escalation[0].record_only: Input should be a")],
     ),
     (
         "missing required keys point at the enclosing mapping",

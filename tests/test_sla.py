@@ -22,6 +22,7 @@ from prometheus_client import CollectorRegistry
 from sidecar.alertmanager import Notification
 from sidecar.clock import FakeClock, isoformat
 from sidecar.config import Config
+from sidecar.errors import ConfigError
 from sidecar.incidents import Change, TimelineEvent
 from sidecar.pagerduty.events import dedup_key_for_group
 from sidecar.rules import load_rules
@@ -563,16 +564,19 @@ async def test_tier_page_is_queued_once_and_follows_the_incident(
     assert all(r.dedup_key == dedup_key_for_group(group_key("g1")) for r in team_rows)
 
 
-async def test_a_tier_without_routing_key_is_recorded_unrouted(sidecar: SidecarFactory) -> None:
-    sc = await sidecar("schema-registry", tiers=["on-call-sre"])
-    incident = await sc.fire("P0")
-    events = await sc.timeline(incident)
-    unrouted = [e.data["tier"] for e in events if e.kind == "escalation_unrouted"]
-    assert unrouted == ["engineering-manager"]
-    routings = [r.routing for r in await sc.c.store.outbox_for_incident(incident)]
-    assert "tier:on-call-sre" in routings
-    assert "tier:engineering-manager" not in routings
-    assert sc.escalations("P0", "engineering-manager") == 1
+async def test_a_tier_without_routing_key_is_refused_at_start(
+    config_factory: Callable[..., Config], clock: FakeClock
+) -> None:
+    tiers = [t for t in tiers_of("schema-registry") if t != "cto"]
+    config = config_factory(preset_overrides("schema-registry", tiers=tiers))
+    with pytest.raises(ConfigError) as refused:
+        build_components(config, clock=clock, registry=CollectorRegistry())
+    [problem] = refused.value.problems
+    lines = PRESETS["schema-registry"].read_text().splitlines()
+    cto = next(n for n, line in enumerate(lines, 1) if "tier: cto" in line)
+    assert (problem.file, problem.line) == (str(PRESETS["schema-registry"]), cto)
+    assert problem.location == "severities[0].escalation[3].tier"
+    assert "severity P0" in problem.reason and "'cto'" in problem.reason
 
 
 async def test_tier_pages_reach_pagerduty_with_their_own_keys(sidecar: SidecarFactory) -> None:

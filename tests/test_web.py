@@ -9,8 +9,11 @@ from typing import Any
 import pytest
 from aiohttp.test_utils import TestClient
 
+from sidecar.clock import isoformat
+from sidecar.incidents import Incident
 from sidecar.runtime import Components
 from sidecar.store import IncidentQuery
+from sidecar.web.api import incident_view
 from tests.conftest import API_TOKEN, WEBHOOK_TOKEN
 from tests.payloads import alert, body, notification
 
@@ -313,3 +316,24 @@ async def test_metrics_health_and_readiness(client: Client, components: Componen
     ready = await client.get("/readyz")
     assert ready.status == 200
     assert (await ready.json())["status"] == "ready"
+
+
+def test_an_escalation_stored_before_outcomes_shows_when_but_no_outcome(
+    components: Components,
+) -> None:
+    at = 1_700_000_000.0
+    inc = Incident.from_columns(
+        id="i1",
+        key="k",
+        state="triggered",
+        severity="P0",
+        team="sre",
+        started_at=at,
+        triggered_at=at,
+        acknowledged_at=None,
+        resolved_at=None,
+        data={"escalated": {"vp": at}},  # the stored shape of earlier versions
+    )
+    view = incident_view(inc, components.rules, at + 60)
+    assert view["escalated"] == {"vp": isoformat(at)}
+    assert view["escalations"] == {"vp": {"at": isoformat(at), "outcome": None}}

@@ -68,6 +68,11 @@ def incident_view(
         "sla": sla_view(inc, rules, now, timeline),
         "breaches": {kind: isoformat(at) for kind, at in inc.breaches.items()},
         "escalated": {tier: isoformat(at) for tier, at in inc.escalated.items()},
+        # Outcome None: escalated before outcomes were kept.
+        "escalations": {
+            tier: {"at": isoformat(at), "outcome": inc.escalation_outcomes.get(tier)}
+            for tier, at in inc.escalated.items()
+        },
         "review": {
             "due_at": isoformat(inc.review_due_at),
             "done_at": isoformat(inc.review_done_at),
