@@ -135,10 +135,11 @@ def build_components(
             routing_keys=config.secrets.routing_keys,
             timeout=pd.timeout.total_seconds(),
             rate_limit_per_minute=pd.rate_limit_per_minute,
+            rate_limit_window=pd.rate_limit_window.total_seconds(),
             retry=RetryPolicy(
                 initial=pd.retry.initial.total_seconds(),
                 maximum=pd.retry.max.total_seconds(),
-                rate_limited_initial=pd.retry.rate_limited_initial.total_seconds(),
+                rate_limited=pd.retry.rate_limited.total_seconds(),
             ),
         )
         service.on_outbox = outbox.wake
