@@ -259,4 +259,5 @@ class OutboxWorker:
             next_attempt_at=now,
             error=error[:1000] if error else None,
             now=now,
+            server_failures=item.server_failures,
         )
