@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 from pydantic import (
+    AliasChoices,
     BaseModel,
     BeforeValidator,
     ConfigDict,
@@ -159,12 +160,17 @@ class RoutingKey(_Section):
 
 
 class RetryConfig(_Section):
-    """``pagerduty.retry``: backoff of failed sends (exponential, with jitter)."""
+    """``pagerduty.retry``: waits after failed sends (see :mod:`sidecar.retry`)."""
 
+    # 5xx, timeouts and network errors: exponential from initial, with jitter, up to max.
     initial: Duration = timedelta(seconds=1)
     max: Duration = timedelta(minutes=5)
-    # 429s wait longer: PagerDuty throttles about 120 events a minute per key.
-    rate_limited_initial: Duration = timedelta(seconds=30)
+    # A 429 waits its Retry-After (at most max), else this (PagerDuty suggests 30 s),
+    # whatever failed before. ``rate_limited_initial`` is its former name, still read.
+    rate_limited: Duration = Field(
+        default=timedelta(seconds=30),
+        validation_alias=AliasChoices("rate_limited", "rate_limited_initial"),
+    )
 
 
 class PagerDutyConfig(_Section):
@@ -183,7 +189,10 @@ class PagerDutyConfig(_Section):
     team_routing_keys: dict[str, RoutingKey] = Field(default_factory=dict)
     tier_routing_keys: dict[str, RoutingKey] = Field(default_factory=dict)
     timeout: Duration = timedelta(seconds=10)
+    # Shared by every replica, per routing key, counted as PagerDuty does: over a
+    # rolling window of a minute (a shorter window, scaled alike, only speeds tests).
     rate_limit_per_minute: int = Field(default=120, ge=1)
+    rate_limit_window: Duration = timedelta(minutes=1)
     retry: RetryConfig = RetryConfig()
 
     @model_validator(mode="after")
@@ -191,6 +200,13 @@ class PagerDutyConfig(_Section):
         for name in ("api_token", "webhook_secret", "routing_key"):
             _secret_pair(self, name)
         return self
+
+    @field_validator("rate_limit_window")
+    @classmethod
+    def _window(cls, value: timedelta) -> timedelta:
+        if value < timedelta(seconds=1):
+            raise ValueError("must be at least 1s")
+        return value
 
 
 class LoggingConfig(_Section):

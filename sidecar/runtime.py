@@ -64,7 +64,7 @@ class Components:
 
         A reload applies whole or not at all: what cannot change while running
         (severities, teams, SLA thresholds that are no histogram bucket) is
-        refused with the reason, and so is anything :func:`check` refuses at start.
+        refused with the reason, and so is a page or escalation that would reach nobody.
         """
         path = self.config.rules_file
         m = self.metrics
@@ -77,9 +77,9 @@ class Components:
                 raise ConfigError(problems)
         except ConfigError as exc:
             m.rules_reload_successful.set(0)
-            problems = [str(p) for p in exc.problems]
+            reasons = [str(p) for p in exc.problems]
             log.error(
-                "rules reload refused; keeping the last good rules", extra={"problems": problems}
+                "rules reload refused; keeping the last good rules", extra={"problems": reasons}
             )
             return False
         self.rules = rules
@@ -195,10 +195,11 @@ def build_components(
             routing_keys=config.secrets.routing_keys,
             timeout=pd.timeout.total_seconds(),
             rate_limit_per_minute=pd.rate_limit_per_minute,
+            rate_limit_window=pd.rate_limit_window.total_seconds(),
             retry=RetryPolicy(
                 initial=pd.retry.initial.total_seconds(),
                 maximum=pd.retry.max.total_seconds(),
-                rate_limited_initial=pd.retry.rate_limited_initial.total_seconds(),
+                rate_limited=pd.retry.rate_limited.total_seconds(),
             ),
         )
         service.on_outbox = outbox.wake

@@ -581,3 +581,40 @@ def test_config_error_lists_every_problem_in_its_message(tmp_path: Path) -> None
 def test_the_test_fixture_config_is_valid(tmp_path: Path) -> None:
     config: Config = load_config(write_config(tmp_path))
     assert (config.secrets.webhook_token, config.secrets.api_token) == (WEBHOOK_TOKEN, API_TOKEN)
+
+
+# -- pagerduty: retry waits and the shared rate ------------------------------
+
+
+def test_pagerduty_waits_and_rate_default_to_pagerdutys_advice(tmp_path: Path) -> None:
+    pd = load_config(write_config(tmp_path)).settings.pagerduty
+    assert (pd.rate_limit_per_minute, pd.rate_limit_window) == (120, timedelta(minutes=1))
+    assert (pd.retry.initial, pd.retry.max, pd.retry.rate_limited) == (
+        timedelta(seconds=1),
+        timedelta(minutes=5),
+        timedelta(seconds=30),
+    )
+
+
+@pytest.mark.parametrize("key", ["rate_limited", "rate_limited_initial"])
+def test_the_429_pause_is_read_under_its_former_name_too(tmp_path: Path, key: str) -> None:
+    path = write_config(tmp_path, {"pagerduty": {"retry": {key: "45s"}}})
+    assert load_config(path).settings.pagerduty.retry.rate_limited == timedelta(seconds=45)
+
+
+def test_the_429_pause_from_the_environment(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("SIDECAR__PAGERDUTY__RETRY__RATE_LIMITED", "20s")
+    monkeypatch.setenv("SIDECAR__PAGERDUTY__RATE_LIMIT_WINDOW", "30s")
+    pd = load_config(write_config(tmp_path)).settings.pagerduty
+    assert (pd.retry.rate_limited, pd.rate_limit_window) == (
+        timedelta(seconds=20),
+        timedelta(seconds=30),
+    )
+
+
+def test_a_rate_limit_window_under_a_second_is_refused(tmp_path: Path) -> None:
+    (problem,) = problems(write_config(tmp_path, {"pagerduty": {"rate_limit_window": "500ms"}}))
+    assert problem.location == "pagerduty.rate_limit_window"
+    assert "at least 1s" in problem.reason

@@ -542,6 +542,41 @@ async def test_rate_limit_per_minute_per_routing_key(http: aiohttp.ClientSession
     assert len(pd.events) == 4
 
 
+async def test_the_rate_limit_window_is_rolling_and_scales_with_the_rate(
+    http: aiohttp.ClientSession,
+) -> None:
+    now = [1000.0]
+    # 240 a minute over a 5 s window: 20 per 5 s, counted back from each arrival.
+    async with FakePagerDuty(
+        rate_limit_per_minute=240, rate_limit_window=5.0, monotonic=lambda: now[0]
+    ) as pd:
+        early = [(await send(http, pd, trigger()))[0] for _ in range(10)]
+        now[0] += 3.0
+        late = [(await send(http, pd, trigger()))[0] for _ in range(11)]
+        now[0] += 2.0  # the early ten left the window, the late ten did not
+        after = [(await send(http, pd, trigger()))[0] for _ in range(11)]
+
+    assert early == [202] * 10
+    assert late == [202] * 10 + [429]
+    assert after == [202] * 10 + [429]
+    # Each request is stamped with its arrival on the same clock.
+    assert [r.at for r in pd.requests[:11]] == [1000.0] * 10 + [1003.0]
+
+
+async def test_a_429_carries_retry_after_only_when_asked(http: aiohttp.ClientSession) -> None:
+    async with FakePagerDuty(rate_limit_per_minute=1) as pd:
+        await send(http, pd, trigger())
+        pd.rate_limit_next(retry_after="12")
+        async with http.post(pd.events_url, json=trigger()) as injected:
+            advised = injected.headers.get("Retry-After")
+        async with http.post(pd.events_url, json=trigger()) as own:
+            documented = own.headers.get("Retry-After")
+
+    assert (injected.status, advised) == (429, "12")
+    # PagerDuty's own 429 documents no Retry-After.
+    assert (own.status, documented) == (429, None)
+
+
 async def test_wait_for_events_returns_once_enough_arrived(
     http: aiohttp.ClientSession, pd: FakePagerDuty
 ) -> None:

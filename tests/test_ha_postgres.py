@@ -4,6 +4,10 @@ A real Alertmanager delivers every notification to all three replicas (three
 webhook configs in one receiver), as an HA pair or a replicated Deployment
 behind per-pod targets would; PagerDuty is the fake. Then one replica is
 SIGKILLed in the middle of the run and the other two finish its work.
+
+A burst of groups on one routing key, with PagerDuty's rate limit enforced by the
+fake, shows that the replicas share one budget per key: each group gets one
+trigger and one resolve, and hardly any send is refused.
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ import pytest
 import yaml
 
 from tests.fakes.pagerduty import FakePagerDuty
+from tests.payloads import alert, body, notification
 from tests.sidecar_process import SidecarProcess, record_only_preset
 from tests.support.alertmanager import make_alert
 from tests.support.fixtures import AlertmanagerFactory
@@ -182,7 +187,7 @@ async def test_three_replicas_one_incident_and_one_page_per_group_and_a_killed_o
             )
 
         await until(all_delivered)
-        await asyncio.sleep(1.0)  # nothing more may arrive
+        await until(lambda: outbox_drained(postgres_database_dsn))  # nothing more can go
         for n in range(7):
             assert [e.event_action for e in pd.events_for(dedup(n))] == ["trigger", "resolve"]
         assert len(pd.incidents) == 7
@@ -218,6 +223,109 @@ async def test_three_replicas_one_incident_and_one_page_per_group_and_a_killed_o
                 if '"event":"incident_opened"' in line
             ]
             assert await metric_sum(http, [proc], "incident_sla_incidents_total") == len(own)
+
+
+# The burst, scaled down from PagerDuty's 120 events a minute and 300 groups: the same
+# five windows' worth of events, in windows of seconds rather than a minute.
+BURST_GROUPS = 100
+BURST_WINDOW = 3.0  # seconds, in the fake and the sidecars alike
+BURST_PER_MINUTE = 800  # 40 events per 3 s window and routing key
+BURST_PER_WINDOW = int(BURST_PER_MINUTE * BURST_WINDOW / 60)
+
+
+async def outbox_drained(dsn: str) -> bool:
+    """True once no PagerDuty event waits: every one is delivered or dead."""
+    con = await asyncpg.connect(dsn)
+    try:
+        return int(await con.fetchval("SELECT count(*) FROM outbox WHERE state = 'pending'")) == 0
+    finally:
+        await con.close()
+
+
+def burst_notification(n: int, *, resolved: bool, external_url: str) -> bytes:
+    """The firing or resolved notification of burst group ``n``, from one Alertmanager."""
+    starts = datetime.now(UTC).timestamp() - 60
+    payload = notification(
+        alert(
+            f"Burst{n}",
+            fingerprint=f"{n:016x}",
+            labels=labels(n) | {"alertname": f"Burst{n}"},
+            starts=starts,
+            status="resolved" if resolved else "firing",
+            ends=starts + 30 if resolved else None,
+        ),
+        group_key=f'{{}}:{{alertname="Burst{n}"}}',
+    )
+    payload["externalURL"] = external_url
+    return body(payload)
+
+
+async def test_three_replicas_share_pagerdutys_rate_through_a_burst(
+    tmp_path: Path, postgres_database_dsn: str, replicas: list[SidecarProcess]
+) -> None:
+    async with (
+        FakePagerDuty(rate_limit_per_minute=BURST_PER_MINUTE, rate_limit_window=BURST_WINDOW) as pd,
+        aiohttp.ClientSession() as http,
+    ):
+        for i in range(3):
+            replicas.append(
+                SidecarProcess(
+                    tmp_path / f"replica-{i}",
+                    webhook_token=TOKEN,
+                    overrides={
+                        "store": {"url": postgres_database_dsn},
+                        "rules": {"file": str(record_only_preset("llm-marketplace", tmp_path))},
+                        "pagerduty": {
+                            "events_url": pd.events_url,
+                            "routing_key": ROUTING_KEY,
+                            "timeout": "2s",
+                            "rate_limit_per_minute": BURST_PER_MINUTE,
+                            "rate_limit_window": f"{BURST_WINDOW:g}s",
+                            # PagerDuty's 30 s after a 429, scaled as the window is.
+                            "retry": {"initial": "100ms", "max": "3s", "rate_limited": "1500ms"},
+                        },
+                    },
+                )
+            )
+        await asyncio.gather(*(proc.astart() for proc in replicas))
+
+        async def deliver(n: int, *, resolved: bool) -> None:
+            # One Alertmanager's notification to one replica, its HA peer's duplicate
+            # (another externalURL) to the next one.
+            for peer in range(2):
+                proc = replicas[(n + peer) % 3]
+                async with http.post(
+                    proc.webhook_url,
+                    data=burst_notification(
+                        n, resolved=resolved, external_url=f"http://alertmanager-{peer}:9093"
+                    ),
+                    headers={"Authorization": f"Bearer {TOKEN}"},
+                ) as resp:
+                    assert resp.status == 200, await resp.text()
+
+        await asyncio.gather(*(deliver(n, resolved=False) for n in range(BURST_GROUPS)))
+        await asyncio.gather(*(deliver(n, resolved=True) for n in range(BURST_GROUPS)))
+
+        await until(lambda: outbox_drained(postgres_database_dsn), limit=120)
+        # Stopped, so that nothing is in flight any more either: what the fake got is all.
+        for proc in replicas:
+            await asyncio.to_thread(proc.stop)
+
+    for n in range(BURST_GROUPS):
+        dedup_key = hashlib.sha256(f'{{}}:{{alertname="Burst{n}"}}'.encode()).hexdigest()
+        assert [e.event_action for e in pd.events_for(dedup_key)] == ["trigger", "resolve"], n
+    sends = [r for r in pd.requests if r.api == "events"]
+    refused = [r for r in sends if r.status == 429]
+    assert len(pd.events) == 2 * BURST_GROUPS
+    assert len(refused) < 0.02 * len(sends), f"{len(refused)} of {len(sends)} sends got 429"
+    # At PagerDuty's rate: never more than a window's worth in any window (the fake
+    # refuses the rest), and not much slower either: the budget was the only brake.
+    accepted = sorted(r.at for r in sends if r.status == 202)
+    for i, at in enumerate(accepted):
+        assert sum(1 for t in accepted[i:] if t < at + BURST_WINDOW) <= BURST_PER_WINDOW
+    drain = accepted[-1] - accepted[0]
+    ideal = (len(accepted) / BURST_PER_WINDOW - 1) * BURST_WINDOW
+    assert drain <= 2 * ideal + BURST_WINDOW, f"{len(accepted)} events took {drain:.1f} s"
 
 
 async def _at_least(

@@ -8,13 +8,16 @@ failure injection or a closed port, never by mocks.
 from __future__ import annotations
 
 import socket
+import time
 from collections.abc import AsyncIterator
+from email.utils import formatdate
 from typing import Any
 
 import aiohttp
 import pytest
 from aiohttp import web
 
+from sidecar.clock import FakeClock
 from sidecar.pagerduty.client import (
     ApiAuthError,
     ApiNotFound,
@@ -145,7 +148,36 @@ async def test_429_is_rate_limited(events: EventsClient, pd: FakePagerDuty) -> N
 
     assert (result.outcome, result.status) == ("rate_limited", 429)
     assert result.retryable
+    assert result.retry_after is None  # PagerDuty documents no Retry-After
     assert pd.events == []
+
+
+@pytest.mark.parametrize(
+    ("header", "expected"),
+    [("7", 7.0), ("0", 0.0), ("a while", None)],
+)
+async def test_a_429s_retry_after_is_passed_on(
+    events: EventsClient, pd: FakePagerDuty, header: str, expected: float | None
+) -> None:
+    pd.rate_limit_next(retry_after=header)  # as a proxy in front of PagerDuty may answer
+
+    result = await events.send(trigger(), ROUTING_KEY)
+
+    assert (result.outcome, result.retry_after) == ("rate_limited", expected)
+
+
+async def test_a_retry_after_date_counts_from_the_answers_own_date(
+    http: aiohttp.ClientSession, pd: FakePagerDuty
+) -> None:
+    # aiohttp stamps the fake's answer with a Date; a Retry-After a day after it waits a
+    # day, however wrong our own clock is.
+    events = EventsClient(http, pd.events_url, clock=FakeClock(0.0))
+    pd.rate_limit_next(retry_after=formatdate(time.time() + 86400, usegmt=True))
+
+    result = await events.send(trigger(), ROUTING_KEY)
+
+    assert result.retry_after is not None
+    assert 86400 - 5 <= result.retry_after <= 86400 + 5
 
 
 async def test_the_fakes_own_rate_limit_is_rate_limited(http: aiohttp.ClientSession) -> None:

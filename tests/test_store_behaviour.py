@@ -24,7 +24,7 @@ from sidecar.incidents import AlertState, Incident, State, TimelineEvent
 from sidecar.store import IncidentQuery, PostgresStore, SQLiteStore, Store, WriteBatch, open_store
 from sidecar.store import postgres as pg_module
 from sidecar.store import sqlite as sqlite_module
-from sidecar.store.base import OutboxItem, OutboxRow, event_row, incident_row
+from sidecar.store.base import OutboxItem, OutboxRow, RateBudget, event_row, incident_row
 from tests.support.ports import free_port
 
 T0 = 1_700_000_000.0
@@ -195,11 +195,30 @@ def events(inc: Incident, *seqs: int) -> list[TimelineEvent]:
     ]
 
 
-def outbox_row(inc: Incident, action: str, *, at: float, dedup_key: str | None = None) -> OutboxRow:
+def outbox_row(
+    inc: Incident,
+    action: str,
+    *,
+    at: float,
+    dedup_key: str | None = None,
+    routing: str = "default",
+) -> OutboxRow:
     """A PagerDuty event of ``inc`` created at ``at``."""
     key = dedup_key or f"dedup-{inc.id}"
     body = orjson.dumps({"event_action": action, "dedup_key": key, "payload": {"at": at}})
-    return (inc.id, key, "default", action, body, at)
+    return (inc.id, key, routing, action, body, at)
+
+
+async def claimed(
+    store: Store,
+    now: float,
+    limit: int,
+    lease: float,
+    owner: str,
+    budget: RateBudget | None = None,
+) -> list[OutboxItem]:
+    """What one claim leased."""
+    return (await store.claim_outbox(now, limit, lease, owner, budget)).items
 
 
 def batch(
@@ -564,6 +583,7 @@ async def test_outbox_rows_are_written_with_the_batch(store: Store) -> None:
         next_attempt_at=T0,
         last_error=None,
         done_at=None,
+        server_failures=0,
     )
     assert isinstance(item.body, bytes)
     assert await store.outbox_pending() == 1
@@ -692,6 +712,7 @@ def every_call(store: Store, *, empty_write: bool = False) -> list[Callable[[], 
         lambda: store.timeline("late"),
         store.ping,
         lambda: store.due_outbox(T0, 10),
+        lambda: store.claim_outbox(T0, 10, 30, "w", RateBudget(5, 61, {"default": "default"})),
         lambda: store.finish_outbox(
             1, state="delivered", attempts=1, next_attempt_at=T0, error=None, now=T0
         ),
@@ -753,6 +774,121 @@ def test_open_store_builds_a_sqlite_store_for_sqlite_urls(tmp_path: Path) -> Non
     assert store.path == tmp_path / "x.db"
 
 
+# -- leases and the send budget ---------------------------------------------
+
+
+async def test_a_lease_expires_and_another_worker_takes_the_row(store: Store) -> None:
+    a = incident("a")
+    await store.write(
+        batch(a, outbox=[outbox_row(a, "trigger", at=T0), outbox_row(a, "resolve", at=T0 + 1)])
+    )
+    [lease] = await claimed(store, T0 + 5, 10, 30, "dead-worker")
+    assert lease.action == "trigger"
+    assert lease.state == "pending"
+    # The dead worker never finishes: the row is out of reach until its lease runs out...
+    assert await claimed(store, T0 + 34.9, 10, 30, "survivor") == []
+    assert await store.due_outbox(T0 + 34.9, 10) == []
+    # ...then it is the head again, for the survivor, never its successor first.
+    assert [i.id for i in await store.due_outbox(T0 + 35, 10)] == [lease.id]
+    [taken] = await claimed(store, T0 + 35, 10, 30, "survivor")
+    assert taken.id == lease.id
+    await store.finish_outbox(
+        taken.id, state="delivered", attempts=1, next_attempt_at=T0 + 36, error=None, now=T0 + 36
+    )
+    [resolve] = await claimed(store, T0 + 36, 10, 30, "survivor")
+    assert resolve.action == "resolve"
+
+
+async def test_finishing_a_retry_releases_the_lease(store: Store) -> None:
+    a = incident("a")
+    await store.write(batch(a, outbox=[outbox_row(a, "trigger", at=T0)]))
+    [lease] = await claimed(store, T0, 10, 300, "w1")
+    await store.finish_outbox(
+        lease.id,
+        state="pending",
+        attempts=3,
+        next_attempt_at=T0 + 5,
+        error="429",
+        now=T0,
+        server_failures=2,
+    )
+    # Due again at its retry time, well before the 300 s lease would have run out.
+    assert await claimed(store, T0 + 4, 10, 300, "w2") == []
+    [again] = await claimed(store, T0 + 5, 10, 300, "w2")
+    assert (again.id, again.attempts, again.last_error) == (lease.id, 3, "429")
+    assert again.server_failures == 2
+
+
+def budget(per_window: int, **buckets: str) -> RateBudget:
+    """``per_window`` sends a minute (plus a second) per bucket; ``default`` is its own."""
+    return RateBudget(per_window, 61.0, {"default": "default", **buckets})
+
+
+async def pending_events(store: Store, routing: str, n: int, *, at: float = T0) -> None:
+    """``n`` incidents of ``routing``, each with a trigger then a resolve."""
+    incs = [incident(f"{routing}-{k}", triggered_at=at + k) for k in range(n)]
+    rows = [
+        outbox_row(inc, action, at=at + k, routing=routing)
+        for k, inc in enumerate(incs)
+        for action in ("trigger", "resolve")
+    ]
+    await store.write(batch(*incs, outbox=rows))
+
+
+async def test_a_claim_takes_no_more_than_the_budget_allows_now(store: Store) -> None:
+    await pending_events(store, "default", 6)
+    first = await store.claim_outbox(T0 + 10, 8, 60, "w", budget(4))
+    assert [i.incident_id for i in first.items] == [f"default-{k}" for k in range(4)]
+    # Spent until the first of those sends leaves the window (61 s later).
+    assert first.held_until == T0 + 10 + 61
+    for item in first.items:
+        await store.finish_outbox(
+            item.id, state="delivered", attempts=1, next_attempt_at=T0, error=None, now=T0 + 11
+        )
+    # Finishing gives nothing back: the sends were made. Free slots do not help either.
+    later = await store.claim_outbox(T0 + 40, 8, 60, "w", budget(4))
+    assert later.items == []
+    assert later.held_until == T0 + 10 + 61
+    # As sends leave the window, as many new ones go, oldest first, resolves after triggers.
+    freed = await claimed(store, T0 + 71, 8, 60, "w", budget(4))
+    assert [(i.incident_id, i.action) for i in freed] == [
+        ("default-0", "resolve"),
+        ("default-1", "resolve"),
+        ("default-2", "resolve"),
+        ("default-3", "resolve"),
+    ]
+
+
+async def test_the_budget_is_per_routing_key_and_names_of_one_key_share_it(store: Store) -> None:
+    await pending_events(store, "default", 3, at=T0)
+    await pending_events(store, "team:db", 3, at=T0 + 100)  # the same key as default
+    await pending_events(store, "team:web", 3, at=T0 + 200)  # a key of its own
+    await pending_events(store, "team:gone", 3, at=T0 + 300)  # no longer configured
+    shared = budget(2, **{"team:db": "default", "team:web": "team:web"})
+    items = await claimed(store, T0 + 400, 20, 60, "w", shared)
+    assert sorted(i.incident_id for i in items) == [
+        "default-0",
+        "default-1",
+        "team:gone-0",
+        "team:gone-1",
+        "team:gone-2",
+        "team:web-0",
+        "team:web-1",
+    ]
+    # Nothing else goes now: every budget is spent, and the rest is leased.
+    assert await claimed(store, T0 + 400, 20, 60, "w2", shared) == []
+
+
+async def test_without_a_budget_a_claim_takes_every_due_head_up_to_its_limit(
+    store: Store,
+) -> None:
+    await pending_events(store, "default", 5)
+    assert len(await claimed(store, T0 + 10, 2, 60, "w")) == 2
+    claim = await store.claim_outbox(T0 + 10, 100, 60, "w")
+    assert len(claim.items) == 3
+    assert claim.held_until is None
+
+
 # -- PostgreSQL only: several replicas on one database ----------------------
 
 
@@ -783,58 +919,32 @@ async def test_concurrent_claims_never_return_the_same_row(pg: Backend) -> None:
     for _ in range(3):
         claims.extend(
             await asyncio.gather(
-                first.claim_outbox(T0 + 10, 7, 30, "first"),
-                second.claim_outbox(T0 + 10, 7, 30, "second"),
-                first.claim_outbox(T0 + 10, 7, 30, "first"),
-                second.claim_outbox(T0 + 10, 7, 30, "second"),
+                claimed(first, T0 + 10, 7, 30, "first"),
+                claimed(second, T0 + 10, 7, 30, "second"),
+                claimed(first, T0 + 10, 7, 30, "first"),
+                claimed(second, T0 + 10, 7, 30, "second"),
             )
         )
     ids = [item.id for claim in claims for item in claim]
     assert len(ids) == len(set(ids)), "a row was claimed twice"
     # Every head is claimed by now (12 claims of 7 > 40 heads), and nothing more.
     assert sorted(ids) == heads
-    assert await first.claim_outbox(T0 + 10, 100, 30, "third") == []
+    assert await claimed(first, T0 + 10, 100, 30, "third") == []
     # Leased heads are not due for anyone else either, and their keys' later events wait.
     assert await second.due_outbox(T0 + 10, 100) == []
 
 
-async def test_a_lease_expires_and_another_worker_takes_the_row(pg: Backend) -> None:
-    store = await pg.open()
-    assert isinstance(store, PostgresStore)
-    a = incident("a")
-    await store.write(
-        batch(a, outbox=[outbox_row(a, "trigger", at=T0), outbox_row(a, "resolve", at=T0 + 1)])
+async def test_replicas_claiming_at_once_share_one_budget(pg: Backend) -> None:
+    stores = [await pg.open() for _ in range(3)]
+    await pending_events(stores[0], "default", 30)
+    claims = await asyncio.gather(
+        *(claimed(s, T0 + 100, 8, 60, f"r{n}", budget(10)) for n in range(3) for s in stores)
     )
-    [claimed] = await store.claim_outbox(T0 + 5, 10, 30, "dead-worker")
-    assert claimed.action == "trigger"
-    assert claimed.state == "pending"
-    # The dead worker never finishes: the row is out of reach until its lease runs out...
-    assert await store.claim_outbox(T0 + 34.9, 10, 30, "survivor") == []
-    assert await store.due_outbox(T0 + 34.9, 10) == []
-    # ...then it is the head again, for the survivor, never its successor first.
-    assert [i.id for i in await store.due_outbox(T0 + 35, 10)] == [claimed.id]
-    [taken] = await store.claim_outbox(T0 + 35, 10, 30, "survivor")
-    assert taken.id == claimed.id
-    await store.finish_outbox(
-        taken.id, state="delivered", attempts=1, next_attempt_at=T0 + 36, error=None, now=T0 + 36
-    )
-    [resolve] = await store.claim_outbox(T0 + 36, 10, 30, "survivor")
-    assert resolve.action == "resolve"
-
-
-async def test_finishing_a_retry_releases_the_lease(pg: Backend) -> None:
-    store = await pg.open()
-    assert isinstance(store, PostgresStore)
-    a = incident("a")
-    await store.write(batch(a, outbox=[outbox_row(a, "trigger", at=T0)]))
-    [claimed] = await store.claim_outbox(T0, 10, 300, "w1")
-    await store.finish_outbox(
-        claimed.id, state="pending", attempts=1, next_attempt_at=T0 + 5, error="429", now=T0
-    )
-    # Due again at its retry time, well before the 300 s lease would have run out.
-    assert await store.claim_outbox(T0 + 4, 10, 300, "w2") == []
-    [again] = await store.claim_outbox(T0 + 5, 10, 300, "w2")
-    assert (again.id, again.attempts, again.last_error) == (claimed.id, 1, "429")
+    items = [item for claim in claims for item in claim]
+    # Nine claims of up to eight, all at once, and together they took the ten allowed.
+    assert len(items) == len({i.id for i in items}) == 10
+    assert sorted(i.incident_id for i in items) == sorted(f"default-{k}" for k in range(10))
+    assert {i.action for i in items} == {"trigger"}
 
 
 async def test_a_running_store_that_loses_its_database_is_unavailable_until_it_is_back(
@@ -923,12 +1033,12 @@ async def test_workers_draining_one_outbox_send_each_event_once_in_key_order(
     sent: list[OutboxItem] = []
 
     async def worker(store: PostgresStore, name: str) -> None:
-        while claimed := await store.claim_outbox(T0 + 10, 4, 60, name):
-            for item in claimed:
+        while taken := await claimed(store, T0 + 10, 4, 60, name):
+            for item in taken:
                 assert item.dedup_key not in in_flight, f"two sends of {item.dedup_key} at once"
                 in_flight.add(item.dedup_key)
             await asyncio.sleep(0)  # let the other workers claim while these are "sent"
-            for item in claimed:
+            for item in taken:
                 sent.append(item)
                 in_flight.discard(item.dedup_key)
                 await store.finish_outbox(

@@ -4,7 +4,10 @@ Neither retries nor sleeps: the sender classifies each answer as Alertmanager's
 ``notify/util.go`` ``Retrier.Check`` does for its PagerDuty integration (2xx ok,
 5xx retry, plus PagerDuty's 429), following PagerDuty's "API response codes &
 retry logic" (Events API v2 overview): 202 accepted, 400 never retried, 429 and
-5xx retried. The one retry policy of the sidecar lives in the outbox worker.
+5xx retried. PagerDuty documents no ``Retry-After`` on the Events API, but a
+proxy in front of it may send one: it is read (``SendResult.retry_after``) and
+honoured by the one retry policy of the sidecar (:mod:`sidecar.retry`), which
+the outbox worker applies.
 
 REST errors, documented once::
 
@@ -27,8 +30,10 @@ from urllib.parse import quote
 import aiohttp
 import orjson
 
+from sidecar.clock import Clock, SystemClock
 from sidecar.errors import SidecarError
 from sidecar.pagerduty.events import MAX_EVENT_BYTES, encode_event
+from sidecar.retry import retry_after_seconds
 
 Outcome = Literal["accepted", "retry", "rate_limited", "rejected"]
 
@@ -43,12 +48,16 @@ _REDACTED = "<redacted>"
 
 @dataclass(frozen=True, slots=True)
 class SendResult:
-    """What became of one event: PagerDuty's answer, classified."""
+    """What became of one event: PagerDuty's answer, classified.
+
+    ``retry_after`` is the wait in seconds the answer's ``Retry-After`` asked for, if any.
+    """
 
     outcome: Outcome
     status: int | None
     message: str
     dedup_key: str | None
+    retry_after: float | None = None
 
     @property
     def retryable(self) -> bool:
@@ -60,11 +69,18 @@ class EventsClient:
     """Sends Events API v2 events one at a time and classifies PagerDuty's answer."""
 
     def __init__(
-        self, session: aiohttp.ClientSession, events_url: str, *, timeout: float = 10.0
+        self,
+        session: aiohttp.ClientSession,
+        events_url: str,
+        *,
+        timeout: float = 10.0,
+        clock: Clock | None = None,
     ) -> None:
         self._session = session
         self.events_url = events_url
         self.timeout = timeout
+        # Only to read a Retry-After date when the answer carries no Date of its own.
+        self.clock = clock or SystemClock()
 
     async def send(self, body: Mapping[str, Any], routing_key: str) -> SendResult:
         """POST ``body`` with ``routing_key`` added; never raises for HTTP or network failures."""
@@ -88,16 +104,23 @@ class EventsClient:
             ) as response:
                 status = response.status
                 raw = await response.read()
+                retry_after = retry_after_seconds(
+                    response.headers.get("Retry-After"),
+                    now=self.clock.now(),
+                    date=response.headers.get("Date"),
+                )
         except TimeoutError:
             # Checked before ClientError: aiohttp's timeouts are both.
             return SendResult("retry", None, f"no answer within {self.timeout:g} s", None)
         except (aiohttp.ClientError, OSError) as exc:
             message = _redact(f"{type(exc).__name__}: {exc}", routing_key)
             return SendResult("retry", None, message, None)
-        return _classify(status, raw, routing_key)
+        return _classify(status, raw, routing_key, retry_after)
 
 
-def _classify(status: int, raw: bytes, routing_key: str) -> SendResult:
+def _classify(
+    status: int, raw: bytes, routing_key: str, retry_after: float | None = None
+) -> SendResult:
     answer = _json_object(raw)
     dedup_key = answer.get("dedup_key")
     key = dedup_key if isinstance(dedup_key, str) else None
@@ -111,7 +134,9 @@ def _classify(status: int, raw: bytes, routing_key: str) -> SendResult:
         # 400 is documented as never retryable; 401, 403, 404 and 413 will not
         # change by themselves either (wrong URL, proxy refusal, too large).
         outcome = "rejected"
-    return SendResult(outcome, status, _describe(answer, status, routing_key), key)
+    # Only a retryable answer's advice matters; a 202 or a 400 has nothing to wait for.
+    advice = retry_after if outcome in ("retry", "rate_limited") else None
+    return SendResult(outcome, status, _describe(answer, status, routing_key), key, advice)
 
 
 def _describe(answer: Mapping[str, Any], status: int, routing_key: str) -> str:

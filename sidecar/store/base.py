@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Collection
+from collections.abc import Awaitable, Callable, Collection, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -146,6 +146,72 @@ class OutboxItem:
     next_attempt_at: float
     last_error: str | None
     done_at: float | None
+    # 5xx, timeouts and network errors met so far (429s not counted): the
+    # exponent of the backoff, so that a 429 does not lengthen a later one.
+    server_failures: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class RateBudget:
+    """How many events each routing key may send per rolling window, all replicas together.
+
+    ``buckets`` maps a routing name to the budget it draws from: names that hold
+    the same routing key share one, since PagerDuty limits per key. An event of
+    a name missing from it (no longer configured) draws from none.
+    """
+
+    per_window: int
+    window: float
+    buckets: Mapping[str, str]
+
+
+@dataclass(frozen=True, slots=True)
+class Claim:
+    """What :meth:`Store.claim_outbox` leased, and when a spent budget lets more go."""
+
+    items: list[OutboxItem]
+    # The earliest time a head held back by a spent budget may be claimed; None
+    # when the budget held nothing back.
+    held_until: float | None = None
+
+
+def take_within_budget(
+    heads: Sequence[OutboxItem],
+    limit: int,
+    budget: RateBudget | None,
+    sent: Mapping[str, Sequence[float]],
+    now: float,
+) -> Claim:
+    """The oldest ``heads`` (at most ``limit``) that each bucket's budget lets go now.
+
+    ``sent`` holds, per bucket, the times (ascending) of the sends counted in the
+    window ending at ``now``; each head taken counts as a send at ``now``. Both
+    stores pick through this, so they share one rule.
+    """
+    taken: list[OutboxItem] = []
+    counted = {bucket: sorted(times) for bucket, times in sent.items()}
+    held: set[str] = set()
+    for item in sorted(heads, key=lambda i: i.id):
+        if len(taken) >= limit:
+            break
+        bucket = budget.buckets.get(item.routing) if budget is not None else None
+        if bucket is None:
+            taken.append(item)
+            continue
+        assert budget is not None
+        times = counted.setdefault(bucket, [])
+        if len(times) >= budget.per_window:
+            held.add(bucket)
+            continue
+        times.append(now)
+        taken.append(item)
+    held_until = None
+    if held and budget is not None:
+        # A bucket frees once enough of its sends leave the window.
+        held_until = min(
+            counted[b][len(counted[b]) - budget.per_window] + budget.window for b in held
+        )
+    return Claim(taken, held_until)
 
 
 @dataclass(slots=True)
@@ -263,9 +329,20 @@ class Store(Protocol):
         ...
 
     async def claim_outbox(
-        self, now: float, limit: int, lease_seconds: float, owner: str
-    ) -> list[OutboxItem]:
-        """Like ``due_outbox``, leased to ``owner`` so no other replica sends them meanwhile."""
+        self,
+        now: float,
+        limit: int,
+        lease_seconds: float,
+        owner: str,
+        budget: RateBudget | None = None,
+    ) -> Claim:
+        """Like ``due_outbox``, leased to ``owner`` so no other worker sends them meanwhile.
+
+        With a ``budget``, no more is claimed per bucket than its budget allows
+        right now, counting what every worker claimed in the window, so that
+        nothing claimed has to wait before it is sent (and no lease lapses while
+        it waits). A lease lasts until ``finish_outbox`` or ``now + lease_seconds``.
+        """
         ...
 
     async def finish_outbox(
@@ -277,8 +354,9 @@ class Store(Protocol):
         next_attempt_at: float,
         error: str | None,
         now: float,
+        server_failures: int = 0,
     ) -> None:
-        """Record a send's outcome: ``delivered``, ``dead`` or still ``pending``."""
+        """Record a send's outcome (``delivered``, ``dead`` or still ``pending``); end its lease."""
 
     async def outbox_pending(self) -> int:
         """How many events wait for delivery."""

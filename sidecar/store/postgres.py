@@ -10,9 +10,10 @@ that Alertmanager retries forever); operators still read the documents with ``->
 
 Migrations run once, in order, in one transaction under an advisory lock, so replicas
 starting together neither race nor apply one twice. The one-open-incident-per-key rule
-is a partial unique index, as in SQLite. Outbox rows can be leased
-(:meth:`PostgresStore.claim_outbox`, ``FOR UPDATE SKIP LOCKED``) so several workers
-never send the same event at once and a dead worker's lease runs out.
+is a partial unique index, as in SQLite. Outbox rows are leased
+(:meth:`PostgresStore.claim_outbox`) so several workers never send the same event at
+once and a dead worker's lease runs out; claims take one advisory lock, so that the
+per-routing-key send budget they share (``outbox_sends``) is counted by one at a time.
 """
 
 from __future__ import annotations
@@ -30,18 +31,24 @@ from sidecar.store.base import (
     INCIDENT_COLUMNS,
     OPEN,
     REVIEW_PENDING,
+    Claim,
     IncidentQuery,
     LockedState,
     OutboxItem,
+    RateBudget,
     WriteBatch,
     event_from_row,
     incident_from_row,
     query_filters,
+    take_within_budget,
 )
 
 # pg_advisory_xact_lock key: "sidecar" "migrate" as a fixed 64-bit number, the same in
 # every replica and unlikely to collide with another application's lock in the database.
 MIGRATION_LOCK = 0x5349_4443_4D49_4752
+# The same for outbox claims ("sidecar" "outbox"): held by one claim at a time, for the
+# few milliseconds it takes to count the budget, pick and lease.
+CLAIM_LOCK = 0x5349_4443_4F55_5442
 
 # Each migration runs once, in order; never edit one that has shipped, add the next
 # instead. Versions match SQLite's, so `schema_version` means the same on both.
@@ -141,6 +148,21 @@ MIGRATIONS: list[tuple[int, str, str]] = [
         # exists so that both backends keep one numbering.
         "SELECT 1",
     ),
+    (
+        6,
+        "outbox backoff counts server failures only; shared send budget",
+        # outbox_sends: one row per event claimed with a budget, by every replica, so
+        # that together they keep to PagerDuty's rate per routing key. Rows older than
+        # the window are deleted by the claims themselves.
+        """
+        ALTER TABLE outbox ADD COLUMN server_failures integer NOT NULL DEFAULT 0;
+        CREATE TABLE outbox_sends (
+            bucket text NOT NULL,
+            at double precision NOT NULL
+        );
+        CREATE INDEX outbox_sends_at ON outbox_sends(at);
+        """,
+    ),
 ]
 
 _UPSERT = f"""
@@ -166,7 +188,7 @@ _INSERT_DELIVERY = (
 )
 _OUTBOX_COLUMNS = (
     "id, incident_id, dedup_key, routing, action, body, created_at, state, attempts, "
-    "next_attempt_at, last_error, done_at"
+    "next_attempt_at, last_error, done_at, server_failures"
 )
 _SELECT = f"SELECT {INCIDENT_COLUMNS} FROM incidents"  # noqa: S608
 # A pending row is a head when no older pending row shares its dedup key; it is free when
@@ -177,14 +199,13 @@ _FREE_HEAD = (
     "AND NOT EXISTS (SELECT 1 FROM outbox p "
     "WHERE p.dedup_key = o.dedup_key AND p.state = 'pending' AND p.id < o.id)"
 )
-_CLAIM = f"""
-WITH claimed AS (
-    SELECT o.id FROM outbox o WHERE {_FREE_HEAD}
-    ORDER BY o.id LIMIT $2 FOR UPDATE SKIP LOCKED
-)
-UPDATE outbox SET lease_until = $3, lease_owner = $4
-FROM claimed WHERE outbox.id = claimed.id
-RETURNING {", ".join("outbox." + c.strip() for c in _OUTBOX_COLUMNS.split(","))}
+# The oldest free heads of each routing name, at most $2 of each, for the budget to pick from.
+_FREE_HEADS_PER_ROUTING = f"""
+SELECT {_OUTBOX_COLUMNS} FROM (
+    SELECT {", ".join("o." + c.strip() for c in _OUTBOX_COLUMNS.split(","))},
+        row_number() OVER (PARTITION BY o.routing ORDER BY o.id) AS n
+    FROM outbox o WHERE {_FREE_HEAD}
+) heads WHERE n <= $2 ORDER BY id
 """  # noqa: S608 - constant SQL, values are parameters
 
 # Everything asyncpg, the socket or a timeout can raise when the database cannot serve us;
@@ -399,17 +420,44 @@ class PostgresStore:
         )
 
     async def claim_outbox(
-        self, now: float, limit: int, lease_seconds: float, owner: str
-    ) -> list[OutboxItem]:
+        self,
+        now: float,
+        limit: int,
+        lease_seconds: float,
+        owner: str,
+        budget: RateBudget | None = None,
+    ) -> Claim:
         """Lease up to ``limit`` due heads to ``owner`` until ``now + lease_seconds``.
 
-        Rows another worker is claiming at the same moment are skipped (``SKIP LOCKED``),
-        rows leased to anyone are skipped until the lease runs out, and only the head of
-        each dedup key is ever claimed, so no two workers send one key's events at once.
+        Claims run one at a time (an advisory lock), so two workers never claim one row
+        and every claim counts the sends of all the others in the budget; rows leased
+        to anyone are skipped until the lease runs out, and only the head of each dedup
+        key is ever claimed, so no two workers send one key's events at once.
         """
         async with self._connection() as con, con.transaction():
-            rows = await con.fetch(_CLAIM, now, limit, now + lease_seconds, owner)
-        return sorted(_items(rows), key=lambda item: item.id)
+            await con.execute("SELECT pg_advisory_xact_lock($1)", CLAIM_LOCK)
+            heads = _items(await con.fetch(_FREE_HEADS_PER_ROUTING, now, limit))
+            if not heads:
+                return Claim([])
+            sent: dict[str, list[float]] = {}
+            if budget is not None:
+                await con.execute("DELETE FROM outbox_sends WHERE at <= $1", now - budget.window)
+                for bucket, at in await con.fetch("SELECT bucket, at FROM outbox_sends"):
+                    sent.setdefault(bucket, []).append(at)
+            claim = take_within_budget(heads, limit, budget, sent, now)
+            await con.execute(
+                "UPDATE outbox SET lease_until = $1, lease_owner = $2 WHERE id = ANY($3)",
+                now + lease_seconds,
+                owner,
+                [item.id for item in claim.items],
+            )
+            if budget is not None:
+                buckets = [budget.buckets.get(item.routing) for item in claim.items]
+                await con.executemany(
+                    "INSERT INTO outbox_sends (bucket, at) VALUES ($1, $2)",
+                    [(bucket, now) for bucket in buckets if bucket is not None],
+                )
+        return claim
 
     async def finish_outbox(
         self,
@@ -420,17 +468,20 @@ class PostgresStore:
         next_attempt_at: float,
         error: str | None,
         now: float,
+        server_failures: int = 0,
     ) -> None:
         """Record the outcome of a send and release its lease."""
         done_at = now if state != "pending" else None
         await self._execute(
             "UPDATE outbox SET state = $1, attempts = $2, next_attempt_at = $3, last_error = $4, "
-            "done_at = $5, lease_owner = NULL, lease_until = NULL WHERE id = $6",
+            "done_at = $5, server_failures = $6, lease_owner = NULL, lease_until = NULL "
+            "WHERE id = $7",
             state,
             attempts,
             next_attempt_at,
             error,
             done_at,
+            server_failures,
             item_id,
         )
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import sqlite3
+from collections import deque
 from collections.abc import AsyncIterator, Callable, Collection, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
@@ -23,13 +24,16 @@ from sidecar.store.base import (
     INCIDENT_COLUMNS,
     OPEN,
     REVIEW_PENDING,
+    Claim,
     IncidentQuery,
     LockedState,
     OutboxItem,
+    RateBudget,
     WriteBatch,
     event_from_row,
     incident_from_row,
     query_filters,
+    take_within_budget,
 )
 
 T = TypeVar("T")
@@ -131,6 +135,15 @@ MIGRATIONS: list[tuple[int, str, str]] = [
         DROP INDEX IF EXISTS incidents_key_resolved;
         """,
     ),
+    (
+        6,
+        "outbox backoff counts server failures only; shared send budget",
+        # One process owns the file: its send budget and its leases live in memory
+        # (a restart ends both with the process that held them).
+        """
+        ALTER TABLE outbox ADD COLUMN server_failures INTEGER NOT NULL DEFAULT 0;
+        """,
+    ),
 ]
 
 _UPSERT = (
@@ -153,7 +166,18 @@ _INSERT_OUTBOX = (
 _INSERT_DELIVERY = "INSERT OR IGNORE INTO deliveries VALUES (?, ?, ?)"
 _OUTBOX_COLUMNS = (
     "id, incident_id, dedup_key, routing, action, body, created_at, state, attempts, "
-    "next_attempt_at, last_error, done_at"
+    "next_attempt_at, last_error, done_at, server_failures"
+)
+_DUE_HEAD = (
+    "id IN (SELECT min(id) FROM outbox WHERE state = 'pending' GROUP BY dedup_key) "
+    "AND next_attempt_at <= ?"
+)
+# The oldest due heads of each routing name, at most ? of each, for the budget to pick from.
+_DUE_HEADS_PER_ROUTING = (
+    f"SELECT {_OUTBOX_COLUMNS} FROM ("  # noqa: S608 - constant SQL
+    f"  SELECT {_OUTBOX_COLUMNS}, row_number() OVER (PARTITION BY routing ORDER BY id) AS n"
+    f"  FROM outbox WHERE {_DUE_HEAD}"
+    ") WHERE n <= ? ORDER BY id"
 )
 _SELECT = f"SELECT {INCIDENT_COLUMNS} FROM incidents"  # noqa: S608
 
@@ -196,6 +220,11 @@ class SQLiteStore:
         self._wcon: sqlite3.Connection | None = None
         self._rcon: sqlite3.Connection | None = None
         self._closed = False
+        # The outbox worker's leases (item id -> until) and sends per budget bucket:
+        # in memory, since this process is the file's only user.
+        self._leases: dict[int, float] = {}
+        self._sends: dict[str, deque[float]] = {}
+        self._claiming = asyncio.Lock()
 
     # -- plumbing ---------------------------------------------------------
 
@@ -356,19 +385,50 @@ class SQLiteStore:
         return await self._run(self._reader, go)
 
     async def due_outbox(self, now: float, limit: int) -> list[OutboxItem]:
-        """Heads of the per-dedup-key queues whose next attempt is due."""
-        return await self._outbox(
-            f"SELECT {_OUTBOX_COLUMNS} FROM outbox WHERE id IN ("  # noqa: S608
-            "  SELECT min(id) FROM outbox WHERE state = 'pending' GROUP BY dedup_key"
-            ") AND next_attempt_at <= ? ORDER BY id LIMIT ?",
-            (now, limit),
+        """Heads of the per-dedup-key queues whose next attempt is due and not leased."""
+        leased = self._live_leases(now)
+        heads = await self._outbox(
+            f"SELECT {_OUTBOX_COLUMNS} FROM outbox WHERE {_DUE_HEAD} "  # noqa: S608
+            "ORDER BY id LIMIT ?",
+            (now, limit + len(leased)),
         )
+        return [h for h in heads if h.id not in leased][:limit]
 
     async def claim_outbox(
-        self, now: float, limit: int, lease_seconds: float, owner: str
-    ) -> list[OutboxItem]:
-        """The due heads: one process, one worker, so no lease is needed."""
-        return await self.due_outbox(now, limit)
+        self,
+        now: float,
+        limit: int,
+        lease_seconds: float,
+        owner: str,
+        budget: RateBudget | None = None,
+    ) -> Claim:
+        """Lease due heads within the budget (see Store.claim_outbox); all in memory.
+
+        A leased head is still its key's head, so the key's next event waits for it.
+        """
+        async with self._claiming:
+            leased = self._live_leases(now)
+            # Enough of each routing name that leased heads cannot crowd out free ones.
+            heads = await self._outbox(_DUE_HEADS_PER_ROUTING, (now, limit + len(leased)))
+            free = [h for h in heads if h.id not in leased]
+            sent: dict[str, list[float]] = {}
+            if budget is not None:
+                for bucket, times in self._sends.items():
+                    while times and times[0] <= now - budget.window:
+                        times.popleft()
+                    sent[bucket] = list(times)
+            claim = take_within_budget(free, limit, budget, sent, now)
+            for item in claim.items:
+                self._leases[item.id] = now + lease_seconds
+                spent = budget.buckets.get(item.routing) if budget is not None else None
+                if spent is not None:
+                    self._sends.setdefault(spent, deque()).append(now)
+            return claim
+
+    def _live_leases(self, now: float) -> set[int]:
+        for item_id in [i for i, until in self._leases.items() if until <= now]:
+            del self._leases[item_id]
+        return set(self._leases)
 
     async def finish_outbox(
         self,
@@ -379,18 +439,20 @@ class SQLiteStore:
         next_attempt_at: float,
         error: str | None,
         now: float,
+        server_failures: int = 0,
     ) -> None:
-        """Record the outcome of a send, durably."""
+        """Record the outcome of a send, durably, then end its lease."""
         done_at = now if state != "pending" else None
 
         def go() -> None:
             self._w().execute(
                 "UPDATE outbox SET state = ?, attempts = ?, next_attempt_at = ?, last_error = ?, "
-                "done_at = ? WHERE id = ?",
-                (state, attempts, next_attempt_at, error, done_at, item_id),
+                "done_at = ?, server_failures = ? WHERE id = ?",
+                (state, attempts, next_attempt_at, error, done_at, server_failures, item_id),
             )
 
         await self._run(self._writer, go)
+        self._leases.pop(item_id, None)
 
     async def outbox_pending(self) -> int:
         """Count of undelivered events."""

@@ -9,7 +9,9 @@ documentation, which was read for it:
 - Send an alert event (fields, limits, de-duplication, event action behaviour):
   https://developer.pagerduty.com/docs/events-api-v2/trigger-events/
   https://github.com/PagerDuty/developer-docs/blob/main/docs/events-API-v2/02-Trigger-Events.md
-- Events API rate limits (about 120 events a minute per integration key, then 429):
+- Events API rate limits (about 120 events a minute per integration key, counted over a
+  60 second window looking back from the current time; then 429 "Request Limit Exceeded"
+  and the event is not ingested; retrying about 30 s later is suggested):
   https://github.com/PagerDuty/developer-docs/blob/main/docs/events-API-v2/05-Rate-Limits.md
 - Events API v2 OpenAPI (the success body, the error body and its example):
   https://github.com/PagerDuty/api-schema/blob/main/reference/events-v2/openapiv3.json
@@ -47,7 +49,12 @@ Documented behaviour the fake reproduces:
   invalid event, with ``{"status", "message", "errors": [...]}``; a body that is not a
   JSON object gets the documented example ``{"status": "Unrecognized object", "message":
   "Event object format is unrecognized", "errors": ["JSON parse error"]}``. 429 when
-  rate limited, 5xx on server errors (both retryable; 400 never is).
+  rate limited, 5xx on server errors (both retryable; 400 never is). With
+  ``rate_limit_per_minute`` set, each routing key's accepted events are counted over a
+  rolling window (``rate_limit_window``, 60 s as documented; a test may scale the window
+  and the rate down together) and the rest answered 429, without ``Retry-After``, which
+  the Events API documents nowhere (``rate_limit_next(retry_after=...)`` adds one, as a
+  proxy in front of PagerDuty might).
 - Alerts are keyed by (routing_key, dedup_key). A trigger opens an alert or is applied to
   the open one; acknowledge and resolve without an open alert (or sent with another
   routing key) are accepted and dropped; after a resolve, a trigger opens a new alert.
@@ -72,6 +79,7 @@ Not documented, so chosen here (tests must not depend on the exact wording):
   Alertmanager's own PagerDuty integration truncates to; an oversized event gets 400
   (the only non-retryable code the documentation lists); both are constructor options.
 - The bodies of 429 and 5xx answers.
+- Whether a call answered 429 counts against the rate limit: it does not here.
 - Urgency follows severity (critical and error high, warning and info low), as with a
   service set to "use alert severity"; ``incident_key`` of an Events API incident is
   null unless ``incident_key_is_dedup_key`` is set (the sidecar must map incidents
@@ -185,6 +193,8 @@ class RequestRecord:
     body: bytes
     fault: str | None = None
     status: int | None = None
+    # When it arrived, on the fake's ``monotonic`` clock (the one its rate limit counts on).
+    at: float = 0.0
 
 
 @dataclass
@@ -235,6 +245,7 @@ class Fault:
     body: JSON | None = None
     seconds: float = 0.0
     process: bool = False
+    headers: tuple[tuple[str, str], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -273,6 +284,7 @@ class FakePagerDuty:
         max_event_bytes: int = MAX_EVENT_BYTES,
         oversize_status: int = 400,
         rate_limit_per_minute: int | None = None,
+        rate_limit_window: float = 60.0,
         incident_key_is_dedup_key: bool = False,
         alert_grouping: bool = False,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
@@ -284,6 +296,7 @@ class FakePagerDuty:
         self.max_event_bytes = max_event_bytes
         self.oversize_status = oversize_status
         self.rate_limit_per_minute = rate_limit_per_minute
+        self.rate_limit_window = rate_limit_window
         self.incident_key_is_dedup_key = incident_key_is_dedup_key
         self.alert_grouping = alert_grouping
         self.clock = clock
@@ -386,9 +399,12 @@ class FakePagerDuty:
             body = _rest_error("An internal error has occurred", 2000)
         self._plan(api, n, Fault("status", status=status, body=body))
 
-    def rate_limit_next(self, n: int = 1, *, api: Api = "events") -> None:
-        """Answer the next ``n`` requests with 429."""
-        self._plan(api, n, Fault("status", status=429, body=_throttled(api)))
+    def rate_limit_next(
+        self, n: int = 1, *, api: Api = "events", retry_after: str | None = None
+    ) -> None:
+        """Answer the next ``n`` requests with 429 (with ``Retry-After: retry_after`` if given)."""
+        headers = () if retry_after is None else (("Retry-After", retry_after),)
+        self._plan(api, n, Fault("status", status=429, body=_throttled(api), headers=headers))
 
     def reject_next(self, n: int = 1, *, api: Api = "events") -> None:
         """Answer the next ``n`` requests with 400 and an invalid-event body."""
@@ -487,7 +503,9 @@ class FakePagerDuty:
 
     async def _enqueue(self, request: web.Request) -> web.StreamResponse:
         body = await request.read()
-        record = RequestRecord("events", request.method, request.path, dict(request.headers), body)
+        record = RequestRecord(
+            "events", request.method, request.path, dict(request.headers), body, at=self.monotonic()
+        )
         self.requests.append(record)
         try:
             return await self._answer_enqueue(request, record, body)
@@ -504,7 +522,7 @@ class FakePagerDuty:
         if fault is not None:
             record.fault = fault.kind
             if fault.kind == "status":
-                return _json(record, fault.status, fault.body or {})
+                return _json(record, fault.status, fault.body or {}, dict(fault.headers))
             if fault.kind == "drop":
                 return self._drop(request, record)
             answer = self._process(record, body) if fault.process else None
@@ -553,14 +571,20 @@ class FakePagerDuty:
         success = {"status": "success", "message": "Event processed", "dedup_key": dedup_key}
         return _json(record, 202, success)
 
+    @property
+    def rate_limit_per_window(self) -> int:
+        """Events accepted per routing key in any ``rate_limit_window`` (the rate, scaled)."""
+        assert self.rate_limit_per_minute is not None
+        return max(1, int(self.rate_limit_per_minute * self.rate_limit_window / 60.0))
+
     def _throttled(self, routing_key: str) -> bool:
         if self.rate_limit_per_minute is None:
             return False
         now = self.monotonic()
         calls = self._calls.setdefault(routing_key, deque())
-        while calls and calls[0] <= now - 60.0:
+        while calls and calls[0] <= now - self.rate_limit_window:
             calls.popleft()
-        if len(calls) >= self.rate_limit_per_minute:
+        if len(calls) >= self.rate_limit_per_window:
             return True
         calls.append(now)
         return False
@@ -928,7 +952,9 @@ class FakePagerDuty:
             await self._notify()
 
     def _rest_record(self, request: web.Request) -> RequestRecord:
-        record = RequestRecord("rest", request.method, request.path_qs, dict(request.headers), b"")
+        record = RequestRecord(
+            "rest", request.method, request.path_qs, dict(request.headers), b"", at=self.monotonic()
+        )
         self.requests.append(record)
         return record
 
@@ -946,7 +972,7 @@ class FakePagerDuty:
             if fault.kind == "timeout":
                 await self._hold(fault.seconds)
                 return _json(record, 504, _rest_error("The request took too long to process", 2016))
-            return _json(record, fault.status, fault.body or {})
+            return _json(record, fault.status, fault.body or {}, dict(fault.headers))
         expected = f"Token token={self.api_token}"
         given = request.headers.get("Authorization", "")
         if not hmac.compare_digest(given.encode("utf-8"), expected.encode("utf-8")):
@@ -1185,6 +1211,11 @@ def _rest_error(message: str, code: int) -> JSON:
     return {"error": {"message": message, "code": code}}
 
 
-def _json(record: RequestRecord, status: int, body: Mapping[str, Any]) -> web.Response:
+def _json(
+    record: RequestRecord,
+    status: int,
+    body: Mapping[str, Any],
+    headers: Mapping[str, str] | None = None,
+) -> web.Response:
     record.status = status
-    return web.json_response(body, status=status)
+    return web.json_response(body, status=status, headers=headers)

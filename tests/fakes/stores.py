@@ -7,7 +7,15 @@ from contextlib import asynccontextmanager
 
 from sidecar.errors import StoreUnavailable
 from sidecar.incidents import Incident, TimelineEvent
-from sidecar.store.base import IncidentQuery, LockedState, OutboxItem, Store, WriteBatch
+from sidecar.store.base import (
+    Claim,
+    IncidentQuery,
+    LockedState,
+    OutboxItem,
+    RateBudget,
+    Store,
+    WriteBatch,
+)
 
 
 class FlakyStore:
@@ -91,10 +99,15 @@ class FlakyStore:
         return await self.inner.due_outbox(now, limit)
 
     async def claim_outbox(
-        self, now: float, limit: int, lease_seconds: float, owner: str
-    ) -> list[OutboxItem]:
+        self,
+        now: float,
+        limit: int,
+        lease_seconds: float,
+        owner: str,
+        budget: RateBudget | None = None,
+    ) -> Claim:
         self._check()
-        return await self.inner.claim_outbox(now, limit, lease_seconds, owner)
+        return await self.inner.claim_outbox(now, limit, lease_seconds, owner, budget)
 
     async def finish_outbox(
         self,
@@ -105,6 +118,7 @@ class FlakyStore:
         next_attempt_at: float,
         error: str | None,
         now: float,
+        server_failures: int = 0,
     ) -> None:
         self._check(write=True)
         await self.inner.finish_outbox(
@@ -114,6 +128,7 @@ class FlakyStore:
             next_attempt_at=next_attempt_at,
             error=error,
             now=now,
+            server_failures=server_failures,
         )
 
     async def outbox_pending(self) -> int:
