@@ -171,6 +171,24 @@ class OutboxWorker:
             task.add_done_callback(self._sent)
         return claim.held_until
 
+    async def idle(self) -> None:
+        """Wait until every send in flight has recorded its outcome."""
+        while self._sending:
+            await asyncio.wait(set(self._sending))
+
+    async def drain(self) -> None:
+        """Send everything due now that the budget allows, and wait for every outcome.
+
+        Once it returns, nothing claimable is on its way to PagerDuty: what a
+        test asserts about PagerDuty then is final, not a guess after a sleep.
+        """
+        await self.idle()
+        while True:
+            await self.fill()
+            if not self._sending:
+                return
+            await self.idle()
+
     def _sent(self, task: asyncio.Task[None]) -> None:
         self._sending.discard(task)
         self._wake.set()

@@ -331,8 +331,11 @@ class IncidentService:
                 m.child(
                     m.escalation_outcomes_total, effect.severity, effect.detail, effect.outcome
                 ).inc()
-        elif effect.kind == "unmatched" and effect.detail is not None:
-            m.child(m.alerts_unmatched_total, effect.detail, effect.team).inc(effect.count)
+        elif effect.kind == "unmatched":
+            # A count for the metric, not a transition of the incident: no log line.
+            if effect.detail is not None:
+                m.child(m.alerts_unmatched_total, effect.detail, effect.team).inc(effect.count)
+            return
         if not log.isEnabledFor(logging.INFO):
             return
         log.info(
