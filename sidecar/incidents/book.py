@@ -1,0 +1,24 @@
+"""The incident book: every open incident, and the commands that move it through its lifecycle.
+
+An :class:`IncidentBook` turns commands (an Alertmanager notification, an
+acknowledgment, a resolution, a passing deadline) into
+:class:`~sidecar.incidents.model.Change` objects: the incident as it is now,
+the timeline events to append and the effects to publish once the change is
+committed. Nothing here writes anywhere; the service commits changes and only
+then publishes their effects, or undoes them when the commit fails.
+
+It is made of one module per concern, each a layer of the one before:
+:mod:`~sidecar.incidents.core` (state, indexes, undo),
+:mod:`~sidecar.incidents.stepping` (SLA deadlines and escalation),
+:mod:`~sidecar.incidents.grouping` (notifications) and
+:mod:`~sidecar.incidents.commands` (people and integrations).
+"""
+
+from __future__ import annotations
+
+from sidecar.incidents.commands import Commands
+from sidecar.incidents.grouping import Grouping
+
+
+class IncidentBook(Grouping, Commands):
+    """Every open incident, and the rules that move them through their lifecycle."""

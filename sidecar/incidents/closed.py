@@ -1,0 +1,70 @@
+"""The log of closed incidents, against late duplicates (the way Alertmanager's nflog works).
+
+Alertmanager delivers at least once and its HA peers send duplicates by
+design, some of them long after the group resolved. Each incident key keeps
+its newest resolved episode (the alert instances it covered) for the dedup
+window: a notification whose alert instances that episode already covered is
+a late copy, and opens nothing. Only the newest episode matters, since a late
+copy can only repeat what was sent last; finishing an older one (its review
+done, or restored after the newer one) never replaces it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True, slots=True)
+class ClosedEpisode:
+    """One resolved incident of a key: its alert instances and when it opened and closed."""
+
+    instances: frozenset[tuple[str, float]]
+    closed_at: float
+    opened_at: float
+
+
+class ClosedLog:
+    """The newest resolved episode of each incident key, for ``retention`` seconds."""
+
+    def __init__(self, retention: float) -> None:
+        self.retention = retention
+        self._episodes: dict[str, ClosedEpisode] = {}
+
+    def remember(self, key: str, episode: ClosedEpisode) -> None:
+        """Keep ``episode`` for ``key`` unless a newer one is kept already."""
+        known = self._episodes.get(key)
+        if known is None or episode.opened_at >= known.opened_at:
+            self._episodes[key] = episode
+
+    def covers(self, key: str, instances: Collection[tuple[str, float]]) -> bool:
+        """Whether the newest closed episode of ``key`` covered all these alert instances."""
+        known = self._episodes.get(key)
+        return known is not None and set(instances) <= known.instances
+
+    def get(self, key: str) -> ClosedEpisode | None:
+        """What is kept for ``key`` (to put back on undo)."""
+        return self._episodes.get(key)
+
+    def put_back(self, key: str, episode: ClosedEpisode | None) -> None:
+        """Restore what :meth:`get` returned before a change that is undone."""
+        if episode is None:
+            self._episodes.pop(key, None)
+        else:
+            self._episodes[key] = episode
+
+    def forget(self, key: str) -> None:
+        """Drop what is kept for ``key`` (the store's rows replace it)."""
+        self._episodes.pop(key, None)
+
+    def clear(self) -> None:
+        """Forget every key."""
+        self._episodes.clear()
+
+    def expire(self, now: float) -> int:
+        """Forget episodes closed longer than the retention ago; returns how many."""
+        horizon = now - self.retention
+        stale = [k for k, e in self._episodes.items() if e.closed_at < horizon]
+        for k in stale:
+            del self._episodes[k]
+        return len(stale)

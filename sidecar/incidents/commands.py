@@ -1,0 +1,194 @@
+"""Commands from people and integrations: acknowledge, resolve, update, reopen, review.
+
+Each returns the :class:`~sidecar.incidents.model.Change` it made (or None
+when it changed nothing, so that repeats are idempotent), without any I/O:
+the service commits it and only then publishes its effects.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+from sidecar import sla
+from sidecar.incidents.grouping import alert_name, resolution_time
+from sidecar.incidents.model import Change, Effect, Incident, TimelineEvent
+from sidecar.incidents.stepping import Stepping
+
+
+class Commands(Stepping):
+    """Transitions an incident takes from the API, PagerDuty and silences."""
+
+    def acknowledge(
+        self, incident_id: str, *, actor: str, source: str, now: float, message: str = ""
+    ) -> Change | None:
+        """Acknowledge an open incident; None when it already was (idempotent)."""
+        inc = self._require_open(incident_id)
+        if inc.state == "acknowledged":
+            return None
+        undo = self._begin(inc.key, inc)
+        inc.state = "acknowledged"
+        inc.acknowledged_at = now
+        inc.acknowledged_by = actor
+        inc.acknowledge_source = source
+        tta = max(0.0, now - inc.triggered_at)
+        events = [
+            self.event(
+                inc, now, "acknowledged", source, actor, message or f"acknowledged by {actor}"
+            )
+        ]
+        self._finish(inc)
+        effects = [
+            Effect("acknowledged", inc.id, inc.severity, inc.team, tta, source=source, actor=actor)
+        ]
+        return Change(inc, events, effects, undo)
+
+    def resolve(
+        self, incident_id: str, *, actor: str, source: str, now: float, message: str = ""
+    ) -> Change:
+        """Resolve an open incident by hand (API, PagerDuty)."""
+        inc = self._require_open(incident_id)
+        undo = self._begin(inc.key, inc)
+        events: list[TimelineEvent] = []
+        effects: list[Effect] = []
+        message = message or f"resolved by {actor}"
+        self._close(inc, now, source, actor, message, now=now, events=events, effects=effects)
+        self._finish(inc)
+        return Change(inc, events, effects, undo)
+
+    def unacknowledge(
+        self, incident_id: str, *, actor: str, source: str, now: float, message: str = ""
+    ) -> Change | None:
+        """Return an acknowledged incident to triggered (PagerDuty un-acknowledge)."""
+        inc = self._require_open(incident_id)
+        if inc.state != "acknowledged":
+            return None
+        undo = self._begin(inc.key, inc)
+        inc.state = "triggered"
+        inc.acknowledged_at = inc.acknowledged_by = inc.acknowledge_source = None
+        events = [
+            self.event(inc, now, "unacknowledged", source, actor, message or "unacknowledged")
+        ]
+        self._finish(inc)
+        return Change(inc, events, [], undo)
+
+    def reopen(
+        self, incident: Incident, *, actor: str, source: str, now: float, message: str = ""
+    ) -> Change | None:
+        """Reopen a resolved incident (PagerDuty reopen) unless its key has another open one."""
+        if incident.is_open:
+            return self.unacknowledge(incident.id, actor=actor, source=source, now=now)
+        if incident.key in self._open:
+            return None
+        undo = self._begin(incident.key, None)
+        incident.state = "triggered"
+        incident.resolved_at = incident.resolved_by = incident.resolve_source = None
+        incident.acknowledged_at = incident.acknowledged_by = incident.acknowledge_source = None
+        events = [self.event(incident, now, "reopened", source, actor, message or "reopened")]
+        self._finish(incident)
+        return Change(incident, events, [], undo)
+
+    def resolve_alerts(
+        self,
+        incident_id: str,
+        ended: Mapping[str, float],
+        *,
+        now: float,
+        source: str,
+        message: str,
+    ) -> Change | None:
+        """Mark alerts ended (``fingerprint -> endsAt``); resolve the incident if none fires."""
+        inc = self._require_open(incident_id)
+        undo = self._begin(inc.key, inc)
+        events: list[TimelineEvent] = []
+        effects: list[Effect] = []
+        for fingerprint, ends_at in ended.items():
+            st = inc.alerts.get(fingerprint)
+            if st is None or st.status != "firing":
+                continue
+            st.status = "resolved"
+            st.ends_at = ends_at
+            events.append(
+                self.event(
+                    inc,
+                    now,
+                    "alert_resolved",
+                    source,
+                    None,
+                    f"alert {alert_name(st)} resolved",
+                    {"fingerprint": fingerprint, "ends_at": ends_at},
+                )
+            )
+        if events and not inc.firing():
+            ends = resolution_time(inc, now)
+            self._close(inc, ends, source, None, message, now=now, events=events, effects=effects)
+        self._finish(inc)
+        return Change(inc, events, effects, undo) if events else None
+
+    def record_update(
+        self, incident_id: str, *, actor: str, source: str, now: float, message: str
+    ) -> Change:
+        """Record a status update (it resets the update-cadence clock)."""
+        inc = self._require_open(incident_id)
+        undo = self._begin(inc.key, inc)
+        events: list[TimelineEvent] = []
+        effects: list[Effect] = []
+        update = self.classifier.policy(inc.severity).clocks.update
+        start = sla.update_gap_start(inc)
+        if (
+            update is not None
+            and inc.update_breached_gap != start
+            and sla.passed(start + update, True, now)
+        ):
+            # Late, and before the scheduler noticed: the gap it closes overran.
+            inc.update_breached_gap = start
+            self._breach(inc, "update", now, events, effects, deadline=start + update)
+        inc.last_update_at = now
+        events.append(self.event(inc, now, "status_update", source, actor, message))
+        effects.append(Effect("status_update", inc.id, inc.severity, inc.team))
+        self._finish(inc)
+        return Change(inc, events, effects, undo)
+
+    def note(
+        self,
+        incident_id: str,
+        *,
+        kind: str,
+        actor: str | None,
+        source: str,
+        now: float,
+        message: str,
+    ) -> Change:
+        """Put an event on an open incident's timeline without changing its state."""
+        inc = self._require_open(incident_id)
+        undo = self._begin(inc.key, inc)
+        events = [self.event(inc, now, kind, source, actor, message)]
+        self._finish(inc)
+        return Change(inc, events, [], undo)
+
+    def complete_review(
+        self, incident: Incident, *, actor: str, source: str, now: float, message: str = ""
+    ) -> Change | None:
+        """Mark the post-incident review done; None when it already was."""
+        inc = self._reviews.get(incident.id) or self._by_id.get(incident.id) or incident
+        if inc.review_done_at is not None:
+            return None
+        undo = self._begin(inc.key, inc)
+        events: list[TimelineEvent] = []
+        effects: list[Effect] = []
+        late = inc.review_due_at is not None and sla.passed(inc.review_due_at, True, now)
+        if late and "postmortem" not in inc.breaches:
+            self._breach(inc, "postmortem", now, events, effects, deadline=inc.review_due_at)
+        inc.review_done_at = now
+        inc.review_done_by = actor
+        events.append(
+            self.event(
+                inc,
+                now,
+                "postmortem_done",
+                source,
+                actor,
+                message or f"post-incident review done{' (late)' if late else ''}",
+            )
+        )
+        self._finish(inc)
+        return Change(inc, events, effects, undo)

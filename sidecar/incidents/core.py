@@ -1,0 +1,244 @@
+"""The incident book's state: the open incidents, their indexes, undo, and the store's truth.
+
+:class:`BookCore` holds every open incident in memory (restored from the store
+at start), indexed by key and id, with the counts the gauges read, the
+resolved incidents whose review is pending, and the log of closed episodes.
+Every command begins with :meth:`BookCore._begin` (a copy to undo with) and
+ends with :meth:`BookCore._finish` (re-indexed as it now is); the service
+undoes the changes of a batch whose commit failed. The commands themselves
+live beside it: :mod:`~sidecar.incidents.grouping` (Alertmanager
+notifications), :mod:`~sidecar.incidents.stepping` (deadlines) and
+:mod:`~sidecar.incidents.commands` (people and integrations).
+"""
+
+from __future__ import annotations
+
+import copy
+from collections import Counter
+from collections.abc import Collection, Iterable, Mapping
+from typing import TYPE_CHECKING, Any, Literal, Protocol
+
+from sidecar.errors import IncidentNotFound
+from sidecar.incidents.closed import ClosedEpisode, ClosedLog
+from sidecar.incidents.model import Change, Incident, TimelineEvent, Undo
+
+if TYPE_CHECKING:
+    from sidecar.rules import SeverityPolicy
+
+
+class ClassificationLike(Protocol):
+    """What the incident book needs from a rule match."""
+
+    @property
+    def severity(self) -> str: ...
+    @property
+    def team(self) -> str: ...
+    @property
+    def dropped(self) -> bool: ...
+    @property
+    def unmatched(self) -> tuple[str, ...]: ...
+
+
+class Classifier(Protocol):
+    """Maps an alert's labels and annotations to a severity and team (see ``sidecar.rules``)."""
+
+    def classify(
+        self, labels: Mapping[str, str], annotations: Mapping[str, str]
+    ) -> ClassificationLike: ...
+
+    def rank(self, severity: str) -> int: ...
+
+    def policy(self, severity: str) -> SeverityPolicy: ...
+
+
+class BookCore:
+    """Every open incident, indexed, and the bookkeeping every command shares."""
+
+    def __init__(
+        self,
+        classifier: Classifier,
+        *,
+        key_mode: Literal["group", "alert"] = "group",
+        dedup_window: float = 6 * 3600.0,
+        routed_tiers: Collection[str] = frozenset(),
+    ) -> None:
+        self.classifier = classifier
+        self.key_mode = key_mode
+        self.dedup_window = dedup_window
+        # Escalation tiers with a PagerDuty routing key: a due step's outcome
+        # is decided here, with the change, not guessed later by the pager.
+        self.routed_tiers = frozenset(routed_tiers)
+        self._open: dict[str, Incident] = {}
+        self._by_id: dict[str, Incident] = {}
+        self.closed = ClosedLog(dedup_window)
+        self.open_counts: Counter[tuple[str, str]] = Counter()
+        # Open incidents with a recorded breach, and resolved ones whose review
+        # is still to do: small sets, so the gauges never scan every incident.
+        self._breached: dict[str, Incident] = {}
+        self._reviews: dict[str, Incident] = {}
+
+    def open_incidents(self) -> Iterable[Incident]:
+        """Every open incident."""
+        return self._by_id.values()
+
+    def get_open(self, incident_id: str) -> Incident | None:
+        """The open incident with that id, if any."""
+        return self._by_id.get(incident_id)
+
+    def __len__(self) -> int:
+        return len(self._by_id)
+
+    def restore(
+        self,
+        open_incidents: Iterable[Incident],
+        closed: Iterable[Incident],
+        reviews: Iterable[Incident] = (),
+    ) -> None:
+        """Load state from the store at start."""
+        for inc in closed:
+            self._remember_closed(inc)
+        for inc in open_incidents:
+            self._index(inc)
+        for inc in reviews:
+            self._finish(inc)
+
+    def reset(
+        self,
+        open_incidents: Iterable[Incident],
+        closed: Iterable[Incident],
+        reviews: Iterable[Incident] = (),
+    ) -> None:
+        """Forget everything and load this state (a reload from a shared store)."""
+        self._open.clear()
+        self._by_id.clear()
+        self.closed.clear()
+        self._breached.clear()
+        self._reviews.clear()
+        self.open_counts.clear()
+        self.restore(open_incidents, closed, reviews)
+
+    def refresh(
+        self,
+        keys: Iterable[str],
+        ids: Iterable[str],
+        incidents: Iterable[Incident],
+        recently_closed: Iterable[Incident],
+    ) -> None:
+        """Replace what is known of these keys and ids by the store's rows (replicas).
+
+        Called under the keys' locks, right before commands on them: another
+        replica may have opened, changed or closed these incidents since.
+        """
+        for key in keys:
+            cached = self._open.get(key)
+            if cached is not None:
+                self._unindex(cached)
+            self.closed.forget(key)
+        for incident_id in ids:
+            cached = self._by_id.get(incident_id)
+            if cached is not None:
+                self._unindex(cached)
+            self._reviews.pop(incident_id, None)
+        for inc in recently_closed:
+            self._remember_closed(inc)
+        for inc in incidents:
+            current = self._open.get(inc.key)
+            if inc.is_open and current is not None and current.id != inc.id:
+                self._unindex(current)
+            self._finish(inc)
+
+    def pending_reviews(self) -> Iterable[Incident]:
+        """Resolved incidents whose post-incident review is not done yet."""
+        return self._reviews.values()
+
+    def get_review(self, incident_id: str) -> Incident | None:
+        """A resolved incident with its review still to do."""
+        return self._reviews.get(incident_id)
+
+    def set_classifier(self, classifier: Classifier) -> None:
+        """Swap the rules (reload); open incidents keep the severity they have."""
+        self.classifier = classifier
+
+    def _index(self, inc: Incident) -> None:
+        self._open[inc.key] = inc
+        self._by_id[inc.id] = inc
+        self.open_counts[(inc.severity, inc.state)] += 1
+        if inc.breaches:
+            self._breached[inc.id] = inc
+
+    def _unindex(self, inc: Incident) -> None:
+        self._open.pop(inc.key, None)
+        self._by_id.pop(inc.id, None)
+        self.open_counts[(inc.severity, inc.state)] -= 1
+        self._breached.pop(inc.id, None)
+
+    def _require_open(self, incident_id: str) -> Incident:
+        inc = self._by_id.get(incident_id)
+        if inc is None:
+            raise IncidentNotFound(incident_id)
+        return inc
+
+    def _begin(self, key: str, inc: Incident | None) -> Undo:
+        before = None
+        if inc is not None:
+            before = copy.copy(inc)
+            # Mutable parts are changed in place: copy them too.
+            before.alerts = {fp: copy.copy(st) for fp, st in inc.alerts.items()}
+            before.labels = dict(inc.labels)
+            if inc.is_open:
+                self._unindex(inc)
+        return Undo(key, before, self.closed.get(key))
+
+    def _finish(self, inc: Incident) -> None:
+        if inc.is_open:
+            self._index(inc)
+            return
+        self._remember_closed(inc)
+        if inc.review_due_at is not None and inc.review_done_at is None:
+            self._reviews[inc.id] = inc
+        else:
+            self._reviews.pop(inc.id, None)
+
+    def _remember_closed(self, inc: Incident) -> None:
+        """Remember a resolved incident against late duplicates, unless a newer one is.
+
+        Only the newest episode of a key matters: a late HA duplicate can only
+        repeat what was sent last. Finishing an older episode (its review done,
+        or restored after the newer one) must not make the newer one forgettable.
+        """
+        if inc.resolved_at is None:
+            return
+        episode = ClosedEpisode(inc.instances(), inc.resolved_at, inc.triggered_at)
+        self.closed.remember(inc.key, episode)
+
+    def undo(self, change: Change) -> None:
+        """Revert a change that could not be committed (apply in reverse order)."""
+        current = self._open.get(change.undo.key)
+        if current is not None and current.id == change.incident.id:
+            self._unindex(current)
+        before = change.undo.before
+        self._reviews.pop(change.incident.id, None)
+        if before is not None:
+            if before.is_open:
+                self._index(before)
+            elif before.review_due_at is not None and before.review_done_at is None:
+                self._reviews[before.id] = before
+        self.closed.put_back(change.undo.key, change.undo.closed_before)
+
+    def expire_closed(self, now: float) -> int:
+        """Forget resolved incidents older than the dedup window; returns how many."""
+        return self.closed.expire(now)
+
+    def event(
+        self,
+        inc: Incident,
+        at: float,
+        kind: str,
+        source: str,
+        actor: str | None,
+        message: str,
+        data: Mapping[str, Any] | None = None,
+    ) -> TimelineEvent:
+        """A new timeline event of ``inc``, numbered after its last one."""
+        inc.seq += 1
+        return TimelineEvent(inc.id, inc.seq, at, kind, source, actor, message, data or {})

@@ -1,0 +1,319 @@
+"""Grouping: how an Alertmanager notification opens, merges into or resolves an incident.
+
+By default one incident is one alert group episode (``groupKey``);
+``incidents.key: alert`` makes one per alert fingerprint. A notification
+whose alert instances a closed episode of its key already covered is a late
+copy and opens nothing (see :mod:`~sidecar.incidents.closed`). Alerts the rules drop
+(``severity="none"``: Watchdog, InfoInhibitor) are left out of every
+notification before anything else: they never open or join an incident, and
+do not keep a group's incident open.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Iterable, Mapping
+from sys import intern
+
+from sidecar.alertmanager import Alert, Notification
+from sidecar.incidents.core import ClassificationLike
+from sidecar.incidents.ids import new_incident_id
+from sidecar.incidents.model import AlertState, Change, Effect, Incident, TimelineEvent, interned
+from sidecar.incidents.stepping import Stepping
+
+
+class Grouping(Stepping):
+    """Alertmanager notifications applied to the book."""
+
+    def keys_of(self, notification: Notification) -> list[str]:
+        """The incident keys a notification touches (its group, or each alert)."""
+        if self.key_mode == "group":
+            return [notification.group_key]
+        return [a.fingerprint for a in notification.alerts]
+
+    def apply_notification(self, n: Notification, now: float) -> list[Change]:
+        """Apply an Alertmanager notification; returns the changes (empty for a duplicate)."""
+        if self.key_mode == "group":
+            change = self._apply(
+                n.group_key, n.alerts, n, now, group_resolved=n.status == "resolved"
+            )
+            return [change] if change else []
+        changes = []
+        for alert in n.alerts:
+            change = self._apply(
+                alert.fingerprint, [alert], n, now, group_resolved=alert.status == "resolved"
+            )
+            if change:
+                changes.append(change)
+        return changes
+
+    def _apply(
+        self,
+        key: str,
+        alerts: list[Alert],
+        n: Notification,
+        now: float,
+        *,
+        group_resolved: bool,
+    ) -> Change | None:
+        inc = self._open.get(key)
+        kept, classes = self._keep(alerts, inc)
+        if not kept:
+            return None  # only dropped alerts, firing or resolved: no incident to touch
+        if len(kept) < len(alerts) and not group_resolved and not n.truncated_alerts:
+            # Alertmanager's status counts the dropped alerts too: a Watchdog
+            # in the same group would keep the others' incident open for ever.
+            group_resolved = all(a.status == "resolved" for a in kept)
+        if inc is None:
+            return self._open_new(key, kept, classes, n, now, group_resolved=group_resolved)
+        return self._merge(inc, kept, classes, n, now, group_resolved=group_resolved)
+
+    def _keep(
+        self, alerts: list[Alert], inc: Incident | None
+    ) -> tuple[list[Alert], dict[str, ClassificationLike]]:
+        """The alerts the rules do not drop, and the classification of each new instance.
+
+        An instance the incident already tracks is kept without asking: it
+        joined under the rules of the time, and must stay to resolve the
+        incident even if reloaded rules now drop it.
+        """
+        known = inc.alerts if inc is not None else {}
+        kept = []
+        classes: dict[str, ClassificationLike] = {}
+        for alert in alerts:
+            tracked = known.get(alert.fingerprint)
+            if tracked is None or tracked.starts_at != alert.starts_at.timestamp():
+                cls = classes[alert.fingerprint] = self.classifier.classify(
+                    alert.labels, alert.annotations
+                )
+                if cls.dropped:
+                    continue
+            kept.append(alert)
+        return kept, classes
+
+    def _open_new(
+        self,
+        key: str,
+        alerts: list[Alert],
+        classes: Mapping[str, ClassificationLike],
+        n: Notification,
+        now: float,
+        *,
+        group_resolved: bool,
+    ) -> Change | None:
+        firing = [a for a in alerts if a.status == "firing"]
+        relevant = firing or alerts
+        if self.closed.covers(key, [_instance(a) for a in relevant]):
+            # A late duplicate of a notification for an incident already closed.
+            return None
+        undo = self._begin(key, None)
+        unmatched: Counter[tuple[str, str]] = Counter()
+        states = {a.fingerprint: self._alert_state(a, classes, unmatched) for a in alerts}
+        top = self._top(states.values(), firing_only=bool(firing))
+        cls = self.classifier.classify(top.labels, _annotations(alerts, top.fingerprint))
+        inc = Incident(
+            id=new_incident_id(now),
+            key=key,
+            group_key=n.group_key,
+            receiver=intern(n.receiver),
+            state="triggered",
+            severity=top.severity,
+            team=cls.team,
+            title=intern(_title(n, alerts)),
+            labels=interned(n.group_labels or n.common_labels),
+            external_url=intern(n.external_url),
+            started_at=min(a.starts_at for a in states.values()),
+            triggered_at=now,
+            alerts=states,
+        )
+        # No firing alert: the firing notification never reached us (sidecar
+        # down, or the group resolved within group_wait). Keep the incident,
+        # already resolved, rather than lose it; its detection time is unknown.
+        missed = group_resolved or not firing
+        what = "recorded from a resolved notification" if missed else "opened"
+        events = [
+            self.event(
+                inc,
+                now,
+                "opened",
+                "alertmanager",
+                None,
+                f"{inc.severity} incident {what}: {inc.title}",
+                {"alerts": sorted(states), "firing_notification_missed": missed},
+            )
+        ]
+        ttd = None if missed else max(0.0, now - inc.started_at)
+        effects = [Effect("opened", inc.id, inc.severity, inc.team, ttd)]
+        detect = self._policy_sla(inc.severity, "detect")
+        if ttd is not None and detect is not None and ttd > detect:
+            self._breach(inc, "detect", now, events, effects)
+        if not missed:
+            self._settle(inc, now, events, effects)
+        if missed:
+            for st in inc.alerts.values():
+                if st.status == "firing":
+                    st.status = "resolved"
+                    st.ends_at = st.ends_at or now
+            self._close_by_alertmanager(inc, resolution_time(inc, now), now, events, effects)
+        effects += _unmatched_effects(inc, unmatched)
+        self._finish(inc)
+        return Change(inc, events, effects, undo)
+
+    def _merge(
+        self,
+        inc: Incident,
+        alerts: list[Alert],
+        classes: Mapping[str, ClassificationLike],
+        n: Notification,
+        now: float,
+        *,
+        group_resolved: bool,
+    ) -> Change | None:
+        undo = self._begin(inc.key, inc)
+        events: list[TimelineEvent] = []
+        effects: list[Effect] = []
+        unmatched: Counter[tuple[str, str]] = Counter()
+        for alert in alerts:
+            starts = alert.starts_at.timestamp()
+            known = inc.alerts.get(alert.fingerprint)
+            if known is None or known.starts_at < starts:
+                inc.alerts[alert.fingerprint] = st = self._alert_state(alert, classes, unmatched)
+                what = "joined" if known is None else "fired again"
+                events.append(
+                    self.event(
+                        inc,
+                        now,
+                        "alert_added",
+                        "alertmanager",
+                        None,
+                        f"alert {alert_name(st)} {what} ({st.status}, {st.severity})",
+                        {"fingerprint": st.fingerprint, "status": st.status},
+                    )
+                )
+            elif known.starts_at > starts:
+                continue  # an older instance than the one we track: stale
+            elif known.status == "firing" and alert.status == "resolved":
+                known.status = "resolved"
+                known.ends_at = alert.ends_at.timestamp() if alert.ends_at else now
+                events.append(
+                    self.event(
+                        inc,
+                        now,
+                        "alert_resolved",
+                        "alertmanager",
+                        None,
+                        f"alert {alert_name(known)} resolved",
+                        {"fingerprint": known.fingerprint, "ends_at": known.ends_at},
+                    )
+                )
+            # Same instance, same status (a repeat), or firing after resolved
+            # (an out-of-order duplicate): resolution of an instance is final.
+        firing = inc.firing()
+        if firing:
+            top = self._top(firing, firing_only=True)
+            if self.classifier.rank(top.severity) < self.classifier.rank(inc.severity):
+                previous = inc.severity
+                inc.severity = top.severity
+                events.append(
+                    self.event(
+                        inc,
+                        now,
+                        "severity_raised",
+                        "alertmanager",
+                        None,
+                        f"severity raised from {previous} to {inc.severity}",
+                        {"from": previous, "to": inc.severity},
+                    )
+                )
+                effects.append(
+                    Effect(
+                        "severity_raised",
+                        inc.id,
+                        inc.severity,
+                        inc.team,
+                        previous_severity=previous,
+                    )
+                )
+        if group_resolved and (self.key_mode == "alert" or not firing or n.status == "resolved"):
+            ends = resolution_time(inc, now)
+            for st in firing:
+                # Alertmanager says the whole group resolved; alerts we track but
+                # that were truncated out of this payload resolved with it.
+                st.status = "resolved"
+                st.ends_at = st.ends_at or ends
+            self._close_by_alertmanager(inc, ends, now, events, effects)
+        if inc.is_open and events:
+            self._settle(inc, now, events, effects)
+        effects += _unmatched_effects(inc, unmatched)
+        if not events:
+            self._finish(inc)
+            return None  # a duplicate or a repeat: nothing changed
+        self._finish(inc)
+        return Change(inc, events, effects, undo)
+
+    def _alert_state(
+        self,
+        alert: Alert,
+        classes: Mapping[str, ClassificationLike],
+        unmatched: Counter[tuple[str, str]],
+    ) -> AlertState:
+        """A new alert instance of an incident; counts it in ``unmatched`` if no rule matched."""
+        cls = classes[alert.fingerprint]  # _keep classified every new instance
+        for rules in cls.unmatched:
+            unmatched[(rules, cls.team)] += 1
+        return AlertState(
+            fingerprint=alert.fingerprint,
+            status=alert.status,
+            starts_at=alert.starts_at.timestamp(),
+            ends_at=alert.ends_at.timestamp() if alert.ends_at else None,
+            severity=cls.severity,
+            labels=interned(alert.labels),
+            generator_url=intern(alert.generator_url),
+        )
+
+    def _top(self, states: Iterable[AlertState], *, firing_only: bool) -> AlertState:
+        pool = [s for s in states if s.status == "firing" or not firing_only]
+        return min(pool, key=lambda s: (self.classifier.rank(s.severity), s.starts_at))
+
+
+def _unmatched_effects(inc: Incident, unmatched: Counter[tuple[str, str]]) -> list[Effect]:
+    return [
+        Effect("unmatched", inc.id, inc.severity, team, detail=rules, count=count)
+        for (rules, team), count in sorted(unmatched.items())
+    ]
+
+
+def _instance(alert: Alert) -> tuple[str, float]:
+    return (alert.fingerprint, alert.starts_at.timestamp())
+
+
+def resolution_time(inc: Incident, now: float) -> float:
+    """Resolution time: the latest ``endsAt`` of the alerts, not the notification's arrival."""
+    ends = [a.ends_at for a in inc.alerts.values() if a.ends_at is not None]
+    return max(ends) if ends else now
+
+
+def alert_name(st: AlertState) -> str:
+    return st.labels.get("alertname", st.fingerprint)
+
+
+def _annotations(alerts: list[Alert], fingerprint: str) -> Mapping[str, str]:
+    for a in alerts:
+        if a.fingerprint == fingerprint:
+            return a.annotations
+    return {}
+
+
+def _title(n: Notification, alerts: list[Alert]) -> str:
+    first = alerts[0]
+    summary = (
+        n.common_annotations.get("summary")
+        or first.annotations.get("summary")
+        or first.annotations.get("description", "")
+    )
+    name = n.common_labels.get("alertname") or first.labels.get("alertname", "alert")
+    title = f"{name}: {summary}" if summary else name
+    extra = ", ".join(f"{k}={v}" for k, v in sorted(n.group_labels.items()) if k != "alertname")
+    if extra and not summary:
+        title = f"{title} ({extra})"
+    return title[:1024]

@@ -1,0 +1,361 @@
+"""The incident model: an incident, its alerts, its timeline events, and what a command changes.
+
+Data only, and its storage form (the indexed columns and JSON documents a
+store writes): the lifecycle that moves an incident lives in
+:mod:`sidecar.incidents.book` and the modules it is made of.
+
+Identity of an alert *instance* is ``(fingerprint, startsAt)``: Alertmanager
+gives a re-firing alert a new ``startsAt``. This is what lets a late duplicate
+of an old notification (HA peers, retries) be told apart from a group that
+fires again after it resolved.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from sys import intern
+from types import MappingProxyType, MemberDescriptorType
+from typing import TYPE_CHECKING, Any, Literal, cast
+
+import orjson
+
+from sidecar.incidents.closed import ClosedEpisode
+
+NOTHING: Mapping[str, float] = MappingProxyType({})
+
+State = Literal["triggered", "acknowledged", "resolved"]
+
+EscalationOutcome = Literal["paged", "recorded", "unrouted"]
+ESCALATION_OUTCOMES: tuple[EscalationOutcome, ...] = ("paged", "recorded", "unrouted")
+"""What a due escalation step did: paged its tier's routing key; was recorded
+only, as its ``record_only`` step declares; or reached nobody, the tier having
+no routing key (only possible without any PagerDuty configuration: with one,
+such a step is refused at start, see :mod:`sidecar.routing`)."""
+NO_OUTCOMES: Mapping[str, EscalationOutcome] = MappingProxyType({})
+
+
+@dataclass(slots=True)
+class AlertState:
+    """One alert instance within an incident, as last reported."""
+
+    fingerprint: str
+    status: Literal["firing", "resolved"]
+    starts_at: float
+    ends_at: float | None
+    severity: str
+    labels: dict[str, str]
+    generator_url: str = ""
+
+    def to_json(self) -> dict[str, Any]:
+        """Plain form for storage and the API."""
+        return {
+            "fingerprint": self.fingerprint,
+            "status": self.status,
+            "starts_at": self.starts_at,
+            "ends_at": self.ends_at,
+            "severity": self.severity,
+            "labels": self.labels,
+            "generator_url": self.generator_url,
+        }
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> AlertState:
+        """Inverse of :meth:`to_json`."""
+        return cls(
+            fingerprint=data["fingerprint"],
+            status=intern(data["status"]),  # type: ignore[arg-type]
+            starts_at=data["starts_at"],
+            ends_at=data["ends_at"],
+            severity=intern(data["severity"]),
+            labels=interned(data["labels"]),
+            # One Prometheus rule gives all its alerts the same generatorURL.
+            generator_url=intern(data.get("generator_url", "")),
+        )
+
+
+@dataclass(slots=True)
+class Incident:
+    """An incident and its times (UTC epoch seconds)."""
+
+    id: str
+    key: str
+    group_key: str
+    receiver: str
+    state: State
+    severity: str
+    team: str
+    title: str
+    labels: dict[str, str]
+    external_url: str
+    started_at: float
+    triggered_at: float
+    acknowledged_at: float | None = None
+    acknowledged_by: str | None = None
+    acknowledge_source: str | None = None
+    resolved_at: float | None = None
+    resolved_by: str | None = None
+    resolve_source: str | None = None
+    last_update_at: float | None = None
+    alerts: dict[str, AlertState] = field(default_factory=dict)
+    seq: int = 0
+    # The PagerDuty dedup key once a trigger was queued for this incident.
+    paged_dedup_key: str | None = None
+    # SLA name -> when its breach was recorded (each SLA breaches once).
+    # Never changed in place (replaced on write), so most incidents share one
+    # empty mapping instead of holding two empty dicts each.
+    breaches: Mapping[str, float] = field(default_factory=lambda: NOTHING)
+    # Start of the update window whose deadline was missed (one breach per window).
+    update_breached_gap: float | None = None
+    # Escalation tier -> when its step came due (each tier once per incident).
+    escalated: Mapping[str, float] = field(default_factory=lambda: NOTHING)
+    # Escalation tier -> its outcome. Kept apart from ``escalated``, whose
+    # stored shape replicas of the previous version still read; rows written
+    # before outcomes were kept have none.
+    escalation_outcomes: Mapping[str, EscalationOutcome] = field(
+        default_factory=lambda: NO_OUTCOMES
+    )
+    review_due_at: float | None = None
+    review_done_at: float | None = None
+    review_done_by: str | None = None
+    # The stored alerts document of a restored or committed incident, until
+    # ``alerts`` is next read (see ``shelve_alerts`` and ``__getattr__``).
+    alerts_doc: bytes | None = field(default=None, repr=False, compare=False)
+
+    if not TYPE_CHECKING:  # keeps mypy from taking every attribute as valid
+
+        def __getattr__(self, name: str) -> Any:
+            # Only reached for an unset slot. A restored or committed incident
+            # leaves ``alerts`` unset and keeps its stored document: at start a
+            # hundred thousand incidents are restored, most are never touched
+            # before they resolve, and their alerts are most of what decoding
+            # them costs, in time and in memory. The next read decodes them.
+            if name != "alerts" or self.alerts_doc is None:
+                raise AttributeError(name)
+            self.alerts = decode_alerts(self.alerts_doc)
+            self.alerts_doc = None
+            return self.alerts
+
+    def shelve_alerts(self, doc: bytes) -> None:
+        """Hold the alerts as ``doc``, the document just committed, until next read.
+
+        A restored incident starts this way; a committed change ends this way.
+        Open incidents mostly wait for their next change without reading their
+        alerts, and as objects a 50-alert incident is some fifty more for the
+        cyclic garbage collector: with thousands open, one full collection
+        took a quarter of a second, a stall of every request in flight.
+        """
+        with contextlib.suppress(AttributeError):  # already shelved
+            del self.alerts
+        self.alerts_doc = doc
+
+    @property
+    def is_open(self) -> bool:
+        """True until the incident resolves."""
+        return self.state != "resolved"
+
+    def instances(self) -> frozenset[tuple[str, float]]:
+        """The alert instances this incident covers."""
+        return frozenset((a.fingerprint, a.starts_at) for a in self.alerts.values())
+
+    def firing(self) -> list[AlertState]:
+        """Alerts still firing."""
+        return [a for a in self.alerts.values() if a.status == "firing"]
+
+    def alerts_json(self) -> bytes:
+        """The alerts as the JSON document stored beside the others."""
+        try:
+            # Unset means still as stored: write back the very bytes read.
+            alerts = _ALERTS_SLOT.__get__(self, Incident)
+        except AttributeError:
+            if self.alerts_doc is not None:
+                return self.alerts_doc
+            raise
+        return orjson.dumps([a.to_json() for a in alerts.values()])
+
+    def data_json(self) -> dict[str, Any]:
+        """The fields stored as a JSON document beside the indexed columns and the alerts."""
+        data: dict[str, Any] = {
+            "group_key": self.group_key,
+            "receiver": self.receiver,
+            "title": self.title,
+            "labels": self.labels,
+            "external_url": self.external_url,
+            "acknowledged_by": self.acknowledged_by,
+            "acknowledge_source": self.acknowledge_source,
+            "resolved_by": self.resolved_by,
+            "resolve_source": self.resolve_source,
+            "last_update_at": self.last_update_at,
+            "seq": self.seq,
+            "paged_dedup_key": self.paged_dedup_key,
+            "breaches": dict(self.breaches),
+            "update_breached_gap": self.update_breached_gap,
+            "escalated": dict(self.escalated),
+            "review_done_by": self.review_done_by,
+        }
+        if self.escalation_outcomes:
+            # Only once there is one: most incidents never escalate, and every
+            # row written pays for every key.
+            data["escalation_outcomes"] = dict(self.escalation_outcomes)
+        return data
+
+    @classmethod
+    def from_columns(
+        cls,
+        *,
+        id: str,
+        key: str,
+        state: State,
+        severity: str,
+        team: str,
+        started_at: float,
+        triggered_at: float,
+        acknowledged_at: float | None,
+        resolved_at: float | None,
+        data: Mapping[str, Any],
+        review_due_at: float | None = None,
+        review_done_at: float | None = None,
+        alerts_doc: bytes | None = None,
+    ) -> Incident:
+        """Rebuild an incident from its stored columns and JSON documents.
+
+        ``alerts_doc`` is decoded when the alerts are first read. Rows written
+        before the alerts had their own column carry them in ``data``.
+        """
+        legacy = data.get("alerts")
+        group_key = data.get("group_key", "")
+        inc = cls(
+            id=id,
+            key=key,
+            # In group mode the two are equal: hold one string, not two.
+            group_key=key if group_key == key else group_key,
+            receiver=intern(data.get("receiver", "")),
+            state=intern(state),  # type: ignore[arg-type]
+            severity=intern(severity),
+            team=intern(team),
+            title=intern(data.get("title", "")),
+            labels=interned(data.get("labels", {})),
+            external_url=intern(data.get("external_url", "")),
+            started_at=started_at,
+            triggered_at=triggered_at,
+            acknowledged_at=acknowledged_at,
+            acknowledged_by=data.get("acknowledged_by"),
+            acknowledge_source=data.get("acknowledge_source"),
+            resolved_at=resolved_at,
+            resolved_by=data.get("resolved_by"),
+            resolve_source=data.get("resolve_source"),
+            last_update_at=data.get("last_update_at"),
+            alerts=_decoded(legacy),
+            seq=data.get("seq", 0),
+            paged_dedup_key=data.get("paged_dedup_key"),
+            breaches=dict(data["breaches"]) if data.get("breaches") else NOTHING,
+            update_breached_gap=data.get("update_breached_gap"),
+            escalated=dict(data["escalated"]) if data.get("escalated") else NOTHING,
+            escalation_outcomes=_outcomes(data.get("escalation_outcomes")),
+            review_due_at=review_due_at,
+            review_done_at=review_done_at,
+            review_done_by=data.get("review_done_by"),
+        )
+        if legacy is None and alerts_doc is not None:
+            inc.shelve_alerts(alerts_doc)
+        return inc
+
+
+def escalation_outcome(record_only: bool, routed: bool) -> EscalationOutcome:
+    """A due step's outcome: recorded when record_only, else paged if its tier is routed."""
+    if record_only:
+        return "recorded"
+    return "paged" if routed else "unrouted"
+
+
+def _outcomes(stored: Mapping[str, str] | None) -> Mapping[str, EscalationOutcome]:
+    if not stored:
+        return NO_OUTCOMES
+    return {tier: cast("EscalationOutcome", intern(o)) for tier, o in stored.items()}
+
+
+# The slot's own descriptor: reading through it never decodes.
+_ALERTS_SLOT: MemberDescriptorType = vars(Incident)["alerts"]
+
+
+def _decoded(alerts: Iterable[Mapping[str, Any]] | None) -> dict[str, AlertState]:
+    states = (AlertState.from_json(a) for a in alerts or ())
+    return {a.fingerprint: a for a in states}
+
+
+def decode_alerts(doc: bytes) -> dict[str, AlertState]:
+    """The alerts of an incident from their stored JSON document."""
+    return _decoded(orjson.loads(doc))
+
+
+@dataclass(frozen=True, slots=True)
+class TimelineEvent:
+    """One entry of an incident's timeline."""
+
+    incident_id: str
+    seq: int
+    at: float
+    kind: str
+    source: str
+    actor: str | None
+    message: str
+    data: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class Effect:
+    """Something to publish (metric, log line) once the change is committed.
+
+    ``kind`` is ``opened``, ``acknowledged``, ``resolved``, ``severity_raised``,
+    ``status_update``, ``breach`` (``detail`` is the SLA), ``escalated``
+    (``detail`` is the tier, ``outcome`` what came of it) or ``unmatched``
+    (``count`` new alert instances of ``team`` that no rule of ``detail``,
+    ``severity`` or ``ownership``, matched); ``seconds`` is the measured
+    interval (time to detect, acknowledge, resolve).
+    """
+
+    kind: str
+    incident_id: str
+    severity: str
+    team: str
+    seconds: float | None = None
+    previous_severity: str | None = None
+    source: str | None = None
+    actor: str | None = None
+    detail: str | None = None
+    count: int = 1
+    outcome: EscalationOutcome | None = None
+
+
+@dataclass(slots=True)
+class Undo:
+    """What a change replaced, to put back if its commit fails."""
+
+    key: str
+    before: Incident | None
+    closed_before: ClosedEpisode | None
+
+
+@dataclass(slots=True)
+class Change:
+    """The result of one command on one incident, ready to commit."""
+
+    incident: Incident
+    events: list[TimelineEvent]
+    effects: list[Effect]
+    undo: Undo
+    # Outbox rows this change causes, planned right after the command, while
+    # the incident is as the command left it (a later command of the same
+    # batch may resolve it): see ``IncidentService``.
+    outbox: list[tuple[str, str, str, str, bytes, float]] = field(default_factory=list)
+
+
+def interned(labels: Mapping[str, str]) -> dict[str, str]:
+    """Labels with their names and values interned.
+
+    A hundred thousand open incidents repeat the same few label names and
+    values (alertname, service, job...): one string each instead of one per
+    incident is most of what an open incident costs in memory.
+    """
+    return dict(zip(map(intern, labels.keys()), map(intern, labels.values()), strict=True))

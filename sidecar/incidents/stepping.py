@@ -1,0 +1,225 @@
+"""SLA stepping: what a passing deadline, or a close that overran one, records on an incident.
+
+Deadlines themselves are worked out by :mod:`sidecar.sla`; here they become
+timeline events and effects: a breach, once per SLA (once per window for the
+update cadence), and an escalation step with its outcome (paged, recorded or
+unrouted), decided with the change rather than later by the pager. A close
+that overran a deadline the scheduler had not reached yet records that
+breach with it, so that the metric, the API and the review give one answer.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from typing import TYPE_CHECKING
+
+from sidecar import sla
+from sidecar.incidents.core import BookCore
+from sidecar.incidents.model import (
+    Change,
+    Effect,
+    EscalationOutcome,
+    Incident,
+    TimelineEvent,
+    escalation_outcome,
+)
+
+if TYPE_CHECKING:
+    from sidecar.rules import SeverityPolicy
+
+
+class Stepping(BookCore):
+    """Deadlines of open incidents and pending reviews, and what they record."""
+
+    def next_deadline(self, incident_id: str) -> tuple[float, bool] | None:
+        """The earliest pending deadline of an open incident or a pending review.
+
+        The flag is True for a breach, which is due only once the deadline has
+        passed, and False for an escalation step, due at the deadline itself.
+        """
+        inc = self._by_id.get(incident_id)
+        if inc is not None:
+            return sla.next_deadline(inc, self.classifier.policy(inc.severity))
+        review = self._reviews.get(incident_id)
+        if review is None or review.review_due_at is None or "postmortem" in review.breaches:
+            return None
+        return (review.review_due_at, True)
+
+    def check_deadlines(self, incident_id: str, now: float) -> Change | None:
+        """Record every breach and escalation that is due; None when nothing was."""
+        inc = self._by_id.get(incident_id)
+        if inc is None:
+            return self._check_review(incident_id, now)
+        undo = self._begin(inc.key, inc)
+        events: list[TimelineEvent] = []
+        effects: list[Effect] = []
+        self._settle(inc, now, events, effects)
+        self._finish(inc)
+        return Change(inc, events, effects, undo) if events else None
+
+    def _check_review(self, incident_id: str, now: float) -> Change | None:
+        inc = self._reviews.get(incident_id)
+        if inc is None or inc.review_due_at is None or "postmortem" in inc.breaches:
+            return None
+        if not sla.passed(inc.review_due_at, True, now):
+            return None
+        undo = self._begin(inc.key, inc)
+        events: list[TimelineEvent] = []
+        effects: list[Effect] = []
+        self._breach(inc, "postmortem", now, events, effects)
+        self._finish(inc)
+        return Change(inc, events, effects, undo)
+
+    def breached_counts(self) -> Counter[tuple[str, str]]:
+        """Open incidents (and pending reviews) in breach, by severity and SLA."""
+        counts: Counter[tuple[str, str]] = Counter()
+        for inc in self._breached.values():
+            for kind in inc.breaches:
+                if kind == "update" and inc.update_breached_gap != sla.update_gap_start(inc):
+                    continue  # an update has been given since: no longer in breach
+                counts[(inc.severity, kind)] += 1
+        for inc in self._reviews.values():
+            if "postmortem" in inc.breaches:
+                counts[(inc.severity, "postmortem")] += 1
+        return counts
+
+    def _policy_sla(self, severity: str, name: str) -> float | None:
+        target = getattr(self.classifier.policy(severity).sla, name)
+        return None if target is None else float(target.total_seconds())
+
+    def _settle(
+        self, inc: Incident, now: float, events: list[TimelineEvent], effects: list[Effect]
+    ) -> None:
+        """Record what is due on an open incident: breaches, then escalation steps."""
+        policy = self.classifier.policy(inc.severity)
+        for kind, deadline in sla.pending_deadlines(inc, policy):
+            if not sla.is_due(kind, deadline, now):
+                continue
+            if kind.startswith(sla.ESCALATION):
+                self._escalate(inc, policy, kind.removeprefix(sla.ESCALATION), now, events, effects)
+            else:
+                if kind == "update":
+                    inc.update_breached_gap = sla.update_gap_start(inc)
+                self._breach(inc, kind, now, events, effects, deadline=deadline)
+
+    def _escalate(
+        self,
+        inc: Incident,
+        policy: SeverityPolicy,
+        tier: str,
+        now: float,
+        events: list[TimelineEvent],
+        effects: list[Effect],
+    ) -> None:
+        outcome = self._escalation_outcome(policy, tier)
+        inc.escalated = {**inc.escalated, tier: now}
+        inc.escalation_outcomes = {**inc.escalation_outcomes, tier: outcome}
+        ladder = f"{inc.severity} ladder"
+        if outcome == "paged":
+            message = f"escalated to {tier}: paged ({ladder})"
+        elif outcome == "recorded":
+            message = (
+                f"escalated to {tier}: recorded only, nobody paged (record_only step, {ladder})"
+            )
+        else:
+            message = (
+                f"escalation to {tier} due: nobody routed (no PagerDuty routing key "
+                f"for tier {tier}; {ladder})"
+            )
+        events.append(
+            self.event(
+                inc, now, "escalated", "sidecar", None, message, {"tier": tier, "outcome": outcome}
+            )
+        )
+        effects.append(
+            Effect("escalated", inc.id, inc.severity, inc.team, detail=tier, outcome=outcome)
+        )
+
+    def _escalation_outcome(self, policy: SeverityPolicy, tier: str) -> EscalationOutcome:
+        record_only = any(step.record_only for step in policy.escalation if step.tier == tier)
+        return escalation_outcome(record_only, tier in self.routed_tiers)
+
+    def _breach(
+        self,
+        inc: Incident,
+        kind: str,
+        now: float,
+        events: list[TimelineEvent],
+        effects: list[Effect],
+        *,
+        deadline: float | None = None,
+    ) -> None:
+        inc.breaches = {**inc.breaches, kind: now}
+        late = "" if deadline is None else f" (deadline passed {now - deadline:.0f}s ago)"
+        events.append(
+            self.event(
+                inc,
+                now,
+                "sla_breached",
+                "sidecar",
+                None,
+                f"{kind} SLA of {inc.severity} breached{late}",
+                {"sla": kind, "deadline": deadline},
+            )
+        )
+        effects.append(Effect("breach", inc.id, inc.severity, inc.team, detail=kind))
+
+    def _close(
+        self,
+        inc: Incident,
+        resolved_at: float,
+        source: str,
+        actor: str | None,
+        message: str,
+        *,
+        now: float,
+        events: list[TimelineEvent],
+        effects: list[Effect],
+    ) -> None:
+        """Resolve ``inc`` at ``resolved_at``, first recording what the resolution overran.
+
+        The scheduler records a breach at its deadline; a resolution that
+        arrives before it ran (Alertmanager batches resolved notifications)
+        still overran, and the breach is counted now, once, as the review
+        will report it.
+        """
+        clocks = self.classifier.policy(inc.severity).clocks
+        overran: list[tuple[str, float]] = []
+        if inc.state == "triggered" and clocks.acknowledge is not None:
+            overran.append(("acknowledge", inc.triggered_at + clocks.acknowledge))
+        if clocks.resolve is not None:
+            overran.append(("resolve", inc.started_at + clocks.resolve))
+        if clocks.update is not None and inc.update_breached_gap != sla.update_gap_start(inc):
+            overran.append(("update", sla.update_gap_start(inc) + clocks.update))
+        for kind, deadline in overran:
+            if kind not in inc.breaches and sla.passed(deadline, True, resolved_at):
+                self._breach(inc, kind, now, events, effects, deadline=deadline)
+        inc.state = "resolved"
+        inc.resolved_at = resolved_at
+        inc.resolved_by = actor
+        inc.resolve_source = source
+        review = self._policy_sla(inc.severity, "postmortem")
+        if review is not None and inc.review_done_at is None:
+            inc.review_due_at = resolved_at + review
+        events.append(
+            self.event(
+                inc, resolved_at, "resolved", source, actor, message, {"resolved_at": resolved_at}
+            )
+        )
+        ttr = max(0.0, resolved_at - inc.started_at)
+        effects.append(
+            Effect("resolved", inc.id, inc.severity, inc.team, ttr, source=source, actor=actor)
+        )
+
+    def _close_by_alertmanager(
+        self,
+        inc: Incident,
+        resolved_at: float,
+        now: float,
+        events: list[TimelineEvent],
+        effects: list[Effect],
+    ) -> None:
+        message = "all alerts resolved"
+        self._close(
+            inc, resolved_at, "alertmanager", None, message, now=now, events=events, effects=effects
+        )
