@@ -22,10 +22,10 @@ from sidecar.clock import FakeClock
 from sidecar.config import Config
 from sidecar.errors import StoreUnavailable
 from sidecar.incidents import IncidentBook
-from sidecar.postmortem import sla_report
 from sidecar.rules import RuleSet, load_rules
 from sidecar.runtime import Components, build_components
 from sidecar.silences import AlertStatus, GettableAlert, GettableSilence, SilenceStatus
+from sidecar.sla.verdict import sla_report
 from sidecar.store import SQLiteStore
 from sidecar.web import create_app
 from tests.conftest import DATA

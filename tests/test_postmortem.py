@@ -10,14 +10,9 @@ from typing import Any
 import pytest
 
 from sidecar.incidents import AlertState, Incident, State, TimelineEvent
-from sidecar.postmortem import (
-    SlaResult,
-    affected_services,
-    cell,
-    render_postmortem,
-    sla_report,
-)
+from sidecar.postmortem import affected_services, cell, render_postmortem
 from sidecar.rules import RuleSet, load_rules
+from sidecar.sla.verdict import SlaResult, sla_report
 from tests.conftest import DATA
 
 RULES_DIR = Path(__file__).resolve().parent.parent / "rules"

@@ -11,8 +11,9 @@ from aiohttp import web
 from sidecar.clock import isoformat
 from sidecar.errors import IncidentNotFound, InvalidTransition
 from sidecar.incidents import Incident, TimelineEvent
-from sidecar.postmortem import render_postmortem, sla_report
+from sidecar.postmortem import render_postmortem
 from sidecar.rules import RuleSet
+from sidecar.sla.verdict import sla_report
 from sidecar.store import IncidentQuery
 from sidecar.web.answers import json_answer
 from sidecar.web.auth import require_api_token

@@ -10,12 +10,50 @@ across restarts too. Escalation steps are due at their deadline, including
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from datetime import timedelta
+from typing import TYPE_CHECKING, Protocol
 
 if TYPE_CHECKING:
-    from sidecar.incidents import Incident
-    from sidecar.rules import SeverityPolicy
+    from sidecar.incidents.model import Incident
+
+
+class Targets(Protocol):
+    """A severity's SLA durations (``sidecar.rules.SLA``)."""
+
+    @property
+    def acknowledge(self) -> timedelta | None: ...
+    @property
+    def resolve(self) -> timedelta | None: ...
+    @property
+    def update(self) -> timedelta | None: ...
+
+
+class Step(Protocol):
+    """One escalation step (``sidecar.rules.EscalationStep``)."""
+
+    @property
+    def after(self) -> timedelta: ...
+    @property
+    def tier(self) -> str: ...
+    @property
+    def while_(self) -> str: ...
+
+
+class Policy(Protocol):
+    """What the clocks read of a severity's policy (``sidecar.rules.SeverityPolicy``).
+
+    A protocol, so that the rules depend on the clocks and never the reverse.
+    """
+
+    @property
+    def sla(self) -> Targets: ...
+    @property
+    def escalation(self) -> Sequence[Step]: ...
+    @property
+    def clocks(self) -> Clocks: ...
+
 
 ESCALATION = "escalation:"
 
@@ -36,7 +74,7 @@ class Clocks:
     escalation: tuple[tuple[str, str, bool, float], ...]
 
     @classmethod
-    def of(cls, policy: SeverityPolicy) -> Clocks:
+    def of(cls, policy: Policy) -> Clocks:
         """The clocks of ``policy``."""
         sla = policy.sla
         return cls(
@@ -60,7 +98,7 @@ def update_gap_start(inc: Incident) -> float:
     return inc.last_update_at if inc.last_update_at is not None else inc.triggered_at
 
 
-def pending_deadlines(inc: Incident, policy: SeverityPolicy) -> list[tuple[str, float]]:
+def pending_deadlines(inc: Incident, policy: Policy) -> list[tuple[str, float]]:
     """Deadlines still ahead of an open incident: SLA names and ``escalation:<tier>``."""
     if not inc.is_open:
         return []
@@ -82,7 +120,7 @@ def pending_deadlines(inc: Incident, policy: SeverityPolicy) -> list[tuple[str, 
     return out
 
 
-def next_deadline(inc: Incident, policy: SeverityPolicy) -> tuple[float, bool] | None:
+def next_deadline(inc: Incident, policy: Policy) -> tuple[float, bool] | None:
     """The earliest pending deadline, and whether it is strict (see :func:`passed`)."""
     best: tuple[float, bool] | None = None
     for kind, at in pending_deadlines(inc, policy):

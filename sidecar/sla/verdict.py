@@ -1,0 +1,199 @@
+"""The one verdict on each SLA of an incident: met, breached, pending or not applicable.
+
+:func:`sla_report` is the one implementation of "was this SLA met?": the API's
+incident view and the post-incident review both use it, and it counts every
+breach the incident book recorded (and so the metrics counted) as breached.
+A breach is counted the moment its deadline passes and it stands, even when a
+later resolution's ``endsAt`` falls inside the target.
+
+Everything here is pure: times are UTC epoch seconds and ``now`` is passed in.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any, Literal, Protocol
+
+from sidecar.clock import isoformat
+from sidecar.incidents.model import Incident, TimelineEvent
+
+SlaName = Literal["detect", "acknowledge", "update", "resolve", "postmortem"]
+SlaStatus = Literal["met", "breached", "pending", "not_applicable"]
+
+SLA_NAMES: tuple[SlaName, ...] = ("detect", "acknowledge", "update", "resolve", "postmortem")
+"""Every SLA a severity may set, in the order the plans list them."""
+
+STATUS_UPDATE_KIND = "status_update"
+"""Timeline event kind of a status update (what the update-cadence SLA measures)."""
+
+REVIEW_DONE_KIND = "postmortem_done"
+"""Timeline event kind that marks the post-incident review as done."""
+
+SLA_TITLES: Mapping[SlaName, str] = {
+    "detect": "Time to detect",
+    "acknowledge": "Time to acknowledge",
+    "update": "Status update cadence (longest gap)",
+    "resolve": "Time to resolve",
+    "postmortem": "Post-incident review",
+}
+
+
+class _AllTargets(Protocol):
+    @property
+    def detect(self) -> timedelta | None: ...
+    @property
+    def acknowledge(self) -> timedelta | None: ...
+    @property
+    def update(self) -> timedelta | None: ...
+    @property
+    def resolve(self) -> timedelta | None: ...
+    @property
+    def postmortem(self) -> timedelta | None: ...
+
+
+class _Policy(Protocol):
+    @property
+    def sla(self) -> _AllTargets: ...
+
+
+class Policies(Protocol):
+    """The severities' policies (``sidecar.rules.RuleSet``)."""
+
+    def policy(self, severity: str) -> _Policy: ...
+
+
+@dataclass(frozen=True, slots=True)
+class SlaResult:
+    """One SLA of an incident: its target, what was measured and the verdict.
+
+    ``actual_seconds`` is ``None`` until the measured moment happens (for the
+    update cadence it is the longest gap so far, the current one included).
+    ``deadline`` is when the SLA is or was due: for a breach, the moment it was
+    first missed; ``None`` when no deadline runs (a review of an open incident,
+    the cadence of a resolved one).
+    """
+
+    name: SlaName
+    target_seconds: float
+    actual_seconds: float | None
+    deadline: float | None
+    status: SlaStatus
+
+    def to_json(self) -> dict[str, Any]:
+        """Plain form for the API, times as RFC 3339."""
+        return {
+            "target_seconds": self.target_seconds,
+            "actual_seconds": self.actual_seconds,
+            "deadline": isoformat(self.deadline),
+            "status": self.status,
+        }
+
+
+def sla_report(
+    incident: Incident,
+    timeline: Sequence[TimelineEvent],
+    rules: Policies,
+    now: float,
+    *,
+    reviewed_at: float | None = None,
+) -> list[SlaResult]:
+    """Each SLA the incident's severity sets, in :data:`SLA_NAMES` order, with its verdict.
+
+    The review counts as done at ``reviewed_at`` or, when not given, at the first
+    :data:`REVIEW_DONE_KIND` event of ``timeline``. Without a timeline the update
+    cadence sees only ``incident.last_update_at``, so only the current gap.
+    An incident whose severity the rules no longer declare has no SLA.
+    """
+    try:
+        sla = rules.policy(incident.severity).sla
+    except KeyError:
+        return []
+    if reviewed_at is None:
+        reviewed_at = min((e.at for e in timeline if e.kind == REVIEW_DONE_KIND), default=None)
+    results: list[SlaResult] = []
+    for name in SLA_NAMES:
+        target = getattr(sla, name)
+        if target is None:
+            continue
+        seconds = target.total_seconds()
+        if name == "detect":
+            results.append(_detect(incident, timeline, seconds))
+        elif name == "acknowledge":
+            results.append(_acknowledge(incident, seconds, now))
+        elif name == "update":
+            results.append(_update_cadence(incident, timeline, seconds, now))
+        elif name == "resolve":
+            results.append(_span(name, incident.started_at, incident.resolved_at, seconds, now))
+        else:
+            results.append(_review(incident, reviewed_at, seconds, now))
+    # A breach the book recorded was counted in the metrics when its deadline
+    # passed; it stands even when a later resolution's endsAt falls inside the
+    # target, so that the metric, the API and the review give one answer.
+    return [
+        dataclasses.replace(r, status="breached") if r.name in incident.breaches else r
+        for r in results
+    ]
+
+
+def _span(name: SlaName, start: float, end: float | None, target: float, now: float) -> SlaResult:
+    """An SLA on one interval: met or breached once it ends, breached as soon as it overruns."""
+    deadline = start + target
+    if end is not None:
+        status: SlaStatus = "met" if end <= deadline else "breached"
+        return SlaResult(name, target, end - start, deadline, status)
+    return SlaResult(name, target, None, deadline, "breached" if now > deadline else "pending")
+
+
+def _detect(incident: Incident, timeline: Sequence[TimelineEvent], target: float) -> SlaResult:
+    """Detection; unknown when the firing notification never reached the sidecar."""
+    missed = any(
+        e.kind == "opened" and e.data.get("firing_notification_missed") is True for e in timeline
+    )
+    if missed:
+        return SlaResult("detect", target, None, incident.started_at + target, "not_applicable")
+    return _span(
+        "detect", incident.started_at, incident.triggered_at, target, incident.triggered_at
+    )
+
+
+def _acknowledge(incident: Incident, target: float, now: float) -> SlaResult:
+    """Acknowledgment; resolved unacknowledged, it breached only if it outlived the deadline."""
+    if incident.acknowledged_at is not None or incident.resolved_at is None:
+        return _span("acknowledge", incident.triggered_at, incident.acknowledged_at, target, now)
+    deadline = incident.triggered_at + target
+    # Resolved without acknowledgment: the clock stopped at resolution.
+    status: SlaStatus = "breached" if incident.resolved_at > deadline else "not_applicable"
+    return SlaResult("acknowledge", target, None, deadline, status)
+
+
+def _update_cadence(
+    incident: Incident, timeline: Sequence[TimelineEvent], target: float, now: float
+) -> SlaResult:
+    """The longest gap between status updates, from declaration to resolution (or now)."""
+    start = incident.triggered_at
+    end = max(start, incident.resolved_at if incident.resolved_at is not None else now)
+    updates = {e.at for e in timeline if e.kind == STATUS_UPDATE_KIND}
+    if incident.last_update_at is not None:
+        updates.add(incident.last_update_at)
+    within = {t for t in updates if start <= t <= end}
+    points = sorted({start, end} | within)
+    gaps = [(b - a, a) for a, b in itertools.pairwise(points)]
+    longest = max((gap for gap, _ in gaps), default=0.0)
+    missed = next((begin + target for gap, begin in gaps if gap > target), None)
+    if missed is not None:
+        return SlaResult("update", target, longest, missed, "breached")
+    if incident.is_open:
+        last = max(within, default=start)
+        return SlaResult("update", target, longest, last + target, "pending")
+    return SlaResult("update", target, longest, None, "met")
+
+
+def _review(incident: Incident, reviewed_at: float | None, target: float, now: float) -> SlaResult:
+    """The post-incident review, due ``target`` after resolution."""
+    if incident.resolved_at is None:
+        return SlaResult("postmortem", target, None, None, "pending")
+    return _span("postmortem", incident.resolved_at, reviewed_at, target, now)
