@@ -8,19 +8,21 @@ resolve follow from any source but PagerDuty itself, and only for incidents
 that were paged. An escalation step pages its tier's key only when the
 incident book recorded its outcome as ``paged`` (the book decides, with the
 change). The events are written to the outbox in the same transaction as the
-change that causes them (see :mod:`sidecar.service`), so a page is never lost
-and never sent for a change that was not committed.
+change that causes them, planned by the command itself (the book runs its
+planners before a command returns), so a page is never lost and never sent
+for a change that was not committed.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 import orjson
 
-from sidecar.incidents import Change, Incident, IncidentBook
+from sidecar.incidents import Change, Incident
+from sidecar.incidents.model import timeline_event
 from sidecar.pagerduty.events import (
     build_acknowledge,
     build_resolve,
@@ -29,6 +31,9 @@ from sidecar.pagerduty.events import (
     dedup_key_for_group,
 )
 from sidecar.routing import routing_for_team, tier_routing
+
+if TYPE_CHECKING:
+    from sidecar.rules import SeverityPolicy
 
 
 def tier_dedup_key(dedup_key: str, tier: str) -> str:
@@ -58,21 +63,40 @@ class OutboxEvent:
         )
 
 
+class Policies(Protocol):
+    """The severities' paging policies (``sidecar.rules.RuleSet``)."""
+
+    def policy(self, severity: str) -> SeverityPolicy: ...
+
+
 class Pager:
-    """Turns committed-to-be changes into outbox events."""
+    """Plans the PagerDuty events of a change, inside the command that makes it.
+
+    A planner of the incident book (see ``sidecar.incidents.core.planned``):
+    it reads the change and the rules, never the book.
+    """
 
     def __init__(
         self,
-        book: IncidentBook,
+        rules: Policies,
         *,
-        routing_names: set[str],
+        key_mode: Literal["group", "alert"] = "group",
+        routing_names: Collection[str],
         external_url: str | None = None,
     ) -> None:
-        # Rules and key mode are the book's: a SIGHUP reload swaps the book's
-        # rules, and paging must follow the same ones.
-        self.book = book
-        self.routing_names = routing_names
+        self.rules = rules
+        self.key_mode = key_mode
+        self.routing_names = frozenset(routing_names)
         self.external_url = external_url.rstrip("/") if external_url else None
+
+    def set_rules(self, rules: Policies) -> None:
+        """Page by these rules from now on (a rules reload)."""
+        self.rules = rules
+
+    def plan(self, change: Change, now: float) -> None:
+        """Add the change's PagerDuty events to its outbox rows (nothing when PagerDuty is off)."""
+        if self.enabled:
+            change.outbox.extend(e.row(now) for e in self.events_for(change, now))
 
     @property
     def enabled(self) -> bool:
@@ -81,7 +105,7 @@ class Pager:
 
     def dedup_key(self, inc: Incident) -> str:
         """The dedup key of an incident: sha256(groupKey), as Alertmanager's own integration."""
-        if self.book.key_mode == "alert":
+        if self.key_mode == "alert":
             return dedup_key_for_alert(inc.group_key, inc.key)
         return dedup_key_for_group(inc.group_key)
 
@@ -138,7 +162,7 @@ class Pager:
         if inc.paged_dedup_key is None:
             inc.paged_dedup_key = self.dedup_key(inc)
         dedup = tier_dedup_key(inc.paged_dedup_key, tier)
-        policy = self.book.classifier.policy(inc.severity)
+        policy = self.rules.policy(inc.severity)
         body = build_trigger(
             inc,
             pagerduty_severity=policy.pagerduty_severity,
@@ -147,7 +171,7 @@ class Pager:
             incident_url=self._incident_url(inc),
         )
         change.events.append(
-            self.book.event(
+            timeline_event(
                 inc,
                 now,
                 "pagerduty_queued",
@@ -164,13 +188,13 @@ class Pager:
 
     def _trigger(self, change: Change, now: float, *, reason: str) -> list[OutboxEvent]:
         inc = change.incident
-        policy = self.book.classifier.policy(inc.severity)
+        policy = self.rules.policy(inc.severity)
         if policy.paging == "none":
             return []
         if policy.paging == "ticket":
             if reason == "opened":
                 change.events.append(
-                    self.book.event(
+                    timeline_event(
                         inc,
                         now,
                         "ticket",
@@ -196,7 +220,7 @@ class Pager:
         inc.paged_dedup_key = dedup
         verb = "page" if policy.paging == "page" else "notification (no page)"
         change.events.append(
-            self.book.event(
+            timeline_event(
                 inc,
                 now,
                 "pagerduty_queued",

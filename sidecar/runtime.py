@@ -161,17 +161,21 @@ def build_components(
         ),
         sla_thresholds=rules.sla_thresholds(),
     )
+    pager = Pager(
+        rules, key_mode=s.incidents.key, routing_names=names, external_url=s.server.external_url
+    )
     book = IncidentBook(
         rules,
         key_mode=s.incidents.key,
         dedup_window=s.incidents.dedup_window.total_seconds(),
         routed_tiers=routed,
+        # Commands plan their own notifications: the service only commits them.
+        planners=[pager],
     )
     metrics.track_open_incidents(lambda: book.open_counts)
     metrics.track_open_breached(book.breached_counts)
     pd = s.pagerduty
-    pager = Pager(book, routing_names=names, external_url=s.server.external_url)
-    service = IncidentService(book, store, metrics, clock, max_batch=s.store.max_batch, pager=pager)
+    service = IncidentService(book, store, metrics, clock, max_batch=s.store.max_batch)
     scheduler = DeadlineScheduler(book, service, clock)
     silences = None
     if s.alertmanager.url and s.alertmanager.silences_acknowledge:
@@ -228,5 +232,9 @@ def build_components(
         # Remember bodies no longer than incidents are remembered against duplicates.
         ReplayCache(ttl=min(3600.0, s.incidents.dedup_window.total_seconds())),
     )
-    components.on_reload += [book.set_classifier, lambda _rules: scheduler.rebuild()]
+    components.on_reload += [
+        book.set_classifier,
+        pager.set_rules,
+        lambda _rules: scheduler.rebuild(),
+    ]
     return components

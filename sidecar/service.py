@@ -23,7 +23,6 @@ from sidecar.clock import Clock
 from sidecar.errors import StoreUnavailable
 from sidecar.incidents import Change, Effect, IncidentBook
 from sidecar.metrics import Metrics
-from sidecar.paging import Pager
 from sidecar.store.base import (
     DeliveryRow,
     Store,
@@ -68,10 +67,8 @@ class IncidentService:
         clock: Clock,
         *,
         max_batch: int = 1000,
-        pager: Pager | None = None,
     ) -> None:
         self.book = book
-        self.pager = pager
         # Called after a commit that queued PagerDuty events (wakes the worker).
         self.on_outbox: Callable[[], None] = lambda: None
         # Called with every committed batch's changes (the deadline scheduler).
@@ -238,27 +235,8 @@ class IncidentService:
             except Exception as exc:  # a domain error belongs to its caller alone
                 pending.future.set_exception(exc)
                 continue
-            try:
-                self._plan_notifications(changes, now)
-            except Exception as exc:
-                # A bug, not the caller's input: undo this command alone, and
-                # answer 5xx so that Alertmanager retries.
-                log.exception("could not plan the notifications of a change; rejected")
-                for change in reversed(changes):
-                    self.book.undo(change)
-                pending.future.set_exception(RuntimeError(f"internal error: {exc}"))
-                continue
             applied.append((pending, changes))
         return applied
-
-    def _plan_notifications(self, changes: list[Change], now: float) -> None:
-        # Right after the command, not when the batch is written: a later
-        # command of the same batch may resolve the incident this one opened,
-        # and both its trigger and its resolve must still go out, in order.
-        if self.pager is None or not self.pager.enabled:
-            return
-        for change in changes:
-            change.outbox = [e.row(now) for e in self.pager.events_for(change, now)]
 
     def _after_commit(self, changes: list[Change], write: WriteBatch) -> None:
         # Each step on its own: a failing one must not skip the others (a

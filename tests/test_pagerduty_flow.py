@@ -510,7 +510,7 @@ def test_acknowledgment_follows_only_the_tiers_that_were_paged(
         },
     )
     book.restore([inc], [])
-    pager = Pager(book, routing_names={"default", "tier:vp"})
+    pager = Pager(book.classifier, routing_names={"default", "tier:vp"})
     change = book.acknowledge("i1", actor="alice", source="api", now=1_700_000_060.0)
     assert change is not None
     events = pager.events_for(change, 1_700_000_060.0)

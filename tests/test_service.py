@@ -501,27 +501,25 @@ def test_store_fakes_are_real_wrappers(tmp_path: Path) -> None:
 
 
 class _ExplodingPager:
-    """A pager with a bug: building the batch fails (a fake, not a mock)."""
+    """A planner with a bug: planning the notifications fails (a fake, not a mock)."""
 
-    enabled = True
-
-    def events_for(self, change: Any, now: float) -> list[Any]:
-        raise ValueError("a bug while building the batch")
+    def plan(self, change: Any, now: float) -> None:
+        raise ValueError("a bug while planning the notifications")
 
 
-async def test_a_bug_building_a_batch_fails_that_batch_only_and_the_loop_goes_on(
+async def test_a_bug_planning_notifications_fails_that_command_only_and_the_loop_goes_on(
     config: Config, clock: FakeClock
 ) -> None:
     components, store = await start(config, clock)
     svc, book = components.service, components.book
-    real_pager = svc.pager
-    svc.pager = _ExplodingPager()  # type: ignore[assignment]
+    real_planners = book.planners
+    book.planners = [_ExplodingPager()]
     try:
         with pytest.raises(RuntimeError, match="internal error"):
             await svc.submit(notify(book, group(1)))
         assert len(book) == 0  # undone
         assert svc.running
-        svc.pager = real_pager
+        book.planners = real_planners
         changes = await svc.submit(notify(book, group(1)))
         assert len(changes) == 1
         assert len(await store.load_open()) == 1

@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 from sidecar import sla
+from sidecar.incidents.core import planned
 from sidecar.incidents.grouping import alert_name, resolution_time
 from sidecar.incidents.model import Change, Effect, Incident, TimelineEvent
 from sidecar.incidents.stepping import Stepping
@@ -18,6 +19,7 @@ from sidecar.incidents.stepping import Stepping
 class Commands(Stepping):
     """Transitions an incident takes from the API, PagerDuty and silences."""
 
+    @planned
     def acknowledge(
         self, incident_id: str, *, actor: str, source: str, now: float, message: str = ""
     ) -> Change | None:
@@ -42,6 +44,7 @@ class Commands(Stepping):
         ]
         return Change(inc, events, effects, undo)
 
+    @planned
     def resolve(
         self, incident_id: str, *, actor: str, source: str, now: float, message: str = ""
     ) -> Change:
@@ -55,6 +58,7 @@ class Commands(Stepping):
         self._finish(inc)
         return Change(inc, events, effects, undo)
 
+    @planned
     def unacknowledge(
         self, incident_id: str, *, actor: str, source: str, now: float, message: str = ""
     ) -> Change | None:
@@ -71,6 +75,7 @@ class Commands(Stepping):
         self._finish(inc)
         return Change(inc, events, [], undo)
 
+    @planned
     def reopen(
         self, incident: Incident, *, actor: str, source: str, now: float, message: str = ""
     ) -> Change | None:
@@ -87,6 +92,7 @@ class Commands(Stepping):
         self._finish(incident)
         return Change(incident, events, [], undo)
 
+    @planned
     def resolve_alerts(
         self,
         incident_id: str,
@@ -124,6 +130,7 @@ class Commands(Stepping):
         self._finish(inc)
         return Change(inc, events, effects, undo) if events else None
 
+    @planned
     def record_update(
         self, incident_id: str, *, actor: str, source: str, now: float, message: str
     ) -> Change:
@@ -148,6 +155,7 @@ class Commands(Stepping):
         self._finish(inc)
         return Change(inc, events, effects, undo)
 
+    @planned
     def note(
         self,
         incident_id: str,
@@ -165,6 +173,7 @@ class Commands(Stepping):
         self._finish(inc)
         return Change(inc, events, [], undo)
 
+    @planned
     def complete_review(
         self, incident: Incident, *, actor: str, source: str, now: float, message: str = ""
     ) -> Change | None:

@@ -14,13 +14,15 @@ notifications), :mod:`~sidecar.incidents.stepping` (deadlines) and
 from __future__ import annotations
 
 import copy
+import functools
+import inspect
 from collections import Counter
-from collections.abc import Collection, Iterable, Mapping
-from typing import TYPE_CHECKING, Any, Literal, Protocol
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Literal, Protocol, TypeVar
 
 from sidecar.errors import IncidentNotFound
 from sidecar.incidents.closed import ClosedEpisode, ClosedLog
-from sidecar.incidents.model import Change, Incident, TimelineEvent, Undo
+from sidecar.incidents.model import Change, Incident, TimelineEvent, Undo, timeline_event
 
 if TYPE_CHECKING:
     from sidecar.rules import SeverityPolicy
@@ -51,6 +53,58 @@ class Classifier(Protocol):
     def policy(self, severity: str) -> SeverityPolicy: ...
 
 
+class Planner(Protocol):
+    """An integration that plans the notifications a change causes (``sidecar.paging.Pager``)."""
+
+    def plan(self, change: Change, now: float) -> None:
+        """Add the change's outbox rows (and the timeline events that say so)."""
+
+
+C = TypeVar("C", bound="Change | list[Change] | None")
+
+
+def planned(command: Callable[..., C]) -> Callable[..., C]:
+    """Make a book command plan the notifications of the changes it returns.
+
+    Right after the command, while each incident is as the command left it (a
+    later command of the same batch may resolve the incident this one opened,
+    and both its trigger and its resolve must go out, in order), and inside the
+    command, so the service only persists what it is handed. A planner that
+    fails is a bug, not the caller's input: the command's changes are undone
+    and it raises :class:`CommandFailed`.
+    """
+
+    # Where ``now`` is among the positional arguments (self excluded).
+    at = list(inspect.signature(command).parameters).index("now") - 1
+
+    @functools.wraps(command)
+    def run(self: BookCore, *args: Any, **kwargs: Any) -> C:
+        self._depth += 1
+        try:
+            result = command(self, *args, **kwargs)
+        finally:
+            self._depth -= 1
+        if not self.planners or self._depth or result is None:
+            return result  # a command run by another plans with it, once
+        changes = [result] if isinstance(result, Change) else result
+        now = kwargs["now"] if "now" in kwargs else args[at]
+        try:
+            for change in changes:
+                for planner in self.planners:
+                    planner.plan(change, now)
+        except Exception as exc:
+            for change in reversed(changes):
+                self.undo(change)
+            raise CommandFailed(f"internal error: {exc}") from exc
+        return result
+
+    return run
+
+
+class CommandFailed(RuntimeError):
+    """A command's notifications could not be planned (a bug); its changes were undone."""
+
+
 class BookCore:
     """Every open incident, indexed, and the bookkeeping every command shares."""
 
@@ -61,8 +115,13 @@ class BookCore:
         key_mode: Literal["group", "alert"] = "group",
         dedup_window: float = 6 * 3600.0,
         routed_tiers: Collection[str] = frozenset(),
+        planners: Sequence[Planner] = (),
     ) -> None:
         self.classifier = classifier
+        # Integrations that plan the notifications a change causes (PagerDuty's
+        # pager), run by every command before it returns: see ``planned``.
+        self.planners = list(planners)
+        self._depth = 0
         self.key_mode = key_mode
         self.dedup_window = dedup_window
         # Escalation tiers with a PagerDuty routing key: a due step's outcome
@@ -240,5 +299,4 @@ class BookCore:
         data: Mapping[str, Any] | None = None,
     ) -> TimelineEvent:
         """A new timeline event of ``inc``, numbered after its last one."""
-        inc.seq += 1
-        return TimelineEvent(inc.id, inc.seq, at, kind, source, actor, message, data or {})
+        return timeline_event(inc, at, kind, source, actor, message, data)

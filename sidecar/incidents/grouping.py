@@ -16,7 +16,7 @@ from collections.abc import Iterable, Mapping
 from sys import intern
 
 from sidecar.alertmanager import Alert, Notification
-from sidecar.incidents.core import ClassificationLike
+from sidecar.incidents.core import ClassificationLike, planned
 from sidecar.incidents.ids import new_incident_id
 from sidecar.incidents.model import AlertState, Change, Effect, Incident, TimelineEvent, interned
 from sidecar.incidents.stepping import Stepping
@@ -31,6 +31,7 @@ class Grouping(Stepping):
             return [notification.group_key]
         return [a.fingerprint for a in notification.alerts]
 
+    @planned
     def apply_notification(self, n: Notification, now: float) -> list[Change]:
         """Apply an Alertmanager notification; returns the changes (empty for a duplicate)."""
         if self.key_mode == "group":

@@ -351,6 +351,20 @@ class Change:
     outbox: list[tuple[str, str, str, str, bytes, float]] = field(default_factory=list)
 
 
+def timeline_event(
+    inc: Incident,
+    at: float,
+    kind: str,
+    source: str,
+    actor: str | None,
+    message: str,
+    data: Mapping[str, Any] | None = None,
+) -> TimelineEvent:
+    """A new timeline event of ``inc``, numbered after its last one."""
+    inc.seq += 1
+    return TimelineEvent(inc.id, inc.seq, at, kind, source, actor, message, data or {})
+
+
 def interned(labels: Mapping[str, str]) -> dict[str, str]:
     """Labels with their names and values interned.
 

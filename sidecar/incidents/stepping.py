@@ -14,7 +14,7 @@ from collections import Counter
 from typing import TYPE_CHECKING
 
 from sidecar import sla
-from sidecar.incidents.core import BookCore
+from sidecar.incidents.core import BookCore, planned
 from sidecar.incidents.model import (
     Change,
     Effect,
@@ -45,6 +45,7 @@ class Stepping(BookCore):
             return None
         return (review.review_due_at, True)
 
+    @planned
     def check_deadlines(self, incident_id: str, now: float) -> Change | None:
         """Record every breach and escalation that is due; None when nothing was."""
         inc = self._by_id.get(incident_id)
