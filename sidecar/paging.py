@@ -162,11 +162,19 @@ class Pager:
         if inc.paged_dedup_key is None:
             inc.paged_dedup_key = self.dedup_key(inc)
         dedup = tier_dedup_key(inc.paged_dedup_key, tier)
-        policy = self.rules.policy(inc.severity)
+        message = f"PagerDuty page to escalation tier {tier} queued"
+        return [self._queue_trigger(change, now, dedup, routing, message)]
+
+    def _queue_trigger(
+        self, change: Change, now: float, dedup: str, routing: str, message: str
+    ) -> OutboxEvent:
+        """The trigger of ``change``'s incident on ``dedup``, noted on its timeline."""
+        inc = change.incident
         body = build_trigger(
             inc,
-            pagerduty_severity=policy.pagerduty_severity,
+            pagerduty_severity=self.rules.policy(inc.severity).pagerduty_severity,
             dedup_key=dedup,
+            # The notification's externalURL is the one people can open.
             alertmanager_url=inc.external_url or None,
             incident_url=self._incident_url(inc),
         )
@@ -177,11 +185,11 @@ class Pager:
                 "pagerduty_queued",
                 "sidecar",
                 None,
-                f"PagerDuty page to escalation tier {tier} queued",
+                message,
                 {"action": "trigger", "routing": routing, "dedup_key": dedup},
             )
         )
-        return [OutboxEvent(inc.id, dedup, routing, "trigger", body)]
+        return OutboxEvent(inc.id, dedup, routing, "trigger", body)
 
     def _incident_url(self, inc: Incident) -> str | None:
         return f"{self.external_url}/api/v1/incidents/{inc.id}" if self.external_url else None
@@ -208,27 +216,10 @@ class Pager:
         if routing is None:
             return []
         dedup = self.dedup_key(inc)
-        incident_url = self._incident_url(inc)
-        body = build_trigger(
-            inc,
-            pagerduty_severity=policy.pagerduty_severity,
-            dedup_key=dedup,
-            # The notification's externalURL is the one people can open.
-            alertmanager_url=inc.external_url or None,
-            incident_url=incident_url,
-        )
         inc.paged_dedup_key = dedup
         verb = "page" if policy.paging == "page" else "notification (no page)"
-        change.events.append(
-            timeline_event(
-                inc,
-                now,
-                "pagerduty_queued",
-                "sidecar",
-                None,
-                f"PagerDuty {verb} queued ({reason}; severity {policy.pagerduty_severity}, "
-                f"routing {routing})",
-                {"action": "trigger", "routing": routing, "dedup_key": dedup},
-            )
+        message = (
+            f"PagerDuty {verb} queued ({reason}; severity {policy.pagerduty_severity}, "
+            f"routing {routing})"
         )
-        return [OutboxEvent(inc.id, dedup, routing, "trigger", body)]
+        return [self._queue_trigger(change, now, dedup, routing, message)]

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any, Literal, Protocol, TypeVar
 
 from sidecar.errors import IncidentNotFound
 from sidecar.incidents.closed import ClosedEpisode, ClosedLog
-from sidecar.incidents.model import Change, Incident, TimelineEvent, Undo, timeline_event
+from sidecar.incidents.model import Change, Incident, Undo, timeline_event
 
 if TYPE_CHECKING:
     from sidecar.rules import SeverityPolicy
@@ -288,15 +288,5 @@ class BookCore:
         """Forget resolved incidents older than the dedup window; returns how many."""
         return self.closed.expire(now)
 
-    def event(
-        self,
-        inc: Incident,
-        at: float,
-        kind: str,
-        source: str,
-        actor: str | None,
-        message: str,
-        data: Mapping[str, Any] | None = None,
-    ) -> TimelineEvent:
-        """A new timeline event of ``inc``, numbered after its last one."""
-        return timeline_event(inc, at, kind, source, actor, message, data)
+    # A new timeline event of an incident, numbered after its last one.
+    event = staticmethod(timeline_event)

@@ -20,6 +20,7 @@ from typing import Any, Literal, Protocol
 
 from sidecar.clock import isoformat
 from sidecar.incidents.model import Incident, TimelineEvent
+from sidecar.sla.clocks import Targets
 
 SlaName = Literal["detect", "acknowledge", "update", "resolve", "postmortem"]
 SlaStatus = Literal["met", "breached", "pending", "not_applicable"]
@@ -42,15 +43,9 @@ SLA_TITLES: Mapping[SlaName, str] = {
 }
 
 
-class _AllTargets(Protocol):
+class _AllTargets(Targets, Protocol):
     @property
     def detect(self) -> timedelta | None: ...
-    @property
-    def acknowledge(self) -> timedelta | None: ...
-    @property
-    def update(self) -> timedelta | None: ...
-    @property
-    def resolve(self) -> timedelta | None: ...
     @property
     def postmortem(self) -> timedelta | None: ...
 
