@@ -7,7 +7,7 @@ keeps its position, and the data is constructed from that same tree.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +17,8 @@ from pydantic import ValidationError
 from sidecar.errors import ConfigError, ConfigProblem
 
 Loc = tuple[int | str, ...]
+Position = Callable[[Sequence[int | str]], tuple[int, int] | None]
+"""Maps a location in a file to its line and column (:meth:`YamlDocument.position`)."""
 
 # libyaml parses the config and rules several times faster (start time); the
 # pure-Python loader builds the same safe constructs where it is missing.
@@ -45,27 +47,31 @@ class YamlDocument:
 def problems_from_validation(
     error: ValidationError,
     file: str,
-    position: Any = None,
+    position: Position | None = None,
     prefix: Loc = (),
 ) -> list[ConfigProblem]:
     """One :class:`ConfigProblem` per pydantic error, located when ``position`` knows where."""
     out = []
     for item in error.errors(include_url=False):
-        loc = prefix + tuple(item["loc"])
-        pos = position(loc) if position is not None else None
         reason = str(item["msg"])
         if reason.startswith("Value error, "):
             reason = reason[len("Value error, ") :]
-        out.append(
-            ConfigProblem(
-                file=file,
-                location=format_loc(loc),
-                reason=reason,
-                line=pos[0] if pos else None,
-                column=pos[1] if pos else None,
-            )
-        )
+        out.append(problem_at(file, prefix + tuple(item["loc"]), reason, position))
     return out
+
+
+def problem_at(
+    file: str, loc: Sequence[int | str], reason: str, position: Position | None = None
+) -> ConfigProblem:
+    """A :class:`ConfigProblem` at ``loc`` of ``file``, with its line when ``position`` knows it."""
+    pos = position(loc) if position is not None else None
+    return ConfigProblem(
+        file,
+        format_loc(loc),
+        reason,
+        line=pos[0] if pos else None,
+        column=pos[1] if pos else None,
+    )
 
 
 def format_loc(loc: Iterable[int | str]) -> str:

@@ -1,0 +1,242 @@
+"""The compiled rules: classify an alert, with its severity floor, and rank and explain.
+
+A rule matches when all its Alertmanager matchers match the alert's labels and
+all its numeric conditions hold; the first matching rule of each list wins, and
+the defaults apply when none does. The floor then keeps the result at or above
+the lowest severity the alert's own ``severity`` label allows, unless the rule
+says ``below_floor: true``; a dropping rule goes below any floor.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Literal
+
+from sidecar.errors import ConfigProblem
+from sidecar.matchers import Matcher, parse_matchers
+from sidecar.rules.checks import semantic_problems
+from sidecar.rules.model import (
+    DEFAULT_RULE,
+    FLOOR_LABEL,
+    NumericCondition,
+    RulesFile,
+    SeverityPolicy,
+)
+from sidecar.yamlfile import Position, format_loc, problem_at
+
+_CACHE_SIZE = 4096
+
+DROP = "drop"
+"""What ``Classification.raised_from`` holds when a floor kept an alert a rule dropped."""
+
+
+@dataclass(frozen=True, slots=True)
+class Classification:
+    """The severity and team of an alert, the rules that chose them, and the floor's part.
+
+    ``severity`` is the final severity, the empty string when ``dropped``.
+    ``floor`` is the lowest severity the alert's ``severity`` label allows (None:
+    no floor); ``raised_from`` what the rule gave (a severity, or ``drop``) when
+    the floor raised it; ``below_floor`` is true when the rule went below the
+    floor, as it explicitly allowed.
+    """
+
+    severity: str
+    team: str
+    severity_rule: str
+    team_rule: str
+    floor: str | None = None
+    raised_from: str | None = None
+    below_floor: bool = False
+    dropped: bool = False
+
+    @property
+    def unmatched(self) -> tuple[Literal["severity", "ownership"], ...]:
+        """The rule lists of which no rule matched: the defaults decided."""
+        out: list[Literal["severity", "ownership"]] = []
+        if self.severity_rule == DEFAULT_RULE:
+            out.append("severity")
+        if self.team_rule == DEFAULT_RULE:
+            out.append("ownership")
+        return tuple(out)
+
+
+@dataclass(frozen=True, slots=True)
+class _CompiledRule:
+    name: str
+    result: str  # a severity or a team; DROP for a rule that drops
+    matchers: tuple[Matcher, ...]
+    conditions: tuple[NumericCondition, ...]
+    drop: bool = False
+    below_floor: bool = False
+
+    def matches(self, labels: Mapping[str, str], annotations: Mapping[str, str]) -> bool:
+        return all(m.matches(labels) for m in self.matchers) and all(
+            c.holds(labels, annotations) for c in self.conditions
+        )
+
+
+def _compile(
+    name: str,
+    result: str,
+    match: Iterable[str],
+    when: Iterable[NumericCondition],
+    *,
+    drop: bool = False,
+    below_floor: bool = False,
+) -> _CompiledRule:
+    matchers = tuple(m for line in match for m in parse_matchers(line))
+    return _CompiledRule(name, result, matchers, tuple(when), drop, below_floor)
+
+
+class RuleSet:
+    """A validated rules file, ready to classify alerts.
+
+    ``source`` names the file and ``position`` maps a location in it, such as
+    ``("severities", 0, "escalation", 1, "tier")``, to its line and column, so
+    that checks made later (routing against the configuration) can point at
+    the line to change.
+    """
+
+    def __init__(
+        self,
+        spec: RulesFile,
+        *,
+        source: str = "<rules>",
+        position: Position | None = None,
+    ) -> None:
+        problems = semantic_problems(spec.model_dump(by_alias=True, mode="json"))
+        if problems:
+            raise ValueError("; ".join(f"{format_loc(loc)}: {reason}" for loc, reason in problems))
+        self.spec = spec
+        self.source = source
+        self._position = position
+        self.name = spec.name
+        self.description = spec.description
+        self.severities: tuple[SeverityPolicy, ...] = tuple(spec.severities)
+        self.teams: tuple[str, ...] = tuple(spec.teams)
+        self.default_severity = spec.default_severity
+        self.default_team = spec.default_team
+        self._ranks = {p.name: i for i, p in enumerate(self.severities)}
+        self._policies = {p.name: p for p in self.severities}
+        self.severity_floor: Mapping[str, str] = dict(spec.severity_floor)
+        self._severity_rules = tuple(
+            _compile(
+                r.name,
+                DROP if r.severity is None else r.severity,
+                r.match,
+                r.when,
+                drop=r.drop,
+                below_floor=r.below_floor,
+            )
+            for r in spec.severity_rules
+        )
+        self._ownership_rules = tuple(
+            _compile(r.name, r.team, r.match, r.when) for r in spec.ownership_rules
+        )
+        rules = self._severity_rules + self._ownership_rules
+        self._label_keys = tuple(
+            sorted(
+                {m.name for r in rules for m in r.matchers}
+                | {c.label for r in rules for c in r.conditions if c.label is not None}
+                | ({FLOOR_LABEL} if self.severity_floor else set())
+            )
+        )
+        self._annotation_keys = tuple(
+            sorted({c.annotation for r in rules for c in r.conditions if c.annotation is not None})
+        )
+        # Keyed only on the values the rules read, so label sets that differ in
+        # irrelevant labels (instance, pod) share one entry.
+        self._classify_cached = functools.lru_cache(maxsize=_CACHE_SIZE)(self._classify_key)
+
+    def classify(self, labels: Mapping[str, str], annotations: Mapping[str, str]) -> Classification:
+        """Severity and team of an alert with these labels and annotations."""
+        # map() over dict.get: this runs for every alert of every new notification.
+        return self._classify_cached(
+            tuple(map(labels.get, self._label_keys)),
+            tuple(map(annotations.get, self._annotation_keys)),
+        )
+
+    def _classify_key(
+        self, label_values: tuple[str | None, ...], annotation_values: tuple[str | None, ...]
+    ) -> Classification:
+        # A missing label reads as the empty string, as in Prometheus.
+        labels = {
+            k: "" if v is None else v for k, v in zip(self._label_keys, label_values, strict=True)
+        }
+        annotations = {
+            k: v
+            for k, v in zip(self._annotation_keys, annotation_values, strict=True)
+            if v is not None
+        }
+        chosen: _CompiledRule | None = None
+        for rule in self._severity_rules:
+            if rule.matches(labels, annotations):
+                chosen = rule
+                break
+        team, team_rule = self.default_team, DEFAULT_RULE
+        for rule in self._ownership_rules:
+            if rule.matches(labels, annotations):
+                team, team_rule = rule.result, rule.name
+                break
+        if chosen is None:
+            chosen = _CompiledRule(DEFAULT_RULE, self.default_severity, (), ())
+        floor = self.severity_floor.get(labels.get(FLOOR_LABEL, ""))
+        below = False
+        if floor is not None:
+            # Dropping goes below any floor.
+            below = chosen.drop or self._ranks[chosen.result] > self._ranks[floor]
+            if below and not chosen.below_floor:
+                return Classification(floor, team, chosen.name, team_rule, floor, chosen.result)
+        return Classification(
+            "" if chosen.drop else chosen.result,
+            team,
+            chosen.name,
+            team_rule,
+            floor,
+            below_floor=below,
+            dropped=chosen.drop,
+        )
+
+    def problem(self, loc: Sequence[int | str], reason: str) -> ConfigProblem:
+        """A problem at ``loc`` of this rules file, with its line when known."""
+        return problem_at(self.source, loc, reason, self._position)
+
+    def rank(self, severity: str) -> int:
+        """Position of ``severity``, 0 being the highest; ``KeyError`` if undeclared."""
+        return self._ranks[severity]
+
+    def policy(self, severity: str) -> SeverityPolicy:
+        """The policy of ``severity``; ``KeyError`` if undeclared."""
+        return self._policies[severity]
+
+    def sla_thresholds(self) -> list[float]:
+        """Every SLA duration of every severity, in seconds, sorted and unique."""
+        seconds = {
+            value.total_seconds()
+            for policy in self.severities
+            for value in (getattr(policy.sla, name) for name in type(policy.sla).model_fields)
+            if value is not None
+        }
+        return sorted(seconds)
+
+    def explain(self, labels: Mapping[str, str], annotations: Mapping[str, str]) -> list[str]:
+        """Human-readable lines saying how each rule fared, for ``test-rules``."""
+        lines = []
+        for kind, compiled in (("severity", self._severity_rules), ("team", self._ownership_rules)):
+            for rule in compiled:
+                failed = [str(m) for m in rule.matchers if not m.matches(labels)] + [
+                    str(c) for c in rule.conditions if not c.holds(labels, annotations)
+                ]
+                verdict = "matches" if not failed else "no: " + ", ".join(failed)
+                may = " (below_floor)" if rule.below_floor else ""
+                lines.append(f"{kind} rule {rule.name} -> {rule.result}{may}: {verdict}")
+        value = labels.get(FLOOR_LABEL, "")
+        floor = self.severity_floor.get(value)
+        if floor is not None:
+            lines.append(f'severity floor {FLOOR_LABEL}="{value}" -> {floor}')
+        elif self.severity_floor:
+            lines.append(f'severity floor {FLOOR_LABEL}="{value}": none')
+        return lines

@@ -1,0 +1,191 @@
+"""The rules file as written: severities with their SLAs and escalation, teams, and rules.
+
+Field by field validation only; the cross-references between fields (a rule's
+severity must be declared, names must be unique) are :mod:`sidecar.rules.checks`'.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+import re
+from collections.abc import Mapping
+from typing import Annotated, Literal
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StrictBool, model_validator
+
+from sidecar.durations import Duration
+from sidecar.matchers import parse_matchers
+from sidecar.sla import Clocks
+
+_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:-]*")
+_NUMBER_RE = re.compile(r"[+-]?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][+-]?\d+)?")
+
+DEFAULT_RULE = "default"
+"""The rule name a classification reports when no rule of a list matched."""
+FLOOR_LABEL = "severity"
+"""The label whose value ``severity_floor`` maps (Prometheus' convention)."""
+
+
+def _check_name(value: str) -> str:
+    if not _NAME_RE.fullmatch(value):
+        raise ValueError(
+            f"invalid name {value!r}: use letters, digits, '_', '.', ':' and '-', "
+            "starting with a letter or digit"
+        )
+    return value
+
+
+def _check_matchers(value: str) -> str:
+    parse_matchers(value)
+    return value
+
+
+Name = Annotated[str, AfterValidator(_check_name)]
+MatcherLine = Annotated[str, AfterValidator(_check_matchers)]
+"""One Alertmanager ``matchers:`` entry; it may hold several comma-separated matchers."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+
+class SLA(_Strict):
+    """Per-severity SLA durations; ``None`` means the plan sets no such target."""
+
+    detect: Duration | None = None
+    acknowledge: Duration | None = None
+    update: Duration | None = None
+    resolve: Duration | None = None
+    postmortem: Duration | None = None
+
+
+class EscalationStep(_Strict):
+    """Page ``tier`` once ``after`` has passed since ``triggered_at``, if ``while`` still holds.
+
+    A ``record_only`` step pages nobody by design: it is written on the
+    timeline, so that the plan's step shows, and needs no routing key.
+    """
+
+    after: Duration
+    tier: Name
+    while_: Literal["unacknowledged", "unresolved"] = Field(alias="while")
+    # Strict: "yes" or 1 would pass a lax bool, and a typo here decides whether
+    # anybody is woken.
+    record_only: StrictBool = False
+
+
+class SeverityPolicy(_Strict):
+    """One severity of the plan: how it pages, its SLAs and its escalation ladder."""
+
+    name: Name
+    title: str
+    description: str = ""
+    paging: Literal["page", "notify", "ticket", "none"]
+    pagerduty_severity: Literal["critical", "error", "warning", "info"]
+    sla: SLA = SLA()
+    escalation: list[EscalationStep] = []
+
+    @functools.cached_property
+    def clocks(self) -> Clocks:
+        """The SLA and escalation durations in seconds (see :class:`sidecar.sla.Clocks`)."""
+        return Clocks.of(self)
+
+
+class NumericCondition(_Strict):
+    """A bound on the number in one label or annotation, e.g. ``error_rate_percent > 10``."""
+
+    label: str | None = None
+    annotation: str | None = None
+    above: float | None = None
+    at_least: float | None = None
+    below: float | None = None
+    at_most: float | None = None
+
+    @model_validator(mode="after")
+    def _one_source_some_bound(self) -> NumericCondition:
+        if (self.label is None) == (self.annotation is None):
+            raise ValueError("give exactly one of label or annotation")
+        if all(b is None for b in (self.above, self.at_least, self.below, self.at_most)):
+            raise ValueError("give at least one of above, at_least, below, at_most")
+        return self
+
+    def holds(self, labels: Mapping[str, str], annotations: Mapping[str, str]) -> bool:
+        """Whether the value is a number within every bound; a missing value never holds."""
+        raw = labels.get(self.label) if self.label is not None else None
+        if self.annotation is not None:
+            raw = annotations.get(self.annotation)
+        number = parse_number(raw)
+        if number is None:
+            return False
+        return (
+            (self.above is None or number > self.above)
+            and (self.at_least is None or number >= self.at_least)
+            and (self.below is None or number < self.below)
+            and (self.at_most is None or number <= self.at_most)
+        )
+
+    def __str__(self) -> str:
+        source = (
+            f"label {self.label}" if self.label is not None else f"annotation {self.annotation}"
+        )
+        pairs = ((">", self.above), (">=", self.at_least), ("<", self.below), ("<=", self.at_most))
+        bounds = [f"{op} {bound:g}" for op, bound in pairs if bound is not None]
+        return f"{source} {' and '.join(bounds)}"
+
+
+def parse_number(raw: str | None) -> float | None:
+    """``"12.5"``, ``"12.5%"`` or ``"11x"`` as a finite float; ``None`` for anything else."""
+    if raw is None:
+        return None
+    text = raw.strip()
+    if text.endswith(("%", "x", "X")):
+        text = text[:-1].rstrip()
+    if not _NUMBER_RE.fullmatch(text):
+        return None
+    number = float(text)
+    return number if math.isfinite(number) else None
+
+
+class _Rule(_Strict):
+    name: str = Field(min_length=1)
+    match: list[MatcherLine] = []
+    when: list[NumericCondition] = []
+
+
+class SeverityRule(_Rule):
+    """Gives ``severity`` to alerts that match, or drops them (``drop: true``).
+
+    The result never goes below the alert's severity floor unless ``below_floor``.
+    """
+
+    severity: str | None = None
+    drop: bool = False
+    below_floor: bool = False
+
+    @model_validator(mode="after")
+    def _severity_or_drop(self) -> SeverityRule:
+        if (self.severity is None) != self.drop:
+            raise ValueError("give either severity or drop: true")
+        return self
+
+
+class OwnershipRule(_Rule):
+    """Gives ``team`` to alerts that match."""
+
+    team: str
+
+
+class RulesFile(_Strict):
+    """The rules file as written."""
+
+    name: Name
+    description: str = ""
+    severities: list[SeverityPolicy] = Field(min_length=1)
+    teams: list[Name] = Field(min_length=1)
+    default_severity: str
+    default_team: str
+    # Keys are values of the `severity` label (Prometheus' convention), values plan severities.
+    severity_floor: dict[Annotated[str, Field(min_length=1)], str] = {}
+    severity_rules: list[SeverityRule] = []
+    ownership_rules: list[OwnershipRule] = []
