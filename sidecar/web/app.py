@@ -98,6 +98,24 @@ async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
         yield
 
 
+ROUTES: tuple[tuple[str, str, Handler], ...] = (
+    ("POST", "/webhook/alertmanager", webhooks.alertmanager),
+    ("POST", "/webhook/pagerduty", webhooks.pagerduty),
+    ("GET", "/api/v1/incidents", api.list_incidents),
+    ("GET", "/api/v1/incidents/{id}", api.get_incident),
+    ("POST", "/api/v1/incidents/{id}/acknowledge", api.acknowledge),
+    ("POST", "/api/v1/incidents/{id}/resolve", api.resolve),
+    ("POST", "/api/v1/incidents/{id}/updates", api.post_update),
+    ("GET", "/api/v1/incidents/{id}/postmortem", api.get_postmortem),
+    ("POST", "/api/v1/incidents/{id}/postmortem", api.complete_postmortem),
+    ("GET", "/metrics", ops.metrics),
+    ("GET", "/healthz", ops.healthz),
+    ("GET", "/openapi.yaml", ops.openapi),
+    ("GET", "/readyz", ops.readyz),
+)
+"""Every route: method, path and handler (the OpenAPI document describes each)."""
+
+
 def create_app(components: Components) -> web.Application:
     """Build the application around already-built components."""
     app = web.Application(
@@ -106,17 +124,6 @@ def create_app(components: Components) -> web.Application:
     )
     app[COMPONENTS] = components
     app.cleanup_ctx.append(_lifecycle)
-    app.router.add_post("/webhook/alertmanager", webhooks.alertmanager)
-    app.router.add_post("/webhook/pagerduty", webhooks.pagerduty)
-    app.router.add_get("/api/v1/incidents", api.list_incidents)
-    app.router.add_get("/api/v1/incidents/{id}", api.get_incident)
-    app.router.add_post("/api/v1/incidents/{id}/acknowledge", api.acknowledge)
-    app.router.add_post("/api/v1/incidents/{id}/resolve", api.resolve)
-    app.router.add_post("/api/v1/incidents/{id}/updates", api.post_update)
-    app.router.add_get("/api/v1/incidents/{id}/postmortem", api.get_postmortem)
-    app.router.add_post("/api/v1/incidents/{id}/postmortem", api.complete_postmortem)
-    app.router.add_get("/metrics", ops.metrics)
-    app.router.add_get("/healthz", ops.healthz)
-    app.router.add_get("/openapi.yaml", ops.openapi)
-    app.router.add_get("/readyz", ops.readyz)
+    for method, path, handler in ROUTES:
+        app.router.add_route(method, path, handler)
     return app

@@ -32,7 +32,8 @@ async def healthz(request: web.Request) -> web.Response:
     """
     failed = request.app[COMPONENTS].failed_tasks()
     if failed:
-        return json_answer({"status": "failed", "failed": failed}, status=503)
+        reason = f"background loops died: {', '.join(failed)}"
+        return json_answer({"status": "failed", "error": reason, "failed": failed}, status=503)
     return json_answer({"status": "ok"})
 
 
