@@ -13,11 +13,11 @@ from sidecar.config import Config
 from sidecar.errors import ConfigError, ConfigProblem
 from sidecar.incidents import IncidentBook, escalation_outcome
 from sidecar.metrics import Metrics
-from sidecar.outbox import OutboxWorker
+from sidecar.notify.outbox import OutboxWorker
+from sidecar.notify.pagerduty import Pager
+from sidecar.notify.retry import RetryPolicy
 from sidecar.pagerduty.inbound import PagerDutyInbound
-from sidecar.paging import Pager
 from sidecar.replay import ReplayCache
-from sidecar.retry import RetryPolicy
 from sidecar.routing import routed_tiers, routing_problems, routing_warnings
 from sidecar.rules import RuleSet, load_rules
 from sidecar.scheduler import DeadlineScheduler

@@ -19,9 +19,9 @@ from prometheus_client import CollectorRegistry
 
 from sidecar.clock import FakeClock
 from sidecar.metrics import Metrics
-from sidecar.outbox import OutboxWorker, rate_buckets
+from sidecar.notify.outbox import OutboxWorker, rate_buckets
+from sidecar.notify.retry import RetryPolicy
 from sidecar.pagerduty.events import build_resolve
-from sidecar.retry import RetryPolicy
 from sidecar.store import SQLiteStore, WriteBatch
 from sidecar.store.base import OutboxItem
 from tests.fakes.pagerduty import FakePagerDuty

@@ -20,7 +20,7 @@ from prometheus_client import CollectorRegistry
 from sidecar.clock import SystemClock
 from sidecar.config import Config
 from sidecar.incidents import Incident, IncidentBook
-from sidecar.paging import Pager
+from sidecar.notify.pagerduty import Pager
 from sidecar.rules import load_rules
 from sidecar.runtime import Components, build_components
 from sidecar.web import create_app

@@ -49,7 +49,7 @@ from prometheus_client import CollectorRegistry
 from sidecar.clock import FakeClock
 from sidecar.config import load_config
 from sidecar.errors import StoreUnavailable
-from sidecar.outbox import OutboxWorker
+from sidecar.notify.outbox import OutboxWorker
 from sidecar.runtime import Components, build_components
 from sidecar.silences import AlertStatus, GettableAlert, GettableSilence, SilenceStatus
 from sidecar.store import IncidentQuery, SQLiteStore

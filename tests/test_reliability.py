@@ -60,7 +60,7 @@ P0_LABELS = {"alertname": "ServiceDown", "service": "publishing", "scope": "tota
 KILLS = 20
 GROUPS_PER_ROUND = 60
 CONCURRENCY = 8
-OUTBOX_CONCURRENCY = 8  # sidecar.outbox.OutboxWorker's default: events in flight at once
+OUTBOX_CONCURRENCY = 8  # sidecar.notify.outbox.OutboxWorker's default: events in flight at once
 
 
 def dedup_key(key: str) -> str:

@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from sidecar.retry import Failure, RetryPolicy, retry_after_seconds
+from sidecar.notify.retry import Failure, RetryPolicy, retry_after_seconds
 
 DEFAULTS = RetryPolicy()  # 1 s initial, 5 min cap, 30 s after a 429: the shipped defaults
 SAMPLES = 500  # jitter is random: every bound must hold for each of many draws

@@ -149,7 +149,7 @@ class RoutingKey(_Section):
 
 
 class RetryConfig(_Section):
-    """``pagerduty.retry``: waits after failed sends (see :mod:`sidecar.retry`)."""
+    """``pagerduty.retry``: waits after failed sends (see :mod:`sidecar.notify.retry`)."""
 
     # 5xx, timeouts and network errors: exponential from initial, with jitter, up to max.
     initial: Duration = timedelta(seconds=1)

@@ -54,7 +54,7 @@ class Classifier(Protocol):
 
 
 class Planner(Protocol):
-    """An integration that plans the notifications a change causes (``sidecar.paging.Pager``)."""
+    """An integration planning what a change sends (``sidecar.notify.pagerduty.Pager``)."""
 
     def plan(self, change: Change, now: float) -> None:
         """Add the change's outbox rows (and the timeline events that say so)."""

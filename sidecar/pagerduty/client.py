@@ -6,7 +6,7 @@ Neither retries nor sleeps: the sender classifies each answer as Alertmanager's
 retry logic" (Events API v2 overview): 202 accepted, 400 never retried, 429 and
 5xx retried. PagerDuty documents no ``Retry-After`` on the Events API, but a
 proxy in front of it may send one: it is read (``SendResult.retry_after``) and
-honoured by the one retry policy of the sidecar (:mod:`sidecar.retry`), which
+honoured by the one retry policy of the sidecar (:mod:`sidecar.notify.retry`), which
 the outbox worker applies.
 
 REST errors, documented once::
@@ -32,8 +32,8 @@ import orjson
 
 from sidecar.clock import Clock, SystemClock
 from sidecar.errors import SidecarError
+from sidecar.notify.retry import retry_after_seconds
 from sidecar.pagerduty.events import MAX_EVENT_BYTES, encode_event
-from sidecar.retry import retry_after_seconds
 
 Outcome = Literal["accepted", "retry", "rate_limited", "rejected"]
 

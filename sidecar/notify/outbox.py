@@ -5,7 +5,7 @@ causes them. This worker sends the oldest pending event of each dedup key
 (a resolve must never overtake its trigger: after a resolve, a trigger with
 the same key opens a new PagerDuty incident), records each outcome durably
 before sending that key's next event, and backs off with the one retry policy
-of :mod:`sidecar.retry`. A 400 is dead-lettered: kept, logged with
+of :mod:`sidecar.notify.retry`. A 400 is dead-lettered: kept, logged with
 PagerDuty's message, counted, and shown on the incident.
 
 PagerDuty ingests about 120 events a minute per routing key, counted over a
@@ -32,8 +32,8 @@ import orjson
 from sidecar.clock import Clock
 from sidecar.errors import StoreUnavailable
 from sidecar.metrics import Metrics
+from sidecar.notify.retry import RetryPolicy
 from sidecar.pagerduty.client import EventsClient, SendResult
-from sidecar.retry import RetryPolicy
 from sidecar.store.base import OutboxItem, RateBudget, Store
 from sidecar.tasks import BackgroundTask
 
