@@ -1,15 +1,21 @@
-"""Every metric the sidecar exports, declared in one place on an injected registry.
+"""Every metric the sidecar exports, declared once, on an injected registry.
 
-Label values come only from configuration (severities, teams, tiers) or fixed
-enums, never from payloads, so the series count stays bounded however many
-incidents are open. Histogram buckets include every configured SLA threshold,
-so ``..._bucket{le="<threshold>"}`` counts exactly the incidents within the SLA.
+The body of :class:`Metrics` is the table: one row a metric, giving its type,
+label names, help text and which series exist before the first event (the
+pattern of query-exporter's table of built-in metrics). Label values come only
+from configuration (severities, teams, tiers) or the fixed enums of
+:data:`LABEL_VALUES`, never from payloads, so the series count stays bounded
+however many incidents are open. Histogram buckets include every configured SLA
+threshold, so ``..._bucket{le="<threshold>"}`` counts exactly the incidents
+within the SLA.
 """
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from typing import Any
+from dataclasses import dataclass, field
+from typing import Any, Generic, Literal, TypeVar, overload
 
 from prometheus_client import (
     CollectorRegistry,
@@ -24,14 +30,19 @@ from prometheus_client.registry import Collector
 
 NAMESPACE = "incident_sla"
 SLA_KINDS = ("detect", "acknowledge", "resolve", "update", "postmortem")
-OPEN_STATES = ("triggered", "acknowledged")
-PAGERDUTY_RESULTS = ("accepted", "retried", "rejected")
-PAGERDUTY_ACTIONS = ("trigger", "acknowledge", "resolve")
-WEBHOOK_SOURCES = ("alertmanager", "pagerduty")
-# The rule lists of a rules file: severity_rules, ownership_rules.
-RULE_LISTS = ("severity", "ownership")
-# Pre-created so that the first 401 after a restart is an increase PromQL can see.
-WEBHOOK_CODES = ("200", "400", "401", "413", "503")
+
+LABEL_VALUES: Mapping[str, Sequence[str]] = {
+    "sla": SLA_KINDS,
+    "state": ("triggered", "acknowledged"),
+    "action": ("trigger", "acknowledge", "resolve"),
+    "result": ("accepted", "retried", "rejected"),
+    "source": ("alertmanager", "pagerduty"),
+    # Pre-created so that the first 401 after a restart is an increase PromQL can see.
+    "code": ("200", "400", "401", "413", "503"),
+    # The rule lists of a rules file: severity_rules, ownership_rules.
+    "rules": ("severity", "ownership"),
+}
+"""The values of the labels that no configuration sets."""
 
 # The _created series double the series count and no dashboard uses them.
 disable_created_metrics()  # type: ignore[no-untyped-call]
@@ -48,38 +59,151 @@ def buckets_with(thresholds: Iterable[float]) -> tuple[float, ...]:
     return tuple(sorted({float(b) for b in BASE_BUCKETS} | {float(t) for t in thresholds if t > 0}))
 
 
-class _GaugeFromState(Collector):
-    """A gauge computed at scrape time from counts the domain keeps up to date."""
+Series = Literal["every", "configured"]
+"""Which series a metric has from the start, so that dashboards, ``increase()``
+and ``absent()`` see them before the first event: ``every`` combination of its
+labels' values, or only the combinations the configuration names for it."""
 
-    def __init__(
-        self,
-        name: str,
-        documentation: str,
-        labels: Sequence[str],
-        read: Callable[[], Mapping[Any, float]],
-        keys: Callable[[], Iterable[tuple[str, ...]]],
-    ) -> None:
-        self._name = name
-        self._doc = documentation
-        self._labels = list(labels)
-        self._read = read
-        self._keys = keys
+M = TypeVar("M", Counter, Gauge, Histogram)
 
-    def collect(self) -> Iterator[Metric]:
-        family = GaugeMetricFamily(self._name, self._doc, labels=self._labels)
-        values = self._read()
-        # Every configured label set is exported, zeros included, so that
-        # dashboards and absent() checks see the series from the start.
-        for key in self._keys():
-            family.add_metric(list(key), float(values.get(key, 0)))
-        yield family
 
-    def describe(self) -> Iterator[Metric]:
-        yield GaugeMetricFamily(self._name, self._doc, labels=self._labels)
+@dataclass(slots=True)
+class Family(Generic[M]):
+    """A row of the table: a metric family, created on each :class:`Metrics`' registry."""
+
+    kind: type[M]
+    name: str
+    labels: str  # label names, space-separated as in collections.namedtuple
+    help: str
+    series: Series = "every"
+    attr: str = field(default="", init=False)
+
+    def __set_name__(self, owner: type, attr: str) -> None:
+        self.attr = attr
+
+    @overload
+    def __get__(self, metrics: None, owner: type) -> Family[M]: ...
+    @overload
+    def __get__(self, metrics: Metrics, owner: type) -> M: ...
+    def __get__(self, metrics: Metrics | None, owner: type) -> Family[M] | M:
+        # A descriptor, so that ``metrics.incidents_total`` is typed as the Counter
+        # of that instance's registry while the row stays the one declaration.
+        if metrics is None:
+            return self
+        family: M = metrics.families[self.attr]
+        return family
+
+
+@dataclass(frozen=True, slots=True)
+class LiveGauge:
+    """A row of the table: a gauge read at scrape time from counts the domain keeps."""
+
+    name: str
+    labels: str
+    help: str
+    series: Series = "every"
+
+
+Row = Family[Any] | LiveGauge
+
+
+def label_names(row: Row) -> tuple[str, ...]:
+    """The label names of ``row``, in order."""
+    return tuple(row.labels.split())
 
 
 class Metrics:
-    """The sidecar's metrics, bound to ``registry``."""
+    """The sidecar's metrics, bound to ``registry``; the class body is the table of them."""
+
+    incidents_total = Family(
+        Counter,
+        "incidents_total",
+        "severity team",
+        "Incidents opened, by severity at opening and owning team.",
+    )
+    time_to_detect = Family(
+        Histogram,
+        "time_to_detect_seconds",
+        "severity team",
+        "Time from the earliest alert's startsAt to the incident's declaration.",
+    )
+    time_to_acknowledge = Family(
+        Histogram,
+        "time_to_acknowledge_seconds",
+        "severity team",
+        "Time from declaration to acknowledgment (MTTA is its mean).",
+    )
+    time_to_resolve = Family(
+        Histogram,
+        "time_to_resolve_seconds",
+        "severity team",
+        "Time from the earliest alert's startsAt to the alerts' endsAt (MTTR is its mean).",
+    )
+    breaches_total = Family(
+        Counter,
+        "breaches_total",
+        "severity team sla",
+        "SLA breaches, counted the moment the deadline passes.",
+    )
+    escalations_total = Family(
+        Counter,
+        "escalations_total",
+        "severity tier",
+        "Escalation steps that came due, whatever their outcome.",
+    )
+    escalation_outcomes_total = Family(
+        Counter,
+        "escalation_outcomes_total",
+        "severity tier outcome",
+        "Escalation steps that came due, by outcome: paged, recorded (a record_only step) "
+        "or unrouted (no routing key: nobody paged).",
+        series="configured",
+    )
+    pagerduty_events_total = Family(
+        Counter,
+        "pagerduty_events_total",
+        "action result",
+        "PagerDuty Events API v2 sends, by action and result.",
+    )
+    webhook_requests_total = Family(
+        Counter,
+        "webhook_requests_total",
+        "source code",
+        "Inbound webhook requests, by source and HTTP status code.",
+    )
+    # As Prometheus' and Alertmanager's own *_config_last_reload_* gauges.
+    rules_reload_successful = Family(
+        Gauge,
+        "rules_last_reload_successful",
+        "",
+        "Whether the last rules reload succeeded (1) or was refused (0).",
+    )
+    rules_reload_timestamp = Family(
+        Gauge,
+        "rules_last_reload_success_timestamp_seconds",
+        "",
+        "When the rules were last loaded successfully (start or reload).",
+    )
+    alerts_unmatched_total = Family(
+        Counter,
+        "alerts_unmatched_total",
+        "rules team",
+        "New alert instances of incidents that no rule of a list (severity, ownership) "
+        "matched: the defaults and the severity floor classified them. By the alert's team.",
+    )
+    open_incidents = LiveGauge(
+        "open_incidents",
+        "severity state",
+        "Open incidents by current severity and state.",
+    )
+    open_breached_incidents = LiveGauge(
+        "open_breached_incidents",
+        "severity sla",
+        "Open incidents that have breached an SLA, by severity and SLA.",
+    )
+    pagerduty_outbox_pending = LiveGauge(
+        "pagerduty_outbox_pending", "", "PagerDuty events written but not yet delivered."
+    )
 
     def __init__(
         self,
@@ -91,123 +215,45 @@ class Metrics:
         escalation_outcomes: Iterable[tuple[str, str, str]] = (),
         sla_thresholds: Iterable[float] = (),
     ) -> None:
-        # escalation_outcomes: the (severity, tier, outcome) series exported from the start.
         self.registry = registry
         self.severities = tuple(severities)
         self.teams = tuple(teams)
+        self.buckets = buckets_with(sla_thresholds)
+        self._values = {
+            **LABEL_VALUES,
+            "severity": self.severities,
+            "team": self.teams,
+            "tier": tuple(tiers),
+        }
+        # The one series per (severity, tier) that each escalation step can have.
+        self._configured: dict[str, list[tuple[str, ...]]] = {
+            "escalation_outcomes_total": list(escalation_outcomes)
+        }
         self._children: dict[tuple[int, tuple[str, ...]], Any] = {}
-        buckets = buckets_with(sla_thresholds)
-        self.buckets = buckets
-        self.incidents_total = Counter(
-            "incidents_total",
-            "Incidents opened, by severity at opening and owning team.",
-            ["severity", "team"],
-            namespace=NAMESPACE,
-            registry=registry,
-        )
-        self.time_to_detect = Histogram(
-            "time_to_detect_seconds",
-            "Time from the earliest alert's startsAt to the incident's declaration.",
-            ["severity", "team"],
-            namespace=NAMESPACE,
-            buckets=buckets,
-            registry=registry,
-        )
-        self.time_to_acknowledge = Histogram(
-            "time_to_acknowledge_seconds",
-            "Time from declaration to acknowledgment (MTTA is its mean).",
-            ["severity", "team"],
-            namespace=NAMESPACE,
-            buckets=buckets,
-            registry=registry,
-        )
-        self.time_to_resolve = Histogram(
-            "time_to_resolve_seconds",
-            "Time from the earliest alert's startsAt to the alerts' endsAt (MTTR is its mean).",
-            ["severity", "team"],
-            namespace=NAMESPACE,
-            buckets=buckets,
-            registry=registry,
-        )
-        self.breaches_total = Counter(
-            "breaches_total",
-            "SLA breaches, counted the moment the deadline passes.",
-            ["severity", "team", "sla"],
-            namespace=NAMESPACE,
-            registry=registry,
-        )
-        self.escalations_total = Counter(
-            "escalations_total",
-            "Escalation steps that came due, whatever their outcome.",
-            ["severity", "tier"],
-            namespace=NAMESPACE,
-            registry=registry,
-        )
-        self.escalation_outcomes_total = Counter(
-            "escalation_outcomes_total",
-            "Escalation steps that came due, by outcome: paged, recorded (a record_only step) "
-            "or unrouted (no routing key: nobody paged).",
-            ["severity", "tier", "outcome"],
-            namespace=NAMESPACE,
-            registry=registry,
-        )
-        self.pagerduty_events_total = Counter(
-            "pagerduty_events_total",
-            "PagerDuty Events API v2 sends, by action and result.",
-            ["action", "result"],
-            namespace=NAMESPACE,
-            registry=registry,
-        )
-        self.webhook_requests_total = Counter(
-            "webhook_requests_total",
-            "Inbound webhook requests, by source and HTTP status code.",
-            ["source", "code"],
-            namespace=NAMESPACE,
-            registry=registry,
-        )
-        # As Prometheus' and Alertmanager's own *_config_last_reload_* gauges.
-        self.rules_reload_successful = Gauge(
-            "rules_last_reload_successful",
-            "Whether the last rules reload succeeded (1) or was refused (0).",
-            namespace=NAMESPACE,
-            registry=registry,
-        )
-        self.rules_reload_timestamp = Gauge(
-            "rules_last_reload_success_timestamp_seconds",
-            "When the rules were last loaded successfully (start or reload).",
-            namespace=NAMESPACE,
-            registry=registry,
-        )
+        # By attribute name; Any because each row's own type is known to its descriptor.
+        self.families: dict[str, Any] = {}
+        for row in table():
+            if isinstance(row, Family):
+                self.families[row.attr] = self._create(row)
         self.rules_reload_successful.set(1)
-        self.alerts_unmatched_total = Counter(
-            "alerts_unmatched_total",
-            "New alert instances of incidents that no rule of a list (severity, ownership) "
-            "matched: the defaults and the severity floor classified them. By the alert's team.",
-            ["rules", "team"],
-            namespace=NAMESPACE,
-            registry=registry,
-        )
-        for sev in self.severities:
-            for team in self.teams:
-                self.incidents_total.labels(sev, team)
-                self.time_to_detect.labels(sev, team)
-                self.time_to_acknowledge.labels(sev, team)
-                self.time_to_resolve.labels(sev, team)
-                for sla in SLA_KINDS:
-                    self.breaches_total.labels(sev, team, sla)
-            for tier in tiers:
-                self.escalations_total.labels(sev, tier)
-        for severity, tier, outcome in escalation_outcomes:
-            self.escalation_outcomes_total.labels(severity, tier, outcome)
-        for action in PAGERDUTY_ACTIONS:
-            for result in PAGERDUTY_RESULTS:
-                self.pagerduty_events_total.labels(action, result)
-        for source in WEBHOOK_SOURCES:
-            for code in WEBHOOK_CODES:
-                self.webhook_requests_total.labels(source, code)
-        for rules in RULE_LISTS:
-            for team in self.teams:
-                self.alerts_unmatched_total.labels(rules, team)
+
+    def _create(self, row: Family[Any]) -> MetricWrapperBase:
+        args = (row.name, row.help, label_names(row), NAMESPACE)
+        family: MetricWrapperBase
+        if row.kind is Histogram:
+            family = Histogram(*args, buckets=self.buckets, registry=self.registry)
+        else:
+            family = row.kind(*args, registry=self.registry)
+        if row.labels:
+            for values in self.series(row):
+                family.labels(*values)
+        return family
+
+    def series(self, row: Row) -> list[tuple[str, ...]]:
+        """The label values of every series ``row`` has from the start."""
+        if row.series == "configured":
+            return self._configured[row.name]
+        return list(itertools.product(*(self._values[label] for label in label_names(row))))
 
     def child(self, metric: MetricWrapperBase, *values: str) -> Any:
         """``metric.labels(*values)``, memoised.
@@ -224,38 +270,47 @@ class Metrics:
 
     def track_open_incidents(self, counts: Callable[[], Mapping[tuple[str, str], float]]) -> None:
         """Export ``open_incidents{severity,state}`` from the incident book's live counts."""
-        keys = [(sev, state) for sev in self.severities for state in OPEN_STATES]
-        self.registry.register(
-            _GaugeFromState(
-                f"{NAMESPACE}_open_incidents",
-                "Open incidents by current severity and state.",
-                ["severity", "state"],
-                counts,
-                lambda: keys,
-            )
-        )
+        self._track(Metrics.open_incidents, counts)
 
     def track_open_breached(self, counts: Callable[[], Mapping[tuple[str, str], float]]) -> None:
         """Export ``open_breached_incidents{severity,sla}`` from live counts."""
-        keys = [(sev, sla) for sev in self.severities for sla in SLA_KINDS]
-        self.registry.register(
-            _GaugeFromState(
-                f"{NAMESPACE}_open_breached_incidents",
-                "Open incidents that have breached an SLA, by severity and SLA.",
-                ["severity", "sla"],
-                counts,
-                lambda: keys,
-            )
-        )
+        self._track(Metrics.open_breached_incidents, counts)
 
     def track_outbox_pending(self, pending: Callable[[], float]) -> None:
         """Export ``pagerduty_outbox_pending`` from the outbox's live size."""
-        self.registry.register(
-            _GaugeFromState(
-                f"{NAMESPACE}_pagerduty_outbox_pending",
-                "PagerDuty events written but not yet delivered.",
-                [],
-                lambda: {(): pending()},
-                lambda: [()],
-            )
-        )
+        self._track(Metrics.pagerduty_outbox_pending, lambda: {(): pending()})
+
+    def _track(self, row: LiveGauge, read: Callable[[], Mapping[Any, float]]) -> None:
+        self.registry.register(_GaugeFromState(row, read, self.series(row)))
+
+
+def table() -> list[Row]:
+    """Every row of the table, in the order the metrics are exported."""
+    return [row for row in vars(Metrics).values() if isinstance(row, Family | LiveGauge)]
+
+
+class _GaugeFromState(Collector):
+    """A gauge computed at scrape time from counts the domain keeps up to date."""
+
+    def __init__(
+        self, row: LiveGauge, read: Callable[[], Mapping[Any, float]], keys: list[tuple[str, ...]]
+    ) -> None:
+        self._row = row
+        self._read = read
+        self._keys = keys
+
+    def _family(self) -> GaugeMetricFamily:
+        row = self._row
+        return GaugeMetricFamily(f"{NAMESPACE}_{row.name}", row.help, labels=list(label_names(row)))
+
+    def collect(self) -> Iterator[Metric]:
+        family = self._family()
+        values = self._read()
+        # Every configured label set is exported, zeros included, so that
+        # dashboards and absent() checks see the series from the start.
+        for key in self._keys:
+            family.add_metric(list(key), float(values.get(key, 0)))
+        yield family
+
+    def describe(self) -> Iterator[Metric]:
+        yield self._family()

@@ -4,21 +4,61 @@ Each SLA's verdict comes from :func:`sidecar.sla.verdict.sla_report`, the one
 implementation of "was this SLA met?". :func:`render_postmortem` fills the
 post-incident review template of the plan in use (the LLM-Marketplace "PIR
 Template", the Schema Registry "Post-Mortem Template", or a generic one close
-to both) with everything the sidecar knows: title, times, severity, affected
-services, the timeline table from the real events and the SLA table. The
-sections only people can write (root cause, what went well or wrong, action
-items, lessons) keep the plan's headings with placeholders.
+to both) with everything the sidecar knows. The templates are Jinja2 files of
+the package, ``sidecar/templates/postmortem/<template>.md.j2``; the sections
+only people can write (root cause, what went well or wrong, action items,
+lessons) keep the plan's headings with placeholders.
+
+Every template receives these variables. Times are strings already formatted
+in UTC (``2023-11-15 09:00:00 UTC``); text that comes from alerts or people is
+raw, and the template escapes it with the ``inline`` filter (running text) or
+the ``cell`` filter (a table cell; ``None`` and blanks become ``—``):
+
+``incident``
+    The :class:`~sidecar.incidents.Incident`: ``id``, ``title``, ``severity``,
+    ``team``, ``acknowledged_by``/``acknowledge_source``,
+    ``resolved_by``/``resolve_source``, ``labels``.
+``link``
+    The incident's URL in the sidecar, percent-encoded for a Markdown link, or none.
+``plan``, ``severity_title``
+    The name of the rules in use, and the plan's title of the incident's
+    severity (none when the plan does not declare that severity).
+``date``, ``duration``
+    The day the first alert fired; ``1h 2m 5s`` until resolution, or
+    ``ongoing (5m so far)``.
+``affected``
+    :data:`AFFECTED_LABELS` label name to its sorted values; may be empty.
+``started``, ``detected``, ``acknowledged``, ``resolved``
+    When the first alert fired, the incident was declared (none when the firing
+    notification never arrived), acknowledged and resolved (none: not yet).
+``review_due``
+    The review's deadline with a note (``(overdue)``, ``(done late)``, ...), or none.
+``timeline``
+    Events oldest first, led by the first alert firing: ``time`` (a clock time,
+    or date and time when the events span days), ``message``, ``source``, ``actor``.
+``alerts``
+    ``name``, ``severity``, ``status``, ``started``, ``ended`` (none while firing)
+    and ``url`` (the generator URL, percent-encoded, or none).
+``slas``
+    One row per SLA a plan may set, in plan order, or none when no SLA applies:
+    ``name``, ``title``, ``target`` (none: the plan sets no target), ``actual``,
+    ``deadline`` (either may be none) and ``status`` (``met``, ``breached``,
+    ``pending``, ``not_applicable``).
+``breached``
+    Short names of the SLAs breached (``acknowledge``, ``update cadence``, ...).
 
 Everything here is pure: times are UTC epoch seconds and ``now`` is passed in.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+import functools
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import UTC, datetime
-from typing import Literal
+from typing import Any, Literal, NamedTuple
 from urllib.parse import quote
+
+import jinja2
 
 from sidecar.incidents import Incident, TimelineEvent
 from sidecar.rules import RuleSet, SeverityPolicy
@@ -73,82 +113,89 @@ def render_postmortem(
 ) -> str:
     """The post-incident review of ``incident`` as Markdown, in its plan's template."""
     chosen = template or _TEMPLATE_OF_PRESET.get(rules.name, "generic")
-    facts = _Facts.gather(incident, timeline, rules, now, incident_url)
-    if chosen == "llm-marketplace":
-        lines = _marketplace(facts)
-    elif chosen == "schema-registry":
-        lines = _schema_registry(facts)
-    else:
-        lines = _generic(facts)
-    return "\n".join(lines).rstrip("\n") + "\n"
+    data = _data(incident, timeline, rules, now, incident_url)
+    text = _environment().get_template(f"postmortem/{chosen}.md.j2").render(data)
+    return text.rstrip("\n") + "\n"
+
+
+@functools.cache
+def _environment() -> jinja2.Environment:
+    """The templates' environment, built on first use (the CLI rarely needs it)."""
+    env = jinja2.Environment(
+        loader=jinja2.PackageLoader("sidecar", "templates"),
+        # Markdown, not HTML: the cell and inline filters escape what needs it.
+        autoescape=False,  # noqa: S701
+        undefined=jinja2.StrictUndefined,
+        trim_blocks=True,
+        lstrip_blocks=True,
+    )
+    env.filters.update(cell=cell, inline=_inline, hard_breaks=_hard_breaks)
+    return env
 
 
 # -- what the templates are filled with ------------------------------------
 
 
-@dataclass(frozen=True, slots=True)
-class _Facts:
-    """Every pre-filled piece of a review, already rendered as Markdown."""
+class _Event(NamedTuple):
+    time: str
+    message: str
+    source: str
+    actor: str | None
 
-    title: str
-    incident_id: str
-    date: str
-    duration: str
+
+class _Alert(NamedTuple):
+    name: str
     severity: str
-    team: str
-    affected: str | None
-    key_times: list[str]
-    timeline: list[str]
-    alerts: list[str]
-    slas: list[str]
-    breached: list[str]
-    review_due: str | None
+    status: str
+    started: str
+    ended: str | None
+    url: str | None
 
-    @classmethod
-    def gather(
-        cls,
-        inc: Incident,
-        timeline: Sequence[TimelineEvent],
-        rules: RuleSet,
-        now: float,
-        incident_url: str | None,
-    ) -> _Facts:
-        """Work out and render each fact once, for whichever template."""
-        policy = _policy(rules, inc.severity)
-        report = sla_report(inc, timeline, rules, now)
-        by_name = {r.name: r for r in report}
-        review = by_name.get("postmortem")
-        link = None if incident_url is None else _link_target(incident_url)
-        if inc.resolved_at is not None:
-            duration = _duration(inc.resolved_at - inc.started_at)
-        else:
-            duration = f"ongoing ({_duration(now - inc.started_at)} so far)"
-        affected = affected_services(inc)
-        return cls(
-            title=_inline(inc.title) or "[Incident Title]",
-            incident_id=f"[`{inc.id}`]({link})" if link else f"`{inc.id}`",
-            date=_date(inc.started_at),
-            duration=duration,
-            severity=(
-                f"{_inline(inc.severity)} ({_inline(policy.title)})"
-                if policy
-                else f"{_inline(inc.severity)} (not a severity of the {_inline(rules.name)} plan)"
-            ),
-            team=_inline(inc.team),
-            affected=(
-                "; ".join(
-                    f"{key}: {', '.join(_inline(v) for v in values)}"
-                    for key, values in affected.items()
-                )
-                or None
-            ),
-            key_times=_key_times(inc, timeline),
-            timeline=_timeline_table(inc, timeline),
-            alerts=_alerts_table(inc),
-            slas=_sla_table(report, policy, now),
-            breached=[_SHORT_NAMES[r.name] for r in report if r.status == "breached"],
-            review_due=_review_due(review),
-        )
+
+class _Sla(NamedTuple):
+    name: SlaName
+    title: str
+    target: str | None
+    actual: str | None
+    deadline: str | None
+    status: SlaStatus
+
+
+def _data(
+    inc: Incident,
+    timeline: Sequence[TimelineEvent],
+    rules: RuleSet,
+    now: float,
+    incident_url: str | None,
+) -> dict[str, Any]:
+    """The variables every template receives, as the module docstring lists them."""
+    policy = _policy(rules, inc.severity)
+    report = sla_report(inc, timeline, rules, now)
+    missed = any(
+        e.kind == "opened" and e.data.get("firing_notification_missed") is True for e in timeline
+    )
+    if inc.resolved_at is not None:
+        duration = _duration(inc.resolved_at - inc.started_at)
+    else:
+        duration = f"ongoing ({_duration(now - inc.started_at)} so far)"
+    return {
+        "incident": inc,
+        "link": None if incident_url is None else _link_target(incident_url),
+        "plan": rules.name,
+        "severity_title": None if policy is None else policy.title,
+        "date": _date(inc.started_at),
+        "duration": duration,
+        "affected": affected_services(inc),
+        "started": _timestamp(inc.started_at),
+        "detected": None if missed else _timestamp(inc.triggered_at),
+        "acknowledged": _maybe(_timestamp, inc.acknowledged_at),
+        "resolved": _maybe(_timestamp, inc.resolved_at),
+        "review_due": _review_due(next((r for r in report if r.name == "postmortem"), None)),
+        "timeline": _timeline_rows(inc, timeline),
+        "alerts": _alert_rows(inc),
+        "slas": None if policy is None else _sla_rows(report),
+        "breached": [_SHORT_NAMES[r.name] for r in report if r.status == "breached"],
+    }
 
 
 def _review_due(review: SlaResult | None) -> str | None:
@@ -170,325 +217,62 @@ def _policy(rules: RuleSet, severity: str) -> SeverityPolicy | None:
         return None
 
 
-def _key_times(inc: Incident, timeline: Sequence[TimelineEvent]) -> list[str]:
-    missed = any(
-        e.kind == "opened" and e.data.get("firing_notification_missed") is True for e in timeline
-    )
-    detected = (
-        "unknown: the firing notification never reached the sidecar"
-        if missed
-        else f"{_timestamp(inc.triggered_at)} (incident declared)"
-    )
-    if inc.acknowledged_at is None:
-        acknowledged = "not acknowledged" if inc.resolved_at is not None else "not yet"
-    else:
-        acknowledged = _timestamp(inc.acknowledged_at)
-    return [
-        f"- **Started**: {_timestamp(inc.started_at)} (first alert fired)",
-        f"- **Detected**: {detected}",
-        f"- **Acknowledged**: {acknowledged}",
-        f"- **Acknowledged by**: {_who(inc.acknowledged_by, inc.acknowledge_source)}",
-        "- **Resolved**: "
-        + (_timestamp(inc.resolved_at) if inc.resolved_at is not None else "not yet"),
-        f"- **Resolved by**: {_who(inc.resolved_by, inc.resolve_source)}",
-    ]
-
-
-def _who(actor: str | None, source: str | None) -> str:
-    if actor is None and source is None:
-        return _NOT_YET
-    if actor is None:
-        return _inline(source or "")
-    return _inline(actor) + (f" ({_inline(source)})" if source else "")
-
-
-def _timeline_table(inc: Incident, timeline: Sequence[TimelineEvent]) -> list[str]:
+def _timeline_rows(inc: Incident, timeline: Sequence[TimelineEvent]) -> list[_Event]:
     """The real events, oldest first, led by the moment the first alert fired."""
-    rows: list[tuple[float, int, str, str, str]] = [
-        (inc.started_at, -1, "First alert started firing", "alertmanager", _NOT_YET)
+    rows: list[tuple[float, int, str, str, str | None]] = [
+        (inc.started_at, -1, "First alert started firing", "alertmanager", None)
     ]
-    for e in timeline:
-        rows.append((e.at, e.seq, e.message or e.kind, e.source, e.actor or _NOT_YET))
+    rows += [(e.at, e.seq, e.message or e.kind, e.source, e.actor) for e in timeline]
     rows.sort(key=lambda row: (row[0], row[1]))
     with_date = len({_date(row[0]) for row in rows}) > 1
-    out = ["| Time (UTC) | Event | Source | Actor |", "|------------|-------|--------|-------|"]
-    for at, _, message, source, actor in rows:
-        time = _timestamp(at, zone=False) if with_date else _clock(at)
-        out.append(f"| {time} | {cell(message)} | {cell(source)} | {cell(actor)} |")
-    return out
-
-
-def _alerts_table(inc: Incident) -> list[str]:
-    out = [
-        "| Alert | Severity | Status | Started (UTC) | Ended (UTC) | Source |",
-        "|-------|----------|--------|---------------|-------------|--------|",
+    return [
+        _Event(_timestamp(at, zone=False) if with_date else _clock(at), message, source, actor)
+        for at, _, message, source, actor in rows
     ]
-    for a in sorted(inc.alerts.values(), key=lambda a: (a.starts_at, a.fingerprint)):
-        name = a.labels.get("alertname", a.fingerprint)
-        ended = _timestamp(a.ends_at, zone=False) if a.ends_at is not None else _NOT_YET
-        source = f"[graph]({_link_target(a.generator_url)})" if a.generator_url else _NOT_YET
-        out.append(
-            f"| {cell(name)} | {cell(a.severity)} | {a.status} "
-            f"| {_timestamp(a.starts_at, zone=False)} | {ended} | {source} |"
+
+
+def _alert_rows(inc: Incident) -> list[_Alert]:
+    return [
+        _Alert(
+            a.labels.get("alertname", a.fingerprint),
+            a.severity,
+            a.status,
+            _timestamp(a.starts_at, zone=False),
+            None if a.ends_at is None else _timestamp(a.ends_at, zone=False),
+            _link_target(a.generator_url) if a.generator_url else None,
         )
-    return out
-
-
-_STATUS_TEXT: Mapping[SlaStatus, str] = {
-    "met": "met",
-    "breached": "**breached**",
-    "pending": "pending",
-    "not_applicable": "not applicable",
-}
-
-
-def _sla_table(report: Iterable[SlaResult], policy: SeverityPolicy | None, now: float) -> list[str]:
-    if policy is None:
-        return ["The rules in use do not declare this severity, so no SLA applies."]
-    by_name = {r.name: r for r in report}
-    out = [
-        "| SLA | Target | Actual | Deadline (UTC) | Status |",
-        "|-----|--------|--------|----------------|--------|",
+        for a in sorted(inc.alerts.values(), key=lambda a: (a.starts_at, a.fingerprint))
     ]
+
+
+def _sla_rows(report: Iterable[SlaResult]) -> list[_Sla]:
+    """One row for every SLA a plan may set, those this severity does not set included."""
+    by_name = {r.name: r for r in report}
+    rows = []
     for name in SLA_NAMES:
         result = by_name.get(name)
         if result is None:
-            out.append(
-                f"| {SLA_TITLES[name]} | no target in the plan | {_NOT_YET} | {_NOT_YET} "
-                "| not applicable |"
-            )
+            rows.append(_Sla(name, SLA_TITLES[name], None, None, None, "not_applicable"))
             continue
-        actual = _NOT_YET if result.actual_seconds is None else _duration(result.actual_seconds)
-        if name == "update" and result.status == "pending":
-            actual += " so far"
-        deadline = _NOT_YET if result.deadline is None else _timestamp(result.deadline, zone=False)
-        out.append(
-            f"| {SLA_TITLES[name]} | {_duration(result.target_seconds)} | {actual} "
-            f"| {deadline} | {_STATUS_TEXT[result.status]} |"
+        rows.append(
+            _Sla(
+                name,
+                SLA_TITLES[name],
+                _duration(result.target_seconds),
+                _maybe(_duration, result.actual_seconds),
+                _maybe(lambda t: _timestamp(t, zone=False), result.deadline),
+                result.status,
+            )
         )
-    return out
-
-
-# -- the templates ------------------------------------------------------------
-
-
-def _response_section(f: _Facts, heading: str) -> list[str]:
-    """Times, SLAs and alerts: what the sidecar measured, under one extra heading."""
-    return [
-        heading,
-        "",
-        *f.key_times,
-        "",
-        *f.slas,
-        "",
-        "### Alerts",
-        "",
-        *f.alerts,
-        "",
-    ]
-
-
-def _opening(f: _Facts, fields: list[str], summary: str, placeholder: str) -> list[str]:
-    """What every template starts with: title, fields, summary, the timeline and the SLAs."""
-    return [
-        f"# Post-Incident Review: {f.title}",
-        "",
-        *_hard_breaks(fields),
-        "",
-        summary,
-        "",
-        placeholder,
-        "",
-        "## Timeline",
-        "",
-        *f.timeline,
-        "",
-        *_response_section(f, "## Response Times and SLAs"),
-    ]
-
-
-def _marketplace(f: _Facts) -> list[str]:
-    """The LLM-Marketplace plan's "PIR Template"."""
-    fields = [
-        f"**Incident ID**: {f.incident_id}",
-        f"**Date**: {f.date}",
-        f"**Duration**: {f.duration}",
-        f"**Severity**: {f.severity}",
-        "**Impact**: [User impact description]",
-        f"**Affected Services**: {f.affected or '[Affected services]'}",
-        f"**Owning Team**: {f.team}",
-        "**PIR Owner**: [Name]",
-        "**Attendees**: [List]",
-    ]
-    if f.review_due:
-        fields.append(f"**PIR Due**: {f.review_due}")
-    return [
-        *_opening(f, fields, "## Executive Summary", "[2-3 sentence summary for leadership]"),
-        "## Root Cause Analysis",
-        "",
-        "### What Happened",
-        "[Detailed description]",
-        "",
-        "### Why It Happened",
-        "[Technical root cause]",
-        "",
-        "### Why We Didn't Catch It",
-        "[Detection gap analysis]",
-        "",
-        "## Impact Assessment",
-        "",
-        "- **Users Affected**: X,XXX users (Y%)",
-        f"- **Duration**: {f.duration}",
-        "- **Failed Requests**: X,XXX",
-        "- **Revenue Impact**: $X,XXX",
-        "- **SLA Impact**: X minutes against monthly budget",
-        f"- **Response SLAs Breached**: {', '.join(f.breached) or 'none'}",
-        "",
-        "## What Went Well",
-        "",
-        "- [Positive aspect 1]",
-        "- [Positive aspect 2]",
-        "",
-        "## What Went Wrong",
-        "",
-        "- [Problem 1]",
-        "- [Problem 2]",
-        "",
-        "## Action Items",
-        "",
-        "| # | Action | Owner | Due Date | Priority |",
-        "|---|--------|-------|----------|----------|",
-        "| 1 | [Action] | @owner | YYYY-MM-DD | [High/Medium/Low] |",
-        "",
-        "## Lessons Learned",
-        "",
-        "[Key takeaways]",
-    ]
-
-
-def _schema_registry(f: _Facts) -> list[str]:
-    """The Schema Registry plan's "Post-Mortem Template"."""
-    fields = [
-        f"**Incident ID:** {f.incident_id}",
-        f"**Date:** {f.date}",
-        f"**Severity:** {f.severity}",
-        f"**Duration:** {f.duration}",
-        "**Impact:** [Description]",
-        f"**Affected Services:** {f.affected or '[Affected services]'}",
-        f"**Owning Team:** {f.team}",
-    ]
-    if f.review_due:
-        fields.append(f"**Review Due:** {f.review_due}")
-    sla_breach = f"Yes ({', '.join(f.breached)})" if f.breached else "No"
-    return [
-        *_opening(f, fields, "## Summary", "[2-3 sentence summary of incident]"),
-        "## Root Cause",
-        "",
-        "[Detailed explanation of root cause]",
-        "",
-        "**Contributing Factors:**",
-        "- [Factor 1]",
-        "- [Factor 2]",
-        "",
-        "## Impact Assessment",
-        "",
-        "**User Impact:**",
-        "- Affected users: [Number/Percentage]",
-        "- Affected requests: [Number]",
-        "- Error rate: [Percentage]",
-        "",
-        "**Business Impact:**",
-        "- Revenue impact: [Amount or N/A]",
-        f"- SLA breach: {sla_breach}",
-        "- Customer escalations: [Number]",
-        "",
-        "## What Went Well",
-        "",
-        "- [What went well]",
-        "",
-        "## What Went Wrong",
-        "",
-        "- [What went wrong]",
-        "",
-        "## Action Items",
-        "",
-        "| Item | Owner | Due Date | Priority |",
-        "|------|-------|----------|----------|",
-        "| [Action] | @owner | YYYY-MM-DD | [P0-P4] |",
-        "",
-        "## Lessons Learned",
-        "",
-        "- [Lesson 1]",
-        "- [Lesson 2]",
-        "",
-        "## Appendices",
-        "",
-        "### Relevant Logs",
-        "[Link to log snippets]",
-        "",
-        "### Metrics Screenshots",
-        "[Link to Grafana screenshots]",
-        "",
-        "### Communication Log",
-        "[Link to Slack thread]",
-    ]
-
-
-def _generic(f: _Facts) -> list[str]:
-    """A template close to both plans, for rules of any other plan."""
-    fields = [
-        f"**Incident ID:** {f.incident_id}",
-        f"**Date:** {f.date}",
-        f"**Severity:** {f.severity}",
-        f"**Duration:** {f.duration}",
-        "**Impact:** [User impact description]",
-        f"**Affected Services:** {f.affected or '[Affected services]'}",
-        f"**Owning Team:** {f.team}",
-        "**Review Owner:** [Name]",
-    ]
-    if f.review_due:
-        fields.append(f"**Review Due:** {f.review_due}")
-    return [
-        *_opening(f, fields, "## Summary", "[2-3 sentence summary of incident]"),
-        "## Root Cause",
-        "",
-        "[Detailed explanation of root cause]",
-        "",
-        "**Contributing Factors:**",
-        "- [Factor 1]",
-        "",
-        "## Impact Assessment",
-        "",
-        "- Affected users: [Number/Percentage]",
-        f"- Duration: {f.duration}",
-        f"- Response SLAs breached: {', '.join(f.breached) or 'none'}",
-        "",
-        "## What Went Well",
-        "",
-        "- [What went well]",
-        "",
-        "## What Went Wrong",
-        "",
-        "- [What went wrong]",
-        "",
-        "## Action Items",
-        "",
-        "| Item | Owner | Due Date | Priority |",
-        "|------|-------|----------|----------|",
-        "| [Action] | @owner | YYYY-MM-DD | [Priority] |",
-        "",
-        "## Lessons Learned",
-        "",
-        "- [Lesson 1]",
-    ]
+    return rows
 
 
 # -- Markdown and time helpers ------------------------------------------------
 
 
-def cell(text: str) -> str:
+def cell(text: str | None) -> str:
     """``text`` safe inside a Markdown table cell: pipes escaped, line breaks as ``<br>``."""
-    lines = _escape(text).replace("\r\n", "\n").replace("\r", "\n").strip().split("\n")
+    lines = _escape(text or "").replace("\r\n", "\n").replace("\r", "\n").strip().split("\n")
     return "<br>".join(line.strip() for line in lines) or _NOT_YET
 
 
@@ -510,9 +294,13 @@ def _link_target(url: str) -> str:
     return quote(url.strip(), safe=":/?#[]@!$&'*+,;=%~")
 
 
-def _hard_breaks(lines: list[str]) -> list[str]:
+def _hard_breaks(text: str) -> str:
     """Consecutive field lines, each ending in a Markdown hard line break but the last."""
-    return [line + "  " for line in lines[:-1]] + lines[-1:]
+    return "  \n".join(text.rstrip("\n").split("\n")) + "\n"
+
+
+def _maybe(render: Callable[[float], str], value: float | None) -> str | None:
+    return None if value is None else render(value)
 
 
 def _dt(epoch: float) -> datetime:

@@ -21,6 +21,7 @@ import signal
 import subprocess
 import sys
 import time
+import tomllib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -151,6 +152,27 @@ def test_build_context_holds_what_the_dockerfile_copies() -> None:
     assert dockerignore_excludes(".venv")
     assert not dockerignore_excludes("rules/llm-marketplace.yaml")
     assert not dockerignore_excludes("sidecar/cli.py")
+
+
+def test_every_data_file_of_the_package_is_installed() -> None:
+    """``pip install .`` carries each file of sidecar/ that is not Python (templates, OpenAPI).
+
+    setuptools installs only the data files that package-data names; a template
+    it misses would fail only when a review is rendered from the image.
+    """
+    pyproject = tomllib.loads((REPO / "pyproject.toml").read_text(encoding="utf-8"))
+    patterns = pyproject["tool"]["setuptools"]["package-data"]["sidecar"]
+    package = REPO / "sidecar"
+    declared = {path for pattern in patterns for path in package.glob(pattern)}
+    data = {
+        path
+        for path in package.rglob("*")
+        if path.is_file() and path.suffix not in {".py", ".pyc"} and "__pycache__" not in path.parts
+    }
+    assert {p.name for p in data} >= {"py.typed", "openapi.yaml", "llm-marketplace.md.j2"}
+    assert sorted(map(str, data - declared)) == []
+    for path in data:
+        assert not dockerignore_excludes(str(path.relative_to(REPO))), path
 
 
 @dataclass

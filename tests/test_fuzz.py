@@ -110,7 +110,9 @@ def valid_alerts(draw: st.DrawFn) -> dict[str, Any]:
 def valid_notifications(draw: st.DrawFn) -> dict[str, Any]:
     """A valid webhook v4 body, sometimes for a group that is already open."""
     alerts = draw(st.lists(valid_alerts(), min_size=1, max_size=4))
-    key = draw(st.sampled_from(SEEDED_GROUPS) | st.text(min_size=1, max_size=60))
+    # No NUL: the model refuses it in a groupKey (a store key), so the body would be invalid.
+    keys = st.text(st.characters(exclude_characters="\x00"), min_size=1, max_size=60)
+    key = draw(st.sampled_from(SEEDED_GROUPS) | keys)
     payload = notification(*alerts, group_key=key, truncated=draw(st.integers(0, 5)))
     if draw(st.booleans()):
         payload["notification_reason"] = draw(st.text(max_size=10))  # newer Alertmanagers
