@@ -37,6 +37,7 @@ from sidecar.errors import IncidentNotFound
 
 if TYPE_CHECKING:
     from sidecar.rules import SeverityPolicy
+    from sidecar.store.rows import OutboxRow
 
 NOTHING: Mapping[str, float] = MappingProxyType({})
 
@@ -393,7 +394,7 @@ class Change:
     # Outbox rows this change causes, planned right after the command, while
     # the incident is as the command left it (a later command of the same
     # batch may resolve it): see ``IncidentService``.
-    outbox: list[tuple[str, str, str, str, bytes, float]] = field(default_factory=list)
+    outbox: list[OutboxRow] = field(default_factory=list)
 
 
 def interned(labels: Mapping[str, str]) -> dict[str, str]:
