@@ -23,14 +23,7 @@ from sidecar.clock import Clock
 from sidecar.errors import StoreUnavailable
 from sidecar.incidents import Change, Effect, IncidentBook
 from sidecar.metrics import Metrics
-from sidecar.store.base import (
-    DeliveryRow,
-    Store,
-    WriteBatch,
-    event_row,
-    incident_row,
-    row_alerts,
-)
+from sidecar.store.base import DeliveryRow, Store, WriteBatch, event_row, incident_row
 from sidecar.tasks import BackgroundTask
 
 log = logging.getLogger("sidecar.incidents")
@@ -279,7 +272,7 @@ class IncidentService:
     def _shelve(changes: list[Change], write: WriteBatch) -> None:
         # Committed: each changed incident's alerts are in the store as written,
         # and are held as that document until next read (see shelve_alerts).
-        docs = {row[0]: row_alerts(row) for row in write.incidents}
+        docs = {row.id: row.alerts for row in write.incidents}
         for change in changes:
             change.incident.shelve_alerts(docs[change.incident.id])
 

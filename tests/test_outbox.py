@@ -23,7 +23,7 @@ from sidecar.notify.outbox import OutboxWorker, rate_buckets
 from sidecar.notify.retry import RetryPolicy
 from sidecar.pagerduty.events import build_resolve
 from sidecar.store import SQLiteStore, WriteBatch
-from sidecar.store.base import OutboxItem
+from sidecar.store.base import PAGERDUTY, Claimant, OutboxItem, OutboxRow
 from tests.fakes.pagerduty import FakePagerDuty
 
 T0 = 1_700_000_000.0
@@ -42,7 +42,15 @@ def trigger(dedup_key: str) -> dict[str, Any]:
 async def queue(store: SQLiteStore, *events: dict[str, Any], routing: str = "default") -> None:
     """Commit events to the outbox, one incident per dedup key, in this order."""
     rows = [
-        (f"inc-{e['dedup_key']}", e["dedup_key"], routing, e["event_action"], orjson.dumps(e), T0)
+        OutboxRow(
+            PAGERDUTY,
+            f"inc-{e['dedup_key']}",
+            e["dedup_key"],
+            routing,
+            e["event_action"],
+            orjson.dumps(e),
+            T0,
+        )
         for e in events
     ]
     await store.write(WriteBatch(outbox=rows))
@@ -193,7 +201,7 @@ async def test_one_key_never_gets_more_than_its_budget_in_a_window(
             # Drained for now: every send made has its outcome recorded...
             await settled(store, pending=12 - sent[-1])
             # ...and the store itself says nothing more may go yet.
-            probe = await store.claim_outbox(clock.now(), 100, 60, "probe", worker.budget)
+            probe = await store.claim_outbox(clock.now(), 100, Claimant("probe", 60, worker.budget))
             assert probe.items == []
             assert len(pd.events) == sent[-1]
             if probe.held_until is None:

@@ -1,7 +1,7 @@
 """The incident service: group commit, per-caller results and errors, undo, restart, metrics.
 
-The store under test is the real SQLite store, wrapped by fakes that can hold
-a commit open (to make batches deterministic) or make it fail.
+The store under test is the real SQLite store, and the in-memory one, wrapped by
+fakes that can hold a commit open (to make batches deterministic) or make it fail.
 """
 
 from __future__ import annotations
@@ -21,7 +21,8 @@ from sidecar.errors import IncidentNotFound, StoreUnavailable
 from sidecar.incidents import Change, IncidentBook
 from sidecar.runtime import Components, build_components
 from sidecar.service import Command
-from sidecar.store import IncidentQuery, SQLiteStore, WriteBatch
+from sidecar.store import IncidentQuery, MemoryStore, SQLiteStore, Store, WriteBatch
+from sidecar.store.memory import Tables
 from tests.fakes.stores import FlakyStore
 from tests.payloads import alert, notification
 
@@ -31,7 +32,7 @@ T0 = 1_700_000_000.0
 class GatedStore(FlakyStore):
     """A FlakyStore whose writes wait at a gate the test opens, and are counted as attempted."""
 
-    def __init__(self, inner: SQLiteStore) -> None:
+    def __init__(self, inner: Store) -> None:
         super().__init__(inner)
         self.gate = asyncio.Event()
         self.gate.set()
@@ -65,10 +66,11 @@ def notify(book: IncidentBook, n: Notification) -> Command:
     return lambda now: book.apply_notification(n, now)
 
 
-async def start(config: Config, clock: FakeClock) -> tuple[Components, GatedStore]:
-    """Build the components on a gated SQLite store, open it and start the service."""
-    assert config.sqlite_path is not None
-    store = GatedStore(SQLiteStore(config.sqlite_path))
+async def start(
+    config: Config, clock: FakeClock, backing: Callable[[], Store]
+) -> tuple[Components, GatedStore]:
+    """Build the components on a gated store, open it and start the service."""
+    store = GatedStore(backing())
     components = build_components(config, clock=clock, registry=CollectorRegistry(), store=store)
     await store.open()
     await components.service.start()
@@ -86,9 +88,22 @@ def config(config_factory: Callable[..., Config]) -> Config:
     return config_factory()
 
 
+@pytest.fixture(params=["sqlite", "memory"])
+def backing(request: pytest.FixtureRequest, config: Config) -> Callable[[], Store]:
+    """A new store on the test's one database: a SQLite file, or tables in memory."""
+    if request.param == "memory":
+        tables = Tables()
+        return lambda: MemoryStore(tables)
+    path = config.sqlite_path
+    assert path is not None
+    return lambda: SQLiteStore(path)
+
+
 @pytest.fixture
-async def running(config: Config, clock: FakeClock) -> AsyncIterator[tuple[Components, GatedStore]]:
-    components, store = await start(config, clock)
+async def running(
+    config: Config, clock: FakeClock, backing: Callable[[], Store]
+) -> AsyncIterator[tuple[Components, GatedStore]]:
+    components, store = await start(config, clock, backing)
     yield components, store
     store.gate.set()
     await shutdown(components)
@@ -139,9 +154,9 @@ async def test_many_concurrent_submits_need_fewer_commits_than_submits(
 
 
 async def test_max_batch_bounds_a_commit(
-    config_factory: Callable[..., Config], clock: FakeClock
+    config_factory: Callable[..., Config], clock: FakeClock, backing: Callable[[], Store]
 ) -> None:
-    components, store = await start(config_factory({"store": {"max_batch": 5}}), clock)
+    components, store = await start(config_factory({"store": {"max_batch": 5}}), clock, backing)
     try:
         svc, book = components.service, components.book
         store.gate.clear()
@@ -289,9 +304,9 @@ async def test_a_store_that_is_down_answers_store_unavailable_then_recovers(
 
 
 async def test_submit_before_start_or_after_stop_is_refused(
-    config: Config, clock: FakeClock
+    config: Config, clock: FakeClock, backing: Callable[[], Store]
 ) -> None:
-    components, _ = await start(config, clock)
+    components, _ = await start(config, clock, backing)
     svc, book = components.service, components.book
     await shutdown(components)
     assert not svc.running
@@ -299,8 +314,10 @@ async def test_submit_before_start_or_after_stop_is_refused(
         await svc.submit(notify(book, group(1)))
 
 
-async def test_stop_finishes_the_batch_in_flight(config: Config, clock: FakeClock) -> None:
-    components, store = await start(config, clock)
+async def test_stop_finishes_the_batch_in_flight(
+    config: Config, clock: FakeClock, backing: Callable[[], Store]
+) -> None:
+    components, store = await start(config, clock, backing)
     svc, book = components.service, components.book
     store.gate.clear()
     caller = asyncio.create_task(svc.submit(notify(book, group(1))))
@@ -325,9 +342,9 @@ async def test_stop_finishes_the_batch_in_flight(config: Config, clock: FakeCloc
 
 
 async def test_restart_restores_open_and_recently_closed_incidents(
-    config: Config, clock: FakeClock
+    config: Config, clock: FakeClock, backing: Callable[[], Store]
 ) -> None:
-    components, _ = await start(config, clock)
+    components, _ = await start(config, clock, backing)
     svc, book = components.service, components.book
     (still_open,) = await svc.submit(notify(book, group(1)))
     (acked,) = await svc.submit(notify(book, group(2, labels={"severity": "critical"})))
@@ -342,7 +359,7 @@ async def test_restart_restores_open_and_recently_closed_incidents(
     await shutdown(components)
 
     clock.advance(600)
-    again, _ = await start(config, clock)
+    again, _ = await start(config, clock, backing)
     try:
         book2 = again.book
         assert len(book2) == 2
@@ -508,9 +525,9 @@ class _ExplodingPager:
 
 
 async def test_a_bug_planning_notifications_fails_that_command_only_and_the_loop_goes_on(
-    config: Config, clock: FakeClock
+    config: Config, clock: FakeClock, backing: Callable[[], Store]
 ) -> None:
-    components, store = await start(config, clock)
+    components, store = await start(config, clock, backing)
     svc, book = components.service, components.book
     real_planners = book.planners
     book.planners = [_ExplodingPager()]

@@ -1,8 +1,9 @@
-"""What every store promises, run against SQLite and PostgreSQL alike.
+"""What every store promises, run against the in-memory store, SQLite and PostgreSQL alike.
 
-Each test gets a fresh database: a file in ``tmp_path`` for SQLite, a new database on the
-session's throwaway PostgreSQL server for PostgreSQL. Behaviour only PostgreSQL has (leases
-for several workers, migrations raced by several replicas) is tested at the end.
+Each test gets a fresh database: new tables for the memory store, a file in ``tmp_path`` for
+SQLite, a new database on the session's throwaway PostgreSQL server for PostgreSQL. Behaviour
+only PostgreSQL has (leases for several workers, migrations raced by several replicas) is
+tested at the end.
 """
 
 from __future__ import annotations
@@ -21,10 +22,29 @@ import pytest
 
 from sidecar.errors import StoreUnavailable
 from sidecar.incidents import AlertState, Incident, State, TimelineEvent
-from sidecar.store import IncidentQuery, PostgresStore, SQLiteStore, Store, WriteBatch, open_store
+from sidecar.store import (
+    IncidentQuery,
+    MemoryStore,
+    PostgresStore,
+    SQLiteStore,
+    Store,
+    WriteBatch,
+    open_store,
+)
 from sidecar.store import postgres as pg_module
 from sidecar.store import sqlite as sqlite_module
-from sidecar.store.base import OutboxItem, OutboxRow, RateBudget, event_row, incident_row
+from sidecar.store.base import (
+    PAGERDUTY,
+    Claimant,
+    DeliveryRow,
+    OutboxItem,
+    OutboxRow,
+    Outcome,
+    RateBudget,
+    event_row,
+    incident_row,
+)
+from sidecar.store.memory import Tables
 from tests.support.ports import free_port
 
 T0 = 1_700_000_000.0
@@ -39,10 +59,10 @@ class Backend:
 
     name: str
     make: Callable[[], Store]  # a new, unopened store on the same database
-    unreachable: Callable[[], Store]  # a store whose database cannot be reached
+    unreachable: Callable[[], Store] | None  # a store whose database cannot be reached
     applied: Callable[[], Awaitable[list[int]]]  # migration versions, read on our own connection
     latest: int
-    dsn: str = ""
+    dsn: str = ""  # where the database is: a PostgreSQL DSN, a SQLite path
     opened: list[Store] = field(default_factory=list)
 
     async def open(self) -> Store:
@@ -51,6 +71,21 @@ class Backend:
         self.opened.append(store)
         await store.open()
         return store
+
+
+def _memory_backend() -> Backend:
+    tables = Tables()
+
+    async def applied() -> list[int]:
+        return []  # no schema, no migrations
+
+    return Backend(
+        "memory",
+        make=lambda: MemoryStore(tables),
+        unreachable=None,
+        applied=applied,
+        latest=0,
+    )
 
 
 def _sqlite_backend(tmp_path: Path) -> Backend:
@@ -68,6 +103,7 @@ def _sqlite_backend(tmp_path: Path) -> Backend:
         unreachable=lambda: SQLiteStore(blocker / "sidecar.db"),
         applied=applied,
         latest=max(v for v, _, _ in sqlite_module.MIGRATIONS),
+        dsn=str(path),
     )
 
 
@@ -91,10 +127,12 @@ def _postgres_backend(dsn: str) -> Backend:
     )
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
+@pytest.fixture(params=["memory", "sqlite", "postgresql"])
 async def backend(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Backend]:
     """Each backend on a fresh database; every store it opened is closed afterwards."""
-    if request.param == "sqlite":
+    if request.param == "memory":
+        b = _memory_backend()
+    elif request.param == "sqlite":
         b = _sqlite_backend(tmp_path)
     else:
         b = _postgres_backend(request.getfixturevalue("postgres_database_dsn"))
@@ -202,11 +240,12 @@ def outbox_row(
     at: float,
     dedup_key: str | None = None,
     routing: str = "default",
+    integration: str = PAGERDUTY,
 ) -> OutboxRow:
     """A PagerDuty event of ``inc`` created at ``at``."""
     key = dedup_key or f"dedup-{inc.id}"
     body = orjson.dumps({"event_action": action, "dedup_key": key, "payload": {"at": at}})
-    return (inc.id, key, routing, action, body, at)
+    return OutboxRow(integration, inc.id, key, routing, action, body, at)
 
 
 async def claimed(
@@ -218,14 +257,14 @@ async def claimed(
     budget: RateBudget | None = None,
 ) -> list[OutboxItem]:
     """What one claim leased."""
-    return (await store.claim_outbox(now, limit, lease, owner, budget)).items
+    return (await store.claim_outbox(now, limit, Claimant(owner, lease, budget))).items
 
 
 def batch(
     *incidents: Incident,
     evs: list[TimelineEvent] | None = None,
     outbox: list[OutboxRow] | None = None,
-    deliveries: list[tuple[str, str, float]] | None = None,
+    deliveries: list[DeliveryRow] | None = None,
 ) -> WriteBatch:
     """A write batch of these rows."""
     out = WriteBatch()
@@ -303,17 +342,17 @@ async def test_restored_alerts_decode_on_first_read_and_write_back_unchanged(
     store: Store,
 ) -> None:
     inc = incident("lazy")
-    stored = incident_row(inc, T0)[13]
+    stored = incident_row(inc, T0).alerts
     await store.write(batch(inc))
     [got] = await store.load_open()
     # Restart time: the alerts stay as stored until something reads them...
     assert got.alerts_doc == stored
     # ...and an incident written back untouched (a breach, say) keeps those bytes.
-    assert incident_row(got, T0)[13] == stored
+    assert incident_row(got, T0).alerts == stored
     assert got.alerts == inc.alerts
     assert got.alerts_doc is None
     got.alerts["0123456789abcdef"].status = "resolved"
-    assert orjson.loads(incident_row(got, T0)[13])[0]["status"] == "resolved"
+    assert orjson.loads(incident_row(got, T0).alerts)[0]["status"] == "resolved"
 
 
 async def test_rows_written_before_alerts_had_their_own_column_are_read(
@@ -323,7 +362,10 @@ async def test_rows_written_before_alerts_had_their_own_column_are_read(
     await store.write(batch(inc))
     # Schema version 3 kept the alerts inside the data document.
     doc = orjson.dumps({**inc.data_json(), "alerts": orjson.loads(inc.alerts_json())})
-    if backend.name == "sqlite":
+    if isinstance(store, MemoryStore):
+        row = store.tables.incidents["old"]
+        store.tables.incidents["old"] = row._replace(data=doc, alerts=None)
+    elif backend.name == "sqlite":
         with contextlib.closing(sqlite3.connect(store_path(store))) as con, con:
             con.execute("UPDATE incidents SET data = ?, alerts = NULL WHERE id = 'old'", (doc,))
     else:
@@ -440,7 +482,7 @@ async def test_a_refused_batch_writes_nothing_at_all(store: Store) -> None:
                 incident("y", key="k"),
                 evs=events(ok, 1),
                 outbox=[outbox_row(ok, "trigger", at=T0)],
-                deliveries=[("d1", "pagerduty", T0)],
+                deliveries=[DeliveryRow("d1", "pagerduty", T0)],
             )
         )
     assert await store.list_incidents(IncidentQuery()) == []
@@ -572,11 +614,12 @@ async def test_outbox_rows_are_written_with_the_batch(store: Store) -> None:
     [item] = await store.outbox_for_incident("o")
     assert item == OutboxItem(
         id=item.id,
+        integration="pagerduty",
         incident_id="o",
         dedup_key="dedup-o",
         routing="default",
         action="trigger",
-        body=row[4],
+        body=row.body,
         created_at=T0,
         state="pending",
         attempts=0,
@@ -629,19 +672,22 @@ async def test_finish_outbox_moves_each_queue_on_in_order(store: Store) -> None:
     [trigger] = await store.due_outbox(T0 + 5, 10)
     # A retryable failure: the key waits for the retry, its later events behind it.
     await store.finish_outbox(
-        trigger.id, state="pending", attempts=1, next_attempt_at=T0 + 30, error="500: boom", now=T0
+        trigger.id,
+        Outcome(state="pending", attempts=1, next_attempt_at=T0 + 30, error="500: boom", at=T0),
     )
     assert await store.due_outbox(T0 + 29, 10) == []
     [retry] = await store.due_outbox(T0 + 30, 10)
     assert (retry.id, retry.attempts, retry.last_error) == (trigger.id, 1, "500: boom")
     assert retry.done_at is None
     await store.finish_outbox(
-        trigger.id, state="delivered", attempts=2, next_attempt_at=T0 + 31, error=None, now=T0 + 31
+        trigger.id,
+        Outcome(state="delivered", attempts=2, next_attempt_at=T0 + 31, error=None, at=T0 + 31),
     )
     [ack] = await store.due_outbox(T0 + 31, 10)
     assert ack.action == "acknowledge"
     await store.finish_outbox(
-        ack.id, state="dead", attempts=1, next_attempt_at=T0 + 32, error="400: bad", now=T0 + 32
+        ack.id,
+        Outcome(state="dead", attempts=1, next_attempt_at=T0 + 32, error="400: bad", at=T0 + 32),
     )
     [resolve] = await store.due_outbox(T0 + 32, 10)
     assert resolve.action == "resolve"
@@ -678,14 +724,14 @@ async def test_known_deliveries_since_by_source(store: Store) -> None:
     await store.write(
         batch(
             deliveries=[
-                ("d1", "pagerduty", T0),
-                ("d2", "pagerduty", T0 + 10),
-                ("d3", "other", T0 + 10),
+                DeliveryRow("d1", "pagerduty", T0),
+                DeliveryRow("d2", "pagerduty", T0 + 10),
+                DeliveryRow("d3", "other", T0 + 10),
             ]
         )
     )
     # A redelivery is recorded once and keeps its first time.
-    await store.write(batch(deliveries=[("d1", "pagerduty", T0 + 20)]))
+    await store.write(batch(deliveries=[DeliveryRow("d1", "pagerduty", T0 + 20)]))
     assert sorted(await store.known_deliveries("pagerduty", 0)) == ["d1", "d2"]
     assert await store.known_deliveries("pagerduty", T0 + 5) == ["d2"]
     assert await store.known_deliveries("other", 0) == ["d3"]
@@ -712,9 +758,11 @@ def every_call(store: Store, *, empty_write: bool = False) -> list[Callable[[], 
         lambda: store.timeline("late"),
         store.ping,
         lambda: store.due_outbox(T0, 10),
-        lambda: store.claim_outbox(T0, 10, 30, "w", RateBudget(5, 61, {"default": "default"})),
+        lambda: store.claim_outbox(
+            T0, 10, Claimant("w", 30, RateBudget(5, 61, {"default": "default"}))
+        ),
         lambda: store.finish_outbox(
-            1, state="delivered", attempts=1, next_attempt_at=T0, error=None, now=T0
+            1, Outcome(state="delivered", attempts=1, next_attempt_at=T0, error=None, at=T0)
         ),
         store.outbox_pending,
         lambda: store.outbox_for_incident("late"),
@@ -747,6 +795,8 @@ async def test_a_store_never_opened_raises_store_unavailable(backend: Backend) -
 
 
 async def test_an_unreachable_database_raises_store_unavailable(backend: Backend) -> None:
+    if backend.unreachable is None:
+        pytest.skip(f"{backend.name} has no database to reach")
     store = backend.unreachable()
     try:
         # The Store contract: StoreUnavailable, so `serve` fails with a reason, not a traceback.
@@ -793,7 +843,8 @@ async def test_a_lease_expires_and_another_worker_takes_the_row(store: Store) ->
     [taken] = await claimed(store, T0 + 35, 10, 30, "survivor")
     assert taken.id == lease.id
     await store.finish_outbox(
-        taken.id, state="delivered", attempts=1, next_attempt_at=T0 + 36, error=None, now=T0 + 36
+        taken.id,
+        Outcome(state="delivered", attempts=1, next_attempt_at=T0 + 36, error=None, at=T0 + 36),
     )
     [resolve] = await claimed(store, T0 + 36, 10, 30, "survivor")
     assert resolve.action == "resolve"
@@ -805,12 +856,14 @@ async def test_finishing_a_retry_releases_the_lease(store: Store) -> None:
     [lease] = await claimed(store, T0, 10, 300, "w1")
     await store.finish_outbox(
         lease.id,
-        state="pending",
-        attempts=3,
-        next_attempt_at=T0 + 5,
-        error="429",
-        now=T0,
-        server_failures=2,
+        Outcome(
+            state="pending",
+            attempts=3,
+            next_attempt_at=T0 + 5,
+            error="429",
+            at=T0,
+            server_failures=2,
+        ),
     )
     # Due again at its retry time, well before the 300 s lease would have run out.
     assert await claimed(store, T0 + 4, 10, 300, "w2") == []
@@ -837,16 +890,17 @@ async def pending_events(store: Store, routing: str, n: int, *, at: float = T0) 
 
 async def test_a_claim_takes_no_more_than_the_budget_allows_now(store: Store) -> None:
     await pending_events(store, "default", 6)
-    first = await store.claim_outbox(T0 + 10, 8, 60, "w", budget(4))
+    first = await store.claim_outbox(T0 + 10, 8, Claimant("w", 60, budget(4)))
     assert [i.incident_id for i in first.items] == [f"default-{k}" for k in range(4)]
     # Spent until the first of those sends leaves the window (61 s later).
     assert first.held_until == T0 + 10 + 61
     for item in first.items:
         await store.finish_outbox(
-            item.id, state="delivered", attempts=1, next_attempt_at=T0, error=None, now=T0 + 11
+            item.id,
+            Outcome(state="delivered", attempts=1, next_attempt_at=T0, error=None, at=T0 + 11),
         )
     # Finishing gives nothing back: the sends were made. Free slots do not help either.
-    later = await store.claim_outbox(T0 + 40, 8, 60, "w", budget(4))
+    later = await store.claim_outbox(T0 + 40, 8, Claimant("w", 60, budget(4)))
     assert later.items == []
     assert later.held_until == T0 + 10 + 61
     # As sends leave the window, as many new ones go, oldest first, resolves after triggers.
@@ -884,9 +938,106 @@ async def test_without_a_budget_a_claim_takes_every_due_head_up_to_its_limit(
 ) -> None:
     await pending_events(store, "default", 5)
     assert len(await claimed(store, T0 + 10, 2, 60, "w")) == 2
-    claim = await store.claim_outbox(T0 + 10, 100, 60, "w")
+    claim = await store.claim_outbox(T0 + 10, 100, Claimant("w", 60))
     assert len(claim.items) == 3
     assert claim.held_until is None
+
+
+# -- integrations -----------------------------------------------------------
+
+
+def slack(claimant: str, budget: RateBudget | None = None) -> Claimant:
+    """A worker of another integration than PagerDuty."""
+    return Claimant(claimant, 60, budget, integration="slack")
+
+
+async def test_each_integration_has_its_own_queues(store: Store) -> None:
+    a = incident("a")
+    rows = [
+        outbox_row(a, "trigger", at=T0),
+        outbox_row(a, "post", at=T0 + 1, integration="slack"),
+        outbox_row(a, "resolve", at=T0 + 2),
+        outbox_row(a, "update", at=T0 + 3, integration="slack"),
+    ]
+    await store.write(batch(a, outbox=rows))
+    # One dedup key, two queues: each integration's head is its own oldest item.
+    assert [i.action for i in await store.due_outbox(T0 + 10, 10)] == ["trigger"]
+    assert [i.action for i in await store.due_outbox(T0 + 10, 10, "slack")] == ["post"]
+    assert (await store.outbox_pending(), await store.outbox_pending("slack")) == (2, 2)
+    # A PagerDuty worker claims PagerDuty's items alone...
+    [trigger] = await claimed(store, T0 + 10, 10, 60, "pd")
+    assert (trigger.integration, trigger.action) == (PAGERDUTY, "trigger")
+    # ...and Slack's queue moves on while PagerDuty's waits for its leased head.
+    [post] = (await store.claim_outbox(T0 + 10, 10, slack("sl"))).items
+    assert (post.integration, post.action) == ("slack", "post")
+    await store.finish_outbox(post.id, Outcome("delivered", 1, T0 + 11, None, at=T0 + 11))
+    [update] = (await store.claim_outbox(T0 + 11, 10, slack("sl"))).items
+    assert update.action == "update"
+    assert await claimed(store, T0 + 11, 10, 60, "pd") == []
+    everything = await store.outbox_for_incident("a")
+    assert [i.action for i in everything] == ["trigger", "post", "resolve", "update"]
+
+
+async def test_dedup_keys_are_looked_up_per_integration(store: Store) -> None:
+    old = incident("old", key="k", state="resolved")
+    new = incident("new", key="k", triggered_at=T0 + 1000)
+    await store.write(batch(old, outbox=[outbox_row(old, "trigger", at=T0, dedup_key="same")]))
+    post = outbox_row(new, "post", at=T0 + 1000, dedup_key="same", integration="slack")
+    await store.write(batch(new, outbox=[post]))
+    assert await store.incident_for_dedup_key("same") == "old"
+    assert await store.incident_for_dedup_key("same", "slack") == "new"
+
+
+async def test_each_integration_spends_its_own_budget(store: Store) -> None:
+    await pending_events(store, "default", 3)
+    incs = [incident(f"slack-{k}", triggered_at=T0 + k) for k in range(3)]
+    posts = [outbox_row(inc, "post", at=T0, integration="slack") for inc in incs]
+    await store.write(batch(*incs, outbox=posts))
+    # The same routing name, and so the same bucket name, in both.
+    pd = await claimed(store, T0 + 10, 10, 60, "pd", budget(2))
+    sl = (await store.claim_outbox(T0 + 10, 10, slack("sl", budget(2)))).items
+    assert [i.incident_id for i in pd] == ["default-0", "default-1"]
+    assert [i.incident_id for i in sl] == ["slack-0", "slack-1"]
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgresql"], indirect=True)
+async def test_items_queued_before_integrations_are_pagerdutys(backend: Backend) -> None:
+    # A database at schema version 6 with one pending item, as the last release left it.
+    columns = "incident_id, dedup_key, routing, action, body, created_at, next_attempt_at"
+    item = ("a", "k", "default", "trigger", b"{}", T0, T0)
+    if backend.name == "sqlite":
+        Path(backend.dsn).parent.mkdir(parents=True)
+        with contextlib.closing(sqlite3.connect(backend.dsn)) as con, con:
+            con.execute(
+                "CREATE TABLE schema_migrations "
+                "(version INTEGER PRIMARY KEY, name TEXT NOT NULL, applied_at REAL NOT NULL)"
+            )
+            for version, name, sql in sqlite_module.MIGRATIONS[:6]:
+                con.executescript(sql)
+                con.execute("INSERT INTO schema_migrations VALUES (?, ?, 0)", (version, name))
+            con.execute(f"INSERT INTO outbox ({columns}) VALUES (?, ?, ?, ?, ?, ?, ?)", item)
+    else:
+        con = await asyncpg.connect(backend.dsn)
+        try:
+            await con.execute(
+                "CREATE TABLE schema_migrations (version integer PRIMARY KEY, "
+                "name text NOT NULL, applied_at timestamptz NOT NULL DEFAULT now())"
+            )
+            for version, name, sql in pg_module.MIGRATIONS[:6]:
+                if sql.strip():
+                    await con.execute(sql)
+                await con.execute("INSERT INTO schema_migrations VALUES ($1, $2)", version, name)
+            await con.execute(
+                f"INSERT INTO outbox ({columns}) VALUES ($1, $2, $3, $4, $5, $6, $7)", *item
+            )
+        finally:
+            await con.close()
+    store = await backend.open()
+    assert await store.schema_version() == backend.latest == 7
+    [queued] = await store.outbox_for_incident("a")
+    assert queued.integration == PAGERDUTY
+    assert await store.outbox_pending() == 1
+    assert [i.id for i in await claimed(store, T0, 10, 60, "pd")] == [queued.id]
 
 
 # -- PostgreSQL only: several replicas on one database ----------------------
@@ -1042,7 +1193,8 @@ async def test_workers_draining_one_outbox_send_each_event_once_in_key_order(
                 sent.append(item)
                 in_flight.discard(item.dedup_key)
                 await store.finish_outbox(
-                    item.id, state="delivered", attempts=1, next_attempt_at=T0, error=None, now=T0
+                    item.id,
+                    Outcome(state="delivered", attempts=1, next_attempt_at=T0, error=None, at=T0),
                 )
 
     await asyncio.gather(

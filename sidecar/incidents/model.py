@@ -23,6 +23,9 @@ import orjson
 
 from sidecar.incidents.closed import ClosedEpisode
 
+if TYPE_CHECKING:
+    from sidecar.store.rows import OutboxRow
+
 NOTHING: Mapping[str, float] = MappingProxyType({})
 
 State = Literal["triggered", "acknowledged", "resolved"]
@@ -347,8 +350,8 @@ class Change:
     undo: Undo
     # Outbox rows this change causes, planned right after the command, while
     # the incident is as the command left it (a later command of the same
-    # batch may resolve it): see ``IncidentService``.
-    outbox: list[tuple[str, str, str, str, bytes, float]] = field(default_factory=list)
+    # batch may resolve it): see ``sidecar.incidents.core.planned``.
+    outbox: list[OutboxRow] = field(default_factory=list)
 
 
 def timeline_event(

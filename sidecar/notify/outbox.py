@@ -34,7 +34,7 @@ from sidecar.errors import StoreUnavailable
 from sidecar.metrics import Metrics
 from sidecar.notify.retry import RetryPolicy
 from sidecar.pagerduty.client import EventsClient, SendResult
-from sidecar.store.base import OutboxItem, RateBudget, Store
+from sidecar.store.base import Claimant, OutboxItem, Outcome, RateBudget, Store
 from sidecar.tasks import BackgroundTask
 
 log = logging.getLogger("sidecar.pagerduty")
@@ -93,6 +93,7 @@ class OutboxWorker:
         self.poll_interval = poll_interval
         self.pending = 0
         self.owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+        self.claimant = Claimant(self.owner, self.lease, self.budget)
         self._wake = asyncio.Event()
         self._task = BackgroundTask("pagerduty-outbox", self._loop)
         self._sending: set[asyncio.Task[None]] = set()
@@ -162,9 +163,7 @@ class OutboxWorker:
         free = self.concurrency - len(self._sending)
         if free <= 0:
             return None
-        claim = await self.store.claim_outbox(
-            self.clock.now(), free, self.lease, self.owner, self.budget
-        )
+        claim = await self.store.claim_outbox(self.clock.now(), free, self.claimant)
         for item in claim.items:
             task = asyncio.create_task(self._send(item), name=f"pagerduty-send-{item.id}")
             self._sending.add(task)
@@ -250,15 +249,9 @@ class OutboxWorker:
             else:
                 failures += 1
                 delay = self.retry.delay(failures, "retry")
-            await self.store.finish_outbox(
-                item.id,
-                state="pending",
-                attempts=attempts,
-                next_attempt_at=now + delay,
-                error=f"{result.status or 'no answer'}: {result.message}"[:1000],
-                now=now,
-                server_failures=failures,
-            )
+            error = f"{result.status or 'no answer'}: {result.message}"[:1000]
+            outcome = Outcome("pending", attempts, now + delay, error, now, failures)
+            await self.store.finish_outbox(item.id, outcome)
             self.metrics.pagerduty_events_total.labels(item.action, "retried").inc()
             log.warning(
                 "pagerduty send failed; will retry",
@@ -275,12 +268,12 @@ class OutboxWorker:
         self, item: OutboxItem, state: str, error: str | None, *, attempts: int | None = None
     ) -> None:
         now = self.clock.now()
-        await self.store.finish_outbox(
-            item.id,
-            state=state,
+        outcome = Outcome(
+            state,
             attempts=item.attempts if attempts is None else attempts,
             next_attempt_at=now,
             error=error[:1000] if error else None,
-            now=now,
+            at=now,
             server_failures=item.server_failures,
         )
+        await self.store.finish_outbox(item.id, outcome)

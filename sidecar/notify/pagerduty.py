@@ -31,6 +31,7 @@ from sidecar.pagerduty.events import (
     dedup_key_for_group,
 )
 from sidecar.routing import routing_for_team, tier_routing
+from sidecar.store.rows import PAGERDUTY, OutboxRow
 
 if TYPE_CHECKING:
     from sidecar.rules import SeverityPolicy
@@ -51,15 +52,16 @@ class OutboxEvent:
     action: str
     body: Mapping[str, Any]
 
-    def row(self, now: float) -> tuple[str, str, str, str, bytes, float]:
-        """The outbox row (see :data:`sidecar.store.base.OutboxRow`)."""
-        return (
-            self.incident_id,
-            self.dedup_key,
-            self.routing,
-            self.action,
-            orjson.dumps(dict(self.body)),
-            now,
+    def row(self, now: float) -> OutboxRow:
+        """The outbox row that queues this event for PagerDuty at ``now``."""
+        return OutboxRow(
+            integration=PAGERDUTY,
+            incident_id=self.incident_id,
+            dedup_key=self.dedup_key,
+            routing=self.routing,
+            action=self.action,
+            body=orjson.dumps(dict(self.body)),
+            created_at=now,
         )
 
 

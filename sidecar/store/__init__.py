@@ -1,4 +1,4 @@
-"""Where incidents live: an interface, with SQLite embedded and PostgreSQL for several replicas."""
+"""Where incidents live: one interface; SQLite embedded, PostgreSQL for replicas, memory (tests)."""
 
 from __future__ import annotations
 
@@ -9,18 +9,31 @@ from sidecar.store.base import IncidentQuery, Store, WriteBatch
 from sidecar.store.sqlite import SQLiteStore
 
 if TYPE_CHECKING:
+    from sidecar.store.memory import MemoryStore
     from sidecar.store.postgres import PostgresStore
 
-__all__ = ["IncidentQuery", "PostgresStore", "SQLiteStore", "Store", "WriteBatch", "open_store"]
+__all__ = [
+    "IncidentQuery",
+    "MemoryStore",
+    "PostgresStore",
+    "SQLiteStore",
+    "Store",
+    "WriteBatch",
+    "open_store",
+]
 
 
 def __getattr__(name: str) -> Any:
     # asyncpg is imported only where PostgreSQL is used: it is a good part of
-    # the start time of a sidecar on SQLite.
+    # the start time of a sidecar on SQLite. Only tests use the memory store.
     if name == "PostgresStore":
         from sidecar.store.postgres import PostgresStore
 
         return PostgresStore
+    if name == "MemoryStore":
+        from sidecar.store.memory import MemoryStore
+
+        return MemoryStore
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 

@@ -8,6 +8,7 @@ from aiohttp import web
 from sidecar.alertmanager import InvalidPayload, parse_notification
 from sidecar.pagerduty.client import PagerDutyApiError
 from sidecar.pagerduty.webhooks import parse_webhook, verify_signature
+from sidecar.store.rows import DeliveryRow
 from sidecar.web.answers import encoded_answer, json_answer
 from sidecar.web.auth import require_webhook_token
 from sidecar.web.keys import COMPONENTS
@@ -70,7 +71,7 @@ async def pagerduty(request: web.Request) -> web.Response:
         # PagerDuty retries a delivery that fails; the lookup may work then.
         return json_answer({"error": f"PagerDuty REST lookup failed: {exc}"}, status=503)
     now = c.clock.now()
-    delivery = ((delivery_id, "pagerduty", now),)
+    delivery = (DeliveryRow(delivery_id, "pagerduty", now),)
     if incident is None:
         await c.service.submit(lambda _now: [], deliveries=delivery)
         inbound.remember(delivery_id)

@@ -8,11 +8,13 @@ from contextlib import asynccontextmanager
 from sidecar.errors import StoreUnavailable
 from sidecar.incidents import Incident, TimelineEvent
 from sidecar.store.base import (
+    PAGERDUTY,
     Claim,
+    Claimant,
     IncidentQuery,
     LockedState,
     OutboxItem,
-    RateBudget,
+    Outcome,
     Store,
     WriteBatch,
 )
@@ -94,54 +96,33 @@ class FlakyStore:
     async def schema_version(self) -> int:
         return await self.inner.schema_version()
 
-    async def due_outbox(self, now: float, limit: int) -> list[OutboxItem]:
+    async def due_outbox(
+        self, now: float, limit: int, integration: str = PAGERDUTY
+    ) -> list[OutboxItem]:
         self._check()
-        return await self.inner.due_outbox(now, limit)
+        return await self.inner.due_outbox(now, limit, integration)
 
-    async def claim_outbox(
-        self,
-        now: float,
-        limit: int,
-        lease_seconds: float,
-        owner: str,
-        budget: RateBudget | None = None,
-    ) -> Claim:
+    async def claim_outbox(self, now: float, limit: int, claimant: Claimant) -> Claim:
         self._check()
-        return await self.inner.claim_outbox(now, limit, lease_seconds, owner, budget)
+        return await self.inner.claim_outbox(now, limit, claimant)
 
-    async def finish_outbox(
-        self,
-        item_id: int,
-        *,
-        state: str,
-        attempts: int,
-        next_attempt_at: float,
-        error: str | None,
-        now: float,
-        server_failures: int = 0,
-    ) -> None:
+    async def finish_outbox(self, item_id: int, outcome: Outcome) -> None:
         self._check(write=True)
-        await self.inner.finish_outbox(
-            item_id,
-            state=state,
-            attempts=attempts,
-            next_attempt_at=next_attempt_at,
-            error=error,
-            now=now,
-            server_failures=server_failures,
-        )
+        await self.inner.finish_outbox(item_id, outcome)
 
-    async def outbox_pending(self) -> int:
+    async def outbox_pending(self, integration: str = PAGERDUTY) -> int:
         self._check()
-        return await self.inner.outbox_pending()
+        return await self.inner.outbox_pending(integration)
 
     async def outbox_for_incident(self, incident_id: str) -> list[OutboxItem]:
         self._check()
         return await self.inner.outbox_for_incident(incident_id)
 
-    async def incident_for_dedup_key(self, dedup_key: str) -> str | None:
+    async def incident_for_dedup_key(
+        self, dedup_key: str, integration: str = PAGERDUTY
+    ) -> str | None:
         self._check()
-        return await self.inner.incident_for_dedup_key(dedup_key)
+        return await self.inner.incident_for_dedup_key(dedup_key, integration)
 
     async def known_deliveries(self, source: str, since: float) -> list[str]:
         self._check()

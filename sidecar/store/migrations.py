@@ -1,0 +1,202 @@
+"""The schema of both SQL stores: each migration written once, for both dialects.
+
+A migration holds what both backends create, with column types in braces that
+each dialect names (:data:`TYPES`), then what only one of them needs. Both
+backends apply every version, so ``schema_version`` means the same on both.
+
+PostgreSQL keeps the documents as ``json`` rather than ``jsonb``: it keeps the
+exact bytes the rows carry and accepts every string JSON can hold, where ``jsonb``
+refuses ``\\u0000`` (a label value could carry one, and a refused write would be a
+503 that Alertmanager retries forever). Notification bodies are bytes: they are
+sent verbatim.
+
+Each migration runs once, in order, in its own transaction; never edit one that
+has shipped, add the next instead.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+from sidecar.store.sql import Dialect
+
+TYPES: dict[str, dict[str, str]] = {
+    "sqlite": {
+        "text": "TEXT",
+        "integer": "INTEGER",
+        "real": "REAL",
+        "bytes": "BLOB",
+        "json": "BLOB",
+        "serial": "INTEGER PRIMARY KEY AUTOINCREMENT",
+        # Tables looked up by their primary key alone need no rowid beside it.
+        "by_key": " WITHOUT ROWID",
+    },
+    "postgresql": {
+        "text": "text",
+        "integer": "integer",
+        "real": "double precision",
+        "bytes": "bytea",
+        "json": "json",
+        "serial": "bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY",
+        "by_key": "",
+    },
+}
+
+
+class Migration(NamedTuple):
+    """One schema version: what both backends apply, then what each adds."""
+
+    version: int
+    name: str
+    both: str = ""
+    sqlite: str = ""
+    postgresql: str = ""
+
+    def sql(self, dialect: Dialect) -> str:
+        """The statements of this version in ``dialect``, ``;``-separated."""
+        own = self.sqlite if dialect.name == "sqlite" else self.postgresql
+        return (self.both + own).format_map(TYPES[dialect.name])
+
+
+SCHEMA: tuple[Migration, ...] = (
+    Migration(
+        1,
+        "incidents and timeline",
+        """
+        CREATE TABLE incidents (
+            id {text} PRIMARY KEY,
+            key {text} NOT NULL,
+            state {text} NOT NULL,
+            severity {text} NOT NULL,
+            team {text} NOT NULL,
+            started_at {real} NOT NULL,
+            triggered_at {real} NOT NULL,
+            acknowledged_at {real},
+            resolved_at {real},
+            updated_at {real} NOT NULL,
+            data {json} NOT NULL
+        );
+        -- The database itself guarantees one open incident per key, across replicas.
+        CREATE UNIQUE INDEX incidents_open_key ON incidents(key) WHERE state <> 'resolved';
+        CREATE INDEX incidents_state ON incidents(state, severity, team);
+        CREATE INDEX incidents_triggered ON incidents(triggered_at);
+        CREATE INDEX incidents_key_resolved ON incidents(key, resolved_at);
+        CREATE TABLE events (
+            incident_id {text} NOT NULL,
+            seq {integer} NOT NULL,
+            at {real} NOT NULL,
+            kind {text} NOT NULL,
+            source {text} NOT NULL,
+            actor {text},
+            message {text} NOT NULL,
+            data {json} NOT NULL,
+            PRIMARY KEY (incident_id, seq)
+        ){by_key};
+        """,
+    ),
+    Migration(
+        2,
+        "pagerduty outbox and inbound webhook deliveries",
+        """
+        CREATE TABLE outbox (
+            id {serial},
+            incident_id {text} NOT NULL,
+            dedup_key {text} NOT NULL,
+            routing {text} NOT NULL,
+            action {text} NOT NULL,
+            body {bytes} NOT NULL,
+            created_at {real} NOT NULL,
+            state {text} NOT NULL DEFAULT 'pending',
+            attempts {integer} NOT NULL DEFAULT 0,
+            next_attempt_at {real} NOT NULL,
+            last_error {text},
+            done_at {real}
+        );
+        CREATE INDEX outbox_pending ON outbox(dedup_key, id) WHERE state = 'pending';
+        CREATE INDEX outbox_dedup ON outbox(dedup_key, id);
+        CREATE INDEX outbox_incident ON outbox(incident_id);
+        CREATE TABLE deliveries (
+            id {text} NOT NULL,
+            source {text} NOT NULL,
+            received_at {real} NOT NULL,
+            PRIMARY KEY (source, id)
+        ){by_key};
+        CREATE INDEX deliveries_received ON deliveries(received_at);
+        """,
+        # Several replicas send from one table: a row is leased to the worker that
+        # sends it, and the others skip it until lease_until. (One process owns a
+        # SQLite file: its leases live in memory.)
+        postgresql="""
+        ALTER TABLE outbox ADD COLUMN lease_owner text;
+        ALTER TABLE outbox ADD COLUMN lease_until double precision;
+        """,
+    ),
+    Migration(
+        3,
+        "post-incident review deadlines",
+        """
+        ALTER TABLE incidents ADD COLUMN review_due_at {real};
+        ALTER TABLE incidents ADD COLUMN review_done_at {real};
+        CREATE INDEX incidents_review_pending ON incidents(review_due_at)
+            WHERE review_due_at IS NOT NULL AND review_done_at IS NULL;
+        """,
+    ),
+    Migration(
+        4,
+        "alerts in their own document",
+        # Restored incidents keep this document undecoded until first used
+        # (restart time). Earlier rows keep their alerts in data, still read.
+        """
+        ALTER TABLE incidents ADD COLUMN alerts {json};
+        """,
+    ),
+    Migration(
+        5,
+        "drop indexes no query of the backend uses",
+        # No SQLite query looks incidents up by key (one process owns the file and
+        # keeps them in memory), and the group key is long and random: each new
+        # incident cost a page write of its own in this index at commit. PostgreSQL
+        # replicas re-read recently closed incidents by key under lock (``locked``),
+        # through this index: they keep it.
+        sqlite="""
+        DROP INDEX IF EXISTS incidents_key_resolved;
+        """,
+    ),
+    Migration(
+        6,
+        "outbox backoff counts server failures only; shared send budget",
+        """
+        ALTER TABLE outbox ADD COLUMN server_failures {integer} NOT NULL DEFAULT 0;
+        """,
+        # outbox_sends: one row per event claimed with a budget, by every replica, so
+        # that together they keep to PagerDuty's rate per routing key. Rows older than
+        # the window are deleted by the claims themselves. (SQLite: in memory.)
+        postgresql="""
+        CREATE TABLE outbox_sends (
+            bucket text NOT NULL,
+            at double precision NOT NULL
+        );
+        CREATE INDEX outbox_sends_at ON outbox_sends(at);
+        """,
+    ),
+    Migration(
+        7,
+        "outbox items name their integration",
+        # Each integration has its own queues and send budget: a head is the oldest
+        # pending item of its integration and dedup key. Every item so far was PagerDuty's.
+        """
+        ALTER TABLE outbox ADD COLUMN integration {text} NOT NULL DEFAULT 'pagerduty';
+        DROP INDEX outbox_pending;
+        CREATE INDEX outbox_pending ON outbox(integration, dedup_key, id)
+            WHERE state = 'pending';
+        """,
+        postgresql="""
+        ALTER TABLE outbox_sends ADD COLUMN integration text NOT NULL DEFAULT 'pagerduty';
+        """,
+    ),
+)
+
+
+def migrations(dialect: Dialect) -> list[tuple[int, str, str]]:
+    """(version, name, statements) of every migration, in order, in ``dialect``."""
+    return [(m.version, m.name, m.sql(dialect)) for m in SCHEMA]
