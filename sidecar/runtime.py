@@ -14,7 +14,7 @@ from sidecar.errors import ConfigError, ConfigProblem
 from sidecar.incidents import IncidentBook, escalation_outcome
 from sidecar.metrics import Metrics
 from sidecar.notify.outbox import OutboxWorker
-from sidecar.notify.pagerduty import Pager
+from sidecar.notify.pagerduty import Pager, pagerduty_outbox
 from sidecar.notify.retry import RetryPolicy
 from sidecar.pagerduty.inbound import PagerDutyInbound
 from sidecar.replay import ReplayCache
@@ -191,7 +191,7 @@ def build_components(
     service.on_restore.append(scheduler.rebuild)
     outbox = None
     if pager.enabled:
-        outbox = OutboxWorker(
+        outbox = pagerduty_outbox(
             store,
             metrics,
             clock,

@@ -19,7 +19,8 @@ from prometheus_client import CollectorRegistry
 
 from sidecar.clock import FakeClock
 from sidecar.metrics import Metrics
-from sidecar.notify.outbox import OutboxWorker, rate_buckets
+from sidecar.notify.outbox import OutboxWorker
+from sidecar.notify.pagerduty import pagerduty_outbox, rate_buckets
 from sidecar.notify.retry import RetryPolicy
 from sidecar.pagerduty.events import build_resolve
 from sidecar.store import SQLiteStore, WriteBatch
@@ -106,7 +107,7 @@ async def start_worker(
     started: list[OutboxWorker] = []
 
     async def start(**options: Any) -> OutboxWorker:
-        worker = OutboxWorker(
+        worker = pagerduty_outbox(
             store,
             Metrics(CollectorRegistry(), severities=["P1"], teams=["sre"]),
             clock,
@@ -247,7 +248,7 @@ def test_names_that_hold_one_key_share_a_bucket_named_without_the_key() -> None:
 
 
 def test_the_budget_is_scaled_to_the_window_and_counts_a_second_longer() -> None:
-    worker = OutboxWorker(
+    worker = pagerduty_outbox(
         None,  # type: ignore[arg-type]
         None,  # type: ignore[arg-type]
         FakeClock(),
@@ -258,7 +259,7 @@ def test_the_budget_is_scaled_to_the_window_and_counts_a_second_longer() -> None
     )
     assert (worker.budget.per_window, worker.budget.window) == (60, 4.0)
     assert (
-        OutboxWorker(
+        pagerduty_outbox(
             None,  # type: ignore[arg-type]
             None,  # type: ignore[arg-type]
             FakeClock(),

@@ -1,18 +1,22 @@
-"""Delivers the PagerDuty outbox: in order per dedup key, within PagerDuty's rate per key.
+"""Delivers the outbox: in order per dedup key, within the integration's rate, one retry policy.
 
-Events reach the outbox in the same transaction as the incident change that
-causes them. This worker sends the oldest pending event of each dedup key
-(a resolve must never overtake its trigger: after a resolve, a trigger with
-the same key opens a new PagerDuty incident), records each outcome durably
-before sending that key's next event, and backs off with the one retry policy
-of :mod:`sidecar.notify.retry`. A 400 is dead-lettered: kept, logged with
-PagerDuty's message, counted, and shown on the incident.
+Notifications reach the outbox in the same transaction as the incident change
+that causes them, each tagged with its integration. One worker per
+integration sends the oldest pending item of each dedup key (a resolve must
+never overtake its trigger: after a resolve, a trigger with the same key opens
+a new PagerDuty incident), records each outcome durably before sending that
+key's next item, and backs off with the one retry policy of
+:mod:`sidecar.notify.retry`. The integration's :class:`Sender` only builds the
+request of one item and classifies the answer (accepted, retry, rate limited,
+rejected); a rejected item is dead-lettered: kept, logged with the service's
+own message, counted, and shown on the incident.
 
-PagerDuty ingests about 120 events a minute per routing key, counted over a
-rolling minute, and drops the rest with a 429. The budget is kept in the store
-and shared by every replica: a claim takes only what the budget allows right
-now, and only as many events as this worker has free sending slots, so that
-every event claimed goes out at once, long before its lease could lapse.
+Services limit their rate (PagerDuty: about 120 events a minute per routing
+key, over a rolling minute, the rest dropped with a 429). The budget is kept
+in the store and shared by every replica: a claim takes only what the budget
+allows right now, and only as many items as this worker has free sending
+slots, so that every item claimed goes out at once, long before its lease
+could lapse.
 """
 
 from __future__ import annotations
@@ -23,82 +27,75 @@ import logging
 import os
 import socket
 import uuid
-from collections.abc import Mapping
-from typing import Any
-
-import aiohttp
-import orjson
+from typing import Protocol
 
 from sidecar.clock import Clock
 from sidecar.errors import StoreUnavailable
-from sidecar.metrics import Metrics
 from sidecar.notify.retry import RetryPolicy
-from sidecar.pagerduty.client import EventsClient, SendResult
+from sidecar.pagerduty.client import SendResult
 from sidecar.store.base import Claimant, OutboxItem, Outcome, RateBudget, Store
 from sidecar.tasks import BackgroundTask
 
-log = logging.getLogger("sidecar.pagerduty")
-
-#: The budget counts sends over PagerDuty's window plus this, so that a send which
-#: arrives a moment after its claim still falls inside the count that allowed it.
-RATE_WINDOW_MARGIN = 1.0
+log = logging.getLogger("sidecar.notify")
 
 
-def rate_buckets(routing_keys: Mapping[str, str]) -> dict[str, str]:
-    """The budget of each routing name: names that hold the same key share one.
+class Sender(Protocol):
+    """An integration's sending side: one item's request, and its answer classified."""
 
-    PagerDuty limits per routing key; the bucket is named after the first of its
-    names (never the key itself, which is a secret and stays out of the store).
-    """
-    first: dict[str, str] = {}
-    for name in sorted(routing_keys):
-        first.setdefault(routing_keys[name], name)
-    return {name: first[key] for name, key in routing_keys.items()}
+    name: str
+    """The integration, as the outbox rows name it."""
+    timeout: float
+    """Seconds a send may take at most (a lease outlasts it)."""
+    budget: RateBudget | None
+    """The service's rate, shared by replicas through the store."""
+
+    async def open(self) -> None:
+        """Get ready to send (an HTTP session)."""
+
+    async def close(self) -> None:
+        """Release what ``open`` took."""
+
+    async def send(self, item: OutboxItem) -> SendResult:
+        """Send one item; never raises for the service's or the network's failures."""
+        ...
+
+    def count(self, action: str, result: str) -> None:
+        """Count a send's result (``accepted``, ``retried``, ``rejected``) in the metrics."""
 
 
 class OutboxWorker:
-    """Background delivery of pending PagerDuty events."""
+    """Background delivery of one integration's pending items."""
 
     def __init__(
         self,
         store: Store,
-        metrics: Metrics,
         clock: Clock,
+        sender: Sender,
         *,
-        events_url: str,
-        routing_keys: Mapping[str, str],
-        timeout: float = 10.0,
-        rate_limit_per_minute: int = 120,
-        rate_limit_window: float = 60.0,
         retry: RetryPolicy | None = None,
         concurrency: int = 8,
         poll_interval: float = 1.0,
     ) -> None:
         self.store = store
-        self.metrics = metrics
         self.clock = clock
-        self.events_url = events_url
-        self.routing_keys = routing_keys
-        self.timeout = timeout
+        self.sender = sender
         self.retry = retry or RetryPolicy()
-        self.budget = RateBudget(
-            per_window=max(1, int(rate_limit_per_minute * rate_limit_window / 60.0)),
-            window=rate_limit_window + RATE_WINDOW_MARGIN,
-            buckets=rate_buckets(routing_keys),
-        )
-        # Every claimed event is sent at once, so a lease needs to outlast one send
+        # Every claimed item is sent at once, so a lease needs to outlast one send
         # and the write of its outcome; it lapses only if this replica dies.
-        self.lease = max(60.0, 3 * timeout)
+        self.lease = max(60.0, 3 * sender.timeout)
         self.concurrency = concurrency
         self.poll_interval = poll_interval
         self.pending = 0
         self.owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
-        self.claimant = Claimant(self.owner, self.lease, self.budget)
+        self.claimant = Claimant(self.owner, self.lease, sender.budget, sender.name)
         self._wake = asyncio.Event()
-        self._task = BackgroundTask("pagerduty-outbox", self._loop)
+        self._task = BackgroundTask(f"{sender.name}-outbox", self._loop)
         self._sending: set[asyncio.Task[None]] = set()
-        self._client: EventsClient | None = None
-        self._session: aiohttp.ClientSession | None = None
+
+    @property
+    def budget(self) -> RateBudget | None:
+        """The sender's rate budget."""
+        return self.sender.budget
 
     @property
     def tasks(self) -> tuple[BackgroundTask, ...]:
@@ -110,12 +107,9 @@ class OutboxWorker:
         self._wake.set()
 
     async def start(self) -> None:
-        """Open the HTTP session and start delivering."""
-        self._session = aiohttp.ClientSession()
-        self._client = EventsClient(
-            self._session, self.events_url, timeout=self.timeout, clock=self.clock
-        )
-        self.pending = await self.store.outbox_pending()
+        """Open the sender and start delivering."""
+        await self.sender.open()
+        self.pending = await self.store.outbox_pending(self.sender.name)
         self._task.start()
 
     async def stop(self) -> None:
@@ -126,21 +120,19 @@ class OutboxWorker:
         """
         await self._task.stop()
         if self._sending:
-            await asyncio.wait(self._sending, timeout=self.timeout + 1.0)
+            await asyncio.wait(self._sending, timeout=self.sender.timeout + 1.0)
         for task in list(self._sending):
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
-        if self._session is not None:
-            await self._session.close()
-            self._session = None
+        await self.sender.close()
 
     async def _loop(self) -> None:
         while True:
             held_until = None
             try:
                 held_until = await self.fill()
-                self.pending = await self.store.outbox_pending()
+                self.pending = await self.store.outbox_pending(self.sender.name)
             except StoreUnavailable as exc:
                 log.warning("outbox paused: store unavailable", extra={"error": str(exc)})
             except Exception:
@@ -165,7 +157,8 @@ class OutboxWorker:
             return None
         claim = await self.store.claim_outbox(self.clock.now(), free, self.claimant)
         for item in claim.items:
-            task = asyncio.create_task(self._send(item), name=f"pagerduty-send-{item.id}")
+            name = f"{self.sender.name}-send-{item.id}"
+            task = asyncio.create_task(self._send(item), name=name)
             self._sending.add(task)
             task.add_done_callback(self._sent)
         return claim.held_until
@@ -193,36 +186,30 @@ class OutboxWorker:
         self._wake.set()
 
     async def _send(self, item: OutboxItem) -> None:
-        assert self._client is not None, "start() first"
         try:
-            await self._deliver(self._client, item)
+            await self._deliver(item)
         except StoreUnavailable as exc:
             # Sent, but the outcome is not recorded: the lease lapses and the event
             # goes again (at least once; PagerDuty deduplicates by dedup_key).
             log.warning(
-                "pagerduty outcome not recorded: store unavailable",
+                f"{self.sender.name} outcome not recorded: store unavailable",
                 extra={"incident_id": item.incident_id, "error": str(exc)},
             )
         except Exception:
-            log.exception("pagerduty delivery failed", extra={"incident_id": item.incident_id})
+            log.exception(
+                f"{self.sender.name} delivery failed", extra={"incident_id": item.incident_id}
+            )
 
-    async def _deliver(self, client: EventsClient, item: OutboxItem) -> None:
-        key = self.routing_keys.get(item.routing)
-        if key is None:
-            # The routing key was removed from the configuration since.
-            await self._finish(item, "dead", f"no routing key named {item.routing!r} configured")
-            self.metrics.pagerduty_events_total.labels(item.action, "rejected").inc()
-            return
-        body: dict[str, Any] = orjson.loads(item.body)
-        result: SendResult = await client.send(body, key)
+    async def _deliver(self, item: OutboxItem) -> None:
+        result = await self.sender.send(item)
         # The wait counts from the answer, not from the start of a send that timed out.
         now = self.clock.now()
         attempts = item.attempts + 1
         if result.outcome == "accepted":
             await self._finish(item, "delivered", None, attempts=attempts)
-            self.metrics.pagerduty_events_total.labels(item.action, "accepted").inc()
+            self.sender.count(item.action, "accepted")
             log.info(
-                "pagerduty event delivered",
+                f"{self.sender.name} event delivered",
                 extra={
                     "incident_id": item.incident_id,
                     "action": item.action,
@@ -231,14 +218,14 @@ class OutboxWorker:
             )
         elif result.outcome == "rejected":
             await self._finish(item, "dead", result.message, attempts=attempts)
-            self.metrics.pagerduty_events_total.labels(item.action, "rejected").inc()
+            self.sender.count(item.action, "rejected")
             log.error(
-                "pagerduty rejected an event; dead-lettered",
+                f"{self.sender.name} rejected an event; dead-lettered",
                 extra={
                     "incident_id": item.incident_id,
                     "action": item.action,
                     "status": result.status,
-                    "pagerduty_message": result.message,
+                    "service_message": result.message,
                 },
             )
         else:
@@ -252,9 +239,9 @@ class OutboxWorker:
             error = f"{result.status or 'no answer'}: {result.message}"[:1000]
             outcome = Outcome("pending", attempts, now + delay, error, now, failures)
             await self.store.finish_outbox(item.id, outcome)
-            self.metrics.pagerduty_events_total.labels(item.action, "retried").inc()
+            self.sender.count(item.action, "retried")
             log.warning(
-                "pagerduty send failed; will retry",
+                f"{self.sender.name} send failed; will retry",
                 extra={
                     "incident_id": item.incident_id,
                     "action": item.action,

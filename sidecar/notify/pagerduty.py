@@ -19,10 +19,16 @@ from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal, Protocol
 
+import aiohttp
 import orjson
 
+from sidecar.clock import Clock
 from sidecar.incidents import Change, Incident
 from sidecar.incidents.model import timeline_event
+from sidecar.metrics import Metrics
+from sidecar.notify.outbox import OutboxWorker
+from sidecar.notify.retry import RetryPolicy
+from sidecar.pagerduty.client import EventsClient, SendResult
 from sidecar.pagerduty.events import (
     build_acknowledge,
     build_resolve,
@@ -31,6 +37,7 @@ from sidecar.pagerduty.events import (
     dedup_key_for_group,
 )
 from sidecar.routing import routing_for_team, tier_routing
+from sidecar.store.base import OutboxItem, RateBudget, Store
 from sidecar.store.rows import PAGERDUTY, OutboxRow
 
 if TYPE_CHECKING:
@@ -225,3 +232,99 @@ class Pager:
             f"routing {routing})"
         )
         return [self._queue_trigger(change, now, dedup, routing, message)]
+
+
+#: The budget counts sends over PagerDuty's window plus this, so that a send which
+#: arrives a moment after its claim still falls inside the count that allowed it.
+RATE_WINDOW_MARGIN = 1.0
+
+
+def rate_buckets(routing_keys: Mapping[str, str]) -> dict[str, str]:
+    """The budget of each routing name: names that hold the same key share one.
+
+    PagerDuty limits per routing key; the bucket is named after the first of its
+    names (never the key itself, which is a secret and stays out of the store).
+    """
+    first: dict[str, str] = {}
+    for name in sorted(routing_keys):
+        first.setdefault(routing_keys[name], name)
+    return {name: first[key] for name, key in routing_keys.items()}
+
+
+class PagerDutySender:
+    """The outbox's PagerDuty sender: an Events API v2 body with its routing key, classified."""
+
+    name = PAGERDUTY
+
+    def __init__(
+        self,
+        metrics: Metrics,
+        clock: Clock,
+        *,
+        events_url: str,
+        routing_keys: Mapping[str, str],
+        timeout: float = 10.0,
+        rate_limit_per_minute: int = 120,
+        rate_limit_window: float = 60.0,
+    ) -> None:
+        self.metrics = metrics
+        self.clock = clock
+        self.events_url = events_url
+        self.routing_keys = routing_keys
+        self.timeout = timeout
+        self.budget: RateBudget | None = RateBudget(
+            per_window=max(1, int(rate_limit_per_minute * rate_limit_window / 60.0)),
+            window=rate_limit_window + RATE_WINDOW_MARGIN,
+            buckets=rate_buckets(routing_keys),
+        )
+        self._session: aiohttp.ClientSession | None = None
+        self._client: EventsClient | None = None
+
+    async def open(self) -> None:
+        """Open the HTTP session."""
+        self._session = aiohttp.ClientSession()
+        self._client = EventsClient(
+            self._session, self.events_url, timeout=self.timeout, clock=self.clock
+        )
+
+    async def close(self) -> None:
+        """Close the HTTP session."""
+        if self._session is not None:
+            await self._session.close()
+            self._session = self._client = None
+
+    async def send(self, item: OutboxItem) -> SendResult:
+        """POST the item's body with its routing key (looked up now, never stored)."""
+        assert self._client is not None, "open() first"
+        key = self.routing_keys.get(item.routing)
+        if key is None:
+            # The routing key was removed from the configuration since.
+            reason = f"no routing key named {item.routing!r} configured"
+            return SendResult("rejected", None, reason, None)
+        body: dict[str, Any] = orjson.loads(item.body)
+        return await self._client.send(body, key)
+
+    def count(self, action: str, result: str) -> None:
+        """``incident_sla_pagerduty_events_total{action,result}``."""
+        self.metrics.pagerduty_events_total.labels(action, result).inc()
+
+
+def pagerduty_outbox(
+    store: Store,
+    metrics: Metrics,
+    clock: Clock,
+    *,
+    retry: RetryPolicy | None = None,
+    concurrency: int = 8,
+    poll_interval: float = 1.0,
+    **sender: Any,
+) -> OutboxWorker:
+    """The outbox worker of PagerDuty (``sender`` are :class:`PagerDutySender`'s options)."""
+    return OutboxWorker(
+        store,
+        clock,
+        PagerDutySender(metrics, clock, **sender),
+        retry=retry,
+        concurrency=concurrency,
+        poll_interval=poll_interval,
+    )
