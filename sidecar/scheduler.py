@@ -12,7 +12,6 @@ recorded (a breach, an escalated tier) never fires again.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import heapq
 import logging
 
@@ -21,7 +20,7 @@ from sidecar.clock import Clock
 from sidecar.errors import StoreUnavailable
 from sidecar.incidents import Change, IncidentBook
 from sidecar.service import IncidentService
-from sidecar.tasks import BackgroundTask
+from sidecar.tasks import BackgroundTask, wait_event
 
 log = logging.getLogger("sidecar.sla")
 
@@ -135,10 +134,9 @@ class DeadlineScheduler:
             now = self.clock.now()
             if top is None or not sla.passed(*top, now):
                 delay = self.max_sleep if top is None else min(self.max_sleep, top[0] - now)
-                with contextlib.suppress(TimeoutError):
-                    # Never less than a millisecond: a strict deadline that is
-                    # exactly now is due only once the clock has moved on.
-                    await asyncio.wait_for(self._wake.wait(), max(delay, 0.0) + 0.001)
+                # Never less than a millisecond: a strict deadline that is
+                # exactly now is due only once the clock has moved on.
+                await wait_event(self._wake, max(delay, 0.0) + 0.001)
             try:
                 await self.run_due()
             except StoreUnavailable as exc:

@@ -8,6 +8,22 @@ from collections.abc import Callable, Coroutine
 from typing import Any
 
 
+async def wait_event(event: asyncio.Event, seconds: float) -> bool:
+    """Wait for ``event`` at most ``seconds``; True when it was set.
+
+    Not ``asyncio.wait_for``: on Python 3.11 it swallows a cancellation that
+    arrives as the event is set (CPython gh-86296), and a loop that sets its own
+    wake event as it is stopped would then never end. ``asyncio.timeout``
+    tells its own cancellation from the caller's.
+    """
+    try:
+        async with asyncio.timeout(seconds):
+            await event.wait()
+    except TimeoutError:
+        return False
+    return True
+
+
 class BackgroundTask:
     """One named long-running coroutine; ``stop`` cancels it and waits for it to end."""
 

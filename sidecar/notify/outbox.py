@@ -34,7 +34,7 @@ from sidecar.errors import StoreUnavailable
 from sidecar.notify.retry import RetryPolicy
 from sidecar.pagerduty.client import SendResult
 from sidecar.store.base import Claimant, OutboxItem, Outcome, RateBudget, Store
-from sidecar.tasks import BackgroundTask
+from sidecar.tasks import BackgroundTask, wait_event
 
 log = logging.getLogger("sidecar.notify")
 
@@ -143,8 +143,7 @@ class OutboxWorker:
             wait = self.poll_interval
             if held_until is not None:
                 wait = min(wait, max(0.01, held_until - self.clock.now()))
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), wait)
+            await wait_event(self._wake, wait)
             self._wake.clear()
 
     async def fill(self) -> float | None:
