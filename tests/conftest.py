@@ -16,6 +16,7 @@ from sidecar.clock import FakeClock
 from sidecar.config import Config, load_config
 from sidecar.runtime import Components, build_components
 from sidecar.web import create_app
+from tests.support.readers import basic_auth_header, reader_credentials, write_users_file
 
 pytest_plugins = ["tests.support.fixtures"]
 
@@ -23,6 +24,9 @@ DATA = Path(__file__).parent / "data"
 REPO = Path(__file__).parent.parent
 WEBHOOK_TOKEN = "test-webhook-token"
 API_TOKEN = "test-api-token"
+READER, READER_PASSWORD = reader_credentials()
+READ_AUTH = basic_auth_header(READER, READER_PASSWORD)
+"""What the shared clients send unless a test says otherwise: reads are protected."""
 
 
 @pytest.fixture(autouse=True)
@@ -43,6 +47,7 @@ def write_config(tmp_path: Path, overrides: dict[str, Any] | None = None) -> Pat
             "listen": "127.0.0.1:0",
             "webhook_token": WEBHOOK_TOKEN,
             "api_token": API_TOKEN,
+            "web_config_file": str(write_users_file(tmp_path / "web-config.yml")),
         },
         "store": {"url": "sqlite:///data/sidecar.db"},
         "rules": {"file": "rules.yaml"},
@@ -81,8 +86,11 @@ def components(config_factory: Callable[..., Config], clock: FakeClock) -> Compo
 async def client(
     aiohttp_client: Callable[..., Any], components: Components
 ) -> AsyncIterator[TestClient[Any, Any]]:
-    """An HTTP client of an in-process sidecar."""
-    yield await aiohttp_client(create_app(components))
+    """An HTTP client of an in-process sidecar, signed in as a reader (basic auth) by default.
+
+    A request's own ``Authorization`` header replaces the reader's.
+    """
+    yield await aiohttp_client(create_app(components), headers={"Authorization": READ_AUTH})
 
 
 @pytest.fixture

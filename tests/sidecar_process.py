@@ -10,6 +10,7 @@ import yaml
 
 from tests.support.ports import free_port
 from tests.support.processes import ManagedProcess
+from tests.support.readers import READER, READER_PASSWORD, basic_auth_header, write_users_file
 
 REPO = Path(__file__).parent.parent
 
@@ -37,6 +38,8 @@ class SidecarProcess(ManagedProcess):
                 "listen": f"127.0.0.1:{self.port}",
                 "webhook_token": webhook_token,
                 "api_token": api_token,
+                # Reads need credentials: the test reader signs in (see read_headers).
+                "web_config_file": str(write_users_file(workdir / "web-config.yml")),
             },
             "store": {"url": "sqlite:///data/sidecar.db"},
             "rules": {"file": str(REPO / "rules" / f"{preset}.yaml")},
@@ -55,6 +58,11 @@ class SidecarProcess(ManagedProcess):
             ready_url=f"{self.url}/readyz",
             ready_timeout=30.0,
         )
+
+    @property
+    def read_headers(self) -> dict[str, str]:
+        """Headers that sign a read (pages, ``GET /api/v1/*``) in as the test reader."""
+        return {"Authorization": basic_auth_header(READER, READER_PASSWORD)}
 
     @property
     def webhook_url(self) -> str:

@@ -20,6 +20,7 @@ from tests.sidecar_process import SidecarProcess
 from tests.support.alertmanager import make_alert
 from tests.support.fixtures import AlertmanagerFactory
 from tests.support.ports import free_port
+from tests.support.readers import READ_HEADERS
 
 pytestmark = pytest.mark.e2e
 
@@ -35,7 +36,7 @@ def sidecar(tmp_path: Path) -> Iterator[SidecarProcess]:
 
 
 async def get_json(url: str) -> Any:
-    async with aiohttp.ClientSession() as http, http.get(url) as resp:
+    async with aiohttp.ClientSession(headers=READ_HEADERS) as http, http.get(url) as resp:
         assert resp.status == 200, await resp.text()
         return await resp.json()
 

@@ -27,6 +27,7 @@ from tests.payloads import alert, body, notification
 from tests.sidecar_process import SidecarProcess, record_only_preset
 from tests.support.alertmanager import group_key, make_alert
 from tests.support.fixtures import AlertmanagerClusterFactory
+from tests.support.readers import READ_HEADERS
 
 pytestmark = pytest.mark.e2e
 
@@ -92,7 +93,7 @@ async def _positive(value: Awaitable[float]) -> float | None:
 
 async def get_json(url: str) -> Any:
     """GET a JSON document, asserting a 200."""
-    async with aiohttp.ClientSession() as http, http.get(url) as resp:
+    async with aiohttp.ClientSession(headers=READ_HEADERS) as http, http.get(url) as resp:
         assert resp.status == 200, await resp.text()
         return await resp.json()
 

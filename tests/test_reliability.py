@@ -396,7 +396,8 @@ async def break_and_recover(
                 return resp.status, await resp.json()
 
         async def stored() -> int:
-            async with http.get(f"{proc.url}/api/v1/incidents?limit=1000") as resp:
+            url = f"{proc.url}/api/v1/incidents?limit=1000"
+            async with http.get(url, headers=proc.read_headers) as resp:
                 assert resp.status == 200, await resp.text()  # reads still answer
                 return len((await resp.json())["incidents"])
 

@@ -13,6 +13,7 @@ from pathlib import Path
 from pydantic import SecretStr
 
 from sidecar.config.settings import Settings, beside
+from sidecar.config.users import read_users
 from sidecar.errors import ConfigError, ConfigProblem
 
 
@@ -23,6 +24,7 @@ class Secrets:
         "api_token",
         "pagerduty_api_token",
         "routing_keys",
+        "users",
         "webhook_secret",
         "webhook_token",
     )
@@ -35,6 +37,7 @@ class Secrets:
         pagerduty_api_token: str | None = None,
         webhook_secret: str | None = None,
         routing_keys: dict[str, str] | None = None,
+        users: dict[str, bytes] | None = None,
     ) -> None:
         self.webhook_token = webhook_token
         self.api_token = api_token
@@ -42,6 +45,8 @@ class Secrets:
         self.webhook_secret = webhook_secret
         # "default", "team:<name>", "tier:<name>" -> key; only these names are ever stored.
         self.routing_keys = routing_keys or {}
+        # User name -> bcrypt hash, from server.web_config_file.
+        self.users = users or {}
 
     def __repr__(self) -> str:
         return "Secrets(<redacted>)"
@@ -94,6 +99,11 @@ class Secrets:
             ),
             routing_keys=routing_keys,
         )
+        if server.web_config_file is not None:
+            try:
+                secrets.users = read_users(beside(config_file, server.web_config_file))
+            except ConfigError as exc:
+                problems.extend(exc.problems)
         if problems:
             raise ConfigError(problems)
         return secrets

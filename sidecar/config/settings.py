@@ -7,6 +7,7 @@ never both; reading the files is :mod:`sidecar.config.secrets`'.
 
 from __future__ import annotations
 
+import re
 from datetime import timedelta
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -73,6 +74,28 @@ class ServerConfig(_Section):
     max_body_size: ByteSize = 16 * 1024 * 1024
     # How users reach the sidecar (links in PagerDuty events and reviews).
     external_url: str | None = None
+    # Who may read (pages and GET /api/v1/*) besides the API token: people in a
+    # Prometheus web.config.file (basic_auth_users, bcrypt), and, as an explicit
+    # opt-out for a cluster with an authenticating proxy in front (oauth2-proxy),
+    # the header in which that proxy passes the signed-in user.
+    web_config_file: Path | None = None
+    trusted_user_header: str | None = None
+
+    @field_validator("trusted_user_header")
+    @classmethod
+    def _header(cls, value: str | None) -> str | None:
+        if value is not None and not re.fullmatch(r"[A-Za-z0-9-]+", value):
+            raise ValueError("must be an HTTP header name, such as X-Forwarded-User")
+        if value is not None and value.lower() in {"authorization", "cookie", "host"}:
+            raise ValueError(f"{value} does not carry a user name")
+        return value
+
+    @field_validator("external_url")
+    @classmethod
+    def _url(cls, value: str | None) -> str | None:
+        if value is not None and not value.startswith(("http://", "https://")):
+            raise ValueError("must be an absolute http:// or https:// URL")
+        return value
 
     @model_validator(mode="after")
     def _tokens(self) -> ServerConfig:

@@ -201,7 +201,8 @@ class Pager:
         return OutboxEvent(inc.id, dedup, routing, "trigger", body)
 
     def _incident_url(self, inc: Incident) -> str | None:
-        return f"{self.external_url}/api/v1/incidents/{inc.id}" if self.external_url else None
+        # The incident page, which a responder opens from PagerDuty.
+        return f"{self.external_url}/incidents/{inc.id}" if self.external_url else None
 
     def _trigger(self, change: Change, now: float, *, reason: str) -> list[OutboxEvent]:
         inc = change.incident

@@ -86,6 +86,8 @@ class IncidentQuery:
     severity: str | None = None
     team: str | None = None
     limit: int = 100
+    # Rows to skip first, for paging (the pages' resolved incidents).
+    offset: int = 0
 
 
 class Store(Protocol):

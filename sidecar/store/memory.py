@@ -137,7 +137,7 @@ class MemoryStore(OneProcess):
         rows = [r for r in rows if query.team in (None, "", r.team)]
         rows.sort(key=lambda r: r.id)
         rows.sort(key=lambda r: r.triggered_at, reverse=True)
-        return self._incidents(rows[: query.limit])
+        return self._incidents(rows[query.offset : query.offset + query.limit])
 
     async def get_incident(self, incident_id: str) -> Incident | None:
         """One incident by id."""

@@ -204,4 +204,7 @@ class Statements:
         params.append(query.limit)
         clause = " WHERE " + " AND ".join(where) if where else ""
         order = f"ORDER BY triggered_at DESC, id{self.dialect.by_bytes} LIMIT {p(len(params))}"
+        if query.offset:
+            params.append(query.offset)
+            order += f" OFFSET {p(len(params))}"
         return f"{self.select_incidents}{clause} {order}", params

@@ -121,7 +121,16 @@ async def list_incidents(request: web.Request) -> web.Response:
     return json_answer({"incidents": [incident_view(i, c.rules, now) for i in found]})
 
 
-async def _load(request: web.Request) -> Incident:
+def page_url(request: web.Request, incident_id: str) -> str:
+    """The incident's page, at ``server.external_url`` when set (links that leave the sidecar)."""
+    base = request.app[COMPONENTS].config.settings.server.external_url
+    if base:
+        return f"{base.rstrip('/')}/incidents/{incident_id}"
+    return str(request.url.with_path(f"/incidents/{incident_id}").with_query(None))
+
+
+async def load_incident(request: web.Request) -> Incident:
+    """The incident the path's ``{id}`` names; IncidentNotFound when none."""
     c = request.app[COMPONENTS]
     incident_id = request.match_info["id"]
     inc = c.book.get_open(incident_id) or await c.store.get_incident(incident_id)
@@ -130,10 +139,12 @@ async def _load(request: web.Request) -> Incident:
     return inc
 
 
+
+
 async def get_incident(request: web.Request) -> web.Response:
     """``GET /api/v1/incidents/{id}``: the incident, its timeline and SLA deadlines."""
     c = request.app[COMPONENTS]
-    inc = await _load(request)
+    inc = await load_incident(request)
     events = await c.store.timeline(inc.id)
     view = incident_view(inc, c.rules, c.clock.now(), events)
     view["timeline"] = [event_view(e) for e in events]
@@ -176,8 +187,15 @@ async def _transition(request: web.Request, action: str) -> web.Response:
     c = request.app[COMPONENTS]
     require_api_token(request)
     actor, message = await _actor(request)
+    inc = await act(request, action, actor=actor, message=message, source="api")
+    return json_answer(incident_view(inc, c.rules, c.clock.now()))
+
+
+async def act(request: web.Request, action: str, *, actor: str, message: str, source: str) -> Incident:
+    """Acknowledge, update or resolve the path's incident as ``actor``; the incident after."""
+    c = request.app[COMPONENTS]
     # With replicas, another one may have opened it: the store knows.
-    known = await _load(request)
+    known = await load_incident(request)
     incident_id = known.id
     if not known.is_open:
         raise InvalidTransition(f"incident {incident_id} is {known.state}; cannot {action} it")
@@ -185,7 +203,7 @@ async def _transition(request: web.Request, action: str) -> web.Response:
     def command(now: float) -> list[Any]:
         if action == "acknowledge":
             change = c.book.acknowledge(
-                incident_id, actor=actor, source="api", now=now, message=message
+                incident_id, actor=actor, source=source, now=now, message=message
             )
             return [change] if change else []
         if action == "update":
@@ -193,14 +211,15 @@ async def _transition(request: web.Request, action: str) -> web.Response:
                 raise InvalidTransition("a status update needs a message")
             return [
                 c.book.record_update(
-                    incident_id, actor=actor, source="api", now=now, message=message
+                    incident_id, actor=actor, source=source, now=now, message=message
                 )
             ]
-        return [c.book.resolve(incident_id, actor=actor, source="api", now=now, message=message)]
+        return [
+            c.book.resolve(incident_id, actor=actor, source=source, now=now, message=message)
+        ]
 
     await c.service.submit(command, ids=[incident_id])
-    inc = await _load(request)
-    return json_answer(incident_view(inc, c.rules, c.clock.now()))
+    return await load_incident(request)
 
 
 async def acknowledge(request: web.Request) -> web.Response:
@@ -221,7 +240,7 @@ async def post_update(request: web.Request) -> web.Response:
 async def get_postmortem(request: web.Request) -> web.Response:
     """``GET /api/v1/incidents/{id}/postmortem``: the plan's review template, pre-filled."""
     c = request.app[COMPONENTS]
-    inc = await _load(request)
+    inc = await load_incident(request)
     timeline = await c.store.timeline(inc.id)
     template = request.query.get("template")
     if template is not None and template not in TEMPLATES:
@@ -232,7 +251,7 @@ async def get_postmortem(request: web.Request) -> web.Response:
         c.rules,
         template=template,  # type: ignore[arg-type]
         now=c.clock.now(),
-        incident_url=str(request.url.with_path(f"/api/v1/incidents/{inc.id}").with_query(None)),
+        incident_url=page_url(request, inc.id),
     )
     return web.Response(text=text, content_type="text/markdown", charset="utf-8")
 
@@ -242,7 +261,7 @@ async def complete_postmortem(request: web.Request) -> web.Response:
     c = request.app[COMPONENTS]
     require_api_token(request)
     actor, message = await _actor(request)
-    inc = await _load(request)
+    inc = await load_incident(request)
     if inc.is_open:
         raise InvalidTransition(f"incident {inc.id} is {inc.state}; review it once resolved")
 
@@ -251,4 +270,4 @@ async def complete_postmortem(request: web.Request) -> web.Response:
         return [change] if change else []
 
     await c.service.submit(command, ids=[inc.id])
-    return json_answer(incident_view(await _load(request), c.rules, c.clock.now()))
+    return json_answer(incident_view(await load_incident(request), c.rules, c.clock.now()))

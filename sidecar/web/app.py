@@ -16,7 +16,7 @@ from aiohttp.web_protocol import RequestPayloadError
 
 from sidecar.errors import IncidentNotFound, InvalidTransition, StoreUnavailable
 from sidecar.runtime import Components
-from sidecar.web import api, ops, webhooks
+from sidecar.web import api, ops, pages, signin, webhooks
 from sidecar.web.answers import json_answer
 from sidecar.web.keys import COMPONENTS
 
@@ -112,6 +112,13 @@ ROUTES: tuple[tuple[str, str, Handler], ...] = (
     ("GET", "/healthz", ops.healthz),
     ("GET", "/openapi.yaml", ops.openapi),
     ("GET", "/readyz", ops.readyz),
+    ("GET", "/static/style.css", pages.stylesheet),
+    ("GET", "/incidents", pages.list_page),
+    ("GET", "/incidents/{id}", pages.incident_page),
+    ("GET", "/incidents/{id}/review.md", pages.review_download),
+    ("POST", "/incidents/{id}/acknowledge", pages.acknowledge_form),
+    ("POST", "/incidents/{id}/update", pages.update_form),
+    ("POST", "/incidents/{id}/resolve", pages.resolve_form),
 )
 """Every route: method, path and handler (the OpenAPI document describes each)."""
 
@@ -120,9 +127,11 @@ def create_app(components: Components) -> web.Application:
     """Build the application around already-built components."""
     app = web.Application(
         client_max_size=components.config.settings.server.max_body_size,
-        middlewares=[answers_middleware],
+        # Errors answered as JSON around everything, credentials checked inside that.
+        middlewares=[answers_middleware, signin.signin_middleware],
     )
     app[COMPONENTS] = components
+    signin.install(app)
     app.cleanup_ctx.append(_lifecycle)
     for method, path, handler in ROUTES:
         app.router.add_route(method, path, handler)
