@@ -83,6 +83,21 @@ def components(config_factory: Callable[..., Config], clock: FakeClock) -> Compo
 
 
 @pytest.fixture
+def aiohttp_client(aiohttp_client: Callable[..., Any]) -> Callable[..., Any]:
+    """pytest-aiohttp's client factory, its clients signed in as the test reader by default.
+
+    Reads need credentials, and every config of :func:`write_config` has the
+    reader; a request's own ``Authorization`` header replaces the reader's.
+    """
+
+    async def make(app: Any, *args: Any, **kwargs: Any) -> Any:
+        headers = {"Authorization": READ_AUTH, **(kwargs.pop("headers", None) or {})}
+        return await aiohttp_client(app, *args, headers=headers, **kwargs)
+
+    return make
+
+
+@pytest.fixture
 async def client(
     aiohttp_client: Callable[..., Any], components: Components
 ) -> AsyncIterator[TestClient[Any, Any]]:
@@ -90,7 +105,7 @@ async def client(
 
     A request's own ``Authorization`` header replaces the reader's.
     """
-    yield await aiohttp_client(create_app(components), headers={"Authorization": READ_AUTH})
+    yield await aiohttp_client(create_app(components))
 
 
 @pytest.fixture

@@ -58,7 +58,7 @@ async def test_the_incident_page_shows_clocks_alerts_links_and_the_review(
     # Every SLA of P0 with its target; the acknowledgment clock is running.
     for title in ("Time to detect", "Time to acknowledge", "Status update cadence"):
         assert title in page
-    assert re.search(r"Time to acknowledge</td><td>5m</td>.*?<td>4m left</td>", page, re.S)
+    assert re.search(r"Time to acknowledge</td><td[^>]*>5m</td>.*?>4m left</td>", page, re.S)
     assert "breached" in page  # declared 10 minutes after it started: detection missed
     # The alert's source and its Alertmanager, escaped into attributes.
     assert 'href="http://prometheus.example:9090/graph?g0.expr=DBDown"' in page
@@ -224,7 +224,7 @@ async def test_behind_an_authenticating_proxy_its_user_header_is_trusted(
         write_config(tmp_path, {"server": {"trusted_user_header": "X-Forwarded-User"}})
     )
     components = build_components(config, clock=clock, registry=CollectorRegistry())
-    client = await aiohttp_client(create_app(components))
+    client = await aiohttp_client(create_app(components), headers=NOBODY)
     incident_id = await fire(client, {"Authorization": f"Bearer {WEBHOOK_TOKEN}"})
     assert (await client.get("/incidents")).status == 401
     who = {"X-Forwarded-User": "alice@example.com"}

@@ -26,6 +26,8 @@ DEBIAN_PACKAGES: dict[str, str] = {
     "pg_isready": "postgresql-client-15",
     "createdb": "postgresql-client-15",
     "setpriv": "util-linux",
+    "chromium": "chromium",
+    "chromedriver": "chromium-driver",
 }
 
 _POSTGRES_LIB = Path("/usr/lib/postgresql")

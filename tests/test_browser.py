@@ -1,0 +1,119 @@
+"""The pages in a real browser: headless Chromium from Debian, at a phone's width, no JavaScript.
+
+A sidecar process runs as users run it; the browser signs in (HTTP basic auth,
+as a browser answers the prompt), opens the list and an incident, acknowledges
+it and posts a status update through the page's forms, and the API confirms
+both as the signed-in user. Screenshots go to the test's temporary directory.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.payloads import alert, body, notification
+from tests.sidecar_process import SidecarProcess
+from tests.support.binaries import require_binary
+from tests.support.browser import chromium
+from tests.support.readers import READER, READER_PASSWORD
+
+pytest.importorskip("selenium", reason="selenium (a dev dependency) drives the browser")
+
+_OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+
+
+@pytest.fixture
+def sidecar(tmp_path: Path) -> Iterator[SidecarProcess]:
+    proc = SidecarProcess(tmp_path / "sidecar")
+    proc.start()
+    try:
+        yield proc
+    finally:
+        proc.stop()
+
+
+def request(
+    proc: SidecarProcess, method: str, path: str, data: bytes | None, token: str
+) -> Any:
+    req = urllib.request.Request(f"{proc.url}{path}", data=data, method=method)
+    req.add_header("Authorization", f"Bearer {token}")
+    req.add_header("Content-Type", "application/json")
+    with _OPENER.open(req, timeout=10) as resp:
+        return json.loads(resp.read())
+
+
+def fire(proc: SidecarProcess) -> str:
+    a = alert(
+        "ServiceDown",
+        starts=time.time() - 120,
+        labels={"incident_severity": "P1", "service": "publishing", "namespace": "shop"},
+        annotations={"summary": "Checkout API answers 503 to most requests"},
+    )
+    answer = request(proc, "POST", "/webhook/alertmanager", body(notification(a)), proc.webhook_token)
+    incident_id: str = answer["changed"][0]["id"]
+    return incident_id
+
+
+def fits_the_width(driver: Any) -> bool:
+    """No horizontal scrolling of the page itself (wide tables scroll in their own box)."""
+    width = driver.execute_script("return document.documentElement.scrollWidth")
+    viewport = driver.execute_script("return window.innerWidth")
+    return bool(width <= viewport)
+
+
+def test_a_responder_signs_in_reads_and_acknowledges_from_a_phone(
+    sidecar: SidecarProcess, tmp_path: Path
+) -> None:
+    from selenium.webdriver.common.by import By
+
+    browser, driver_path = require_binary("chromium"), require_binary("chromedriver")
+    incident_id = fire(sidecar)
+    shots = tmp_path / "screenshots"
+    shots.mkdir()
+    signed_in = sidecar.url.replace("http://", f"http://{READER}:{READER_PASSWORD}@")
+    with chromium(browser, driver_path) as driver:
+        # Without credentials: nothing shown (a headless browser cannot answer the prompt).
+        driver.get(f"{sidecar.url}/incidents")
+        assert "Checkout API" not in driver.page_source
+        driver.get(f"{signed_in}/incidents")
+        driver.save_screenshot(str(shots / "list.png"))
+        assert "signed in as reader" in driver.find_element(By.TAG_NAME, "header").text
+        open_table = driver.find_element(By.CSS_SELECTOR, "table.incidents")
+        assert "triggered" in open_table.text
+        assert fits_the_width(driver)
+
+        open_table.find_element(By.PARTIAL_LINK_TEXT, "Checkout API").click()
+        assert driver.current_url.endswith(f"/incidents/{incident_id}")
+        driver.save_screenshot(str(shots / "incident.png"))
+        clocks = driver.find_element(By.CSS_SELECTOR, "table.clocks").text
+        assert "Time to acknowledge" in clocks and "left" in clocks
+        assert fits_the_width(driver)
+        links = {a.text: a.get_attribute("href") for a in driver.find_elements(By.TAG_NAME, "a")}
+        assert links["Source (generatorURL)"].startswith("http://prometheus.example:9090/")
+        assert links["In Alertmanager"].startswith("http://alertmanager.example:9093/#/alerts?")
+
+        driver.find_element(By.XPATH, "//button[text()='Acknowledge']").click()
+        assert driver.current_url.endswith(f"/incidents/{incident_id}")
+        assert driver.find_element(By.CSS_SELECTOR, ".facts .state").text == "acknowledged"
+        driver.find_element(By.ID, "message").send_keys("Rolled back the 14:02 deploy")
+        driver.find_element(By.XPATH, "//button[text()='Post update']").click()
+        timeline = driver.find_element(By.CSS_SELECTOR, "ol.timeline").text
+        assert "Rolled back the 14:02 deploy" in timeline
+        driver.save_screenshot(str(shots / "acknowledged.png"))
+
+    view = request(sidecar, "GET", f"/api/v1/incidents/{incident_id}", None, sidecar.api_token)
+    assert (view["state"], view["acknowledged_by"], view["acknowledge_source"]) == (
+        "acknowledged",
+        READER,
+        "web",
+    )
+    updates = [e for e in view["timeline"] if e["kind"] == "status_update"]
+    assert [(e["actor"], e["source"]) for e in updates] == [(READER, "web")]
+    for name in ("list.png", "incident.png", "acknowledged.png"):
+        assert (shots / name).read_bytes().startswith(b"\x89PNG"), name
