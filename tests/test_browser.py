@@ -38,9 +38,7 @@ def sidecar(tmp_path: Path) -> Iterator[SidecarProcess]:
         proc.stop()
 
 
-def request(
-    proc: SidecarProcess, method: str, path: str, data: bytes | None, token: str
-) -> Any:
+def request(proc: SidecarProcess, method: str, path: str, data: bytes | None, token: str) -> Any:
     req = urllib.request.Request(f"{proc.url}{path}", data=data, method=method)
     req.add_header("Authorization", f"Bearer {token}")
     req.add_header("Content-Type", "application/json")
@@ -55,7 +53,9 @@ def fire(proc: SidecarProcess) -> str:
         labels={"incident_severity": "P1", "service": "publishing", "namespace": "shop"},
         annotations={"summary": "Checkout API answers 503 to most requests"},
     )
-    answer = request(proc, "POST", "/webhook/alertmanager", body(notification(a)), proc.webhook_token)
+    answer = request(
+        proc, "POST", "/webhook/alertmanager", body(notification(a)), proc.webhook_token
+    )
     incident_id: str = answer["changed"][0]["id"]
     return incident_id
 

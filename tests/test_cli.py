@@ -22,6 +22,7 @@ from sidecar.cli import main
 from tests.conftest import DATA, REPO, write_config
 from tests.payloads import alert, body, notification
 from tests.sidecar_process import SidecarProcess
+from tests.support.readers import write_users_file
 
 PROBLEM_LINE = re.compile(
     r"^(?P<file>.+?):(?P<line>\d+):(?P<col>\d+): (?P<loc>[\w.\[\]]+): (?P<reason>.+)$"
@@ -32,7 +33,7 @@ CONSOLE_SCRIPT = Path(sys.executable).parent / "incident-sla-sidecar"
 def example_config(
     tmp_path: Path, *, preset: str = "llm-marketplace", secrets: bool = True
 ) -> Path:
-    """The repo's config.example.yaml in ``tmp_path``, with the presets and its two token files."""
+    """The repo's config.example.yaml in ``tmp_path``, with the presets and its secret files."""
     text = (REPO / "config.example.yaml").read_text()
     if preset != "llm-marketplace":
         marker = "file: rules/llm-marketplace.yaml"
@@ -45,6 +46,7 @@ def example_config(
         (tmp_path / "secrets").mkdir()
         (tmp_path / "secrets" / "webhook-token").write_text("cli-webhook-token\n")
         (tmp_path / "secrets" / "api-token").write_text("cli-api-token\n")
+        write_users_file(tmp_path / "secrets" / "web-config.yml")
     return path
 
 

@@ -30,6 +30,7 @@ import yaml
 from jsonschema import Draft7Validator  # type: ignore[import-untyped]
 
 from tests.support.binaries import require_binary
+from tests.support.readers import write_users_file
 
 REPO = Path(__file__).resolve().parent.parent
 CHART_DIR = REPO / "helm" / "incident-sla-sidecar"
@@ -246,6 +247,8 @@ def test_ci_scenarios_exist() -> None:
         "networkpolicy-values.yaml",
         "ephemeral-values.yaml",
         "ha-postgresql-values.yaml",
+        "basic-auth-readers-values.yaml",
+        "oauth2-proxy-values.yaml",
     } <= names
 
 
@@ -314,6 +317,8 @@ def lay_out_pod(objs: list[dict[str, Any]], root: Path) -> tuple[Path, dict[str,
             config_map = by_name[("ConfigMap", volume["configMap"]["name"])]
             for key, text in config_map["data"].items():
                 (target / key).write_text(rerooted(text), encoding="utf-8")
+        elif mount["name"] == "users":
+            continue  # the readers' web.config.file, written below from the config
         elif "secret" in volume:
             secret = by_name.get(("Secret", volume["secret"]["secretName"]))
             if secret is None:
@@ -328,6 +333,9 @@ def lay_out_pod(objs: list[dict[str, Any]], root: Path) -> tuple[Path, dict[str,
     args = container["args"]
     assert args[:2] == ["serve", "--config"], args
     config_path = root / args[2].lstrip("/")
+    users_file = yaml.safe_load(config_path.read_text())["server"].get("web_config_file")
+    if users_file is not None:
+        write_users_file(Path(users_file))
     if existing_secret_dir is not None:
         referenced = re.findall(
             rf"{re.escape(str(existing_secret_dir))}/([\w-]+)", config_path.read_text()
@@ -1003,3 +1011,22 @@ def test_notes_without_auth_omit_credentials(chart: helm.Chart) -> None:
     notes = _notes(chart, {"config": {"server": {"insecure_disable_auth": True}}})
     assert "authorization" not in notes
     assert "webhook-token" not in notes
+
+
+def test_readers_users_secret_and_proxy_header_reach_the_config(chart: helm.Chart) -> None:
+    """Basic-auth users come from a mounted Secret; a proxy's user header is trusted only if set."""
+    objs = objects(render(chart, load_values(CHART_DIR / "ci/basic-auth-readers-values.yaml")))
+    pod = one(objs, "Deployment")["spec"]["template"]["spec"]
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    assert volumes["users"]["secret"]["secretName"] == "incident-sla-sidecar-users"
+    mounts = {m["name"]: m["mountPath"] for m in pod["containers"][0]["volumeMounts"]}
+    server = yaml.safe_load(one(objs, "ConfigMap")["data"]["config.yaml"])["server"]
+    assert server["web_config_file"] == f"{mounts['users']}/web-config.yml"
+    assert "trusted_user_header" not in server
+    objs = objects(render(chart, load_values(CHART_DIR / "ci/oauth2-proxy-values.yaml")))
+    server = yaml.safe_load(one(objs, "ConfigMap")["data"]["config.yaml"])["server"]
+    assert server["trusted_user_header"] == "X-Forwarded-User"
+    assert "web_config_file" not in server
+    assert "NetworkPolicy" in kinds(objs)
+    defaults = yaml.safe_load(one(objects(render(chart, {})), "ConfigMap")["data"]["config.yaml"])
+    assert not {"trusted_user_header", "web_config_file"} & set(defaults["server"])

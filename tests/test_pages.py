@@ -74,7 +74,11 @@ async def test_the_list_puts_open_incidents_first_and_filters(
     first = await fire(client, auth, name="Old", fingerprint="1" * 16, group_key="g1")
     clock.advance(10)
     second = await fire(
-        client, auth, name="Crit", fingerprint="2" * 16, group_key="g2",
+        client,
+        auth,
+        name="Crit",
+        fingerprint="2" * 16,
+        group_key="g2",
         labels={"severity": "critical", "service": "db"},
     )
     resp = await client.post(f"/api/v1/incidents/{first}/resolve", headers=api_auth)
@@ -100,7 +104,9 @@ async def test_resolved_incidents_are_paged(
     ids = []
     for i in range(27):
         clock.advance(1)
-        ids.append(await fire(client, auth, name=f"A{i}", fingerprint=f"{i:016x}", group_key=f"g{i}"))
+        ids.append(
+            await fire(client, auth, name=f"A{i}", fingerprint=f"{i:016x}", group_key=f"g{i}")
+        )
         assert (await client.post(f"/api/v1/incidents/{ids[-1]}/resolve", headers=api_auth)).ok
     first = await (await client.get("/incidents?state=resolved")).text()
     second = await (await client.get("/incidents?state=resolved&page=2")).text()
@@ -171,7 +177,9 @@ async def test_forms_act_as_the_signed_in_user_with_their_csrf_token(
     assert resp.status == 200  # followed to the page
     view = await (await client.get(f"/api/v1/incidents/{incident_id}")).json()
     assert (view["state"], view["acknowledged_by"], view["acknowledge_source"]) == (
-        "acknowledged", "reader", "web",
+        "acknowledged",
+        "reader",
+        "web",
     )
     update = [e for e in view["timeline"] if e["kind"] == "status_update"]
     assert [(e["actor"], e["message"]) for e in update] == [("reader", "DB failing over")]

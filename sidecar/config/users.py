@@ -39,7 +39,9 @@ def read_users(path: Path) -> dict[str, bytes]:
     users = data.get("basic_auth_users") or {}
     if not isinstance(users, dict):
         problems.append(
-            problem_at(file, ("basic_auth_users",), "must map user names to bcrypt hashes", doc.position)
+            problem_at(
+                file, ("basic_auth_users",), "must map user names to bcrypt hashes", doc.position
+            )
         )
         users = {}
     found: dict[str, bytes] = {}

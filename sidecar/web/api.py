@@ -139,8 +139,6 @@ async def load_incident(request: web.Request) -> Incident:
     return inc
 
 
-
-
 async def get_incident(request: web.Request) -> web.Response:
     """``GET /api/v1/incidents/{id}``: the incident, its timeline and SLA deadlines."""
     c = request.app[COMPONENTS]
@@ -191,7 +189,9 @@ async def _transition(request: web.Request, action: str) -> web.Response:
     return json_answer(incident_view(inc, c.rules, c.clock.now()))
 
 
-async def act(request: web.Request, action: str, *, actor: str, message: str, source: str) -> Incident:
+async def act(
+    request: web.Request, action: str, *, actor: str, message: str, source: str
+) -> Incident:
     """Acknowledge, update or resolve the path's incident as ``actor``; the incident after."""
     c = request.app[COMPONENTS]
     # With replicas, another one may have opened it: the store knows.
@@ -214,9 +214,7 @@ async def act(request: web.Request, action: str, *, actor: str, message: str, so
                     incident_id, actor=actor, source=source, now=now, message=message
                 )
             ]
-        return [
-            c.book.resolve(incident_id, actor=actor, source=source, now=now, message=message)
-        ]
+        return [c.book.resolve(incident_id, actor=actor, source=source, now=now, message=message)]
 
     await c.service.submit(command, ids=[incident_id])
     return await load_incident(request)

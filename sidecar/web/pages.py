@@ -165,7 +165,11 @@ async def incident_page(request: web.Request) -> web.Response:
         times=[
             ("Started", present.when(inc.started_at), ""),
             ("Declared", present.when(inc.triggered_at), ""),
-            ("Acknowledged", present.when(inc.acknowledged_at), _by(inc.acknowledged_by, inc.acknowledge_source)),
+            (
+                "Acknowledged",
+                present.when(inc.acknowledged_at),
+                _by(inc.acknowledged_by, inc.acknowledge_source),
+            ),
             ("Resolved", present.when(inc.resolved_at), _by(inc.resolved_by, inc.resolve_source)),
             ("Review due", present.when(inc.review_due_at), ""),
             ("Review done", present.when(inc.review_done_at), inc.review_done_by or ""),
@@ -208,7 +212,9 @@ async def _form_action(request: web.Request, action: str) -> web.StreamResponse:
     form = await request.post()
     token = form.get("csrf")
     if not isinstance(token, str) or not request.app[READERS].csrf_ok(who, token):
-        raise web.HTTPForbidden(reason="the form's CSRF token is missing or not yours: reload the page")
+        raise web.HTTPForbidden(
+            reason="the form's CSRF token is missing or not yours: reload the page"
+        )
     message = form.get("message", "")
     if not isinstance(message, str) or len(message) > MAX_MESSAGE:
         raise _bad(f"message must be text of at most {MAX_MESSAGE} characters")

@@ -14,7 +14,7 @@ import bcrypt
 import yaml
 
 READER = "reader"
-READER_PASSWORD = "reader-password"  # noqa: S105 - a test credential
+READER_PASSWORD = "reader-password"
 
 
 def reader_credentials() -> tuple[str, str]:
@@ -29,7 +29,7 @@ def hashed(password: str) -> str:
 
 
 def write_users_file(path: Path, users: dict[str, str] | None = None) -> Path:
-    """A ``web.config.file`` at ``path`` with ``users`` (name -> password), the reader by default."""
+    """A ``web.config.file`` at ``path`` with ``users`` (name -> password), else the reader."""
     chosen = users if users is not None else {READER: READER_PASSWORD}
     data = {"basic_auth_users": {name: hashed(pw) for name, pw in chosen.items()}}
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -88,6 +88,7 @@ app.kubernetes.io/part-of: incident-sla-sidecar
 {{/* Where things are mounted in the container. */}}
 {{- define "incident-sla-sidecar.configDir" -}}/etc/incident-sla-sidecar/config{{- end }}
 {{- define "incident-sla-sidecar.secretsDir" -}}/etc/incident-sla-sidecar/secrets{{- end }}
+{{- define "incident-sla-sidecar.usersDir" -}}/etc/incident-sla-sidecar/users{{- end }}
 {{- define "incident-sla-sidecar.presetsDir" -}}/etc/incident-sla-sidecar/rules{{- end }}
 {{- define "incident-sla-sidecar.dataDir" -}}/var/lib/incident-sla-sidecar{{- end }}
 
@@ -125,6 +126,12 @@ The sidecar's config.yaml: the user's `config` with the keys the chart owns fill
 {{- end }}
 {{- if not (get $server "external_url") }}
 {{- $_ := unset $server "external_url" }}
+{{- end }}
+{{- with .Values.readers.usersSecret }}
+{{- $_ := set $server "web_config_file" (printf "%s/%s" (include "incident-sla-sidecar.usersDir" $) $.Values.readers.usersSecretKey) }}
+{{- end }}
+{{- with .Values.readers.trustedUserHeader }}
+{{- $_ := set $server "trusted_user_header" . }}
 {{- end }}
 {{- if .Values.pagerduty.enabled }}
 {{- $pd := deepCopy (.Values.pagerduty.settings | default dict) }}
