@@ -7,6 +7,7 @@ check the details quickly: escaping, CSRF, the credentials matrix, paging.
 from __future__ import annotations
 
 import html
+import json
 import re
 from pathlib import Path
 from typing import Any
@@ -290,3 +291,32 @@ def test_a_users_file_from_htpasswd_with_2y_hashes_is_read(tmp_path: Path) -> No
     users.write_text(users.read_text().replace("$2b$", "$2y$"))
     config = load_config(write_config(tmp_path, {"server": {"web_config_file": str(users)}}))
     assert set(config.secrets.users) == {"bob"}
+
+
+async def test_pagerduty_events_link_to_the_page_at_the_external_url(
+    aiohttp_client: Any, tmp_path: Path, clock: FakeClock
+) -> None:
+    from prometheus_client import CollectorRegistry
+
+    from sidecar.runtime import build_components
+    from sidecar.web import create_app
+
+    overrides = {
+        "server": {"external_url": "https://incidents.example.com/"},
+        # Nothing listens there: the event stays queued, which is all this test reads.
+        "pagerduty": {"routing_key": "r" * 32, "events_url": "http://127.0.0.1:9/v2/enqueue"},
+    }
+    config = load_config(write_config(tmp_path, overrides))
+    components = build_components(config, clock=clock, registry=CollectorRegistry())
+    client = await aiohttp_client(create_app(components))
+    incident_id = await fire(client, {"Authorization": f"Bearer {WEBHOOK_TOKEN}"})
+    [event] = await components.store.outbox_for_incident(incident_id)
+    sent = json.loads(event.body)
+    page = f"https://incidents.example.com/incidents/{incident_id}"
+    assert sent["client_url"] == page
+    assert page in [link["href"] for link in sent["links"]]
+    shown = await (await client.get(f"/incidents/{incident_id}")).text()
+    row = 'data-label="Integration">pagerduty</td><td data-label="Action">trigger'
+    assert row in shown
+    review = await (await client.get(f"/incidents/{incident_id}/review.md")).text()
+    assert page in review
