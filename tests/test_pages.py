@@ -166,6 +166,8 @@ async def test_forms_act_as_the_signed_in_user_with_their_csrf_token(
     ):
         resp = await client.post(f"{url}/acknowledge", data=form, headers=headers)
         assert resp.status == 403, await resp.text()
+    resp = await client.post(f"{url}/acknowledge", json={"csrf": token})
+    assert resp.status == 400  # a form, or nothing
     view = await (await client.get(f"/api/v1/incidents/{incident_id}")).json()
     assert view["state"] == "triggered"
     clock.advance(30)

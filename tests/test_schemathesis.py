@@ -111,9 +111,9 @@ def base_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         for i in range(3):
             payload = notification(alert(f"Seed{i}", fingerprint=f"{i:016x}"), group_key=f"g{i}")
             assert requests.post(hook, data=body(payload), headers=auth, timeout=10).ok
-        listed = requests.get(f"{server.base_url}/api/v1/incidents", timeout=10).json()
-        first, second = (i["id"] for i in listed["incidents"][:2])
         api = {"Authorization": f"Bearer {API_TOKEN}"}
+        listed = requests.get(f"{server.base_url}/api/v1/incidents", headers=api, timeout=10)
+        first, second = (i["id"] for i in listed.json()["incidents"][:2])
         incidents = f"{server.base_url}/api/v1/incidents"
         assert requests.post(f"{incidents}/{first}/acknowledge", headers=api, timeout=10).ok
         assert requests.post(f"{incidents}/{second}/resolve", headers=api, timeout=10).ok

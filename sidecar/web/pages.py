@@ -209,7 +209,13 @@ async def review_download(request: web.Request) -> web.Response:
 
 async def _form_action(request: web.Request, action: str) -> web.StreamResponse:
     who = identity(request)
-    form = await request.post()
+    # The pages' forms send URL-encoded bodies; nothing else is read.
+    if request.content_type != "application/x-www-form-urlencoded":
+        raise _bad("expected a form body (application/x-www-form-urlencoded)")
+    try:
+        form = await request.post()
+    except ValueError as exc:
+        raise _bad(f"cannot read the form: {exc}") from None
     token = form.get("csrf")
     if not isinstance(token, str) or not request.app[READERS].csrf_ok(who, token):
         raise web.HTTPForbidden(
