@@ -578,6 +578,9 @@ async def test_load_pending_reviews(store: Store) -> None:
         (IncidentQuery(severity="P3"), []),
         (IncidentQuery(limit=2), ["e", "d"]),
         (IncidentQuery(state="open", limit=1), ["e"]),
+        (IncidentQuery(limit=2, offset=2), ["c", "b"]),
+        (IncidentQuery(state="open", limit=5, offset=1), ["b", "a"]),
+        (IncidentQuery(limit=2, offset=5), []),
     ],
 )
 async def test_list_incidents_filters_and_limit_newest_first(
