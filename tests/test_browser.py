@@ -19,11 +19,9 @@ import pytest
 
 from tests.payloads import alert, body, notification
 from tests.sidecar_process import SidecarProcess
-from tests.support.binaries import require_binary
+from tests.support.binaries import require_binary, skip_or_fail
 from tests.support.browser import chromium
 from tests.support.readers import READER, READER_PASSWORD
-
-pytest.importorskip("selenium", reason="selenium (a dev dependency) drives the browser")
 
 _OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 
@@ -70,8 +68,10 @@ def fits_the_width(driver: Any) -> bool:
 def test_a_responder_signs_in_reads_and_acknowledges_from_a_phone(
     sidecar: SidecarProcess, tmp_path: Path
 ) -> None:
-    from selenium.webdriver.common.by import By
-
+    try:
+        from selenium.webdriver.common.by import By
+    except ImportError:
+        skip_or_fail("selenium (a dev dependency: pip install -e .[dev]) drives the browser")
     browser, driver_path = require_binary("chromium"), require_binary("chromedriver")
     incident_id = fire(sidecar)
     shots = tmp_path / "screenshots"
