@@ -71,8 +71,17 @@ def check_config(path: Path) -> int:
         f"  rules {config.rules_file}: preset {rules.name!r}, "
         f"severities {', '.join(p.name for p in rules.severities)}, teams {', '.join(rules.teams)}"
     )
+    readers = ["the API token"]
+    if config.secrets.users:
+        readers.append(f"{len(config.secrets.users)} user(s) of {s.server.web_config_file}")
+    if s.server.trusted_user_header:
+        readers.append(f"the proxy's {s.server.trusted_user_header} header (trusted)")
+    print(f"  reads: {', '.join(readers)}")
     if s.server.insecure_disable_auth:
-        print("  WARNING: server.insecure_disable_auth is true: anyone can post webhooks")
+        print(
+            "  WARNING: server.insecure_disable_auth is true: anyone can post webhooks "
+            "and read every incident"
+        )
     for warning in routing_warnings(config, rules):
         print(f"  WARNING: {warning}")
     return 0

@@ -77,6 +77,7 @@ def test_check_config_accepts_the_example(
     assert "store sqlite" in out
     assert "cli-webhook-token" not in out + err
     assert "insecure_disable_auth" not in out
+    assert "reads: the API token, 1 user(s) of secrets/web-config.yml" in out
     # The example configures no PagerDuty: it says so, not refuses.
     assert "WARNING: no PagerDuty routing key is configured" in out
 
@@ -98,6 +99,16 @@ def test_check_config_warns_when_auth_is_disabled(
     code, out, _ = run(capsys, "check-config", "--config", path)
     assert code == 0
     assert "WARNING" in out and "insecure_disable_auth" in out
+    assert "read every incident" in out
+
+
+def test_check_config_says_when_a_proxy_header_is_trusted(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = write_config(tmp_path, {"server": {"trusted_user_header": "X-Auth-Request-User"}})
+    code, out, _ = run(capsys, "check-config", "--config", path)
+    assert code == 0
+    assert "the proxy's X-Auth-Request-User header (trusted)" in out
 
 
 def test_check_config_reports_missing_secret_files(
@@ -109,7 +120,8 @@ def test_check_config_reports_missing_secret_files(
     assert out == ""
     assert f"{path}: server.webhook_token_file: cannot read secret file" in err
     assert f"{path}: server.api_token_file: cannot read secret file" in err
-    assert "2 problem(s) found" in err
+    assert f"{tmp_path / 'secrets' / 'web-config.yml'}: cannot read file" in err
+    assert "3 problem(s) found" in err
 
 
 BAD_CONFIG = """
