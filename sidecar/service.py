@@ -119,6 +119,22 @@ class IncidentService:
             if not pending.future.done():
                 pending.future.set_exception(StoreUnavailable("shutting down"))
 
+    async def settled(self) -> None:
+        """Wait until no batch is between being applied in memory and committed.
+
+        The book changes in memory before its batch is durable, and a failed
+        write undoes it: a reader that looks at the book while a batch is in
+        flight could show a state the store never held (acknowledged, but no
+        acknowledgment on the timeline yet). Readers call this first.
+        """
+        # A new batch can start (and apply) before this coroutine resumes, so
+        # look again; bounded, so that a steady stream of batches cannot starve a read.
+        for _ in range(8):
+            inflight = self._inflight
+            if inflight is None or inflight.done():
+                return
+            await asyncio.shield(inflight)
+
     @property
     def running(self) -> bool:
         """True while the commit loop runs."""

@@ -15,6 +15,7 @@ from sidecar.postmortem import render_postmortem
 from sidecar.rules import RuleSet
 from sidecar.sla.verdict import sla_report
 from sidecar.store import IncidentQuery
+from sidecar.store.codec import incident_from_row, incident_row
 from sidecar.web.answers import json_answer
 from sidecar.web.auth import require_api_token
 from sidecar.web.keys import COMPONENTS
@@ -124,7 +125,15 @@ async def list_incidents(request: web.Request) -> web.Response:
 async def _load(request: web.Request) -> Incident:
     c = request.app[COMPONENTS]
     incident_id = request.match_info["id"]
-    inc = c.book.get_open(incident_id) or await c.store.get_incident(incident_id)
+    # Only what is committed: wait out a batch in flight, and take the open
+    # incident as the store holds it, since the next batch changes the book's
+    # copy in place while this request reads the timeline.
+    await c.service.settled()
+    inc = c.book.get_open(incident_id)
+    if inc is not None:
+        inc = incident_from_row(incident_row(inc, c.clock.now()))
+    else:
+        inc = await c.store.get_incident(incident_id)
     if inc is None:
         raise IncidentNotFound(incident_id)
     return inc
