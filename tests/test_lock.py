@@ -50,8 +50,7 @@ def parse_lock(text: str) -> dict[str, Pin]:
         elif current is not None and (found := re.search(r"--hash=(sha256:[0-9a-f]{64})", line)):
             current.hashes.append(found.group(1))
         elif current is not None and (found := re.match(r"^\s+#\s+(?:via\s+)?(\S.*)$", line)):
-            if found.group(1).strip() != "via":
-                current.via.append(found.group(1).strip())
+            current.via.append(found.group(1).strip())
     return pins
 
 
