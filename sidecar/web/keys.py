@@ -7,3 +7,5 @@ from aiohttp import web
 from sidecar.runtime import Components
 
 COMPONENTS = web.AppKey("components", Components)
+# The shipped runbooks, rendered once: alert name -> HTML page.
+RUNBOOKS = web.AppKey("runbooks", dict[str, str])
