@@ -1251,3 +1251,18 @@ def test_chart_packages_and_the_archive_renders(tmp_path: Path) -> None:
         assert packaged.metadata["annotations"]["artifacthub.io/images"]
         values = load_values(CHART_DIR / "ci/tls-values.yaml")
         assert "PrometheusRule" in kinds(objects(render(packaged, values)))
+
+
+def test_notes_with_tls_give_alertmanager_https_and_the_ca(chart: helm.Chart) -> None:
+    """With TLS, NOTES.txt's receivers use https and trust the Secret's CA (and a client cert)."""
+    notes = _notes(chart, load_values(CHART_DIR / "ci/tls-values.yaml"))
+    amc = yaml.safe_load(notes.split("\n---\n")[1])
+    webhook = amc["spec"]["receivers"][0]["webhookConfigs"][0]
+    assert webhook["url"].startswith("https://")
+    tls_config = webhook["httpConfig"]["tlsConfig"]
+    assert tls_config["ca"] == {"secret": {"name": "sidecar-tls", "key": "ca.crt"}}
+    assert {"cert", "keySecret"} <= set(tls_config)
+    plain = yaml.safe_load(notes[notes.index("\nroute:\n") :].split("\n\n")[0])
+    http_config = plain["receivers"][0]["webhook_configs"][0]["http_config"]
+    assert http_config["tls_config"]["ca_file"].endswith("/sidecar-tls/ca.crt")
+    assert "https://" not in _notes(chart, {})
