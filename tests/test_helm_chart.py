@@ -32,6 +32,7 @@ import yaml
 from jsonschema import Draft7Validator  # type: ignore[import-untyped]
 
 from tests.support.binaries import require_binary
+from tests.support.settings import configuration_keys
 
 REPO = Path(__file__).resolve().parent.parent
 CHART_DIR = REPO / "helm" / "incident-sla-sidecar"
@@ -1173,26 +1174,6 @@ CHART_MANAGED = {
     "pagerduty.team_routing_keys": "pagerduty.teamRoutingKeys",
     "pagerduty.tier_routing_keys": "pagerduty.tierRoutingKeys",
 }
-
-
-def configuration_keys() -> list[str]:
-    """Every key of the configuration file, dotted, down to the leaves users set."""
-    from pydantic import BaseModel
-
-    from sidecar.config.settings import Settings
-
-    keys: list[str] = []
-
-    def walk(model: type[BaseModel], prefix: str) -> None:
-        for name, info in model.model_fields.items():
-            annotation = info.annotation
-            if isinstance(annotation, type) and issubclass(annotation, BaseModel):
-                walk(annotation, f"{prefix}{name}.")
-            else:
-                keys.append(f"{prefix}{name}")
-
-    walk(Settings, "")
-    return keys
 
 
 def test_chart_exposes_every_configuration_key(chart: helm.Chart) -> None:

@@ -7,6 +7,7 @@ Unknown names are 404, paths cannot leave the runbooks, and Markdown cannot smug
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -15,11 +16,14 @@ import pytest
 import yaml
 from aiohttp.test_utils import TestClient
 
+from sidecar.runtime import Components
 from sidecar.web.runbooks import load_runbooks
+from tests.support.settings import configuration_keys
 
 REPO = Path(__file__).resolve().parent.parent
 RULES = REPO / "rules" / "prometheus" / "incident-sla-alerts.yaml"
 DOCS = REPO / "docs" / "runbooks"
+CHART_DIR = REPO / "helm" / "incident-sla-sidecar"
 
 
 def alerts() -> list[dict[str, Any]]:
@@ -100,3 +104,52 @@ def test_markdown_cannot_inject_html(tmp_path: Path, monkeypatch: pytest.MonkeyP
     page = load_runbooks()["Evil"]
     assert "<script>" not in page and "&lt;script&gt;" in page
     assert 'href="javascript:' not in page
+
+
+def _quoted() -> list[tuple[str, str]]:
+    """Every backticked span of every runbook, with the runbook's name."""
+    return [
+        (path.stem, span)
+        for path in sorted(DOCS.glob("*.md"))
+        for span in re.findall(r"`([^`]+)`", path.read_text(encoding="utf-8"))
+    ]
+
+
+def test_runbooks_name_only_metrics_paths_and_keys_that_exist(components: Components) -> None:
+    """Metric names, HTTP paths, configuration keys and chart values a runbook names all exist.
+
+    So that a runbook does not rot when a metric, a route or a setting is renamed.
+    """
+    samples = {
+        f"{family.name}{suffix}"
+        for family in components.registry.collect()
+        for suffix in ("", "_total", "_bucket", "_sum", "_count")
+    }
+    spec = yaml.safe_load((REPO / "sidecar/web/openapi.yaml").read_text(encoding="utf-8"))
+    routes = [
+        re.compile("^" + re.sub(r"\\{[^}]+\\}", "[^/]+", re.escape(path)) + "$")
+        for path in spec["paths"]
+    ]
+    settings = set(configuration_keys())
+    sections = {key.split(".")[0] for key in settings}
+    values = yaml.safe_load((CHART_DIR / "values.yaml").read_text(encoding="utf-8"))
+    wrong = []
+    for runbook, span in _quoted():
+        for metric in re.findall(r"\bincident_sla_[a-z_]+", span):
+            if metric not in samples:
+                wrong.append(f"{runbook}: metric {metric}")
+        for path in re.findall(r"(?:^|(?:GET|POST) )(/[^\s?`]*)", span):
+            if not any(route.match(path) for route in routes):
+                wrong.append(f"{runbook}: path {path}")
+        if re.fullmatch(r"[a-z_]+(\.[a-z_]+)+", span) and span.split(".")[0] in sections:
+            if span not in settings:
+                wrong.append(f"{runbook}: configuration key {span}")
+        elif re.fullmatch(r"[a-z][A-Za-z]*(\.[A-Za-z]+)+", span) and span.split(".")[0] in values:
+            node: Any = values
+            for part in span.split("."):
+                node = node.get(part) if isinstance(node, dict) else None
+                if node is None:
+                    wrong.append(f"{runbook}: chart value {span}")
+                    break
+    assert wrong == []
+    assert len(_quoted()) > 20  # the check reads the runbooks at all
