@@ -35,6 +35,7 @@ from tests.conftest import write_config
 from tests.support.binaries import require_binary
 from tests.support.ports import LOOPBACK, free_port
 from tests.support.processes import ManagedProcess
+from tests.support.prometheus import Prometheus
 
 
 @dataclass
@@ -341,3 +342,56 @@ async def test_serve_listens_with_tls(pki: Pki, tmp_path: Path) -> None:
         assert await get_status(port, client_context(pki, "client"), "/readyz") == 200
         with pytest.raises((aiohttp.ClientError, ssl.SSLError, ConnectionError)):
             await get_status(port, client_context(pki), "/readyz")
+
+
+@pytest.mark.e2e
+async def test_prometheus_scrapes_over_https_with_a_client_certificate(
+    pki: Pki, tmp_path: Path, serve_tls: Callable[[ReloadingContext], Any]
+) -> None:
+    """A real Prometheus scrapes /metrics over mTLS with its certificate, and fails without one."""
+    files = install(pki, "server-one", tmp_path / "tls")
+    mtls = TLSFiles(files.cert, files.key, client_ca=pki.directory / "client-ca.pem")
+    port = await serve_tls(ReloadingContext(mtls))
+    tls_config = {"ca_file": str(pki.directory / "server-ca.pem")}
+    config = {
+        "global": {"scrape_interval": "1s", "scrape_timeout": "1s"},
+        "scrape_configs": [
+            {
+                "job_name": job,
+                "scheme": "https",
+                "tls_config": {**tls_config, **client},
+                "static_configs": [{"targets": [f"{LOOPBACK}:{port}"]}],
+            }
+            for job, client in [
+                (
+                    "with-certificate",
+                    {
+                        "cert_file": str(pki.directory / "client.pem"),
+                        "key_file": str(pki.directory / "client.key"),
+                    },
+                ),
+                ("without-certificate", {}),
+            ]
+        ],
+    }
+    prometheus = Prometheus(
+        binary=require_binary("prometheus"),
+        workdir=tmp_path / "prometheus",
+        config_text=yaml.safe_dump(config),
+        port=free_port(),
+    )
+    await prometheus.astart()
+    try:
+        samples = await prometheus.wait_for(
+            "up", lambda found: {s.labels["job"] for s in found} == {
+                "with-certificate", "without-certificate"
+            }
+        )  # fmt: skip
+        up = {s.labels["job"]: s.value for s in samples}
+        assert up == {"with-certificate": 1.0, "without-certificate": 0.0}
+        scraped = await prometheus.query(
+            'incident_sla_pagerduty_outbox_pending{job="with-certificate"}'
+        )
+        assert len(scraped) == 1
+    finally:
+        await asyncio.to_thread(prometheus.stop)
