@@ -382,11 +382,10 @@ async def test_prometheus_scrapes_over_https_with_a_client_certificate(
     )
     await prometheus.astart()
     try:
+        jobs = {"with-certificate", "without-certificate"}
         samples = await prometheus.wait_for(
-            "up", lambda found: {s.labels["job"] for s in found} == {
-                "with-certificate", "without-certificate"
-            }
-        )  # fmt: skip
+            "up", lambda found: {s.labels["job"] for s in found} == jobs
+        )
         up = {s.labels["job"]: s.value for s in samples}
         assert up == {"with-certificate": 1.0, "without-certificate": 0.0}
         scraped = await prometheus.query(
