@@ -17,7 +17,7 @@ import yaml
 from aiohttp.test_utils import TestClient
 
 from sidecar.runtime import Components
-from sidecar.web.runbooks import load_runbooks
+from sidecar.web.runbooks import render_runbooks
 from tests.support.settings import configuration_keys
 
 REPO = Path(__file__).resolve().parent.parent
@@ -90,20 +90,16 @@ async def test_unknown_names_and_traversal_are_not_found(
     assert body["error"]
 
 
-def test_markdown_cannot_inject_html(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_markdown_cannot_inject_html(tmp_path: Path) -> None:
     """Raw HTML in a runbook is escaped and javascript: links are not made links."""
-    from sidecar.web import runbooks
-
-    package = tmp_path / "sidecar"
-    (package / "runbooks").mkdir(parents=True)
-    (package / "runbooks" / "Evil.md").write_text(
+    (tmp_path / "Evil.md").write_text(
         "# Evil\n\n<script>alert(1)</script>\n\n[click](javascript:alert(1))\n",
         encoding="utf-8",
     )
-    monkeypatch.setattr(runbooks.resources, "files", lambda _: package)
-    page = load_runbooks()["Evil"]
+    page = render_runbooks(tmp_path)["Evil"]
     assert "<script>" not in page and "&lt;script&gt;" in page
     assert 'href="javascript:' not in page
+    assert "<h1>Evil</h1>" in page
 
 
 def _quoted() -> list[tuple[str, str]]:
