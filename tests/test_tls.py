@@ -31,8 +31,11 @@ from sidecar.errors import ConfigError
 from sidecar.runtime import build_components
 from sidecar.tls import ReloadingContext, TLSFiles, build_context
 from sidecar.web import create_app
-from tests.conftest import write_config
+from tests.conftest import WEBHOOK_TOKEN, write_config
+from tests.support.alertmanager import make_alert
+from tests.support.alertmanager import render_config as render_alertmanager_config
 from tests.support.binaries import require_binary
+from tests.support.fixtures import AlertmanagerFactory
 from tests.support.ports import LOOPBACK, free_port
 from tests.support.processes import ManagedProcess
 from tests.support.prometheus import Prometheus
@@ -394,3 +397,42 @@ async def test_prometheus_scrapes_over_https_with_a_client_certificate(
         assert len(scraped) == 1
     finally:
         await asyncio.to_thread(prometheus.stop)
+
+
+@pytest.mark.e2e
+async def test_alertmanager_delivers_over_mtls(
+    pki: Pki,
+    tmp_path: Path,
+    serve_tls: Callable[[ReloadingContext], Any],
+    alertmanager_factory: AlertmanagerFactory,
+) -> None:
+    """A real Alertmanager with a client certificate posts its webhook over mTLS: an incident."""
+    files = install(pki, "server-one", tmp_path / "tls")
+    mtls = TLSFiles(files.cert, files.key, client_ca=pki.directory / "client-ca.pem")
+    port = await serve_tls(ReloadingContext(mtls))
+    config = yaml.safe_load(
+        render_alertmanager_config(
+            f"https://{LOOPBACK}:{port}/webhook/alertmanager", bearer_token=WEBHOOK_TOKEN
+        )
+    )
+    config["receivers"][0]["webhook_configs"][0]["http_config"]["tls_config"] = {
+        "ca_file": str(pki.directory / "server-ca.pem"),
+        "cert_file": str(pki.directory / "client.pem"),
+        "key_file": str(pki.directory / "client.key"),
+    }
+    am = alertmanager_factory(config_text=yaml.safe_dump(config), start=False)
+    await am.astart()
+    await am.post_alerts([make_alert({"alertname": "ServiceDown", "service": "publishing"})])
+    client = client_context(pki, "client")
+    deadline = asyncio.get_running_loop().time() + 30
+    incidents: list[Any] = []
+    while not incidents:
+        assert asyncio.get_running_loop().time() < deadline, "no incident over mTLS in 30 s"
+        connector = aiohttp.TCPConnector(ssl=client, force_close=True)
+        async with (
+            aiohttp.ClientSession(connector=connector) as session,
+            session.get(f"https://{LOOPBACK}:{port}/api/v1/incidents") as response,
+        ):
+            incidents = (await response.json())["incidents"]
+        await asyncio.sleep(0.2)
+    assert incidents[0]["labels"]["alertname"] == "ServiceDown"
