@@ -26,13 +26,18 @@ apt_install() {
     as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "${missing[@]}"
 }
 
+# need_venv_module : Debian's python3 makes virtualenvs only with python3-venv.
+need_venv_module() {
+    if ! "$PYTHON" -c 'import ensurepip, venv' 2>/dev/null; then
+        apt_install python3-venv
+    fi
+}
+
 # setup_venv LOCK : create .venv, install the locked dependencies of requirements/LOCK.txt
 # (`run` or `dev`, hash-checked; scripts/lock refreshes them) and the project itself, editable.
 setup_venv() {
     local lock="$REPO/requirements/$1.txt"
-    if ! "$PYTHON" -c 'import ensurepip, venv' 2>/dev/null; then
-        apt_install python3-venv
-    fi
+    need_venv_module
     if [ ! -x "$VENV/bin/python" ]; then
         "$PYTHON" -m venv "$VENV"
     fi
