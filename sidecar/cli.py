@@ -20,6 +20,7 @@ from sidecar.errors import ConfigError
 from sidecar.logs import setup_logging
 from sidecar.routing import routing_problems, routing_warnings
 from sidecar.rules import DROP, FLOOR_LABEL, Classification, RuleSet, load_rules
+from sidecar.tls import ReloadingContext, build_context
 
 log = logging.getLogger("sidecar")
 
@@ -45,6 +46,8 @@ def _load(
     rules = load_rules(config.rules_file)
     if check_routing and (problems := routing_problems(config, rules)):
         raise ConfigError(problems)
+    if read_secrets and (files := config.tls_files) is not None:
+        build_context(files)  # a missing file or a key that does not match: refuse now
     return config, rules
 
 
@@ -63,8 +66,10 @@ def check_config(path: Path) -> int:
         return 1
     s = config.settings
     print(f"{path}: OK")
+    tls = config.tls_files
+    scheme = "http" if tls is None else ("https, mTLS" if tls.client_ca else "https")
     print(
-        f"  listen {s.server.listen}, store {s.store.url.split('://')[0]}, "
+        f"  listen {s.server.listen} ({scheme}), store {s.store.url.split('://')[0]}, "
         f"incidents by {s.incidents.key}"
     )
     print(
@@ -130,7 +135,7 @@ def explain_rules(path: Path, labels: Sequence[str], annotations: Sequence[str])
     return 0
 
 
-async def _serve(config: Config, rules: RuleSet) -> None:
+async def _serve(config: Config, rules: RuleSet, tls: ReloadingContext | None) -> None:
     # Imported here so check-config and test-rules stay light.
     from sidecar.runtime import build_components
     from sidecar.web import create_app
@@ -155,12 +160,14 @@ async def _serve(config: Config, rules: RuleSet) -> None:
         gc.set_threshold(5_000, 10, 10)
         gc.enable()
     host, port = split_listen(config.settings.server.listen)
-    site = web.TCPSite(runner, host, port, backlog=1024)
+    ssl_context = None if tls is None else tls.server_context
+    site = web.TCPSite(runner, host, port, backlog=1024, ssl_context=ssl_context)
     await site.start()
     log.info(
         "serving",
         extra={
             "listen": config.settings.server.listen,
+            "tls": tls is not None,
             "rules_file": str(config.rules_file),
             "preset": rules.name,
             "store": config.settings.store.url.split("://")[0],
@@ -183,6 +190,8 @@ def serve(path: Path) -> int:
     """Run the service until SIGTERM or SIGINT; SIGHUP reloads the rules."""
     try:
         config, rules = _load(path)
+        files = config.tls_files
+        tls = None if files is None else ReloadingContext(files)
     except ConfigError as exc:
         _print_problems(exc)
         print("refusing to start: fix the problems above", file=sys.stderr)
@@ -193,7 +202,7 @@ def serve(path: Path) -> int:
         import uvloop  # an optional extra: a faster event loop when installed
 
         runner = uvloop.run
-    runner(_serve(config, rules))
+    runner(_serve(config, rules, tls))
     return 0
 
 

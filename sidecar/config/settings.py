@@ -73,6 +73,19 @@ class ServerConfig(_Section):
     max_body_size: ByteSize = 16 * 1024 * 1024
     # How users reach the sidecar (links in PagerDuty events and reviews).
     external_url: str | None = None
+    # HTTPS, for clusters without a mesh: PEM files, re-read when they change on disk.
+    tls_cert_file: Path | None = None
+    tls_key_file: Path | None = None
+    # mTLS: clients must present a certificate signed by one of these CAs.
+    tls_client_ca_file: Path | None = None
+
+    @model_validator(mode="after")
+    def _tls(self) -> ServerConfig:
+        if (self.tls_cert_file is None) != (self.tls_key_file is None):
+            raise ValueError("set both tls_cert_file and tls_key_file, or neither")
+        if self.tls_client_ca_file is not None and self.tls_cert_file is None:
+            raise ValueError("tls_client_ca_file (mTLS) needs tls_cert_file and tls_key_file")
+        return self
 
     @model_validator(mode="after")
     def _tokens(self) -> ServerConfig:

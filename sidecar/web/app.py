@@ -16,9 +16,9 @@ from aiohttp.web_protocol import RequestPayloadError
 
 from sidecar.errors import IncidentNotFound, InvalidTransition, StoreUnavailable
 from sidecar.runtime import Components
-from sidecar.web import api, ops, webhooks
+from sidecar.web import api, ops, runbooks, webhooks
 from sidecar.web.answers import json_answer
-from sidecar.web.keys import COMPONENTS
+from sidecar.web.keys import COMPONENTS, RUNBOOKS
 
 log = logging.getLogger("sidecar.web")
 
@@ -112,6 +112,8 @@ ROUTES: tuple[tuple[str, str, Handler], ...] = (
     ("GET", "/healthz", ops.healthz),
     ("GET", "/openapi.yaml", ops.openapi),
     ("GET", "/readyz", ops.readyz),
+    ("GET", "/runbooks/", runbooks.index),
+    ("GET", "/runbooks/{alert}", runbooks.runbook),
 )
 """Every route: method, path and handler (the OpenAPI document describes each)."""
 
@@ -123,6 +125,7 @@ def create_app(components: Components) -> web.Application:
         middlewares=[answers_middleware],
     )
     app[COMPONENTS] = components
+    app[RUNBOOKS] = runbooks.load_runbooks()
     app.cleanup_ctx.append(_lifecycle)
     for method, path, handler in ROUTES:
         app.router.add_route(method, path, handler)
