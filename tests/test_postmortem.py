@@ -436,10 +436,12 @@ def test_update_cadence_is_the_longest_gap_between_status_updates(
 
 
 def test_sla_result_json_gives_times_as_rfc3339() -> None:
-    result = SlaResult("acknowledge", 300.0, 120.0, T0 + 360, "met")
+    result = SlaResult("acknowledge", 300.0, 120.0, T0 + 360, "met", 120.0)
     assert result.to_json() == {
         "target_seconds": 300.0,
         "actual_seconds": 120.0,
+        "elapsed_seconds": 120.0,
+        "calendar": None,
         "deadline": "2023-11-15T09:06:00Z",
         "status": "met",
     }
