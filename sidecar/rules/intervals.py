@@ -234,8 +234,24 @@ class CalendarSpec(_Strict):
         )
 
 
-def describe(spec: CalendarSpec) -> str:
-    """One line for ``test-rules``: the calendar and the intervals it is made of."""
+def describe(spec: CalendarSpec, intervals: Mapping[str, NamedTimeInterval]) -> list[str]:
+    """Lines for ``test-rules``: the calendar, then each interval it is made of."""
     active = ", ".join(spec.active_time_intervals) or "always"
     muted = ", ".join(spec.mute_time_intervals)
-    return f"calendar {spec.name}: open during {active}" + (f", except {muted}" if muted else "")
+    lines = [f"{spec.name}: open during {active}" + (f", except {muted}" if muted else "")]
+    for name in [*spec.active_time_intervals, *spec.mute_time_intervals]:
+        named = intervals.get(name)
+        for entry in named.time_intervals if named is not None else ():
+            lines.append(f"{name}: {_entry_text(entry)}")
+    return lines
+
+
+def _entry_text(entry: TimeInterval) -> str:
+    parts = [f"times {', '.join(f'{t.start_time}-{t.end_time}' for t in entry.times)}"]
+    for key in ("weekdays", "days_of_month", "months", "years"):
+        values: list[str] = getattr(entry, key)
+        if values:
+            parts.append(f"{key} {', '.join(values)}")
+    if not entry.times:
+        parts[0] = "all day"
+    return "; ".join([*parts, f"location {entry.location}"])
