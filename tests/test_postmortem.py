@@ -166,7 +166,6 @@ SLA_CASES = [
         incident(severity="P1", acknowledged=T0 + MIN + 16 * MIN, resolved=T0 + 25 * MIN),
         T0 + HOUR,
         {
-            "detect": ("met", 60.0, T0 + 10 * MIN),
             "acknowledge": ("breached", 16 * MIN, T0 + 16 * MIN),
             "update": ("met", 24 * MIN, None),
             "resolve": ("met", 25 * MIN, T0 + 4 * HOUR),
@@ -240,7 +239,7 @@ SLA_CASES = [
     ),
     SlaCase(
         "late-detection-and-late-resolution",
-        "schema-registry",
+        "llm-marketplace",
         incident(triggered=T0 + 7 * MIN, acknowledged=T0 + 8 * MIN, resolved=T0 + 90 * MIN),
         T0 + 2 * HOUR,
         {
@@ -286,7 +285,6 @@ SLA_CASES = [
         incident(),
         T0 + 30 * DAY,
         {
-            "detect": ("met", 60.0, T0 + 5 * MIN),
             "acknowledge": ("met", 120.0, T0 + 6 * MIN),
             "update": ("met", 13 * MIN, None),
             "resolve": ("met", 40 * MIN, T0 + HOUR),
