@@ -16,10 +16,10 @@ from aiohttp import web
 
 from sidecar import __version__
 from sidecar.config import Config, load_config, rules_file_of, split_listen
+from sidecar.durations import format_duration
 from sidecar.errors import ConfigError
 from sidecar.logs import setup_logging
 from sidecar.routing import routing_problems, routing_warnings
-from sidecar.durations import format_duration
 from sidecar.rules import DROP, FLOOR_LABEL, Classification, RuleSet, load_rules
 from sidecar.rules.intervals import describe
 from sidecar.sla import SLA_KINDS

@@ -125,7 +125,9 @@ def _years(value: str) -> str:
 
 def _location(value: str) -> str:
     if value == "Local":
-        raise ValueError("Local depends on the machine: name an IANA time zone such as Europe/Berlin")
+        raise ValueError(
+            "Local depends on the machine: name an IANA time zone such as Europe/Berlin"
+        )
     try:
         zoneinfo.ZoneInfo(value)
     except (zoneinfo.ZoneInfoNotFoundError, ValueError):
@@ -211,7 +213,7 @@ class NamedTimeInterval(_Strict):
 
 
 class CalendarSpec(_Strict):
-    """Business time: while an active interval holds (always, when none is named) and no muted one."""
+    """Business time: while an active interval holds (always, if none is named), no muted one."""
 
     name: _IntervalName
     description: str = ""
@@ -219,7 +221,7 @@ class CalendarSpec(_Strict):
     mute_time_intervals: list[_IntervalName] = []
 
     def compile(self, intervals: Mapping[str, NamedTimeInterval]) -> Calendar:
-        """The calendar; names not declared in ``intervals`` are skipped (the checks report them)."""
+        """The calendar; undeclared interval names are skipped (the checks report them)."""
 
         def entries(names: list[str]) -> tuple[Interval, ...]:
             return tuple(
