@@ -109,6 +109,7 @@ class _Week:
     spans: tuple[Span, ...]
     starts: tuple[float, ...]
     before: tuple[float, ...]  # open seconds of the week before each span
+    after: tuple[float, ...]  # ... and once it ends
     total: float
 
 
@@ -162,8 +163,9 @@ class Calendar:
         for k in range(week, week + HORIZON_WEEKS):
             data = self._week(k)
             # The first span whose end goes beyond (strict) or reaches the position.
-            index = _first_reaching(data, position, strict)
-            if index is not None:
+            find = bisect.bisect_right if strict else bisect.bisect_left
+            index = find(data.after, position)
+            if index < len(data.spans):
                 a, _ = data.spans[index]
                 return max(start, a + position - data.before[index])
             position -= data.total
@@ -190,23 +192,17 @@ class Calendar:
         closed = _merge(s for i in self.muted for s in i.spans(start, end))
         spans = tuple(_subtract(opened, closed))
         before: list[float] = []
+        after: list[float] = []
         total = 0.0
         for a, b in spans:
             before.append(total)
             total += b - a
-        data = _Week(spans, tuple(a for a, _ in spans), tuple(before), total)
+            after.append(total)
+        data = _Week(spans, tuple(a for a, _ in spans), tuple(before), tuple(after), total)
         if len(self._weeks) > 4096:  # about 80 years of weeks: a bound, never reached in use
             self._weeks.clear()
         self._weeks[week] = data
         return data
-
-
-def _first_reaching(data: _Week, position: float, strict: bool) -> int | None:
-    for index, (a, b) in enumerate(data.spans):
-        reached = data.before[index] + b - a
-        if reached > position or (not strict and reached >= position):
-            return index
-    return None
 
 
 def _week_of(at: float) -> int:
