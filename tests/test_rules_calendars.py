@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from sidecar.errors import ConfigError
-from sidecar.rules import load_rules
+from sidecar.rules import SLA, SeverityPolicy, load_rules
 from tests.test_rules import BASE, _line_of, write
 
 CALENDARS = """\
@@ -201,3 +201,13 @@ def test_invalid_calendars_report_file_line_and_reason(
     assert [(line, message[: len(w)]) for (line, message), (_, w) in pairs] == want, got
     for problem in problems:
         assert str(problem).startswith(f"{path}:{problem.line}:")
+
+
+def test_an_sla_passed_as_a_model_keeps_its_calendars() -> None:
+    sla = SLA.model_validate({"acknowledge": {"target": "1h", "calendar": "office"}})
+    policy = SeverityPolicy(
+        name="P1", title="High", paging="page", pagerduty_severity="error", sla=sla
+    )
+    assert policy.sla.calendar("acknowledge") == "office"
+    # No calendar of that name is bound: the target runs on the wall clock.
+    assert policy.clocks.acknowledge is not None and policy.clocks.acknowledge.calendar is None

@@ -10,7 +10,7 @@ import functools
 import math
 import re
 from collections.abc import Mapping
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, cast
 
 from pydantic import (
     AfterValidator,
@@ -83,21 +83,21 @@ class SLA(_Strict):
     @model_validator(mode="wrap")
     @classmethod
     def _calendar_entries(cls, data: Any, handler: ValidatorFunctionWrapHandler) -> SLA:
+        if not isinstance(data, Mapping):
+            return cast("SLA", handler(data))  # an SLA already, or an error to report
         calendars: dict[str, str] = {}
-        if isinstance(data, Mapping):
-            data = dict(data)
-            for key, value in data.items():
-                if not isinstance(value, Mapping):
-                    continue
-                if set(value) != {"target", "calendar"} or not isinstance(value["calendar"], str):
-                    raise ValueError(
-                        f"{key}: give a duration, or {{target: <duration>, calendar: <name>}} "
-                        f"for a target in business time (got keys {', '.join(map(str, value))})"
-                    )
-                calendars[key] = value["calendar"]
-                data[key] = value["target"]
-        sla = handler(data)
-        assert isinstance(sla, SLA)
+        data = dict(data)
+        for key, value in data.items():
+            if not isinstance(value, Mapping):
+                continue
+            if set(value) != {"target", "calendar"} or not isinstance(value["calendar"], str):
+                raise ValueError(
+                    f"{key}: give a duration, or {{target: <duration>, calendar: <name>}} "
+                    f"for a target in business time (got keys {', '.join(map(str, value))})"
+                )
+            calendars[key] = value["calendar"]
+            data[key] = value["target"]
+        sla = cast("SLA", handler(data))
         sla._calendars = calendars
         return sla
 
