@@ -92,14 +92,10 @@ class Target:
             return max(0.0, end - start)
         return self.calendar.elapsed(start, end)
 
-    def exceeded(self, start: float, end: float) -> bool:
-        """Whether ``end`` is past this target counted from ``start``."""
-        return self.elapsed(start, end) > self.seconds
-
 
 @dataclass(frozen=True, slots=True)
 class Clocks:
-    """A severity's SLA and escalation durations in seconds, worked out once per policy.
+    """A severity's SLA targets and escalation steps, each with its calendar, worked out once.
 
     Every open incident's next deadline is computed at start and after each
     change: a hundred thousand of them at start, where converting durations
