@@ -1,8 +1,9 @@
 """Every number of both presets against a table transcribed from the plans, line by line.
 
-The tables quote the plans as shipped (``shared/seeds/000_*.txt``, the
-LLM-Marketplace framework, and ``002_*.txt``, the Schema Registry plan):
-each row is a value, the plan's line and its words. The tests check that the
+The tables quote the two plans' texts as the project received them (the
+LLM-Marketplace "Incident Response Framework" v1.0.0 and the Schema Registry
+"Incident Response Plan" v1.0): each row is a value, the plan's line number
+and its words. The tests check that the
 preset holds exactly these values (an SLA the plan does not set, such as the
 Schema Registry's time to detect, is no target at all), and that the preset's
 YAML comment beside each value cites the same line with the same words, so a

@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+import subprocess
 from pathlib import Path
+from typing import Any
 
 import pytest
+import yaml
+from pydantic import ValidationError
 
 from sidecar.errors import ConfigError
 from sidecar.rules import SLA, SeverityPolicy, load_rules
+from sidecar.rules.intervals import TimeInterval
+from tests.support.binaries import require_binary
 from tests.test_rules import BASE, _line_of, write
 
 CALENDARS = """\
@@ -211,3 +217,58 @@ def test_an_sla_passed_as_a_model_keeps_its_calendars() -> None:
     assert policy.sla.calendar("acknowledge") == "office"
     # No calendar of that name is bound: the target runs on the wall clock.
     assert policy.clocks.acknowledge is not None and policy.clocks.acknowledge.calendar is None
+
+
+# Entries of Alertmanager's `time_intervals` and whether they are valid: the
+# sidecar must agree with Alertmanager's own check (amtool check-config).
+AM_ENTRIES = [
+    ({"weekdays": ["monday:friday"], "times": [{"start_time": "09:00", "end_time": "17:00"}],
+      "location": "Europe/Berlin"}, True),
+    ({"days_of_month": ["-3:-1"]}, True),
+    ({"days_of_month": [1, "5:10"], "months": ["january:march", 12], "years": ["2026:2027"]}, True),
+    ({"times": [{"start_time": "22:00", "end_time": "24:00"},
+                {"start_time": "00:00", "end_time": "06:00"}]}, True),
+    ({"weekdays": ["Monday", "SATURDAY"]}, True),
+    ({"weekdays": ["saturday:sunday"]}, False),
+    ({"weekdays": ["mon"]}, False),
+    ({"times": [{"start_time": "22:00", "end_time": "06:00"}]}, False),
+    ({"times": [{"start_time": "9:00", "end_time": "17:00"}]}, False),
+    ({"times": [{"start_time": "09:00"}]}, False),
+    ({"days_of_month": ["-1:5"]}, False),
+    ({"days_of_month": ["0"]}, False),
+    ({"days_of_month": ["32"]}, False),
+    ({"months": ["march:january"]}, False),
+    ({"years": ["2027:2026"]}, False),
+    ({"location": "Europe/Berlinn"}, False),
+]  # fmt: skip
+
+
+def _amtool_accepts(amtool: Path, tmp_path: Path, entry: dict[str, Any]) -> bool:
+    config = {
+        "route": {"receiver": "default"},
+        "receivers": [{"name": "default"}],
+        "time_intervals": [{"name": "t", "time_intervals": [entry]}],
+    }
+    path = tmp_path / "alertmanager.yml"
+    path.write_text(yaml.safe_dump(config), encoding="utf-8")
+    result = subprocess.run(
+        [str(amtool), "check-config", str(path)],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+    return result.returncode == 0
+
+
+def test_time_intervals_are_valid_exactly_when_alertmanager_says_so(tmp_path: Path) -> None:
+    amtool = require_binary("amtool")
+    for entry, valid in AM_ENTRIES:
+        assert _amtool_accepts(amtool, tmp_path, entry) == valid, ("amtool", entry)
+        try:
+            TimeInterval.model_validate(entry)
+        except ValidationError:
+            accepted = False
+        else:
+            accepted = True
+        assert accepted == valid, ("sidecar", entry)
