@@ -60,6 +60,11 @@ async def test_p2_opened_friday_afternoon_is_due_monday_morning(
     assert sc.breaches("P2", "acknowledge") == 1
     (event,) = [e for e in await sc.timeline(incident) if e.data.get("sla") == "acknowledge"]
     assert (event.at, event.data["deadline"]) == (MONDAY_0930 + 1, MONDAY_0930)
+    assert event.data["calendar"] == "business-hours"
+    assert event.message == (
+        "acknowledge SLA of P2 breached (deadline passed 1s ago; "
+        "business time of calendar business-hours)"
+    )
     # The wall-clock SLAs of the same severity still ran over the weekend.
     assert sc.breaches("P2", "update") == 1
     assert sc.breaches("P2", "resolve") == 1

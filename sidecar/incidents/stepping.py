@@ -151,7 +151,14 @@ class Stepping(BookCore):
         deadline: float | None = None,
     ) -> None:
         inc.breaches = {**inc.breaches, kind: now}
-        late = "" if deadline is None else f" (deadline passed {now - deadline:.0f}s ago)"
+        notes = [] if deadline is None else [f"deadline passed {now - deadline:.0f}s ago"]
+        data: dict[str, object] = {"sla": kind, "deadline": deadline}
+        target = self._target(inc.severity, kind)
+        if target is not None and target.calendar is not None:
+            # Said on the timeline, or a breach days after opening reads as a mistake.
+            notes.append(f"business time of calendar {target.calendar.name}")
+            data["calendar"] = target.calendar.name
+        late = f" ({'; '.join(notes)})" if notes else ""
         events.append(
             self.event(
                 inc,
@@ -160,7 +167,7 @@ class Stepping(BookCore):
                 "sidecar",
                 None,
                 f"{kind} SLA of {inc.severity} breached{late}",
-                {"sla": kind, "deadline": deadline},
+                data,
             )
         )
         effects.append(Effect("breach", inc.id, inc.severity, inc.team, detail=kind))

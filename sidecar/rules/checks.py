@@ -3,9 +3,9 @@
 Names must be unique, every severity and team a rule, default or floor names
 must be declared, the name ``default`` is reserved, the floor of a
 ``critical`` alert must page, and calendars, the time intervals they are made
-of and the calendars SLA entries and escalation steps name must be declared. The checks read the raw document, so that their
-problems are reported together with the field errors even when other parts of
-the file are invalid.
+of and the calendars SLA entries and escalation steps name must be declared.
+The checks read the raw document, so that their problems are reported together
+with the field errors even when other parts of the file are invalid.
 """
 
 from __future__ import annotations
