@@ -16,10 +16,13 @@ from aiohttp import web
 
 from sidecar import __version__
 from sidecar.config import Config, load_config, rules_file_of, split_listen
+from sidecar.durations import format_duration
 from sidecar.errors import ConfigError
 from sidecar.logs import setup_logging
 from sidecar.routing import routing_problems, routing_warnings
 from sidecar.rules import DROP, FLOOR_LABEL, Classification, RuleSet, load_rules
+from sidecar.rules.intervals import describe
+from sidecar.sla import SLA_KINDS
 from sidecar.tls import ReloadingContext, build_context
 
 log = logging.getLogger("sidecar")
@@ -132,7 +135,34 @@ def explain_rules(path: Path, labels: Sequence[str], annotations: Sequence[str])
         print("paging:   none: dropped, no incident is opened")
     else:
         print(f"paging:   {rules.policy(result.severity).paging}")
+        for line in _sla_lines(rules, result.severity):
+            print(line)
     return 0
+
+
+def _sla_lines(rules: RuleSet, severity: str) -> list[str]:
+    """The calendars the severity's targets run on, what runs on each, and their intervals."""
+    policy = rules.policy(severity)
+    uses: dict[str, list[str]] = {}
+    for name in SLA_KINDS:
+        value = getattr(policy.sla, name)
+        calendar = policy.sla.calendar(name)
+        if value is not None and calendar:
+            uses.setdefault(calendar, []).append(f"{name} {format_duration(value)}")
+    for step in policy.escalation:
+        if step.calendar:
+            what = f"escalation to {step.tier} after {format_duration(step.after)}"
+            uses.setdefault(step.calendar, []).append(what)
+    intervals = {i.name: i for i in rules.spec.time_intervals}
+    lines = []
+    for name, targets in uses.items():
+        spec = rules.spec.calendar_spec(name)
+        if spec is None:
+            continue
+        head, *rest = describe(spec, intervals)
+        lines.append(f"calendar: {head}; business time for {', '.join(targets)}")
+        lines += [f"          {line}" for line in rest]
+    return lines
 
 
 async def _serve(config: Config, rules: RuleSet, tls: ReloadingContext | None) -> None:

@@ -254,12 +254,19 @@ def _sla_rows(report: Iterable[SlaResult]) -> list[_Sla]:
         if result is None:
             rows.append(_Sla(name, SLA_TITLES[name], None, None, None, "not_applicable"))
             continue
+        target = _duration(result.target_seconds)
+        actual = _maybe(_duration, result.actual_seconds)
+        if result.calendar is not None:
+            # Business time: the wall time alone would read as a breach.
+            target += f" of business time ({result.calendar})"
+            if actual is not None and result.elapsed_seconds is not None:
+                actual += f" ({_duration(result.elapsed_seconds)} of business time)"
         rows.append(
             _Sla(
                 name,
                 SLA_TITLES[name],
-                _duration(result.target_seconds),
-                _maybe(_duration, result.actual_seconds),
+                target,
+                actual,
                 _maybe(lambda t: _timestamp(t, zone=False), result.deadline),
                 result.status,
             )

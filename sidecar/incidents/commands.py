@@ -32,7 +32,7 @@ class Commands(Stepping):
         inc.acknowledged_at = now
         inc.acknowledged_by = actor
         inc.acknowledge_source = source
-        tta = max(0.0, now - inc.triggered_at)
+        tta = sla.measured(self._target(inc.severity, "acknowledge"), inc.triggered_at, now)
         events = [
             self.event(
                 inc, now, "acknowledged", source, actor, message or f"acknowledged by {actor}"
@@ -141,14 +141,15 @@ class Commands(Stepping):
         effects: list[Effect] = []
         update = self.classifier.policy(inc.severity).clocks.update
         start = sla.update_gap_start(inc)
+        deadline = None if update is None else update.deadline(start)
         if (
-            update is not None
+            deadline is not None
             and inc.update_breached_gap != start
-            and sla.passed(start + update, True, now)
+            and sla.passed(deadline, True, now)
         ):
             # Late, and before the scheduler noticed: the gap it closes overran.
             inc.update_breached_gap = start
-            self._breach(inc, "update", now, events, effects, deadline=start + update)
+            self._breach(inc, "update", now, events, effects, deadline=deadline)
         inc.last_update_at = now
         events.append(self.event(inc, now, "status_update", source, actor, message))
         effects.append(Effect("status_update", inc.id, inc.severity, inc.team))

@@ -15,6 +15,7 @@ from collections import Counter
 from collections.abc import Iterable, Mapping
 from sys import intern
 
+from sidecar import sla
 from sidecar.alertmanager import Alert, Notification
 from sidecar.incidents.core import ClassificationLike, planned
 from sidecar.incidents.ids import new_incident_id
@@ -143,10 +144,10 @@ class Grouping(Stepping):
                 {"alerts": sorted(states), "firing_notification_missed": missed},
             )
         ]
-        ttd = None if missed else max(0.0, now - inc.started_at)
+        detect = self._target(inc.severity, "detect")
+        ttd = None if missed else sla.measured(detect, inc.started_at, now)
         effects = [Effect("opened", inc.id, inc.severity, inc.team, ttd)]
-        detect = self._policy_sla(inc.severity, "detect")
-        if ttd is not None and detect is not None and ttd > detect:
+        if ttd is not None and detect is not None and ttd > detect.seconds:
             self._breach(inc, "detect", now, events, effects)
         if not missed:
             self._settle(inc, now, events, effects)
