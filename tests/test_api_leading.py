@@ -16,6 +16,7 @@ import pytest
 from aiohttp.test_utils import TestClient
 from prometheus_client import CollectorRegistry
 
+from sidecar.alertmanager import Notification
 from sidecar.clock import FakeClock
 from sidecar.config import Config
 from sidecar.runtime import Components, build_components
@@ -112,6 +113,38 @@ async def test_the_day_of_a_number_is_the_configured_time_zones(
     incident_id = await fire(client, auth)
     # 22:23 UTC on the 14th is 07:23 on the 15th in Tokyo.
     assert (await get(client, f"/api/v1/incidents/{incident_id}"))["number"] == "2023-11-15-001"
+
+
+async def test_two_replicas_on_postgresql_number_without_repeats_or_gaps(
+    config_factory: Callable[..., Config], clock: FakeClock, postgres_database_dsn: str
+) -> None:
+    config = config_factory({"store": {"url": postgres_database_dsn}})
+    replicas = [
+        build_components(config, clock=clock, registry=CollectorRegistry()) for _ in range(2)
+    ]
+    for c in replicas:
+        await c.store.open()
+        await c.service.start()
+    try:
+
+        async def open_group(n: int) -> list[str]:
+            c = replicas[n % 2]
+            one = Notification.model_validate(
+                notification(alert(fingerprint=f"{n:016x}"), group_key=f"group-{n}")
+            )
+            changes = await c.service.submit(
+                lambda now: c.book.apply_notification(one, now), keys=c.book.keys_of(one)
+            )
+            return [ch.incident.number or "" for ch in changes]
+
+        given = await asyncio.gather(*(open_group(n) for n in range(12)))
+        assert sorted(n for numbers in given for n in numbers) == [
+            f"{DAY}-{n:03d}" for n in range(1, 13)
+        ]
+    finally:
+        for c in replicas:
+            await c.service.stop()
+            await c.store.close()
 
 
 # -- statuses ---------------------------------------------------------------------------
