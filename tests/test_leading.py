@@ -13,13 +13,14 @@ from zoneinfo import ZoneInfo
 import pytest
 
 from sidecar.alertmanager import Notification
-from sidecar.errors import InvalidRequest, InvalidTransition
+from sidecar.config import load_config
+from sidecar.errors import ConfigError, InvalidRequest, InvalidTransition
 from sidecar.incidents import Incident, IncidentBook, Numbering, is_number, war_room
 from sidecar.incidents.people import attendees
 from sidecar.notify.pagerduty import Pager
 from sidecar.rules import RuleSet, load_rules
 from sidecar.store.codec import incident_from_row, incident_row
-from tests.conftest import DATA
+from tests.conftest import DATA, write_config
 from tests.payloads import alert, notification
 
 T0 = 1_700_000_000.0  # 2023-11-14 22:13:20 UTC
@@ -319,3 +320,36 @@ def test_a_ladder_step_does_not_page_a_tier_escalated_by_hand() -> None:
     assert change is not None  # the update cadence breached meanwhile...
     assert "escalated" not in [e.kind for e in change.events]  # ...but no second page
     assert inc.escalated == {"engineering-manager": T0 + 600}
+
+
+# -- the rules' statuses and the numbering time zone, validated ----------------------
+
+
+@pytest.mark.parametrize(
+    ("statuses", "reason"),
+    [
+        ("[Investigating, Resolved, Investigating]", "'Investigating' is listed twice"),
+        ("[Investigating, 'needs triage']", "invalid name 'needs triage'"),
+        ("Investigating", "Input should be a valid list"),
+    ],
+)
+def test_bad_statuses_are_refused_naming_file_and_line(
+    tmp_path: Path, statuses: str, reason: str
+) -> None:
+    text = (DATA / "rules-mini.yaml").read_text()
+    text = text.replace("statuses: [Investigating, Identified, Monitoring, Resolved]", "")
+    text += f"# the plan's\nstatuses: {statuses}\n"
+    path = tmp_path / "rules.yaml"
+    path.write_text(text)
+    line = text.splitlines().index(f"statuses: {statuses}") + 1
+    with pytest.raises(ConfigError) as info:
+        load_rules(path)
+    [problem] = info.value.problems
+    assert str(problem).startswith(f"{path}:{line}:")
+    assert reason in str(problem)
+
+
+def test_an_unknown_numbering_time_zone_is_refused(tmp_path: Path) -> None:
+    path = write_config(tmp_path, {"incidents": {"number_timezone": "Mars/Olympus_Mons"}})
+    with pytest.raises(ConfigError, match="unknown time zone 'Mars/Olympus_Mons'"):
+        load_config(path)
