@@ -241,7 +241,8 @@ class Incident:
             review_done_at=review_done_at,
             review_done_by=data.get("review_done_by"),
             number=number,
-            status=data.get("status"),
+            # A handful of values shared by every restored incident: one string each.
+            status=intern(data["status"]) if data.get("status") else None,
             status_at=data.get("status_at"),
             roles=data.get("roles") or NOTHING,
             severity_set_by=data.get("severity_set_by"),
