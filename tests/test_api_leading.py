@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import logging
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
@@ -82,6 +83,22 @@ async def test_incidents_are_numbered_per_day_and_found_by_number(
     clock.advance(86400)
     third = await fire(client, auth, "g3")
     assert (await get(client, f"/api/v1/incidents/{third}"))["number"] == "2023-11-15-001"
+
+
+async def test_the_number_and_war_room_are_on_the_incidents_log_lines(
+    client: Client, auth: dict[str, str], api_auth: dict[str, str], caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="sidecar.incidents")
+    incident_id = await fire(client, auth)
+    await post(client, f"/api/v1/incidents/{incident_id}/acknowledge", api_auth, {})
+    lines = [r for r in caplog.records if getattr(r, "incident_id", None) == incident_id]
+    assert [getattr(r, "event", None) for r in lines] == [
+        "incident_opened",
+        "incident_acknowledged",
+    ]
+    for record in lines:
+        assert getattr(record, "incident_number", None) == f"{DAY}-001"
+        assert getattr(record, "war_room", None) == f"#incident-{DAY}-001"
 
 
 async def test_numbers_are_not_given_again_after_a_restart(
