@@ -127,6 +127,9 @@ def explain_rules(path: Path, labels: Sequence[str], annotations: Sequence[str])
         print("paging:   none: dropped, no incident is opened")
     else:
         print(f"paging:   {rules.policy(result.severity).paging}")
+        if rules.statuses:
+            # The plan's statuses: what the incident opens in and what updates may say.
+            print(f"status:   {rules.statuses[0]} (updates: {', '.join(rules.statuses)})")
     return 0
 
 

@@ -368,7 +368,12 @@ def test_test_rules_prints_no_floor_line_when_the_rules_declare_no_floor(
     path = write_config(tmp_path)
     code, out, _ = run(capsys, "test-rules", "--config", path, "severity=critical")
     assert code == 0
-    assert [line.split(":")[0] for line in out.splitlines()] == ["severity", "team", "paging"]
+    assert [line.split(":")[0] for line in out.splitlines()] == [
+        "severity",
+        "team",
+        "paging",
+        "status",
+    ]
 
 
 def test_test_rules_accepts_quoted_values(

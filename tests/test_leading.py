@@ -13,6 +13,7 @@ from zoneinfo import ZoneInfo
 import pytest
 
 from sidecar.alertmanager import Notification
+from sidecar.cli import explain_rules
 from sidecar.config import load_config
 from sidecar.errors import ConfigError, InvalidRequest, InvalidTransition
 from sidecar.incidents import Incident, IncidentBook, Numbering, is_number, war_room
@@ -353,3 +354,13 @@ def test_an_unknown_numbering_time_zone_is_refused(tmp_path: Path) -> None:
     path = write_config(tmp_path, {"incidents": {"number_timezone": "Mars/Olympus_Mons"}})
     with pytest.raises(ConfigError, match="unknown time zone 'Mars/Olympus_Mons'"):
         load_config(path)
+
+
+def test_test_rules_shows_the_status_an_incident_opens_in(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert explain_rules(write_config(tmp_path), ["alertname=DBDown"], []) == 0
+    out = capsys.readouterr().out
+    assert (
+        "status:   Investigating (updates: Investigating, Identified, Monitoring, Resolved)" in out
+    )
