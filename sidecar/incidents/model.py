@@ -7,7 +7,9 @@ store writes): the lifecycle that moves an incident lives in
 Identity of an alert *instance* is ``(fingerprint, startsAt)``: Alertmanager
 gives a re-firing alert a new ``startsAt``. This is what lets a late duplicate
 of an old notification (HA peers, retries) be told apart from a group that
-fires again after it resolved.
+fires again after it resolved. An alert's own state is :mod:`~sidecar.incidents.alerts`'
+(named here too); the plan's number, status and roles are fields of the incident
+(see :mod:`~sidecar.incidents.numbers` and :mod:`~sidecar.incidents.people`).
 """
 
 from __future__ import annotations
