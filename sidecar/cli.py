@@ -137,6 +137,9 @@ def explain_rules(path: Path, labels: Sequence[str], annotations: Sequence[str])
         print(f"paging:   {rules.policy(result.severity).paging}")
         for line in _sla_lines(rules, result.severity):
             print(line)
+        if rules.statuses:
+            # The plan's statuses: what the incident opens in and what updates may say.
+            print(f"status:   {rules.statuses[0]} (updates: {', '.join(rules.statuses)})")
     return 0
 
 

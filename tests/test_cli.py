@@ -368,7 +368,12 @@ def test_test_rules_prints_no_floor_line_when_the_rules_declare_no_floor(
     path = write_config(tmp_path)
     code, out, _ = run(capsys, "test-rules", "--config", path, "severity=critical")
     assert code == 0
-    assert [line.split(":")[0] for line in out.splitlines()] == ["severity", "team", "paging"]
+    assert [line.split(":")[0] for line in out.splitlines()] == [
+        "severity",
+        "team",
+        "paging",
+        "status",
+    ]
 
 
 def test_test_rules_accepts_quoted_values(
@@ -652,6 +657,7 @@ def test_test_rules_shows_the_calendar_of_business_time_targets(
     assert out.splitlines()[4:] == [
         "calendar: business-hours: open during office-hours; business time for acknowledge 1h",
         "          office-hours: times 09:00-17:00; weekdays monday:friday; location UTC",
+        "status:   Investigating (updates: Investigating, Resolved)",
     ]
     # A severity on the wall clock only shows no calendar.
     code, out, err = run(capsys, "test-rules", "--config", path, "incident_severity=P1")

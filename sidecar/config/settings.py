@@ -10,6 +10,7 @@ from __future__ import annotations
 from datetime import timedelta
 from pathlib import Path
 from typing import Annotated, Any, Literal
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import (
     AliasChoices,
@@ -135,6 +136,19 @@ class IncidentsConfig(_Section):
     # How long a resolved incident's alerts are remembered, so that a late
     # duplicate (HA peers, retries) neither reopens nor duplicates it.
     dedup_window: Duration = timedelta(hours=6)
+    # The IANA time zone whose days number incidents (2026-11-30-001).
+    number_timezone: str = "UTC"
+
+    @field_validator("number_timezone")
+    @classmethod
+    def _zone(cls, value: str) -> str:
+        try:
+            ZoneInfo(value)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise ValueError(
+                f"unknown time zone {value!r}: use an IANA name such as UTC or Europe/Berlin"
+            ) from None
+        return value
 
 
 class AlertmanagerConfig(_Section):

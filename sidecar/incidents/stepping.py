@@ -206,6 +206,10 @@ class Stepping(BookCore):
                 self._breach(inc, kind, now, events, effects, deadline=deadline)
         inc.state = "resolved"
         inc.resolved_at = resolved_at
+        statuses = self.classifier.statuses
+        if statuses and inc.status != statuses[-1]:
+            # The plan's last status (Resolved) is a resolved incident's.
+            inc.status, inc.status_at = statuses[-1], resolved_at
         inc.resolved_by = actor
         inc.resolve_source = source
         review = clocks.postmortem

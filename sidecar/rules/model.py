@@ -55,6 +55,17 @@ def _check_matchers(value: str) -> str:
 
 
 Name = Annotated[str, AfterValidator(_check_name)]
+
+
+def _unique(values: list[str]) -> list[str]:
+    seen: set[str] = set()
+    for value in values:
+        if value in seen:
+            raise ValueError(f"{value!r} is listed twice")
+        seen.add(value)
+    return values
+
+
 MatcherLine = Annotated[str, AfterValidator(_check_matchers)]
 """One Alertmanager ``matchers:`` entry; it may hold several comma-separated matchers."""
 
@@ -255,6 +266,9 @@ class RulesFile(_Strict):
     severity_floor: dict[Annotated[str, Field(min_length=1)], str] = {}
     severity_rules: list[SeverityRule] = []
     ownership_rules: list[OwnershipRule] = []
+    # The plan's incident statuses, each once: the first is an incident's at opening,
+    # the last a resolved incident's; a status update may carry any of them.
+    statuses: Annotated[list[Name], AfterValidator(_unique)] = []
     # Alertmanager's syntax, and calendars of business time made of them.
     time_intervals: list[NamedTimeInterval] = []
     calendars: list[CalendarSpec] = []
