@@ -12,9 +12,13 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1
 
 WORKDIR /src
+# The locked, hash-checked dependencies first (scripts/lock writes them), then the project alone
+# with the locked build backend: what the image holds does not move with PyPI's latest releases.
+COPY requirements/build.txt requirements/run.txt ./requirements/
 COPY pyproject.toml README.md ./
 COPY sidecar/ ./sidecar/
-RUN pip install --no-cache-dir .
+RUN pip install --no-cache-dir --require-hashes -r requirements/build.txt -r requirements/run.txt \
+    && pip install --no-cache-dir --no-deps --no-build-isolation .
 
 # Built-in severity presets: rules.file: /etc/incident-sla-sidecar/rules/<preset>.yaml
 COPY rules/ /etc/incident-sla-sidecar/rules/

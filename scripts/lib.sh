@@ -26,15 +26,24 @@ apt_install() {
     as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "${missing[@]}"
 }
 
-# setup_venv EXTRAS : create .venv and install the project with the given extras.
-setup_venv() {
-    local extras="$1"
+# need_venv_module : Debian's python3 makes virtualenvs only with python3-venv.
+need_venv_module() {
     if ! "$PYTHON" -c 'import ensurepip, venv' 2>/dev/null; then
         apt_install python3-venv
     fi
+}
+
+# setup_venv LOCK : create .venv, install the locked dependencies of requirements/LOCK.txt
+# (`run` or `dev`, hash-checked; scripts/lock refreshes them) and the project itself, editable.
+setup_venv() {
+    local lock="$REPO/requirements/$1.txt"
+    need_venv_module
     if [ ! -x "$VENV/bin/python" ]; then
         "$PYTHON" -m venv "$VENV"
     fi
-    "$VENV/bin/python" -m pip install -q --upgrade pip
-    "$VENV/bin/python" -m pip install -q -e "$REPO[$extras]"
+    # --require-hashes: every package, build backend included, is the one the lock names.
+    "$VENV/bin/python" -m pip install -q --require-hashes \
+        -r "$REPO/requirements/build.txt" -r "$lock"
+    # The project alone: its dependencies are in already, and the backend is the locked one.
+    "$VENV/bin/python" -m pip install -q --no-deps --no-build-isolation -e "$REPO"
 }

@@ -16,10 +16,14 @@ from aiohttp import web
 
 from sidecar import __version__
 from sidecar.config import Config, load_config, rules_file_of, split_listen
+from sidecar.durations import format_duration
 from sidecar.errors import ConfigError
 from sidecar.logs import setup_logging
 from sidecar.routing import routing_problems, routing_warnings
 from sidecar.rules import DROP, FLOOR_LABEL, Classification, RuleSet, load_rules
+from sidecar.rules.intervals import describe
+from sidecar.sla import SLA_KINDS
+from sidecar.tls import ReloadingContext, build_context
 
 log = logging.getLogger("sidecar")
 
@@ -45,6 +49,8 @@ def _load(
     rules = load_rules(config.rules_file)
     if check_routing and (problems := routing_problems(config, rules)):
         raise ConfigError(problems)
+    if read_secrets and (files := config.tls_files) is not None:
+        build_context(files)  # a missing file or a key that does not match: refuse now
     return config, rules
 
 
@@ -63,8 +69,10 @@ def check_config(path: Path) -> int:
         return 1
     s = config.settings
     print(f"{path}: OK")
+    tls = config.tls_files
+    scheme = "http" if tls is None else ("https, mTLS" if tls.client_ca else "https")
     print(
-        f"  listen {s.server.listen}, store {s.store.url.split('://')[0]}, "
+        f"  listen {s.server.listen} ({scheme}), store {s.store.url.split('://')[0]}, "
         f"incidents by {s.incidents.key}"
     )
     print(
@@ -136,10 +144,40 @@ def explain_rules(path: Path, labels: Sequence[str], annotations: Sequence[str])
         print("paging:   none: dropped, no incident is opened")
     else:
         print(f"paging:   {rules.policy(result.severity).paging}")
+        for line in _sla_lines(rules, result.severity):
+            print(line)
+        if rules.statuses:
+            # The plan's statuses: what the incident opens in and what updates may say.
+            print(f"status:   {rules.statuses[0]} (updates: {', '.join(rules.statuses)})")
     return 0
 
 
-async def _serve(config: Config, rules: RuleSet) -> None:
+def _sla_lines(rules: RuleSet, severity: str) -> list[str]:
+    """The calendars the severity's targets run on, what runs on each, and their intervals."""
+    policy = rules.policy(severity)
+    uses: dict[str, list[str]] = {}
+    for name in SLA_KINDS:
+        value = getattr(policy.sla, name)
+        calendar = policy.sla.calendar(name)
+        if value is not None and calendar:
+            uses.setdefault(calendar, []).append(f"{name} {format_duration(value)}")
+    for step in policy.escalation:
+        if step.calendar:
+            what = f"escalation to {step.tier} after {format_duration(step.after)}"
+            uses.setdefault(step.calendar, []).append(what)
+    intervals = {i.name: i for i in rules.spec.time_intervals}
+    lines = []
+    for name, targets in uses.items():
+        spec = rules.spec.calendar_spec(name)
+        if spec is None:
+            continue
+        head, *rest = describe(spec, intervals)
+        lines.append(f"calendar: {head}; business time for {', '.join(targets)}")
+        lines += [f"          {line}" for line in rest]
+    return lines
+
+
+async def _serve(config: Config, rules: RuleSet, tls: ReloadingContext | None) -> None:
     # Imported here so check-config and test-rules stay light.
     from sidecar.runtime import build_components
     from sidecar.web import create_app
@@ -164,12 +202,14 @@ async def _serve(config: Config, rules: RuleSet) -> None:
         gc.set_threshold(5_000, 10, 10)
         gc.enable()
     host, port = split_listen(config.settings.server.listen)
-    site = web.TCPSite(runner, host, port, backlog=1024)
+    ssl_context = None if tls is None else tls.server_context
+    site = web.TCPSite(runner, host, port, backlog=1024, ssl_context=ssl_context)
     await site.start()
     log.info(
         "serving",
         extra={
             "listen": config.settings.server.listen,
+            "tls": tls is not None,
             "rules_file": str(config.rules_file),
             "preset": rules.name,
             "store": config.settings.store.url.split("://")[0],
@@ -192,6 +232,8 @@ def serve(path: Path) -> int:
     """Run the service until SIGTERM or SIGINT; SIGHUP reloads the rules."""
     try:
         config, rules = _load(path)
+        files = config.tls_files
+        tls = None if files is None else ReloadingContext(files)
     except ConfigError as exc:
         _print_problems(exc)
         print("refusing to start: fix the problems above", file=sys.stderr)
@@ -202,7 +244,7 @@ def serve(path: Path) -> int:
         import uvloop  # an optional extra: a faster event loop when installed
 
         runner = uvloop.run
-    runner(_serve(config, rules))
+    runner(_serve(config, rules, tls))
     return 0
 
 

@@ -6,8 +6,10 @@ Exception hierarchy::
     ├── ConfigError          configuration or rules are invalid (fatal at start,
     │                        logged and ignored on reload)
     ├── StoreUnavailable     the store cannot commit or read right now (HTTP 503)
-    ├── IncidentNotFound     no incident with that id (HTTP 404)
-    └── InvalidTransition    the incident cannot make that change (HTTP 409)
+    ├── IncidentNotFound     no incident with that id or number (HTTP 404)
+    ├── InvalidTransition    the incident cannot make that change (HTTP 409)
+    └── InvalidRequest       the request names what the plan does not have: a status,
+                             a role, a severity, a tier (HTTP 400)
 
 The web layer translates these into HTTP codes in one place; domain code never
 knows about HTTP.
@@ -60,3 +62,7 @@ class IncidentNotFound(SidecarError):
 
 class InvalidTransition(SidecarError):
     """The requested change does not apply to the incident in its current state."""
+
+
+class InvalidRequest(SidecarError):
+    """The request names something the plan does not declare (a status, role, severity, tier)."""

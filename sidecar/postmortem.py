@@ -15,7 +15,7 @@ raw, and the template escapes it with the ``inline`` filter (running text) or
 the ``cell`` filter (a table cell; ``None`` and blanks become ``—``):
 
 ``incident``
-    The :class:`~sidecar.incidents.Incident`: ``id``, ``title``, ``severity``,
+    The :class:`~sidecar.incidents.Incident`: ``id``, ``number``, ``title``, ``severity``,
     ``team``, ``acknowledged_by``/``acknowledge_source``,
     ``resolved_by``/``resolve_source``, ``labels``.
 ``link``
@@ -46,6 +46,12 @@ the ``cell`` filter (a table cell; ``None`` and blanks become ``—``):
     ``pending``, ``not_applicable``).
 ``breached``
     Short names of the SLAs breached (``acknowledge``, ``update cadence``, ...).
+``war_room``
+    The war room the plan derives from the incident's number
+    (``#incident-2026-11-30-001``), or none for an incident without one.
+``pir_owner``, ``attendees``
+    Who holds the PIR Owner role (or none), and everyone holding a role, each
+    once, in the plan's order of roles (may be empty).
 
 Everything here is pure: times are UTC epoch seconds and ``now`` is passed in.
 """
@@ -60,7 +66,8 @@ from urllib.parse import quote
 
 import jinja2
 
-from sidecar.incidents import Incident, TimelineEvent
+from sidecar.incidents import Incident, TimelineEvent, war_room
+from sidecar.incidents.people import attendees
 from sidecar.rules import RuleSet, SeverityPolicy
 from sidecar.sla.verdict import (
     SLA_NAMES,
@@ -195,6 +202,9 @@ def _data(
         "alerts": _alert_rows(inc),
         "slas": None if policy is None else _sla_rows(report),
         "breached": [_SHORT_NAMES[r.name] for r in report if r.status == "breached"],
+        "war_room": war_room(inc.number),
+        "pir_owner": inc.roles.get("pir_owner"),
+        "attendees": attendees(inc.roles),
     }
 
 
@@ -254,12 +264,19 @@ def _sla_rows(report: Iterable[SlaResult]) -> list[_Sla]:
         if result is None:
             rows.append(_Sla(name, SLA_TITLES[name], None, None, None, "not_applicable"))
             continue
+        target = _duration(result.target_seconds)
+        actual = _maybe(_duration, result.actual_seconds)
+        if result.calendar is not None:
+            # Business time: the wall time alone would read as a breach.
+            target += f" of business time ({result.calendar})"
+            if actual is not None and result.elapsed_seconds is not None:
+                actual += f" ({_duration(result.elapsed_seconds)} of business time)"
         rows.append(
             _Sla(
                 name,
                 SLA_TITLES[name],
-                _duration(result.target_seconds),
-                _maybe(_duration, result.actual_seconds),
+                target,
+                actual,
                 _maybe(lambda t: _timestamp(t, zone=False), result.deadline),
                 result.status,
             )

@@ -5,13 +5,14 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
+from zoneinfo import ZoneInfo
 
 from prometheus_client import CollectorRegistry
 
 from sidecar.clock import Clock, SystemClock
 from sidecar.config import Config
 from sidecar.errors import ConfigError, ConfigProblem
-from sidecar.incidents import IncidentBook, escalation_outcome
+from sidecar.incidents import IncidentBook, Numbering, escalation_outcome
 from sidecar.metrics import Metrics
 from sidecar.notify.outbox import OutboxWorker
 from sidecar.notify.pagerduty import Pager, pagerduty_outbox
@@ -171,6 +172,7 @@ def build_components(
         routed_tiers=routed,
         # Commands plan their own notifications: the service only commits them.
         planners=[pager],
+        numbering=Numbering(ZoneInfo(s.incidents.number_timezone)),
     )
     metrics.track_open_incidents(lambda: book.open_counts)
     metrics.track_open_breached(book.breached_counts)

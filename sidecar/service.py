@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 
 from sidecar.clock import Clock
 from sidecar.errors import StoreUnavailable
-from sidecar.incidents import Change, Effect, IncidentBook
+from sidecar.incidents import Change, Effect, IncidentBook, war_room
 from sidecar.metrics import Metrics
 from sidecar.store.base import DeliveryRow, Store, WriteBatch, event_row, incident_row
 from sidecar.tasks import BackgroundTask
@@ -119,6 +119,22 @@ class IncidentService:
             if not pending.future.done():
                 pending.future.set_exception(StoreUnavailable("shutting down"))
 
+    async def settled(self) -> None:
+        """Wait until no batch is between being applied in memory and committed.
+
+        The book changes in memory before its batch is durable, and a failed
+        write undoes it: a reader that looks at the book while a batch is in
+        flight could show a state the store never held (acknowledged, but no
+        acknowledgment on the timeline yet). Readers call this first.
+        """
+        # A new batch can start (and apply) before this coroutine resumes, so
+        # look again; bounded, so that a steady stream of batches cannot starve a read.
+        for _ in range(8):
+            inflight = self._inflight
+            if inflight is None or inflight.done():
+                return
+            await asyncio.shield(inflight)
+
     @property
     def running(self) -> bool:
         """True while the commit loop runs."""
@@ -190,7 +206,16 @@ class IncidentService:
             async with self.store.locked(keys, ids, now - self.book.dedup_window) as state:
                 if self.store.shared:
                     self.book.refresh(state.keys, state.ids, state.incidents, state.recently_closed)
-                applied = self._apply(batch, now)
+                numbering = self.book.numbering
+                if any(not self.book.has_open(k) for k in keys):
+                    # The batch may open incidents: number them after the day's last
+                    # (with replicas, its counter stays locked until this commit).
+                    day = numbering.day(now)
+                    numbering.begin(day, await state.last_number(day))
+                try:
+                    applied = self._apply(batch, now)
+                finally:
+                    numbered = numbering.end()
                 all_changes = [c for _, changes in applied for c in changes]
                 deliveries = [d for pending, _ in applied for d in pending.deliveries]
                 if all_changes or deliveries:
@@ -198,6 +223,8 @@ class IncidentService:
                         write = self._batch(all_changes, deliveries, now)
                     except Exception as exc:
                         raise _BuildError(exc) from exc
+                    if numbered is not None:
+                        write.numbers[numbered[0]] = numbered[1]
                     await state.write(write)
                     written = True
         except _BuildError as exc:
@@ -248,7 +275,7 @@ class IncidentService:
     def _publish_all(self, changes: list[Change]) -> None:
         for change in changes:
             for effect in change.effects:
-                self._publish(effect)
+                self._publish(effect, change.incident.number)
 
     def _batch(
         self, changes: list[Change], deliveries: list[DeliveryRow], now: float
@@ -283,7 +310,7 @@ class IncidentService:
             if not pending.future.done():
                 pending.future.set_exception(error)
 
-    def _publish(self, effect: Effect) -> None:
+    def _publish(self, effect: Effect, number: str | None = None) -> None:
         m = self.metrics
         labels = (effect.severity, effect.team)
         if effect.kind == "opened":
@@ -314,6 +341,8 @@ class IncidentService:
             extra={
                 "event": f"incident_{effect.kind}",
                 "incident_id": effect.incident_id,
+                "incident_number": number,
+                "war_room": war_room(number),
                 "severity": effect.severity,
                 "team": effect.team,
                 "seconds": effect.seconds,

@@ -382,7 +382,12 @@ def test_test_rules_prints_no_floor_line_when_the_rules_declare_no_floor(
     path = write_config(tmp_path)
     code, out, _ = run(capsys, "test-rules", "--config", path, "severity=critical")
     assert code == 0
-    assert [line.split(":")[0] for line in out.splitlines()] == ["severity", "team", "paging"]
+    assert [line.split(":")[0] for line in out.splitlines()] == [
+        "severity",
+        "team",
+        "paging",
+        "status",
+    ]
 
 
 def test_test_rules_accepts_quoted_values(
@@ -654,3 +659,21 @@ async def test_serve_starts_and_sighup_reloads_the_rules(tmp_path: Path) -> None
     finally:
         await proc.astop()
     assert proc.returncode == 0, proc.log_tail()
+
+
+def test_test_rules_shows_the_calendar_of_business_time_targets(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = example_config(tmp_path, preset="schema-registry", secrets=False)
+    args = ["alertname=SchemaRegistryHighLatency", "--annotation", "latency_ratio=4x"]
+    code, out, err = run(capsys, "test-rules", "--config", path, *args)
+    assert code == 0, err
+    assert out.splitlines()[4:] == [
+        "calendar: business-hours: open during office-hours; business time for acknowledge 1h",
+        "          office-hours: times 09:00-17:00; weekdays monday:friday; location UTC",
+        "status:   Investigating (updates: Investigating, Resolved)",
+    ]
+    # A severity on the wall clock only shows no calendar.
+    code, out, err = run(capsys, "test-rules", "--config", path, "incident_severity=P1")
+    assert code == 0, err
+    assert "calendar:" not in out

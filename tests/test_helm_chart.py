@@ -12,12 +12,14 @@ a PodDisruptionBudget and a per-node pod anti-affinity.
 from __future__ import annotations
 
 import base64
+import functools
 import json
 import os
 import re
 import shutil
 import subprocess
 import sys
+import tempfile
 import tomllib
 from collections.abc import Iterator
 from pathlib import Path
@@ -31,6 +33,7 @@ from jsonschema import Draft7Validator  # type: ignore[import-untyped]
 
 from tests.support.binaries import require_binary
 from tests.support.readers import write_users_file
+from tests.support.settings import configuration_keys
 
 REPO = Path(__file__).resolve().parent.parent
 CHART_DIR = REPO / "helm" / "incident-sla-sidecar"
@@ -59,6 +62,28 @@ _RELABEL = {
         "regex": {"type": "string"},
         "modulus": {"type": "integer"},
         "replacement": {"type": "string"},
+    },
+}
+_SECRET_KEY = {
+    "type": "object",
+    "additionalProperties": False,
+    "required": ["name", "key"],
+    "properties": {"name": {"type": "string"}, "key": {"type": "string"}},
+}
+_SECRET_OR_CONFIGMAP = {
+    "type": "object",
+    "additionalProperties": False,
+    "properties": {"secret": _SECRET_KEY, "configMap": _SECRET_KEY},
+}
+_TLS_CONFIG = {
+    "type": "object",
+    "additionalProperties": False,
+    "properties": {
+        "ca": _SECRET_OR_CONFIGMAP,
+        "cert": _SECRET_OR_CONFIGMAP,
+        "keySecret": _SECRET_KEY,
+        "serverName": {"type": "string"},
+        "insecureSkipVerify": {"type": "boolean"},
     },
 }
 _METADATA = {
@@ -113,6 +138,7 @@ CRD_SCHEMAS: dict[tuple[str, str], dict[str, Any]] = {
                                 "port": {"type": "string"},
                                 "path": {"type": "string"},
                                 "scheme": {"enum": ["http", "https"]},
+                                "tlsConfig": _TLS_CONFIG,
                                 "interval": {"type": "string", "pattern": "^[0-9]+(ms|s|m|h)$"},
                                 "scrapeTimeout": {
                                     "type": "string",
@@ -249,6 +275,8 @@ def test_ci_scenarios_exist() -> None:
         "ha-postgresql-values.yaml",
         "basic-auth-readers-values.yaml",
         "oauth2-proxy-values.yaml",
+        "tls-values.yaml",
+        "tls-server-only-values.yaml",
     } <= names
 
 
@@ -291,13 +319,31 @@ def test_crd_subset_schemas_can_fail(chart: helm.Chart) -> None:
     assert errors
 
 
+@functools.cache
+def self_signed_pair() -> tuple[bytes, bytes]:
+    """A self-signed certificate (its own CA) and its key, PEM, made once by ``openssl``."""
+    with tempfile.TemporaryDirectory() as directory:
+        command = (
+            "req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 1"
+            " -subj /CN=sla-incident-sla-sidecar.monitoring.svc -keyout tls.key -out tls.crt"
+        )
+        subprocess.run(
+            [str(require_binary("openssl")), *command.split()],
+            cwd=directory,
+            capture_output=True,
+            timeout=60,
+            check=True,
+        )
+        return (Path(directory, "tls.crt").read_bytes(), Path(directory, "tls.key").read_bytes())
+
+
 def lay_out_pod(objs: list[dict[str, Any]], root: Path) -> tuple[Path, dict[str, str]]:
     """Write what the Deployment mounts under ``root``; return its config path and environment.
 
     ConfigMap and Secret keys become files at their mount paths, the presets go where the
     Dockerfile copies them, and every absolute path in config.yaml is re-rooted under ``root``.
     An existing Secret (created outside the chart) gets placeholder files for the keys the
-    configuration references.
+    configuration references, and a TLS Secret a real certificate and key (the sidecar loads them).
     """
     deployment = one(objs, "Deployment")
     pod = deployment["spec"]["template"]["spec"]
@@ -308,7 +354,7 @@ def lay_out_pod(objs: list[dict[str, Any]], root: Path) -> tuple[Path, dict[str,
     def rerooted(text: str) -> str:
         return re.sub(r"(?<![\w/])/(etc|var)/", lambda m: f"{root}/{m.group(1)}/", text)
 
-    existing_secret_dir: Path | None = None
+    existing_secret_dirs: list[Path] = []
     for mount in container["volumeMounts"]:
         target = root / mount["mountPath"].lstrip("/")
         target.mkdir(parents=True, exist_ok=True)
@@ -322,7 +368,7 @@ def lay_out_pod(objs: list[dict[str, Any]], root: Path) -> tuple[Path, dict[str,
         elif "secret" in volume:
             secret = by_name.get(("Secret", volume["secret"]["secretName"]))
             if secret is None:
-                existing_secret_dir = target
+                existing_secret_dirs.append(target)
                 continue
             for key, encoded in secret["data"].items():
                 (target / key).write_bytes(base64.b64decode(encoded))
@@ -336,13 +382,15 @@ def lay_out_pod(objs: list[dict[str, Any]], root: Path) -> tuple[Path, dict[str,
     users_file = yaml.safe_load(config_path.read_text())["server"].get("web_config_file")
     if users_file is not None:
         write_users_file(Path(users_file))
-    if existing_secret_dir is not None:
-        referenced = re.findall(
-            rf"{re.escape(str(existing_secret_dir))}/([\w-]+)", config_path.read_text()
-        )
+    for directory in existing_secret_dirs:
+        referenced = re.findall(rf"{re.escape(str(directory))}/([\w.-]+)", config_path.read_text())
         assert referenced, "an existing Secret is mounted but the config reads nothing from it"
         for key in referenced:
-            (existing_secret_dir / key).write_text(f"placeholder-{key}\n", encoding="utf-8")
+            if key.endswith((".crt", ".key")):
+                cert, private_key = self_signed_pair()
+                (directory / key).write_bytes(private_key if key.endswith(".key") else cert)
+            else:
+                (directory / key).write_text(f"placeholder-{key}\n", encoding="utf-8")
 
     env: dict[str, str] = {}
     for var in container.get("env", []):
@@ -835,7 +883,14 @@ def test_alert_rules_and_dashboard_are_single_sourced(chart: helm.Chart) -> None
     """The chart ships the canonical files unchanged; the repository paths link to them."""
     objs = objects(render(chart, load_values(CHART_DIR / "ci/kube-prometheus-stack-values.yaml")))
     canonical_rules = yaml.safe_load(RULES_FILE.read_text(encoding="utf-8"))
-    assert one(objs, "PrometheusRule")["spec"] == canonical_rules
+    shipped = one(objs, "PrometheusRule")["spec"]
+    # Only the runbook links' base moves to this release's sidecar (see the runbook tests).
+    for spec in (shipped, canonical_rules):
+        for group in spec["groups"]:
+            for rule in group["rules"]:
+                link = rule.get("annotations", {}).pop("runbook_url", None)
+                assert link is None or link.endswith(f"/runbooks/{rule['alert']}"), link
+    assert shipped == canonical_rules
     dashboard = one(objs, "ConfigMap", "-dashboard")
     assert json.loads(dashboard["data"]["incident-sla-sidecar.json"]) == json.loads(
         DASHBOARD_FILE.read_text(encoding="utf-8")
@@ -861,7 +916,7 @@ def test_prometheus_rule_options(chart: helm.Chart) -> None:
     """additionalRuleLabels reach every alert; runbookBaseUrl re-bases every runbook link."""
     values = load_values(CHART_DIR / "ci/kube-prometheus-stack-values.yaml")
     values["prometheusRule"]["additionalRuleLabels"] = {"route": "people"}
-    values["prometheusRule"]["runbookBaseUrl"] = "https://wiki.example.org/incident-sla"
+    values["prometheusRule"]["runbookBaseUrl"] = "https://wiki.example.org/incident-sla/"
     rule = one(objects(render(chart, values)), "PrometheusRule")
     alerts = [r for g in rule["spec"]["groups"] for r in g["rules"] if "alert" in r]
     assert alerts
@@ -869,8 +924,34 @@ def test_prometheus_rule_options(chart: helm.Chart) -> None:
         assert alert["labels"]["route"] == "people"
         assert alert["labels"]["severity"] in {"warning", "critical"}
         assert alert["annotations"]["runbook_url"] == (
-            f"https://wiki.example.org/incident-sla#{alert['alert'].lower()}"
+            f"https://wiki.example.org/incident-sla/{alert['alert']}"
         )
+
+
+@pytest.mark.parametrize(
+    ("values", "base"),
+    [
+        ({}, f"http://{RELEASE}-incident-sla-sidecar.{NAMESPACE}.svc:9095/runbooks"),
+        (
+            {"config": {"server": {"external_url": "https://incidents.example.com/"}}},
+            "https://incidents.example.com/runbooks",
+        ),
+        (
+            {"tls": {"enabled": True, "secretName": "sidecar-tls"}, "service": {"port": 8443}},
+            f"https://{RELEASE}-incident-sla-sidecar.{NAMESPACE}.svc:8443/runbooks",
+        ),
+    ],
+    ids=["service", "external-url", "tls"],
+)
+def test_runbook_links_point_at_the_sidecar(
+    chart: helm.Chart, values: dict[str, Any], base: str
+) -> None:
+    """Without an override, every runbook_url is this release's own GET /runbooks/<alert>."""
+    values = {**values, "prometheusRule": {"enabled": True}}
+    rule = one(objects(render(chart, values)), "PrometheusRule")
+    alerts = [r for g in rule["spec"]["groups"] for r in g["rules"] if "alert" in r]
+    links = {a["annotations"]["runbook_url"] for a in alerts}
+    assert links == {f"{base}/{a['alert']}" for a in alerts}
 
 
 def test_prometheus_rule_passes_promtool(chart: helm.Chart, tmp_path: Path) -> None:
@@ -1030,3 +1111,168 @@ def test_readers_users_secret_and_proxy_header_reach_the_config(chart: helm.Char
     assert "NetworkPolicy" in kinds(objs)
     defaults = yaml.safe_load(one(objects(render(chart, {})), "ConfigMap")["data"]["config.yaml"])
     assert not {"trusted_user_header", "web_config_file"} & set(defaults["server"])
+
+
+def _tls_pod(chart: helm.Chart, values: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    objs = objects(render(chart, values))
+    pod = one(objs, "Deployment")["spec"]["template"]["spec"]
+    config = yaml.safe_load(one(objs, "ConfigMap")["data"]["config.yaml"])
+    return pod, config
+
+
+def test_tls_mounts_secrets_as_directories_and_names_the_files(chart: helm.Chart) -> None:
+    """TLS files come from whole-Secret mounts (rotations reach the pod), named in server.tls_*."""
+    pod, config = _tls_pod(chart, load_values(CHART_DIR / "ci/tls-values.yaml"))
+    container = pod["containers"][0]
+    mounts = {m["name"]: m for m in container["volumeMounts"]}
+    assert all("subPath" not in m for m in container["volumeMounts"])
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    assert volumes["tls"]["secret"]["secretName"] == "sidecar-tls"
+    assert volumes["tls-client-ca"]["secret"]["secretName"] == "sidecar-client-ca"
+    tls_dir, ca_dir = mounts["tls"]["mountPath"], mounts["tls-client-ca"]["mountPath"]
+    assert config["server"]["tls_cert_file"] == f"{tls_dir}/tls.crt"
+    assert config["server"]["tls_key_file"] == f"{tls_dir}/tls.key"
+    assert config["server"]["tls_client_ca_file"] == f"{ca_dir}/ca.crt"
+    # The kubelet has no client certificate: with mTLS the probes check TCP only.
+    for probe in ("livenessProbe", "readinessProbe"):
+        assert container[probe]["tcpSocket"] == {"port": "http"}
+        assert "httpGet" not in container[probe]
+
+
+def test_tls_without_client_auth_probes_over_https(chart: helm.Chart) -> None:
+    """Server-only TLS: HTTPS probes, no client CA, and no TLS at all by default."""
+    pod, config = _tls_pod(chart, load_values(CHART_DIR / "ci/tls-server-only-values.yaml"))
+    container = pod["containers"][0]
+    for probe in ("livenessProbe", "readinessProbe"):
+        assert container[probe]["httpGet"]["scheme"] == "HTTPS"
+    assert "tls_client_ca_file" not in config["server"]
+    assert "tls-client-ca" not in {v["name"] for v in pod["volumes"]}
+    pod, config = _tls_pod(chart, {})
+    assert not any(key.startswith("tls_") for key in config["server"])
+    assert "scheme" not in pod["containers"][0]["livenessProbe"]["httpGet"]
+
+
+def test_tls_needs_a_secret(chart: helm.Chart) -> None:
+    """tls.enabled without tls.secretName is refused, naming the value."""
+    values = {"tls": {"enabled": True}}
+    with pytest.raises(helm.HelmError):
+        chart.validate_schema(values)
+    with pytest.raises(helm.HelmError, match=r"tls/secretName"):
+        chart.render(values, name=RELEASE, namespace=NAMESPACE)
+
+
+def test_service_monitor_scrapes_over_https(chart: helm.Chart) -> None:
+    """With TLS the ServiceMonitor scrapes https: its own tlsConfig, else the Secret's ca.crt."""
+    values = load_values(CHART_DIR / "ci/tls-values.yaml")
+    endpoint = one(objects(render(chart, values)), "ServiceMonitor")["spec"]["endpoints"][0]
+    assert endpoint["scheme"] == "https"
+    assert endpoint["tlsConfig"] == values["serviceMonitor"]["tlsConfig"]
+    values = load_values(CHART_DIR / "ci/tls-server-only-values.yaml")
+    endpoint = one(objects(render(chart, values)), "ServiceMonitor")["spec"]["endpoints"][0]
+    assert endpoint["scheme"] == "https"
+    assert endpoint["tlsConfig"] == {
+        "ca": {"secret": {"name": "sidecar-tls", "key": "ca.crt"}},
+        "serverName": f"{RELEASE}-incident-sla-sidecar.{NAMESPACE}.svc",
+    }
+    plain = {"serviceMonitor": {"enabled": True}}
+    endpoint = one(objects(render(chart, plain)), "ServiceMonitor")["spec"]["endpoints"][0]
+    assert "scheme" not in endpoint and "tlsConfig" not in endpoint
+
+
+# Configuration keys the chart sets from values of its own, not from `config.<section>.<key>`.
+CHART_MANAGED = {
+    "server.listen": "service.port",
+    "server.webhook_token": "secrets.webhookToken",
+    "server.webhook_token_file": "secrets.webhookToken",
+    "server.api_token": "secrets.apiToken",
+    "server.api_token_file": "secrets.apiToken",
+    "server.tls_cert_file": "tls.certKey",
+    "server.tls_key_file": "tls.keyKey",
+    "server.tls_client_ca_file": "tls.clientCaKey",
+    "server.web_config_file": "readers.usersSecret",
+    "server.trusted_user_header": "readers.trustedUserHeader",
+    "rules.file": "rules.preset",
+    "pagerduty.events_url": "pagerduty.eventsUrl",
+    "pagerduty.api_url": "pagerduty.apiUrl",
+    "pagerduty.api_token": "pagerduty.apiToken",
+    "pagerduty.api_token_file": "pagerduty.apiToken",
+    "pagerduty.webhook_secret": "pagerduty.webhookSecret",
+    "pagerduty.webhook_secret_file": "pagerduty.webhookSecret",
+    "pagerduty.routing_key": "pagerduty.routingKey",
+    "pagerduty.routing_key_file": "pagerduty.routingKey",
+    "pagerduty.team_routing_keys": "pagerduty.teamRoutingKeys",
+    "pagerduty.tier_routing_keys": "pagerduty.tierRoutingKeys",
+}
+
+
+def test_chart_exposes_every_configuration_key(chart: helm.Chart) -> None:
+    """Each key of the configuration file has a chart value: its own, or config.<section>.<key>.
+
+    A key added to sidecar/config/settings.py without a value in values.schema.json (and, for
+    config.*, a documented default in values.yaml) fails here.
+    """
+    schema = chart.schema
+    assert schema is not None
+    defaults = load_values(CHART_DIR / "values.yaml")
+    missing = []
+    for key in configuration_keys():
+        section, _, rest = key.partition(".")
+        if key in CHART_MANAGED:
+            path = CHART_MANAGED[key].split(".")
+        elif section == "pagerduty":
+            path = ["pagerduty", "settings", *rest.split(".")]
+        else:
+            path = ["config", *key.split(".")]
+        if _schema_node(schema, path) is None:
+            missing.append(f"{key}: no {'.'.join(path)} in values.schema.json")
+            continue
+        node: Any = defaults
+        for part in path[:-1] if path[:2] == ["pagerduty", "settings"] else path:
+            node = node.get(part) if isinstance(node, dict) else None
+        if node is None and path[0] == "config":
+            missing.append(f"{key}: no default for {'.'.join(path)} in values.yaml")
+    assert missing == []
+    assert {"alertmanager.silence_comment_prefix", "alertmanager.poll_interval"} <= set(
+        configuration_keys()
+    )
+
+
+def test_artifact_hub_annotations(chart: helm.Chart) -> None:
+    """links, images (the appVersion image) and changes parse as Artifact Hub expects."""
+    annotations = chart.metadata["annotations"]
+    links = yaml.safe_load(annotations["artifacthub.io/links"])
+    assert links and all(set(link) == {"name", "url"} for link in links)
+    assert all(link["url"].startswith("https://") for link in links)
+    images = yaml.safe_load(annotations["artifacthub.io/images"])
+    repository = load_values(CHART_DIR / "values.yaml")["image"]["repository"]
+    assert [i["image"] for i in images] == [f"{repository}:{chart.metadata['appVersion']}"]
+    changes = yaml.safe_load(annotations["artifacthub.io/changes"])
+    kinds_allowed = {"added", "changed", "deprecated", "removed", "fixed", "security"}
+    assert changes and all(c["kind"] in kinds_allowed and c["description"] for c in changes)
+
+
+def test_chart_packages_and_the_archive_renders(tmp_path: Path) -> None:
+    """``helm package`` makes an archive that loads and renders like the directory."""
+    archive = Path(helm.package(CHART_DIR, destination=tmp_path))
+    assert archive.name == "incident-sla-sidecar-0.1.0.tgz" and archive.is_file()
+    with helm.Chart.load_archive(archive.read_bytes()) as packaged:
+        names = {f["name"] for f in packaged.files}
+        assert "files/prometheus/incident-sla-alerts.yaml" in names
+        assert packaged.metadata["annotations"]["artifacthub.io/images"]
+        values = load_values(CHART_DIR / "ci/tls-values.yaml")
+        assert "PrometheusRule" in kinds(objects(render(packaged, values)))
+
+
+def test_notes_with_tls_give_alertmanager_https_and_the_ca(chart: helm.Chart) -> None:
+    """With TLS, NOTES.txt's receivers use https and trust the Secret's CA (and a client cert)."""
+    notes = _notes(chart, load_values(CHART_DIR / "ci/tls-values.yaml"))
+    amc = yaml.safe_load(notes.split("\n---\n")[1])
+    webhook = amc["spec"]["receivers"][0]["webhookConfigs"][0]
+    assert webhook["url"].startswith("https://")
+    tls_config = webhook["httpConfig"]["tlsConfig"]
+    assert tls_config["ca"] == {"secret": {"name": "sidecar-tls", "key": "ca.crt"}}
+    assert {"cert", "keySecret"} <= set(tls_config)
+    plain = yaml.safe_load(notes[notes.index("\nroute:\n") :].split("\n\n")[0])
+    http_config = plain["receivers"][0]["webhook_configs"][0]["http_config"]
+    assert http_config["tls_config"]["ca_file"].endswith("/sidecar-tls/ca.crt")
+    assert "https://" not in _notes(chart, {})

@@ -214,6 +214,7 @@ async def test_forms_act_as_the_signed_in_user_with_their_csrf_token(
         ("/readyz", NOBODY, 200),
         ("/static/style.css", NOBODY, 200),
         ("/openapi.yaml", NOBODY, 200),
+        ("/runbooks/", NOBODY, 200),
     ],
 )
 async def test_reads_need_credentials_except_the_operational_endpoints(
@@ -272,7 +273,7 @@ async def test_bcrypt_checks_are_remembered_only_for_the_right_password(
     [
         ("basic_auth_users:\n  alice: hunter2\n", "basic_auth_users.alice: not a bcrypt hash"),
         ("basic_auth_users: {}\n", "no users"),
-        ("tls_server_config:\n  cert_file: x\n", "terminate TLS at the ingress"),
+        ("tls_server_config:\n  cert_file: x\n", "set server.tls_cert_file"),
         ("basic_auth: {}\n", "unknown key"),
         ("- a\n", "must be a mapping"),
     ],

@@ -166,7 +166,6 @@ SLA_CASES = [
         incident(severity="P1", acknowledged=T0 + MIN + 16 * MIN, resolved=T0 + 25 * MIN),
         T0 + HOUR,
         {
-            "detect": ("met", 60.0, T0 + 10 * MIN),
             "acknowledge": ("breached", 16 * MIN, T0 + 16 * MIN),
             "update": ("met", 24 * MIN, None),
             "resolve": ("met", 25 * MIN, T0 + 4 * HOUR),
@@ -240,7 +239,7 @@ SLA_CASES = [
     ),
     SlaCase(
         "late-detection-and-late-resolution",
-        "schema-registry",
+        "llm-marketplace",
         incident(triggered=T0 + 7 * MIN, acknowledged=T0 + 8 * MIN, resolved=T0 + 90 * MIN),
         T0 + 2 * HOUR,
         {
@@ -286,7 +285,6 @@ SLA_CASES = [
         incident(),
         T0 + 30 * DAY,
         {
-            "detect": ("met", 60.0, T0 + 5 * MIN),
             "acknowledge": ("met", 120.0, T0 + 6 * MIN),
             "update": ("met", 13 * MIN, None),
             "resolve": ("met", 40 * MIN, T0 + HOUR),
@@ -436,10 +434,12 @@ def test_update_cadence_is_the_longest_gap_between_status_updates(
 
 
 def test_sla_result_json_gives_times_as_rfc3339() -> None:
-    result = SlaResult("acknowledge", 300.0, 120.0, T0 + 360, "met")
+    result = SlaResult("acknowledge", 300.0, 120.0, T0 + 360, "met", 120.0)
     assert result.to_json() == {
         "target_seconds": 300.0,
         "actual_seconds": 120.0,
+        "elapsed_seconds": 120.0,
+        "calendar": None,
         "deadline": "2023-11-15T09:06:00Z",
         "status": "met",
     }
@@ -845,3 +845,41 @@ def test_links_cannot_escape_their_parentheses(presets: dict[str, RuleSet]) -> N
     )
     assert "[`0123456789abcdef`](http://s/x%29%20[y]%28z)" in markdown
     assert "[graph](http://prom/graph?g0.expr=rate%28x[5m]%29%20%3E%201)" in markdown
+
+
+def test_schema_registry_review_reports_no_detection_target(
+    presets: dict[str, RuleSet],
+) -> None:
+    """The plan sets no time to detect: a late detection is no breach, in the table or below."""
+    inc = incident(
+        severity="P1", triggered=T0 + 20 * MIN, acknowledged=T0 + 25 * MIN, resolved=T0 + 50 * MIN
+    )
+    markdown = render_postmortem(
+        inc, events_for(inc, T0 + 45 * MIN), presets["schema-registry"], now=T0 + HOUR
+    )
+    assert sla_rows(markdown)["Time to detect"] == [
+        "no target in the plan", "—", "—", "not applicable",
+    ]  # fmt: skip
+    assert "- SLA breach: No" in markdown
+
+
+def test_review_shows_a_business_time_target_with_wall_and_business_time(
+    presets: dict[str, RuleSet],
+) -> None:
+    """P2 acknowledged the next morning: 16h 50m on the wall clock, 50m of business hours."""
+    inc = incident(
+        severity="P2",
+        started=T0 + 7 * HOUR + 30 * MIN,  # Wednesday 16:30 UTC
+        triggered=T0 + 7 * HOUR + 30 * MIN,
+        acknowledged=T0 + DAY + 20 * MIN,  # Thursday 09:20
+        resolved=T0 + DAY + 30 * MIN,
+    )
+    timeline = events_for(inc, *(T0 + 8 * HOUR + k * HOUR for k in range(17)))
+    markdown = render_postmortem(inc, timeline, presets["schema-registry"], now=T0 + 2 * DAY)
+    assert sla_rows(markdown)["Time to acknowledge"] == [
+        "1h of business time (business-hours)",
+        "16h 50m (50m of business time)",
+        "2023-11-16 09:30:00",
+        "met",
+    ]
+    assert "- SLA breach: No" in markdown

@@ -680,18 +680,18 @@ MARKETPLACE_POLICY = {
 
 SCHEMA_REGISTRY_POLICY = {
     "P0": ("Critical", "page", "critical",
-           _sla(detect="5m", acknowledge="5m", update="15m", resolve="1h", postmortem="24h"),
+           _sla(acknowledge="5m", update="15m", resolve="1h", postmortem="24h"),
            [("0m", "on-call-sre", "unacknowledged"), ("0m", "engineering-manager", "unresolved"),
             ("15m", "engineering-lead", "unacknowledged"), ("60m", "cto", "unacknowledged")]),
     "P1": ("High", "page", "error",
-           _sla(detect="10m", acknowledge="15m", update="30m", resolve="4h", postmortem="48h"),
+           _sla(acknowledge="15m", update="30m", resolve="4h", postmortem="48h"),
            [("0m", "on-call-sre", "unacknowledged"), ("15m", "engineering-lead", "unacknowledged"),
             ("30m", "engineering-manager", "unacknowledged")]),
     "P2": ("Medium", "notify", "warning",
-           _sla(detect="30m", acknowledge="1h", update="1h", resolve="24h", postmortem="1w"),
+           _sla(acknowledge="1h", update="1h", resolve="24h", postmortem="1w"),
            []),
     "P3": ("Low", "ticket", "info",
-           _sla(detect="2h", acknowledge="4h", update="1d", resolve="1w", postmortem="1w"),
+           _sla(acknowledge="4h", update="1d", resolve="1w", postmortem="1w"),
            []),
     "P4": ("Trivial", "none", "info", _sla(), []),
 }  # fmt: skip

@@ -203,6 +203,10 @@ def incident(
             )
         },
         seq=2,
+        status="Identified",
+        status_at=triggered_at + 120,
+        roles={"incident_commander": "alice", "smes": ["bob", "carol"]},
+        severity_set_by="alice",
     )
 
 
@@ -1037,7 +1041,7 @@ async def test_items_queued_before_integrations_are_pagerdutys(backend: Backend)
         finally:
             await con.close()
     store = await backend.open()
-    assert await store.schema_version() == backend.latest == 7
+    assert await store.schema_version() == backend.latest
     [queued] = await store.outbox_for_incident("a")
     assert queued.integration == PAGERDUTY
     assert await store.outbox_pending() == 1
@@ -1210,3 +1214,102 @@ async def test_workers_draining_one_outbox_send_each_event_once_in_key_order(
         order = [item.id for item in sent if item.dedup_key == key]
         assert order == sorted(order), f"{key} was sent out of order"
     assert await stores[0].outbox_pending() == 0
+
+
+# -- incident numbers ----------------------------------------------------------
+
+DAY = "2023-11-14"
+
+
+def numbered(id: str, n: int, day: str = DAY) -> Incident:
+    """``incident(id)`` with the ``n``-th number of ``day``."""
+    inc = incident(id)
+    inc.number = f"{day}-{n:03d}"
+    return inc
+
+
+async def last_number(store: Store, day: str = DAY) -> int:
+    async with store.locked((), (), 0.0) as state:
+        return await state.last_number(day)
+
+
+async def test_an_incident_is_found_by_its_number(store: Store) -> None:
+    await store.write(batch(numbered("a", 1), numbered("b", 2)))
+    assert await store.incident_id_for_number(f"{DAY}-002") == "b"
+    assert await store.incident_id_for_number(f"{DAY}-003") is None
+    assert (await store.get_incident("a")) == numbered("a", 1)
+
+
+async def test_a_day_starts_at_zero_and_goes_on_from_what_was_committed(
+    backend: Backend,
+) -> None:
+    store = await backend.open()
+    assert await last_number(store) == 0
+    async with store.locked(("k",), (), 0.0) as state:
+        assert await state.last_number(DAY) == 0
+        write = batch(*(numbered(f"i{n}", n) for n in range(1, 4)))
+        write.numbers[DAY] = 3
+        await state.write(write)
+    assert await last_number(store) == 3
+    assert await last_number(store, "2023-11-15") == 0
+    await store.close()
+    # After a restart the day goes on from its last number: none is given twice.
+    again = await backend.open()
+    assert await last_number(again) == 3
+
+
+async def test_a_failed_write_gives_its_numbers_again(backend: Backend) -> None:
+    store = await backend.open()
+    await store.write(batch(incident("open", key="k")))
+    with pytest.raises(StoreUnavailable):
+        async with store.locked(("k2",), (), 0.0) as state:
+            assert await state.last_number(DAY) == 0
+            # A second open incident of key k: the whole batch is refused.
+            refused = batch(numbered("dup", 1))
+            refused.incidents[0] = refused.incidents[0]._replace(key="k")
+            refused.numbers[DAY] = 1
+            await state.write(refused)
+    assert await last_number(store) == 0
+    assert await store.incident_id_for_number(f"{DAY}-001") is None
+
+
+@pytest.mark.parametrize("name", ["sqlite", "postgresql"])
+async def test_the_database_refuses_a_number_given_twice(
+    name: str, tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
+    if name == "sqlite":
+        b = _sqlite_backend(tmp_path)
+    else:
+        b = _postgres_backend(request.getfixturevalue("postgres_database_dsn"))
+    store = await b.open()
+    try:
+        await store.write(batch(numbered("a", 1)))
+        with pytest.raises(
+            (StoreUnavailable, sqlite3.IntegrityError, asyncpg.UniqueViolationError)
+        ):
+            await store.write(batch(numbered("b", 1)))
+        assert await store.get_incident("b") is None
+    finally:
+        await store.close()
+
+
+async def test_two_postgresql_stores_never_give_one_number_twice(pg: Backend) -> None:
+    """Replicas number concurrently: the day's counter row serialises them until commit."""
+    stores = [await pg.open(), await pg.open()]
+
+    async def open_one(n: int) -> None:
+        store = stores[n % 2]
+        async with store.locked((f"k{n}",), (), 0.0) as state:
+            last = await state.last_number(DAY)
+            await asyncio.sleep(0)  # let the other replica try meanwhile
+            inc = numbered(f"i{n}", last + 1)
+            inc.key = inc.group_key = f"k{n}"
+            write = batch(inc)
+            write.numbers[DAY] = last + 1
+            await state.write(write)
+
+    await asyncio.gather(*(open_one(n) for n in range(16)))
+    found = [await stores[0].get_incident(f"i{n}") for n in range(16)]
+    numbers = sorted(i.number or "" for i in found if i is not None)
+    assert numbers == [f"{DAY}-{n:03d}" for n in range(1, 17)]
+    assert await last_number(stores[1]) == 16

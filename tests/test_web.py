@@ -337,3 +337,75 @@ def test_an_escalation_stored_before_outcomes_shows_when_but_no_outcome(
     view = incident_view(inc, components.rules, at + 60)
     assert view["escalated"] == {"vp": isoformat(at)}
     assert view["escalations"] == {"vp": {"at": isoformat(at), "outcome": None}}
+
+
+async def test_a_read_never_shows_a_change_that_is_not_committed(
+    aiohttp_client: Any,
+    config_factory: Any,
+    clock: Any,
+    auth: dict[str, str],
+    api_auth: dict[str, str],
+) -> None:
+    import asyncio
+
+    from prometheus_client import CollectorRegistry
+
+    from sidecar.runtime import build_components
+    from sidecar.store import SQLiteStore
+    from sidecar.web import create_app
+    from tests.fakes.stores import FlakyStore
+
+    class GatedStore(FlakyStore):
+        """Holds each write until the test opens the gate (and then fails it if told)."""
+
+        def __init__(self, inner: SQLiteStore) -> None:
+            super().__init__(inner)
+            self.gate = asyncio.Event()
+            self.gate.set()
+            self.writing = asyncio.Event()
+            self.timeline_read = asyncio.Event()
+
+        async def write(self, batch: Any) -> None:
+            self.writing.set()
+            await self.gate.wait()
+            await super().write(batch)
+
+        async def timeline(self, incident_id: str) -> Any:
+            self.timeline_read.set()
+            return await super().timeline(incident_id)
+
+    config = config_factory()
+    assert config.sqlite_path is not None
+    store = GatedStore(SQLiteStore(config.sqlite_path))
+    components = build_components(config, clock=clock, registry=CollectorRegistry(), store=store)
+    client = await aiohttp_client(create_app(components))
+    incident_id = (await fire(client, auth))["changed"][0]["id"]
+    url = f"/api/v1/incidents/{incident_id}"
+
+    service = components.service
+    settling = asyncio.Event()
+    settled = service.settled
+
+    async def observed_settled() -> None:
+        settling.set()
+        await settled()
+
+    service.settled = observed_settled  # type: ignore[method-assign]
+    store.gate.clear()
+    store.writing.clear()
+    store.timeline_read.clear()
+    ack = asyncio.ensure_future(client.post(f"{url}/acknowledge", headers=api_auth))
+    await store.writing.wait()  # applied in memory, not yet durable
+    read = asyncio.ensure_future(client.get(url, headers=api_auth))
+    # Whichever comes first: the read waits for the commit, or it reads the store
+    # (and so the book) while the acknowledgment is still in flight.
+    waits = [asyncio.ensure_future(e.wait()) for e in (settling, store.timeline_read)]
+    await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+    for w in waits:
+        w.cancel()
+    store.fail_writes = True  # the acknowledgment never becomes durable
+    store.gate.set()
+    assert (await ack).status == 503
+    data = await (await read).json()
+    assert data["state"] == "triggered"
+    assert "acknowledged" not in [e["kind"] for e in data["timeline"]]

@@ -18,6 +18,7 @@ from pydantic_settings import SettingsError
 from sidecar.config.secrets import Secrets
 from sidecar.config.settings import ENV_PREFIX, Settings, beside
 from sidecar.errors import ConfigError, ConfigProblem
+from sidecar.tls import TLSFiles
 from sidecar.yamlfile import Loc, load_yaml, problems_from_validation
 
 
@@ -38,6 +39,19 @@ class Config:
     def rules_file(self) -> Path:
         """The rules file to load."""
         return self.resolve(self.settings.rules.file)
+
+    @property
+    def tls_files(self) -> TLSFiles | None:
+        """The server's TLS files, resolved, or None to serve plain HTTP."""
+        server = self.settings.server
+        if server.tls_cert_file is None or server.tls_key_file is None:
+            return None
+        ca = server.tls_client_ca_file
+        return TLSFiles(
+            cert=self.resolve(server.tls_cert_file),
+            key=self.resolve(server.tls_key_file),
+            client_ca=None if ca is None else self.resolve(ca),
+        )
 
     @property
     def sqlite_path(self) -> Path | None:

@@ -11,6 +11,7 @@ import re
 from datetime import timedelta
 from pathlib import Path
 from typing import Annotated, Any, Literal
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import (
     AliasChoices,
@@ -97,6 +98,20 @@ class ServerConfig(_Section):
             raise ValueError("must be an absolute http:// or https:// URL")
         return value
 
+    # HTTPS, for clusters without a mesh: PEM files, re-read when they change on disk.
+    tls_cert_file: Path | None = None
+    tls_key_file: Path | None = None
+    # mTLS: clients must present a certificate signed by one of these CAs.
+    tls_client_ca_file: Path | None = None
+
+    @model_validator(mode="after")
+    def _tls(self) -> ServerConfig:
+        if (self.tls_cert_file is None) != (self.tls_key_file is None):
+            raise ValueError("set both tls_cert_file and tls_key_file, or neither")
+        if self.tls_client_ca_file is not None and self.tls_cert_file is None:
+            raise ValueError("tls_client_ca_file (mTLS) needs tls_cert_file and tls_key_file")
+        return self
+
     @model_validator(mode="after")
     def _tokens(self) -> ServerConfig:
         _secret_pair(self, "webhook_token")
@@ -145,6 +160,19 @@ class IncidentsConfig(_Section):
     # How long a resolved incident's alerts are remembered, so that a late
     # duplicate (HA peers, retries) neither reopens nor duplicates it.
     dedup_window: Duration = timedelta(hours=6)
+    # The IANA time zone whose days number incidents (2026-11-30-001).
+    number_timezone: str = "UTC"
+
+    @field_validator("number_timezone")
+    @classmethod
+    def _zone(cls, value: str) -> str:
+        try:
+            ZoneInfo(value)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise ValueError(
+                f"unknown time zone {value!r}: use an IANA name such as UTC or Europe/Berlin"
+            ) from None
+        return value
 
 
 class AlertmanagerConfig(_Section):

@@ -3,7 +3,7 @@
 Only ``basic_auth_users`` (user name to bcrypt hash, as ``htpasswd -nBC 10`` or
 ``promtool`` make them) is read, so that a team can reuse the file its
 exporters already take. TLS settings are refused rather than ignored: a user
-who sets them expects TLS, and the sidecar leaves TLS to the ingress.
+who sets them expects TLS, which the sidecar takes from ``server.tls_*``.
 """
 
 from __future__ import annotations
@@ -31,11 +31,8 @@ def read_users(path: Path) -> dict[str, bytes]:
         if key not in _KNOWN:
             problems.append(problem_at(file, (key,), "unknown key", doc.position))
         elif key != "basic_auth_users" and data[key]:
-            problems.append(
-                problem_at(
-                    file, (key,), "not supported: terminate TLS at the ingress", doc.position
-                )
-            )
+            reason = "not supported: set server.tls_cert_file and server.tls_key_file"
+            problems.append(problem_at(file, (key,), reason, doc.position))
     users = data.get("basic_auth_users") or {}
     if not isinstance(users, dict):
         problems.append(

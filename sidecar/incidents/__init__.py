@@ -5,7 +5,9 @@
   :mod:`~sidecar.incidents.core`, :mod:`~sidecar.incidents.stepping`,
   :mod:`~sidecar.incidents.grouping` and :mod:`~sidecar.incidents.commands`;
 - :mod:`~sidecar.incidents.closed`: the log of closed episodes against late duplicates;
-- :mod:`~sidecar.incidents.ids`: incident ids.
+- :mod:`~sidecar.incidents.ids`: incident ids; :mod:`~sidecar.incidents.numbers`: the plan's
+  incident numbers (``2026-11-30-001``);
+- :mod:`~sidecar.incidents.people`: the plan's roles and statuses.
 """
 
 from sidecar.incidents.book import IncidentBook
@@ -26,6 +28,7 @@ from sidecar.incidents.model import (
     escalation_outcome,
     interned,
 )
+from sidecar.incidents.numbers import Numbering, is_number, war_room
 
 __all__ = [
     "ESCALATION_OUTCOMES",
@@ -39,10 +42,13 @@ __all__ = [
     "EscalationOutcome",
     "Incident",
     "IncidentBook",
+    "Numbering",
     "State",
     "TimelineEvent",
     "decode_alerts",
     "escalation_outcome",
     "interned",
+    "is_number",
     "new_incident_id",
+    "war_room",
 ]

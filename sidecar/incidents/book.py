@@ -11,14 +11,16 @@ It is made of one module per concern, each a layer of the one before:
 :mod:`~sidecar.incidents.core` (state, indexes, undo),
 :mod:`~sidecar.incidents.stepping` (SLA deadlines and escalation),
 :mod:`~sidecar.incidents.grouping` (notifications) and
-:mod:`~sidecar.incidents.commands` (people and integrations).
+:mod:`~sidecar.incidents.commands` (people and integrations) and
+:mod:`~sidecar.incidents.leading` (the Incident Commander's actions).
 """
 
 from __future__ import annotations
 
 from sidecar.incidents.commands import Commands
 from sidecar.incidents.grouping import Grouping
+from sidecar.incidents.leading import Leading
 
 
-class IncidentBook(Grouping, Commands):
+class IncidentBook(Grouping, Commands, Leading):
     """Every open incident, and the rules that move them through their lifecycle."""

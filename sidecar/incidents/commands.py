@@ -1,5 +1,7 @@
 """Commands from people and integrations: acknowledge, resolve, update, reopen, review.
 
+The Incident Commander's own (roles, severity, escalation) are :mod:`~sidecar.incidents.leading`'s.
+
 Each returns the :class:`~sidecar.incidents.model.Change` it made (or None
 when it changed nothing, so that repeats are idempotent), without any I/O:
 the service commits it and only then publishes its effects.
@@ -13,6 +15,7 @@ from sidecar import sla
 from sidecar.incidents.core import planned
 from sidecar.incidents.grouping import alert_name, resolution_time
 from sidecar.incidents.model import Change, Effect, Incident, TimelineEvent
+from sidecar.incidents.people import check_status
 from sidecar.incidents.stepping import Stepping
 
 
@@ -32,7 +35,7 @@ class Commands(Stepping):
         inc.acknowledged_at = now
         inc.acknowledged_by = actor
         inc.acknowledge_source = source
-        tta = max(0.0, now - inc.triggered_at)
+        tta = sla.measured(self._target(inc.severity, "acknowledge"), inc.triggered_at, now)
         events = [
             self.event(
                 inc, now, "acknowledged", source, actor, message or f"acknowledged by {actor}"
@@ -132,25 +135,45 @@ class Commands(Stepping):
 
     @planned
     def record_update(
-        self, incident_id: str, *, actor: str, source: str, now: float, message: str
+        self,
+        incident_id: str,
+        *,
+        actor: str,
+        source: str,
+        now: float,
+        message: str,
+        status: str | None = None,
     ) -> Change:
-        """Record a status update (it resets the update-cadence clock)."""
+        """Record a status update (it resets the update-cadence clock), with the plan's status.
+
+        Raises :class:`~sidecar.errors.InvalidRequest` listing the plan's
+        statuses when ``status`` is not one of them.
+        """
         inc = self._require_open(incident_id)
+        if status is not None:
+            check_status(status, self.classifier.statuses)
         undo = self._begin(inc.key, inc)
         events: list[TimelineEvent] = []
         effects: list[Effect] = []
         update = self.classifier.policy(inc.severity).clocks.update
         start = sla.update_gap_start(inc)
+        deadline = None if update is None else update.deadline(start)
         if (
-            update is not None
+            deadline is not None
             and inc.update_breached_gap != start
-            and sla.passed(start + update, True, now)
+            and sla.passed(deadline, True, now)
         ):
             # Late, and before the scheduler noticed: the gap it closes overran.
             inc.update_breached_gap = start
-            self._breach(inc, "update", now, events, effects, deadline=start + update)
+            self._breach(inc, "update", now, events, effects, deadline=deadline)
         inc.last_update_at = now
-        events.append(self.event(inc, now, "status_update", source, actor, message))
+        data: dict[str, str | None] = {}
+        if status is not None:
+            data = {"status": status, "previous_status": inc.status}
+            if status != inc.status:
+                inc.status, inc.status_at = status, now
+        text = f"[{status}] {message}" if status is not None else message
+        events.append(self.event(inc, now, "status_update", source, actor, text, data))
         effects.append(Effect("status_update", inc.id, inc.severity, inc.team))
         self._finish(inc)
         return Change(inc, events, effects, undo)

@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any, Literal, Protocol, TypeVar
 from sidecar.errors import IncidentNotFound
 from sidecar.incidents.closed import ClosedEpisode, ClosedLog
 from sidecar.incidents.model import Change, Incident, Undo, timeline_event
+from sidecar.incidents.numbers import Numbering
 
 if TYPE_CHECKING:
     from sidecar.rules import SeverityPolicy
@@ -51,6 +52,11 @@ class Classifier(Protocol):
     def rank(self, severity: str) -> int: ...
 
     def policy(self, severity: str) -> SeverityPolicy: ...
+
+    @property
+    def statuses(self) -> Sequence[str]:
+        """The plan's statuses (the first is an incident's at opening); may be empty."""
+        ...
 
 
 class Planner(Protocol):
@@ -116,8 +122,11 @@ class BookCore:
         dedup_window: float = 6 * 3600.0,
         routed_tiers: Collection[str] = frozenset(),
         planners: Sequence[Planner] = (),
+        numbering: Numbering | None = None,
     ) -> None:
         self.classifier = classifier
+        # Plan numbers for the incidents a batch opens (the service begins and ends it).
+        self.numbering = numbering or Numbering()
         # Integrations that plan the notifications a change causes (PagerDuty's
         # pager), run by every command before it returns: see ``planned``.
         self.planners = list(planners)
@@ -143,6 +152,10 @@ class BookCore:
     def get_open(self, incident_id: str) -> Incident | None:
         """The open incident with that id, if any."""
         return self._by_id.get(incident_id)
+
+    def has_open(self, key: str) -> bool:
+        """Whether an incident of that key is open (a notification for it opens none)."""
+        return key in self._open
 
     def __len__(self) -> int:
         return len(self._by_id)

@@ -15,10 +15,12 @@ from collections import Counter
 from collections.abc import Iterable, Mapping
 from sys import intern
 
+from sidecar import sla
 from sidecar.alertmanager import Alert, Notification
 from sidecar.incidents.core import ClassificationLike, planned
 from sidecar.incidents.ids import new_incident_id
 from sidecar.incidents.model import AlertState, Change, Effect, Incident, TimelineEvent, interned
+from sidecar.incidents.numbers import war_room
 from sidecar.incidents.stepping import Stepping
 
 
@@ -126,7 +128,11 @@ class Grouping(Stepping):
             started_at=min(a.starts_at for a in states.values()),
             triggered_at=now,
             alerts=states,
+            number=self.numbering.take(now),
         )
+        statuses = self.classifier.statuses
+        if statuses:
+            inc.status, inc.status_at = statuses[0], now
         # No firing alert: the firing notification never reached us (sidecar
         # down, or the group resolved within group_wait). Keep the incident,
         # already resolved, rather than lose it; its detection time is unknown.
@@ -140,13 +146,18 @@ class Grouping(Stepping):
                 "alertmanager",
                 None,
                 f"{inc.severity} incident {what}: {inc.title}",
-                {"alerts": sorted(states), "firing_notification_missed": missed},
+                {
+                    "alerts": sorted(states),
+                    "firing_notification_missed": missed,
+                    "number": inc.number,
+                    "war_room": war_room(inc.number),
+                },
             )
         ]
-        ttd = None if missed else max(0.0, now - inc.started_at)
+        detect = self._target(inc.severity, "detect")
+        ttd = None if missed else sla.measured(detect, inc.started_at, now)
         effects = [Effect("opened", inc.id, inc.severity, inc.team, ttd)]
-        detect = self._policy_sla(inc.severity, "detect")
-        if ttd is not None and detect is not None and ttd > detect:
+        if ttd is not None and detect is not None and ttd > detect.seconds:
             self._breach(inc, "detect", now, events, effects)
         if not missed:
             self._settle(inc, now, events, effects)
@@ -174,11 +185,13 @@ class Grouping(Stepping):
         events: list[TimelineEvent] = []
         effects: list[Effect] = []
         unmatched: Counter[tuple[str, str]] = Counter()
+        added: list[AlertState] = []
         for alert in alerts:
             starts = alert.starts_at.timestamp()
             known = inc.alerts.get(alert.fingerprint)
             if known is None or known.starts_at < starts:
                 inc.alerts[alert.fingerprint] = st = self._alert_state(alert, classes, unmatched)
+                added.append(st)
                 what = "joined" if known is None else "fired again"
                 events.append(
                     self.event(
@@ -210,8 +223,13 @@ class Grouping(Stepping):
             # Same instance, same status (a repeat), or firing after resolved
             # (an out-of-order duplicate): resolution of an instance is final.
         firing = inc.firing()
-        if firing:
-            top = self._top(firing, firing_only=True)
+        # Once the Incident Commander set the severity, only alerts that join
+        # since may raise it: the ones known were weighed when it was set.
+        raising = (
+            firing if inc.severity_set_by is None else [a for a in added if a.status == "firing"]
+        )
+        if raising:
+            top = self._top(raising, firing_only=True)
             if self.classifier.rank(top.severity) < self.classifier.rank(inc.severity):
                 previous = inc.severity
                 inc.severity = top.severity

@@ -7,13 +7,15 @@ store writes): the lifecycle that moves an incident lives in
 Identity of an alert *instance* is ``(fingerprint, startsAt)``: Alertmanager
 gives a re-firing alert a new ``startsAt``. This is what lets a late duplicate
 of an old notification (HA peers, retries) be told apart from a group that
-fires again after it resolved.
+fires again after it resolved. An alert's own state is :mod:`~sidecar.incidents.alerts`'
+(named here too); the plan's number, status and roles are fields of the incident
+(see :mod:`~sidecar.incidents.numbers` and :mod:`~sidecar.incidents.people`).
 """
 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from sys import intern
 from types import MappingProxyType, MemberDescriptorType
@@ -21,6 +23,10 @@ from typing import TYPE_CHECKING, Any, Literal, cast
 
 import orjson
 
+from sidecar.incidents.alerts import AlertState as AlertState
+from sidecar.incidents.alerts import decode_alerts as decode_alerts
+from sidecar.incidents.alerts import decoded_alerts
+from sidecar.incidents.alerts import interned as interned
 from sidecar.incidents.closed import ClosedEpisode
 
 if TYPE_CHECKING:
@@ -37,45 +43,6 @@ only, as its ``record_only`` step declares; or reached nobody, the tier having
 no routing key (only possible without any PagerDuty configuration: with one,
 such a step is refused at start, see :mod:`sidecar.routing`)."""
 NO_OUTCOMES: Mapping[str, EscalationOutcome] = MappingProxyType({})
-
-
-@dataclass(slots=True)
-class AlertState:
-    """One alert instance within an incident, as last reported."""
-
-    fingerprint: str
-    status: Literal["firing", "resolved"]
-    starts_at: float
-    ends_at: float | None
-    severity: str
-    labels: dict[str, str]
-    generator_url: str = ""
-
-    def to_json(self) -> dict[str, Any]:
-        """Plain form for storage and the API."""
-        return {
-            "fingerprint": self.fingerprint,
-            "status": self.status,
-            "starts_at": self.starts_at,
-            "ends_at": self.ends_at,
-            "severity": self.severity,
-            "labels": self.labels,
-            "generator_url": self.generator_url,
-        }
-
-    @classmethod
-    def from_json(cls, data: Mapping[str, Any]) -> AlertState:
-        """Inverse of :meth:`to_json`."""
-        return cls(
-            fingerprint=data["fingerprint"],
-            status=intern(data["status"]),  # type: ignore[arg-type]
-            starts_at=data["starts_at"],
-            ends_at=data["ends_at"],
-            severity=intern(data["severity"]),
-            labels=interned(data["labels"]),
-            # One Prometheus rule gives all its alerts the same generatorURL.
-            generator_url=intern(data.get("generator_url", "")),
-        )
 
 
 @dataclass(slots=True)
@@ -122,6 +89,15 @@ class Incident:
     review_due_at: float | None = None
     review_done_at: float | None = None
     review_done_by: str | None = None
+    # The plan's incident number (``2026-11-30-001``), given when the open is committed.
+    number: str | None = None
+    # The plan's status (Investigating, Identified...) and when it last changed.
+    status: str | None = None
+    status_at: float | None = None
+    # Role -> who holds it (``smes`` holds a list): see ``sidecar.incidents.people``.
+    roles: Mapping[str, Any] = field(default_factory=lambda: NOTHING)
+    # Who last set the severity by hand: alerts already known no longer raise it.
+    severity_set_by: str | None = None
     # The stored alerts document of a restored or committed incident, until
     # ``alerts`` is next read (see ``shelve_alerts`` and ``__getattr__``).
     alerts_doc: bytes | None = field(default=None, repr=False, compare=False)
@@ -197,6 +173,12 @@ class Incident:
             "escalated": dict(self.escalated),
             "review_done_by": self.review_done_by,
         }
+        # Only once set, as escalation_outcomes: every row written pays for every key.
+        for name in ("status", "status_at", "severity_set_by"):
+            if getattr(self, name) is not None:
+                data[name] = getattr(self, name)
+        if self.roles:
+            data["roles"] = dict(self.roles)
         if self.escalation_outcomes:
             # Only once there is one: most incidents never escalate, and every
             # row written pays for every key.
@@ -219,6 +201,7 @@ class Incident:
         data: Mapping[str, Any],
         review_due_at: float | None = None,
         review_done_at: float | None = None,
+        number: str | None = None,
         alerts_doc: bytes | None = None,
     ) -> Incident:
         """Rebuild an incident from its stored columns and JSON documents.
@@ -249,7 +232,7 @@ class Incident:
             resolved_by=data.get("resolved_by"),
             resolve_source=data.get("resolve_source"),
             last_update_at=data.get("last_update_at"),
-            alerts=_decoded(legacy),
+            alerts=decoded_alerts(legacy),
             seq=data.get("seq", 0),
             paged_dedup_key=data.get("paged_dedup_key"),
             breaches=dict(data["breaches"]) if data.get("breaches") else NOTHING,
@@ -259,6 +242,12 @@ class Incident:
             review_due_at=review_due_at,
             review_done_at=review_done_at,
             review_done_by=data.get("review_done_by"),
+            number=number,
+            # A handful of values shared by every restored incident: one string each.
+            status=intern(data["status"]) if data.get("status") else None,
+            status_at=data.get("status_at"),
+            roles=data.get("roles") or NOTHING,
+            severity_set_by=data.get("severity_set_by"),
         )
         if legacy is None and alerts_doc is not None:
             inc.shelve_alerts(alerts_doc)
@@ -280,16 +269,6 @@ def _outcomes(stored: Mapping[str, str] | None) -> Mapping[str, EscalationOutcom
 
 # The slot's own descriptor: reading through it never decodes.
 _ALERTS_SLOT: MemberDescriptorType = vars(Incident)["alerts"]
-
-
-def _decoded(alerts: Iterable[Mapping[str, Any]] | None) -> dict[str, AlertState]:
-    states = (AlertState.from_json(a) for a in alerts or ())
-    return {a.fingerprint: a for a in states}
-
-
-def decode_alerts(doc: bytes) -> dict[str, AlertState]:
-    """The alerts of an incident from their stored JSON document."""
-    return _decoded(orjson.loads(doc))
 
 
 @dataclass(frozen=True, slots=True)
@@ -366,13 +345,3 @@ def timeline_event(
     """A new timeline event of ``inc``, numbered after its last one."""
     inc.seq += 1
     return TimelineEvent(inc.id, inc.seq, at, kind, source, actor, message, data or {})
-
-
-def interned(labels: Mapping[str, str]) -> dict[str, str]:
-    """Labels with their names and values interned.
-
-    A hundred thousand open incidents repeat the same few label names and
-    values (alertname, service, job...): one string each instead of one per
-    incident is most of what an open incident costs in memory.
-    """
-    return dict(zip(map(intern, labels.keys()), map(intern, labels.values()), strict=True))

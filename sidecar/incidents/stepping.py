@@ -84,9 +84,9 @@ class Stepping(BookCore):
                 counts[(inc.severity, "postmortem")] += 1
         return counts
 
-    def _policy_sla(self, severity: str, name: str) -> float | None:
-        target = getattr(self.classifier.policy(severity).sla, name)
-        return None if target is None else float(target.total_seconds())
+    def _target(self, severity: str, name: str) -> sla.Target | None:
+        """The target of SLA ``name`` of ``severity`` (with its calendar, if any)."""
+        return self.classifier.policy(severity).clocks.target(name)
 
     def _settle(
         self, inc: Incident, now: float, events: list[TimelineEvent], effects: list[Effect]
@@ -151,7 +151,14 @@ class Stepping(BookCore):
         deadline: float | None = None,
     ) -> None:
         inc.breaches = {**inc.breaches, kind: now}
-        late = "" if deadline is None else f" (deadline passed {now - deadline:.0f}s ago)"
+        notes = [] if deadline is None else [f"deadline passed {now - deadline:.0f}s ago"]
+        data: dict[str, object] = {"sla": kind, "deadline": deadline}
+        target = self._target(inc.severity, kind)
+        if target is not None and target.calendar is not None:
+            # Said on the timeline, or a breach days after opening reads as a mistake.
+            notes.append(f"business time of calendar {target.calendar.name}")
+            data["calendar"] = target.calendar.name
+        late = f" ({'; '.join(notes)})" if notes else ""
         events.append(
             self.event(
                 inc,
@@ -160,7 +167,7 @@ class Stepping(BookCore):
                 "sidecar",
                 None,
                 f"{kind} SLA of {inc.severity} breached{late}",
-                {"sla": kind, "deadline": deadline},
+                data,
             )
         )
         effects.append(Effect("breach", inc.id, inc.severity, inc.team, detail=kind))
@@ -185,29 +192,35 @@ class Stepping(BookCore):
         will report it.
         """
         clocks = self.classifier.policy(inc.severity).clocks
-        overran: list[tuple[str, float]] = []
+        overran: list[tuple[str, float | None]] = []
         if inc.state == "triggered" and clocks.acknowledge is not None:
-            overran.append(("acknowledge", inc.triggered_at + clocks.acknowledge))
+            overran.append(("acknowledge", clocks.acknowledge.deadline(inc.triggered_at)))
         if clocks.resolve is not None:
-            overran.append(("resolve", inc.started_at + clocks.resolve))
+            overran.append(("resolve", clocks.resolve.deadline(inc.started_at)))
         if clocks.update is not None and inc.update_breached_gap != sla.update_gap_start(inc):
-            overran.append(("update", sla.update_gap_start(inc) + clocks.update))
+            overran.append(("update", clocks.update.deadline(sla.update_gap_start(inc))))
         for kind, deadline in overran:
-            if kind not in inc.breaches and sla.passed(deadline, True, resolved_at):
+            if deadline is None or kind in inc.breaches:
+                continue
+            if sla.passed(deadline, True, resolved_at):
                 self._breach(inc, kind, now, events, effects, deadline=deadline)
         inc.state = "resolved"
         inc.resolved_at = resolved_at
+        statuses = self.classifier.statuses
+        if statuses and inc.status != statuses[-1]:
+            # The plan's last status (Resolved) is a resolved incident's.
+            inc.status, inc.status_at = statuses[-1], resolved_at
         inc.resolved_by = actor
         inc.resolve_source = source
-        review = self._policy_sla(inc.severity, "postmortem")
+        review = clocks.postmortem
         if review is not None and inc.review_done_at is None:
-            inc.review_due_at = resolved_at + review
+            inc.review_due_at = review.deadline(resolved_at)
         events.append(
             self.event(
                 inc, resolved_at, "resolved", source, actor, message, {"resolved_at": resolved_at}
             )
         )
-        ttr = max(0.0, resolved_at - inc.started_at)
+        ttr = sla.measured(clocks.resolve, inc.started_at, resolved_at)
         effects.append(
             Effect("resolved", inc.id, inc.severity, inc.team, ttr, source=source, actor=actor)
         )

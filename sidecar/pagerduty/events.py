@@ -21,7 +21,7 @@ from urllib.parse import quote_plus, urlsplit, urlunsplit
 
 import orjson
 
-from sidecar.incidents import AlertState, Incident
+from sidecar.incidents import AlertState, Incident, war_room
 
 MAX_EVENT_BYTES = 512_000
 MAX_DEDUP_KEY_CHARS = 255
@@ -133,6 +133,8 @@ def build_trigger(
     labels = _cap_labels(incident.labels)
     base_details: dict[str, Any] = {
         "incident_id": incident.id,
+        "incident_number": incident.number,
+        "war_room": war_room(incident.number),
         "severity": incident.severity,
         "team": incident.team,
         "state": incident.state,
@@ -262,7 +264,9 @@ def _alertname(incident: Incident) -> str:
 
 def _summary(incident: Incident, alertname: str) -> str:
     title = incident.title.strip() or alertname or f"incident {incident.id}"
-    return _cap(f"[{incident.severity}] {title}", MAX_SUMMARY_CHARS)
+    # The plan's number first, as responders name the incident (and its war room).
+    number = f"#{incident.number} " if incident.number else ""
+    return _cap(f"[{incident.severity}] {number}{title}", MAX_SUMMARY_CHARS)
 
 
 def _source(incident: Incident, am_base: str | None) -> str:

@@ -17,6 +17,9 @@ dropping is going below any floor, so it too needs ``below_floor`` on an alert
 that has one.
 
 - :mod:`~sidecar.rules.model`: the file as written, field by field;
+- :mod:`~sidecar.rules.intervals`: its calendars of business time, in
+  Alertmanager's ``time_intervals`` syntax, which SLA targets and escalation
+  steps may name to count business time instead of wall time;
 - :mod:`~sidecar.rules.checks`: the cross-references between its fields;
 - :mod:`~sidecar.rules.engine`: :class:`RuleSet`, which classifies alerts;
 - :mod:`~sidecar.rules.load`: reading a file and reporting every problem by line.

@@ -1,10 +1,11 @@
 """Cross-references of a rules file that pydantic cannot see field by field.
 
 Names must be unique, every severity and team a rule, default or floor names
-must be declared, the name ``default`` is reserved, and the floor of a
-``critical`` alert must page. The checks read the raw document, so that their
-problems are reported together with the field errors even when other parts of
-the file are invalid.
+must be declared, the name ``default`` is reserved, the floor of a
+``critical`` alert must page, and calendars, the time intervals they are made
+of and the calendars SLA entries and escalation steps name must be declared.
+The checks read the raw document, so that their problems are reported together
+with the field errors even when other parts of the file are invalid.
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ def semantic_problems(data: Any) -> Problems:
     for key, what in (("default_severity", "severity"), ("default_team", "team")):
         problems += _undeclared((key,), data.get(key), what, declared[what])
     problems += _floor_problems(data, declared["severity"])
+    problems += _calendar_problems(data)
     for section, what in (("severity_rules", "severity"), ("ownership_rules", "team")):
         rules = data.get(section)
         if not isinstance(rules, list):
@@ -82,6 +84,43 @@ def _floor_problems(data: Mapping[str, Any], severities: set[str] | None) -> Pro
                 )
             )
     return problems
+
+
+def _calendar_problems(data: Mapping[str, Any]) -> Problems:
+    """Calendars name declared time intervals; SLA entries and steps name declared calendars."""
+    problems: Problems = []
+    intervals = _declared(data, "time_intervals", lambda item: _get(item, "name"), problems)
+    calendars = _declared(data, "calendars", lambda item: _get(item, "name"), problems)
+    for index, spec in enumerate(_list(data, "calendars")):
+        for key in ("active_time_intervals", "mute_time_intervals"):
+            for pos, name in enumerate(_list(spec, key)):
+                if isinstance(name, str) and intervals is not None and name not in intervals:
+                    problems.append(
+                        (
+                            ("calendars", index, key, pos),
+                            f"time interval {name!r} is not declared in time_intervals",
+                        )
+                    )
+    for index, policy in enumerate(_list(data, "severities")):
+        sla = _get(policy, "sla")
+        entries = sla.items() if isinstance(sla, Mapping) else ()
+        refs: list[tuple[Loc, Any]] = [
+            (("severities", index, "sla", key, "calendar"), _get(entry, "calendar"))
+            for key, entry in entries
+        ]
+        refs += [
+            (("severities", index, "escalation", pos, "calendar"), _get(step, "calendar"))
+            for pos, step in enumerate(_list(policy, "escalation"))
+        ]
+        for loc, name in refs:
+            if isinstance(name, str) and name not in (calendars or set()):
+                problems.append((loc, f"calendar {name!r} is not declared in calendars"))
+    return problems
+
+
+def _list(item: Any, key: str) -> list[Any]:
+    value = _get(item, key)
+    return value if isinstance(value, list) else []
 
 
 def _undeclared(loc: Loc, value: Any, what: str, declared: set[str] | None) -> Problems:

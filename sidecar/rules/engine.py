@@ -119,6 +119,7 @@ class RuleSet:
         self.teams: tuple[str, ...] = tuple(spec.teams)
         self.default_severity = spec.default_severity
         self.default_team = spec.default_team
+        self.statuses: tuple[str, ...] = tuple(spec.statuses)
         self._ranks = {p.name: i for i, p in enumerate(self.severities)}
         self._policies = {p.name: p for p in self.severities}
         self.severity_floor: Mapping[str, str] = dict(spec.severity_floor)

@@ -10,13 +10,26 @@ import functools
 import math
 import re
 from collections.abc import Mapping
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal, cast
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StrictBool, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    SerializerFunctionWrapHandler,
+    StrictBool,
+    ValidatorFunctionWrapHandler,
+    model_serializer,
+    model_validator,
+)
 
 from sidecar.durations import Duration
 from sidecar.matchers import parse_matchers
+from sidecar.rules.intervals import CalendarSpec, NamedTimeInterval
 from sidecar.sla import Clocks
+from sidecar.sla.calendar import Calendar
 
 _NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:-]*")
 _NUMBER_RE = re.compile(r"[+-]?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][+-]?\d+)?")
@@ -42,6 +55,17 @@ def _check_matchers(value: str) -> str:
 
 
 Name = Annotated[str, AfterValidator(_check_name)]
+
+
+def _unique(values: list[str]) -> list[str]:
+    seen: set[str] = set()
+    for value in values:
+        if value in seen:
+            raise ValueError(f"{value!r} is listed twice")
+        seen.add(value)
+    return values
+
+
 MatcherLine = Annotated[str, AfterValidator(_check_matchers)]
 """One Alertmanager ``matchers:`` entry; it may hold several comma-separated matchers."""
 
@@ -51,13 +75,58 @@ class _Strict(BaseModel):
 
 
 class SLA(_Strict):
-    """Per-severity SLA durations; ``None`` means the plan sets no such target."""
+    """Per-severity SLA durations; ``None`` means the plan sets no such target.
+
+    An entry is a duration on the wall clock (``acknowledge: 1h``) or one of
+    business time, naming a calendar: ``acknowledge: {target: 1h, calendar:
+    business-hours}``. The fields hold the durations either way, so that
+    everything reading a target reads a duration; :meth:`calendar` says
+    which calendar, if any, an entry runs on.
+    """
 
     detect: Duration | None = None
     acknowledge: Duration | None = None
     update: Duration | None = None
     resolve: Duration | None = None
     postmortem: Duration | None = None
+    _calendars: dict[str, str] = PrivateAttr(default_factory=dict)
+
+    @model_validator(mode="wrap")
+    @classmethod
+    def _calendar_entries(cls, data: Any, handler: ValidatorFunctionWrapHandler) -> SLA:
+        if not isinstance(data, Mapping):
+            return cast("SLA", handler(data))  # an SLA already, or an error to report
+        calendars: dict[str, str] = {}
+        data = dict(data)
+        for key, value in data.items():
+            if not isinstance(value, Mapping):
+                continue
+            if set(value) != {"target", "calendar"} or not isinstance(value["calendar"], str):
+                raise ValueError(
+                    f"{key}: give a duration, or {{target: <duration>, calendar: <name>}} "
+                    f"for a target in business time (got keys {', '.join(map(str, value))})"
+                )
+            calendars[key] = value["calendar"]
+            data[key] = value["target"]
+        sla = cast("SLA", handler(data))
+        sla._calendars = calendars
+        return sla
+
+    @model_serializer(mode="wrap")
+    def _dump(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        data: dict[str, Any] = handler(self)
+        for key, calendar in self._calendars.items():
+            data[key] = {"target": data[key], "calendar": calendar}
+        return data
+
+    def calendar(self, name: str) -> str | None:
+        """The calendar the SLA ``name`` runs on; None for the wall clock."""
+        return self._calendars.get(name)
+
+    @property
+    def calendars(self) -> Mapping[str, str]:
+        """SLA name -> calendar name, for the entries in business time."""
+        return self._calendars
 
 
 class EscalationStep(_Strict):
@@ -73,6 +142,8 @@ class EscalationStep(_Strict):
     # Strict: "yes" or 1 would pass a lax bool, and a typo here decides whether
     # anybody is woken.
     record_only: StrictBool = False
+    # Counts ``after`` in this calendar's business time instead of wall time.
+    calendar: Name | None = None
 
 
 class SeverityPolicy(_Strict):
@@ -85,6 +156,12 @@ class SeverityPolicy(_Strict):
     pagerduty_severity: Literal["critical", "error", "warning", "info"]
     sla: SLA = SLA()
     escalation: list[EscalationStep] = []
+    # The rules file's calendars, bound by RulesFile once validated.
+    _calendars: Mapping[str, Calendar] = PrivateAttr(default_factory=dict)
+
+    def calendar_named(self, name: str | None) -> Calendar | None:
+        """The calendar called ``name``; None for the wall clock (or an undeclared name)."""
+        return None if name is None else self._calendars.get(name)
 
     @functools.cached_property
     def clocks(self) -> Clocks:
@@ -189,3 +266,21 @@ class RulesFile(_Strict):
     severity_floor: dict[Annotated[str, Field(min_length=1)], str] = {}
     severity_rules: list[SeverityRule] = []
     ownership_rules: list[OwnershipRule] = []
+    # The plan's incident statuses, each once: the first is an incident's at opening,
+    # the last a resolved incident's; a status update may carry any of them.
+    statuses: Annotated[list[Name], AfterValidator(_unique)] = []
+    # Alertmanager's syntax, and calendars of business time made of them.
+    time_intervals: list[NamedTimeInterval] = []
+    calendars: list[CalendarSpec] = []
+
+    @model_validator(mode="after")
+    def _bind_calendars(self) -> RulesFile:
+        intervals = {i.name: i for i in self.time_intervals}
+        calendars = {c.name: c.compile(intervals) for c in self.calendars}
+        for policy in self.severities:
+            policy._calendars = calendars
+        return self
+
+    def calendar_spec(self, name: str) -> CalendarSpec | None:
+        """The calendar called ``name`` as written."""
+        return next((c for c in self.calendars if c.name == name), None)

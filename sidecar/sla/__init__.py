@@ -2,6 +2,8 @@
 
 - :mod:`~sidecar.sla.clocks`: a severity's durations, the pending deadlines
   of an open incident, and when one counts as passed;
+- :mod:`~sidecar.sla.calendar`: business time, after Alertmanager's time
+  intervals: when a target in business time runs out, and how much elapsed;
 - :mod:`~sidecar.sla.verdict`: the one verdict per SLA that the API, the
   review and (through the breaches the book records) the metrics share.
 
@@ -12,10 +14,13 @@ are pure, so the incidents depend on them and never the reverse.
 
 from sidecar.sla.clocks import (
     ESCALATION,
+    SLA_KINDS,
     Clocks,
     Policy,
+    Target,
     is_due,
     is_strict,
+    measured,
     next_deadline,
     passed,
     pending_deadlines,
@@ -24,10 +29,13 @@ from sidecar.sla.clocks import (
 
 __all__ = [
     "ESCALATION",
+    "SLA_KINDS",
     "Clocks",
     "Policy",
+    "Target",
     "is_due",
     "is_strict",
+    "measured",
     "next_deadline",
     "passed",
     "pending_deadlines",

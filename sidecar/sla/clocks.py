@@ -1,7 +1,9 @@
 """SLA clocks of an open incident: which deadlines are pending, and which have passed.
 
 Deadlines follow the severity's policy as it is now (a severity raised
-mid-incident brings its own, tighter clocks). An SLA is breached when its
+mid-incident brings its own, tighter clocks). A target may run on a calendar
+(:mod:`sidecar.sla.calendar`): its deadline is then where its business time
+runs out, and what it measures is the business time elapsed. An SLA is breached when its
 deadline has passed (an acknowledgment exactly at the deadline is in time),
 and each breach is recorded once on the incident, so it is counted once,
 across restarts too. Escalation steps are due at their deadline, including
@@ -15,8 +17,12 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import TYPE_CHECKING, Protocol
 
+from sidecar.sla.calendar import Calendar
+
 if TYPE_CHECKING:
     from sidecar.incidents.model import Incident
+
+SLA_KINDS = ("detect", "acknowledge", "update", "resolve", "postmortem")
 
 
 class Targets(Protocol):
@@ -28,6 +34,7 @@ class Targets(Protocol):
     def resolve(self) -> timedelta | None: ...
     @property
     def update(self) -> timedelta | None: ...
+    def calendar(self, name: str) -> str | None: ...
 
 
 class Step(Protocol):
@@ -39,6 +46,8 @@ class Step(Protocol):
     def tier(self) -> str: ...
     @property
     def while_(self) -> str: ...
+    @property
+    def calendar(self) -> str | None: ...
 
 
 class Policy(Protocol):
@@ -53,44 +62,93 @@ class Policy(Protocol):
     def escalation(self) -> Sequence[Step]: ...
     @property
     def clocks(self) -> Clocks: ...
+    def calendar_named(self, name: str | None) -> Calendar | None: ...
 
 
 ESCALATION = "escalation:"
 
 
 @dataclass(frozen=True, slots=True)
+class Target:
+    """A duration on the wall clock, or in a calendar's business time."""
+
+    seconds: float
+    calendar: Calendar | None = None
+
+    def deadline(self, start: float, *, strict: bool = True) -> float | None:
+        """When the target runs out, counted from ``start``; None if the calendar never opens.
+
+        Strict for an SLA (the last instant still within it), not for an
+        escalation step (the first instant it has fully elapsed); on the wall
+        clock the two are the same instant.
+        """
+        if self.calendar is None:
+            return start + self.seconds
+        return self.calendar.add(start, self.seconds, strict=strict)
+
+    def elapsed(self, start: float, end: float) -> float:
+        """The time from ``start`` to ``end`` this target counts (business time on a calendar)."""
+        if self.calendar is None:
+            return max(0.0, end - start)
+        return self.calendar.elapsed(start, end)
+
+
+@dataclass(frozen=True, slots=True)
 class Clocks:
-    """A severity's SLA and escalation durations in seconds, worked out once per policy.
+    """A severity's SLA targets and escalation steps, each with its calendar, worked out once.
 
     Every open incident's next deadline is computed at start and after each
     change: a hundred thousand of them at start, where converting durations
     and naming escalation kinds each time showed.
     """
 
-    acknowledge: float | None
-    resolve: float | None
-    update: float | None
-    # (kind, tier, only while unacknowledged, seconds after triggered_at)
-    escalation: tuple[tuple[str, str, bool, float], ...]
+    detect: Target | None
+    acknowledge: Target | None
+    resolve: Target | None
+    update: Target | None
+    postmortem: Target | None
+    # (kind, tier, only while unacknowledged, time after triggered_at)
+    escalation: tuple[tuple[str, str, bool, Target], ...]
 
     @classmethod
     def of(cls, policy: Policy) -> Clocks:
         """The clocks of ``policy``."""
         sla = policy.sla
+
+        def target(name: str) -> Target | None:
+            value: timedelta | None = getattr(sla, name, None)
+            if value is None:
+                return None
+            return Target(value.total_seconds(), policy.calendar_named(sla.calendar(name)))
+
         return cls(
-            acknowledge=None if sla.acknowledge is None else sla.acknowledge.total_seconds(),
-            resolve=None if sla.resolve is None else sla.resolve.total_seconds(),
-            update=None if sla.update is None else sla.update.total_seconds(),
+            detect=target("detect"),
+            acknowledge=target("acknowledge"),
+            resolve=target("resolve"),
+            update=target("update"),
+            postmortem=target("postmortem"),
             escalation=tuple(
                 (
                     ESCALATION + step.tier,
                     step.tier,
                     step.while_ == "unacknowledged",
-                    step.after.total_seconds(),
+                    Target(step.after.total_seconds(), policy.calendar_named(step.calendar)),
                 )
                 for step in policy.escalation
             ),
         )
+
+    def target(self, name: str) -> Target | None:
+        """The target of the SLA ``name`` (one of :data:`SLA_KINDS`)."""
+        value: Target | None = getattr(self, name)
+        return value
+
+
+def measured(target: Target | None, start: float, end: float) -> float:
+    """What the metrics observe for an SLA: the time its target counts, business time on a
+    calendar (so that a histogram's ``le="<target>"`` bucket counts exactly those within
+    it), else the wall time."""
+    return target.elapsed(start, end) if target is not None else max(0.0, end - start)
 
 
 def update_gap_start(inc: Incident) -> float:
@@ -104,20 +162,21 @@ def pending_deadlines(inc: Incident, policy: Policy) -> list[tuple[str, float]]:
         return []
     clocks = policy.clocks
     triggered = inc.state == "triggered"
-    out: list[tuple[str, float]] = []
+    out: list[tuple[str, float | None]] = []
     if clocks.acknowledge is not None and triggered and "acknowledge" not in inc.breaches:
-        out.append(("acknowledge", inc.triggered_at + clocks.acknowledge))
+        out.append(("acknowledge", clocks.acknowledge.deadline(inc.triggered_at)))
     if clocks.resolve is not None and "resolve" not in inc.breaches:
-        out.append(("resolve", inc.started_at + clocks.resolve))
+        out.append(("resolve", clocks.resolve.deadline(inc.started_at)))
     if clocks.update is not None:
         start = update_gap_start(inc)
         if inc.update_breached_gap != start:
-            out.append(("update", start + clocks.update))
+            out.append(("update", clocks.update.deadline(start)))
     for kind, tier, while_unacknowledged, after in clocks.escalation:
         if tier in inc.escalated or (while_unacknowledged and not triggered):
             continue
-        out.append((kind, inc.triggered_at + after))
-    return out
+        out.append((kind, after.deadline(inc.triggered_at, strict=False)))
+    # A calendar that never opens again sets no deadline.
+    return [(kind, at) for kind, at in out if at is not None]
 
 
 def next_deadline(inc: Incident, policy: Policy) -> tuple[float, bool] | None:

@@ -76,6 +76,10 @@ class LockedState:
     incidents: list[Incident]
     recently_closed: list[Incident]
     write: Callable[[WriteBatch], Awaitable[None]]
+    # The last incident number given on a day (``2026-11-30``), 0 for none; with
+    # replicas, the day's counter stays locked until this transaction ends, and
+    # the batch's ``numbers`` move it on.
+    last_number: Callable[[str], Awaitable[int]]
 
 
 @dataclass(frozen=True, slots=True)
@@ -138,6 +142,10 @@ class Store(Protocol):
 
     async def get_incident(self, incident_id: str) -> Incident | None:
         """One incident, open or not."""
+        ...
+
+    async def incident_id_for_number(self, number: str) -> str | None:
+        """The id of the incident with that plan number (``2026-11-30-001``)."""
         ...
 
     async def timeline(self, incident_id: str) -> list[TimelineEvent]:

@@ -51,6 +51,7 @@ def incident_from_row(row: Iterable[Any]) -> Incident:
         resolved_at,
         review_due_at,
         review_done_at,
+        number,
         _updated_at,
         data,
         alerts,
@@ -68,6 +69,7 @@ def incident_from_row(row: Iterable[Any]) -> Incident:
         data=orjson.loads(data),
         review_due_at=review_due_at,
         review_done_at=review_done_at,
+        number=number,
         alerts_doc=alerts,
     )
 

@@ -31,6 +31,9 @@ class OneProcess(ABC):
         self._leases: dict[int, float] = {}
         self._sends: dict[tuple[str, str], deque[float]] = {}
         self._claiming = asyncio.Lock()
+        # Day -> the last incident number given on it, read from the rows the first
+        # time a day is asked for, so that a restart never gives a number again.
+        self._numbers: dict[str, int] = {}
 
     @abstractmethod
     async def write(self, batch: WriteBatch) -> None:
@@ -40,12 +43,28 @@ class OneProcess(ABC):
     async def _heads(self, integration: str, now: float, per_routing: int) -> list[OutboxItem]:
         """The integration's due heads, leased or not: the oldest ``per_routing`` per routing."""
 
+    @abstractmethod
+    async def _max_number(self, day: str) -> int:
+        """The highest incident number stored for ``day``, 0 for none."""
+
     @asynccontextmanager
     async def locked(
         self, keys: Collection[str], ids: Collection[str], closed_since: float
     ) -> AsyncIterator[LockedState]:
         """No locks and no rows: writes go through :meth:`write` (see Store.locked)."""
-        yield LockedState(set(keys), set(ids), [], [], self.write)
+        yield LockedState(set(keys), set(ids), [], [], self._write_numbered, self._last_number)
+
+    async def _last_number(self, day: str) -> int:
+        if day not in self._numbers:
+            self._numbers[day] = await self._max_number(day)
+        return self._numbers[day]
+
+    async def _write_numbered(self, batch: WriteBatch) -> None:
+        await self.write(batch)
+        # Only once committed: numbers of a batch that failed were never stored,
+        # and the next batch gives them again.
+        for day, last in batch.numbers.items():
+            self._numbers[day] = max(last, self._numbers.get(day, 0))
 
     async def claim_outbox(self, now: float, limit: int, claimant: Claimant) -> Claim:
         """Lease due heads within the budget (see Store.claim_outbox).

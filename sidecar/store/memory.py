@@ -144,6 +144,17 @@ class MemoryStore(OneProcess):
         row = self._t().incidents.get(incident_id)
         return None if row is None else incident_from_row(row)
 
+    async def incident_id_for_number(self, number: str) -> str | None:
+        """The id of the incident with that plan number."""
+        rows = self._t().incidents.values()
+        return next((r.id for r in rows if r.number == number), None)
+
+    async def _max_number(self, day: str) -> int:
+        rows = self._t().incidents.values()
+        prefix = f"{day}-"
+        numbers = (r.number or "" for r in rows)
+        return max((int(n[len(prefix) :]) for n in numbers if n.startswith(prefix)), default=0)
+
     async def timeline(self, incident_id: str) -> list[TimelineEvent]:
         """The incident's events in sequence order."""
         events = self._t().events.get(incident_id, {})

@@ -194,6 +194,24 @@ SCHEMA: tuple[Migration, ...] = (
         ALTER TABLE outbox_sends ADD COLUMN integration text NOT NULL DEFAULT 'pagerduty';
         """,
     ),
+    Migration(
+        8,
+        "incident numbers",
+        # The plan's numbers (2026-11-30-001), unique even if a bug gave one twice: the
+        # write would fail (503) rather than store two incidents under one number.
+        """
+        ALTER TABLE incidents ADD COLUMN number {text};
+        CREATE UNIQUE INDEX incidents_number ON incidents(number) WHERE number IS NOT NULL;
+        """,
+        # Replicas count each day's numbers in one row, locked from the first number a
+        # batch takes to its commit (SQLite: one process counts in memory, from the rows).
+        postgresql="""
+        CREATE TABLE incident_numbers (
+            day text PRIMARY KEY,
+            last integer NOT NULL
+        );
+        """,
+    ),
 )
 
 

@@ -10,6 +10,10 @@ is a partial unique index, as in SQLite. Outbox rows are leased
 (:meth:`PostgresStore.claim_outbox`) so several workers never send the same event at
 once and a dead worker's lease runs out; claims take one advisory lock, so that the
 per-routing-key send budget they share (``outbox_sends``) is counted by one at a time.
+Incident numbers are counted per day in ``incident_numbers``: a batch that may open an
+incident locks its day's row (:meth:`PostgresStore.locked`), gives the numbers after it,
+and moves it on in the transaction that inserts the incidents, so replicas never give
+one number twice and a batch that fails gives none.
 The statements both SQL stores run are :mod:`sidecar.store.sql`'s; the ones here are
 PostgreSQL's alone (locks, leases in the table, the shared budget).
 """
@@ -54,6 +58,18 @@ _LOCKED_CLOSED = (
     f"SELECT DISTINCT ON (key) {INCIDENT_COLUMNS} FROM incidents "  # noqa: S608 - constant SQL
     "WHERE key = ANY($1) AND state = 'resolved' AND resolved_at >= $2 "
     "ORDER BY key, resolved_at DESC"
+)
+
+# (day): the day's last number, its counter row locked until the transaction ends (an
+# upsert that changes nothing still locks the row it conflicts with).
+_RESERVE_NUMBER = (
+    "INSERT INTO incident_numbers (day, last) VALUES ($1, 0) "
+    "ON CONFLICT (day) DO UPDATE SET last = incident_numbers.last RETURNING last"
+)
+# (day, last): move the day's counter on to the last number the batch gave.
+_ADVANCE_NUMBER = (
+    "INSERT INTO incident_numbers (day, last) VALUES ($1, $2) "
+    "ON CONFLICT (day) DO UPDATE SET last = GREATEST(incident_numbers.last, excluded.last)"
 )
 
 # Everything asyncpg, the socket or a timeout can raise when the database cannot serve us;
@@ -196,6 +212,7 @@ class PostgresStore(SQLStore):
                 incidents=[incident_from_row(r) for r in open_rows],
                 recently_closed=[incident_from_row(r) for r in closed_rows],
                 write=lambda batch: _write(con, batch),
+                last_number=lambda day: _reserve(con, day),
             )
             yield state
 
@@ -243,7 +260,13 @@ class PostgresStore(SQLStore):
         return claim
 
 
+async def _reserve(con: Any, day: str) -> int:
+    return int(await con.fetchval(_RESERVE_NUMBER, day))
+
+
 async def _write(con: Any, batch: WriteBatch) -> None:
+    if batch.numbers:
+        await con.executemany(_ADVANCE_NUMBER, list(batch.numbers.items()))
     for insert, rows in _SQL.writes(batch):
         if rows:
             await con.executemany(insert.sql(), rows)

@@ -29,6 +29,8 @@ class IncidentRow(NamedTuple):
     resolved_at: float | None
     review_due_at: float | None
     review_done_at: float | None
+    # The plan's incident number, unique (``2026-11-30-001``); None on rows from before.
+    number: str | None
     updated_at: float
     # Every other field of the incident.
     data: bytes
@@ -90,6 +92,8 @@ class WriteBatch:
     events: list[EventRow] = field(default_factory=list)
     outbox: list[OutboxRow] = field(default_factory=list)
     deliveries: list[DeliveryRow] = field(default_factory=list)
+    # Day -> the last incident number given on it, when this batch gave any.
+    numbers: dict[str, int] = field(default_factory=dict)
 
     def __bool__(self) -> bool:
         return bool(self.incidents or self.events or self.outbox or self.deliveries)

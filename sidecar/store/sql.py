@@ -131,6 +131,13 @@ class Statements:
             f"ORDER BY resolved_at, id{d.by_bytes}"
         )
         self.get_incident = f"{incidents} WHERE id = {p(1)}"
+        self.incident_id_for_number = f"SELECT id FROM incidents WHERE number = {p(1)}"
+        # (day): the highest number given on that day. A range, not LIKE, so that
+        # the index serves it: '.' sorts right after '-'.
+        self.last_number = (
+            "SELECT coalesce(max(CAST(substr(number, 12) AS INTEGER)), 0) FROM incidents "
+            f"WHERE number > {p(1)} || '-' AND number < {p(1)} || '.'"
+        )
         self.timeline = (
             f"SELECT {', '.join(EventRow._fields)} FROM events "
             f"WHERE incident_id = {p(1)} ORDER BY seq"

@@ -31,7 +31,7 @@ T = TypeVar("T")
 MIGRATIONS = migrations(SQLITE)
 
 
-# Rows per multi-row statement (14 columns: far below SQLite's 32,766 variables).
+# Rows per multi-row statement (15 columns: far below SQLite's 32,766 variables).
 _ROWS_PER_STATEMENT = 32
 
 
@@ -108,6 +108,9 @@ class SQLiteStore(OneProcess, SQLStore):
 
     async def _update(self, sql: str, params: Sequence[Any]) -> None:
         await self._run(self._writer, lambda: self._w().execute(sql, params))
+
+    async def _max_number(self, day: str) -> int:
+        return int(await self._value(self.sql.last_number, (day,)))
 
     async def _heads(self, integration: str, now: float, per_routing: int) -> list[OutboxItem]:
         params = (integration, now, per_routing)

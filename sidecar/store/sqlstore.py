@@ -69,6 +69,11 @@ class SQLStore(ABC):
         rows = await self._rows(self.sql.get_incident, (incident_id,), incident_from_row)
         return rows[0] if rows else None
 
+    async def incident_id_for_number(self, number: str) -> str | None:
+        """The id of the incident with that plan number."""
+        value = await self._value(self.sql.incident_id_for_number, (number,))
+        return None if value is None else str(value)
+
     async def timeline(self, incident_id: str) -> list[TimelineEvent]:
         """The incident's events in sequence order."""
         return await self._rows(self.sql.timeline, (incident_id,), event_from_row)

@@ -1,4 +1,8 @@
-"""The incidents API: list, read, acknowledge, resolve."""
+"""The incidents API: list, read, acknowledge, resolve, update, review.
+
+Incidents are named by id or by plan number; the Incident Commander's actions
+(roles, severity, escalation) are :mod:`sidecar.web.leading`'s.
+"""
 
 from __future__ import annotations
 
@@ -10,11 +14,13 @@ from aiohttp import web
 
 from sidecar.clock import isoformat
 from sidecar.errors import IncidentNotFound, InvalidTransition
-from sidecar.incidents import Incident, TimelineEvent
+from sidecar.incidents import Incident, TimelineEvent, is_number, war_room
+from sidecar.incidents.people import ROLES
 from sidecar.postmortem import render_postmortem
 from sidecar.rules import RuleSet
 from sidecar.sla.verdict import sla_report
 from sidecar.store import IncidentQuery
+from sidecar.store.codec import incident_from_row, incident_row
 from sidecar.web.answers import json_answer
 from sidecar.web.auth import require_api_token
 from sidecar.web.keys import COMPONENTS
@@ -38,13 +44,20 @@ def incident_view(
     """The public JSON shape of an incident."""
     return {
         "id": inc.id,
+        "number": inc.number,
+        "war_room": war_room(inc.number),
         "key": inc.key,
         "group_key": inc.group_key,
         "receiver": inc.receiver,
         "state": inc.state,
         "severity": inc.severity,
+        # Who set the severity by hand (None: the alerts' severity).
+        "severity_set_by": inc.severity_set_by,
         "team": inc.team,
         "title": inc.title,
+        "status": inc.status,
+        "status_changed_at": isoformat(inc.status_at),
+        "roles": {role: inc.roles.get(role) for role in ROLES},
         "labels": inc.labels,
         "started_at": isoformat(inc.started_at),
         "triggered_at": isoformat(inc.triggered_at),
@@ -95,7 +108,8 @@ def event_view(ev: TimelineEvent) -> dict[str, Any]:
     }
 
 
-def _bad(reason: str) -> web.HTTPBadRequest:
+def bad(reason: str) -> web.HTTPBadRequest:
+    """A 400 with ``reason``."""
     return web.HTTPBadRequest(reason=reason)
 
 
@@ -105,17 +119,17 @@ async def list_incidents(request: web.Request) -> web.Response:
     q = request.query
     state, severity, team = q.get("state"), q.get("severity"), q.get("team")
     if state is not None and state not in STATES:
-        raise _bad(f"state must be one of {', '.join(STATES)}")
+        raise bad(f"state must be one of {', '.join(STATES)}")
     if severity is not None and severity not in {s.name for s in c.rules.severities}:
-        raise _bad(f"unknown severity {severity!r}")
+        raise bad(f"unknown severity {severity!r}")
     if team is not None and team not in c.rules.teams:
-        raise _bad(f"unknown team {team!r}")
+        raise bad(f"unknown team {team!r}")
     try:
         limit = int(q.get("limit", "100"))
     except ValueError:
-        raise _bad("limit must be an integer") from None
+        raise bad("limit must be an integer") from None
     if not 1 <= limit <= MAX_LIMIT:
-        raise _bad(f"limit must be between 1 and {MAX_LIMIT}")
+        raise bad(f"limit must be between 1 and {MAX_LIMIT}")
     found = await c.store.list_incidents(IncidentQuery(state, severity, team, limit))
     now = c.clock.now()
     return json_answer({"incidents": [incident_view(i, c.rules, now) for i in found]})
@@ -129,11 +143,24 @@ def page_url(request: web.Request, incident_id: str) -> str:
     return str(request.url.with_path(f"/incidents/{incident_id}").with_query(None))
 
 
-async def load_incident(request: web.Request) -> Incident:
-    """The incident the path's ``{id}`` names; IncidentNotFound when none."""
+async def load(request: web.Request) -> Incident:
+    """The incident the path names by its id or its plan number (``2026-11-30-001``)."""
     c = request.app[COMPONENTS]
     incident_id = request.match_info["id"]
-    inc = c.book.get_open(incident_id) or await c.store.get_incident(incident_id)
+    if is_number(incident_id):
+        found = await c.store.incident_id_for_number(incident_id)
+        if found is None:
+            raise IncidentNotFound(incident_id)
+        incident_id = found
+    # Only what is committed: wait out a batch in flight, and take the open
+    # incident as the store holds it, since the next batch changes the book's
+    # copy in place while this request reads the timeline.
+    await c.service.settled()
+    inc = c.book.get_open(incident_id)
+    if inc is not None:
+        inc = incident_from_row(incident_row(inc, c.clock.now()))
+    else:
+        inc = await c.store.get_incident(incident_id)
     if inc is None:
         raise IncidentNotFound(incident_id)
     return inc
@@ -142,7 +169,7 @@ async def load_incident(request: web.Request) -> Incident:
 async def get_incident(request: web.Request) -> web.Response:
     """``GET /api/v1/incidents/{id}``: the incident, its timeline and SLA deadlines."""
     c = request.app[COMPONENTS]
-    inc = await load_incident(request)
+    inc = await load(request)
     events = await c.store.timeline(inc.id)
     view = incident_view(inc, c.rules, c.clock.now(), events)
     view["timeline"] = [event_view(e) for e in events]
@@ -164,38 +191,58 @@ async def get_incident(request: web.Request) -> web.Response:
     return json_answer(view)
 
 
-async def _actor(request: web.Request) -> tuple[str, str]:
+async def read_body(request: web.Request) -> dict[str, Any]:
+    """The request's JSON object (empty without a body); 400 for anything else."""
     if not request.can_read_body:
-        return "api", ""
+        return {}
     try:
         body = orjson.loads(await request.read())
     except orjson.JSONDecodeError:
-        raise _bad('body must be JSON: {"actor": "...", "message": "..."}') from None
+        raise bad('body must be JSON: {"actor": "...", "message": "..."}') from None
     if not isinstance(body, dict):
-        raise _bad("body must be a JSON object")
+        raise bad("body must be a JSON object")
+    return body
+
+
+async def _actor(request: web.Request) -> tuple[str, str]:
+    return actor_and_message(await read_body(request))
+
+
+def actor_and_message(body: dict[str, Any]) -> tuple[str, str]:
+    """The body's ``actor`` (``api`` when absent) and ``message``, checked; 400 when bad."""
     actor, message = body.get("actor", "api"), body.get("message", "")
     if not isinstance(actor, str) or not actor or len(actor) > 200:
-        raise _bad("actor must be a non-empty string of at most 200 characters")
+        raise bad("actor must be a non-empty string of at most 200 characters")
     if not isinstance(message, str) or len(message) > 4000:
-        raise _bad("message must be a string of at most 4000 characters")
+        raise bad("message must be a string of at most 4000 characters")
     return actor, message
 
 
 async def _transition(request: web.Request, action: str) -> web.Response:
     c = request.app[COMPONENTS]
     require_api_token(request)
-    actor, message = await _actor(request)
-    inc = await act(request, action, actor=actor, message=message, source="api")
+    body = await read_body(request)
+    actor, message = actor_and_message(body)
+    status = body.get("status")
+    if action == "update" and status is not None and not isinstance(status, str):
+        raise bad(f"status must be one of {', '.join(c.rules.statuses) or '(none declared)'}")
+    inc = await act(request, action, actor=actor, message=message, status=status, source="api")
     return json_answer(incident_view(inc, c.rules, c.clock.now()))
 
 
 async def act(
-    request: web.Request, action: str, *, actor: str, message: str, source: str
+    request: web.Request,
+    action: str,
+    *,
+    actor: str,
+    message: str,
+    source: str,
+    status: str | None = None,
 ) -> Incident:
-    """Acknowledge, update or resolve the path's incident as ``actor``; the incident after."""
+    """Acknowledge, update (optionally with a plan status) or resolve as ``actor``; the result."""
     c = request.app[COMPONENTS]
     # With replicas, another one may have opened it: the store knows.
-    known = await load_incident(request)
+    known = await load(request)
     incident_id = known.id
     if not known.is_open:
         raise InvalidTransition(f"incident {incident_id} is {known.state}; cannot {action} it")
@@ -211,13 +258,18 @@ async def act(
                 raise InvalidTransition("a status update needs a message")
             return [
                 c.book.record_update(
-                    incident_id, actor=actor, source=source, now=now, message=message
+                    incident_id,
+                    actor=actor,
+                    source=source,
+                    now=now,
+                    message=message,
+                    status=status,
                 )
             ]
         return [c.book.resolve(incident_id, actor=actor, source=source, now=now, message=message)]
 
     await c.service.submit(command, ids=[incident_id])
-    return await load_incident(request)
+    return await load(request)
 
 
 async def acknowledge(request: web.Request) -> web.Response:
@@ -231,18 +283,21 @@ async def resolve(request: web.Request) -> web.Response:
 
 
 async def post_update(request: web.Request) -> web.Response:
-    """``POST /api/v1/incidents/{id}/updates`` with ``{"actor", "message"}``: a status update."""
+    """``POST /api/v1/incidents/{id}/updates`` with ``{"actor", "message", "status"}``.
+
+    A status update; ``status``, when given, is one of the plan's statuses.
+    """
     return await _transition(request, "update")
 
 
 async def get_postmortem(request: web.Request) -> web.Response:
     """``GET /api/v1/incidents/{id}/postmortem``: the plan's review template, pre-filled."""
     c = request.app[COMPONENTS]
-    inc = await load_incident(request)
+    inc = await load(request)
     timeline = await c.store.timeline(inc.id)
     template = request.query.get("template")
     if template is not None and template not in TEMPLATES:
-        raise _bad(f"template must be one of {', '.join(TEMPLATES)}")
+        raise bad(f"template must be one of {', '.join(TEMPLATES)}")
     text = render_postmortem(
         inc,
         timeline,
@@ -259,7 +314,7 @@ async def complete_postmortem(request: web.Request) -> web.Response:
     c = request.app[COMPONENTS]
     require_api_token(request)
     actor, message = await _actor(request)
-    inc = await load_incident(request)
+    inc = await load(request)
     if inc.is_open:
         raise InvalidTransition(f"incident {inc.id} is {inc.state}; review it once resolved")
 
@@ -268,4 +323,4 @@ async def complete_postmortem(request: web.Request) -> web.Response:
         return [change] if change else []
 
     await c.service.submit(command, ids=[inc.id])
-    return json_answer(incident_view(await load_incident(request), c.rules, c.clock.now()))
+    return json_answer(incident_view(await load(request), c.rules, c.clock.now()))

@@ -14,11 +14,11 @@ from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
 from aiohttp.web_protocol import RequestPayloadError
 
-from sidecar.errors import IncidentNotFound, InvalidTransition, StoreUnavailable
+from sidecar.errors import IncidentNotFound, InvalidRequest, InvalidTransition, StoreUnavailable
 from sidecar.runtime import Components
-from sidecar.web import api, ops, pages, signin, webhooks
+from sidecar.web import api, leading, ops, pages, runbooks, signin, webhooks
 from sidecar.web.answers import json_answer
-from sidecar.web.keys import COMPONENTS
+from sidecar.web.keys import COMPONENTS, RUNBOOKS
 
 log = logging.getLogger("sidecar.web")
 
@@ -62,9 +62,11 @@ async def _answer(request: web.Request, handler: Handler) -> web.StreamResponse:
         log.warning("store unavailable", extra={"path": request.path, "error": str(exc)})
         return _error(503, f"store unavailable, retry later: {exc}")
     except IncidentNotFound as exc:
-        return _error(404, f"no incident with id {exc}")
+        return _error(404, f"no incident with id or number {exc}")
     except InvalidTransition as exc:
         return _error(409, str(exc))
+    except InvalidRequest as exc:
+        return _error(400, str(exc))
     except (RequestPayloadError, HttpProcessingError) as exc:
         # A body that cannot be read (a Content-Encoding it does not have, a
         # truncated stream) is the client's fault, and retrying will not help.
@@ -106,6 +108,9 @@ ROUTES: tuple[tuple[str, str, Handler], ...] = (
     ("POST", "/api/v1/incidents/{id}/acknowledge", api.acknowledge),
     ("POST", "/api/v1/incidents/{id}/resolve", api.resolve),
     ("POST", "/api/v1/incidents/{id}/updates", api.post_update),
+    ("POST", "/api/v1/incidents/{id}/roles", leading.assign_roles),
+    ("POST", "/api/v1/incidents/{id}/severity", leading.change_severity),
+    ("POST", "/api/v1/incidents/{id}/escalate", leading.escalate),
     ("GET", "/api/v1/incidents/{id}/postmortem", api.get_postmortem),
     ("POST", "/api/v1/incidents/{id}/postmortem", api.complete_postmortem),
     ("GET", "/metrics", ops.metrics),
@@ -119,6 +124,8 @@ ROUTES: tuple[tuple[str, str, Handler], ...] = (
     ("POST", "/incidents/{id}/acknowledge", pages.acknowledge_form),
     ("POST", "/incidents/{id}/update", pages.update_form),
     ("POST", "/incidents/{id}/resolve", pages.resolve_form),
+    ("GET", "/runbooks/", runbooks.index),
+    ("GET", "/runbooks/{alert}", runbooks.runbook),
 )
 """Every route: method, path and handler (the OpenAPI document describes each)."""
 
@@ -132,6 +139,7 @@ def create_app(components: Components) -> web.Application:
     )
     app[COMPONENTS] = components
     signin.install(app)
+    app[RUNBOOKS] = runbooks.load_runbooks()
     app.cleanup_ctx.append(_lifecycle)
     for method, path, handler in ROUTES:
         app.router.add_route(method, path, handler)

@@ -19,7 +19,7 @@ from sidecar.postmortem import render_postmortem
 from sidecar.sla.verdict import sla_report
 from sidecar.store import IncidentQuery
 from sidecar.web import present
-from sidecar.web.api import act, load_incident, page_url
+from sidecar.web.api import act, load, page_url
 from sidecar.web.keys import COMPONENTS
 from sidecar.web.signin import READERS, identity
 
@@ -127,7 +127,7 @@ async def list_page(request: web.Request) -> web.Response:
 async def incident_page(request: web.Request) -> web.Response:
     """``GET /incidents/{id}``: clocks, timeline, alerts, notifications, review, actions."""
     c = request.app[COMPONENTS]
-    inc = await load_incident(request)
+    inc = await load(request)
     now = c.clock.now()
     events = await c.store.timeline(inc.id)
     results = sla_report(inc, events, c.rules, now, reviewed_at=inc.review_done_at)
@@ -197,7 +197,7 @@ def _review(request: web.Request, inc: Incident, events: Any, now: float) -> str
 async def review_download(request: web.Request) -> web.Response:
     """``GET /incidents/{id}/review.md``: the review's Markdown, as a file to save."""
     c = request.app[COMPONENTS]
-    inc = await load_incident(request)
+    inc = await load(request)
     text = _review(request, inc, await c.store.timeline(inc.id), c.clock.now())
     return web.Response(
         text=text,

@@ -9,8 +9,9 @@ A request is let in when it carries, in this order:
   proxy in front (oauth2-proxy's ``X-Forwarded-User``). Trusting it is an
   explicit opt-out: anyone who reaches the pod directly can set it.
 
-``/metrics``, ``/healthz``, ``/readyz``, the OpenAPI document and the
-stylesheet stay open, as exporters' do; webhooks check their own credentials.
+``/metrics``, ``/healthz``, ``/readyz``, the OpenAPI document, the
+stylesheet and the runbooks (shipped documentation) stay open, as exporters'
+do; webhooks check their own credentials.
 The identity found is the actor of what the pages' forms do, and the subject of
 their CSRF tokens.
 """
@@ -35,6 +36,8 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 OPEN_PATHS = frozenset({"/metrics", "/healthz", "/readyz", "/openapi.yaml", "/static/style.css"})
 """Answered without credentials."""
+OPEN_PREFIXES = ("/webhook/", "/runbooks/")
+"""Answered without read credentials: webhooks check their own, runbooks are documentation."""
 
 IDENTITY = web.RequestKey("identity", str)
 """Where the middleware leaves the identity on the request."""
@@ -157,7 +160,7 @@ def identity(request: web.Request) -> str:
 async def signin_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     """401 for any request without read credentials, except open paths and webhooks."""
     path = request.path
-    if path in OPEN_PATHS or path.startswith("/webhook/"):
+    if path in OPEN_PATHS or path.startswith(OPEN_PREFIXES):
         return await handler(request)
     readers = request.app[READERS]
     who = await readers.identify(request)

@@ -91,6 +91,8 @@ app.kubernetes.io/part-of: incident-sla-sidecar
 {{- define "incident-sla-sidecar.usersDir" -}}/etc/incident-sla-sidecar/users{{- end }}
 {{- define "incident-sla-sidecar.presetsDir" -}}/etc/incident-sla-sidecar/rules{{- end }}
 {{- define "incident-sla-sidecar.dataDir" -}}/var/lib/incident-sla-sidecar{{- end }}
+{{- define "incident-sla-sidecar.tlsDir" -}}/etc/incident-sla-sidecar/tls{{- end }}
+{{- define "incident-sla-sidecar.clientCaDir" -}}/etc/incident-sla-sidecar/tls-client-ca{{- end }}
 
 {{/*
 The sidecar's config.yaml: the user's `config` with the keys the chart owns filled in
@@ -104,6 +106,13 @@ The sidecar's config.yaml: the user's `config` with the keys the chart owns fill
 {{- if include "incident-sla-sidecar.auth" . }}
 {{- $_ := set $server "webhook_token_file" (printf "%s/webhook-token" $secrets) }}
 {{- $_ := set $server "api_token_file" (printf "%s/api-token" $secrets) }}
+{{- end }}
+{{- if include "incident-sla-sidecar.tls" . }}
+{{- $_ := set $server "tls_cert_file" (printf "%s/%s" (include "incident-sla-sidecar.tlsDir" .) .Values.tls.certKey) }}
+{{- $_ := set $server "tls_key_file" (printf "%s/%s" (include "incident-sla-sidecar.tlsDir" .) .Values.tls.keyKey) }}
+{{- if .Values.tls.clientAuth }}
+{{- $_ := set $server "tls_client_ca_file" (printf "%s/%s" (include "incident-sla-sidecar.clientCaDir" .) .Values.tls.clientCaKey) }}
+{{- end }}
 {{- end }}
 {{- $_ := set $cfg "server" $server }}
 {{- $store := get $cfg "store" | default dict }}
@@ -159,4 +168,42 @@ The sidecar's config.yaml: the user's `config` with the keys the chart owns fill
 {{- $_ := unset $cfg "pagerduty" }}
 {{- end }}
 {{- toYaml $cfg }}
+{{- end }}
+
+{{/* "true" when the sidecar serves HTTPS (server.tls_* files from tls.secretName). */}}
+{{- define "incident-sla-sidecar.tls" -}}
+{{- if .Values.tls.enabled }}
+{{- if not .Values.tls.secretName }}
+{{- fail "tls.enabled needs tls.secretName: the Secret with the certificate and its key" }}
+{{- end }}true
+{{- end }}
+{{- end }}
+
+{{/*
+A probe for the container: with TLS an httpGet probe asks over HTTPS (the kubelet does not verify
+the certificate); with mTLS it becomes a TCP check, since the kubelet has no client certificate.
+*/}}
+{{- define "incident-sla-sidecar.probe" -}}
+{{- $probe := deepCopy .probe }}
+{{- if and (include "incident-sla-sidecar.tls" .root) $probe.httpGet }}
+{{- if .root.Values.tls.clientAuth }}
+{{- $_ := set $probe "tcpSocket" (dict "port" $probe.httpGet.port) }}
+{{- $_ := unset $probe "httpGet" }}
+{{- else }}
+{{- $_ := set $probe.httpGet "scheme" "HTTPS" }}
+{{- end }}
+{{- end }}
+{{- toYaml $probe }}
+{{- end }}
+
+{{/* Base URL of the runbooks the shipped alert rules link to (no trailing slash). */}}
+{{- define "incident-sla-sidecar.runbookBaseUrl" -}}
+{{- if .Values.prometheusRule.runbookBaseUrl }}
+{{- .Values.prometheusRule.runbookBaseUrl | trimSuffix "/" }}
+{{- else if dig "server" "external_url" "" .Values.config }}
+{{- printf "%s/runbooks" (dig "server" "external_url" "" .Values.config | trimSuffix "/") }}
+{{- else }}
+{{- $scheme := ternary "https" "http" (eq (include "incident-sla-sidecar.tls" .) "true") }}
+{{- printf "%s://%s.%s.svc:%v/runbooks" $scheme (include "incident-sla-sidecar.fullname" .) (include "incident-sla-sidecar.namespace" .) .Values.service.port }}
+{{- end }}
 {{- end }}
