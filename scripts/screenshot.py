@@ -13,6 +13,7 @@ import tempfile
 import time
 import urllib.request
 from pathlib import Path
+from typing import Any
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
@@ -46,10 +47,21 @@ def fire(proc: SidecarProcess) -> str:
     ]
     url = f"{proc.url}/webhook/alertmanager"  # loopback http, ours
     req = urllib.request.Request(url, data=body(notification(*alerts)), method="POST")  # noqa: S310
-    req.add_header("Authorization", f"Bearer {proc.webhook_token}")
-    with urllib.request.build_opener(urllib.request.ProxyHandler({})).open(req) as resp:
-        incident_id: str = json.loads(resp.read())["changed"][0]["id"]
+    incident_id: str = _call(req, proc.webhook_token)["changed"][0]["id"]
+    # The Incident Commander and an expert, as the plan's roles.
+    roles = {"roles": {"incident_commander": "alice", "smes": ["bob"]}}
+    url = f"{proc.url}/api/v1/incidents/{incident_id}/roles"
+    req = urllib.request.Request(url, data=json.dumps(roles).encode(), method="POST")  # noqa: S310
+    _call(req, proc.api_token)
     return incident_id
+
+
+def _call(req: urllib.request.Request, token: str) -> dict[str, Any]:
+    req.add_header("Authorization", f"Bearer {token}")
+    req.add_header("Content-Type", "application/json")
+    with urllib.request.build_opener(urllib.request.ProxyHandler({})).open(req) as resp:
+        answer: dict[str, Any] = json.loads(resp.read())
+    return answer
 
 
 def main() -> int:
@@ -61,6 +73,7 @@ def main() -> int:
         print("install Debian's chromium and chromium-driver", file=sys.stderr)
         return 1
     from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.select import Select
 
     with tempfile.TemporaryDirectory() as tmp:
         users = write_users_file(Path(tmp) / "web-config.yml", {"alice": "correct-horse"})
@@ -75,6 +88,7 @@ def main() -> int:
                 driver.get(f"{signed_in}/incidents/{incident_id}")
                 driver.find_element(By.XPATH, "//button[text()='Acknowledge']").click()
                 message = "Rolled back the 14:02 deploy of checkout-api; error rate falling."
+                Select(driver.find_element(By.ID, "status")).select_by_value("Identified")
                 driver.find_element(By.ID, "message").send_keys(message)
                 driver.find_element(By.XPATH, "//button[text()='Post update']").click()
                 height = driver.execute_script("return document.documentElement.scrollHeight")

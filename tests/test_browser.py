@@ -1,9 +1,10 @@
 """The pages in a real browser: headless Chromium from Debian, at a phone's width, no JavaScript.
 
 A sidecar process runs as users run it; the browser signs in (HTTP basic auth,
-as a browser answers the prompt), opens the list and an incident, acknowledges
-it and posts a status update through the page's forms, and the API confirms
-both as the signed-in user. Screenshots go to the test's temporary directory.
+as a browser answers the prompt), opens the list and an incident (by its link,
+then by its plan number), acknowledges it and posts a status update with the
+plan's status through the page's forms, and the API confirms both as the
+signed-in user. Screenshots go to the test's temporary directory.
 """
 
 from __future__ import annotations
@@ -70,10 +71,14 @@ def test_a_responder_signs_in_reads_and_acknowledges_from_a_phone(
 ) -> None:
     try:
         from selenium.webdriver.common.by import By
+        from selenium.webdriver.support.select import Select
     except ImportError:
         skip_or_fail("selenium (a dev dependency: pip install -e .[dev]) drives the browser")
     browser, driver_path = require_binary("chromium"), require_binary("chromedriver")
     incident_id = fire(sidecar)
+    roles = json.dumps({"roles": {"incident_commander": "alice"}}).encode()
+    path = f"/api/v1/incidents/{incident_id}/roles"
+    number = request(sidecar, "POST", path, roles, sidecar.api_token)["number"]
     shots = tmp_path / "screenshots"
     shots.mkdir()
     signed_in = sidecar.url.replace("http://", f"http://{READER}:{READER_PASSWORD}@")
@@ -86,6 +91,10 @@ def test_a_responder_signs_in_reads_and_acknowledges_from_a_phone(
         assert "signed in as reader" in driver.find_element(By.TAG_NAME, "header").text
         open_table = driver.find_element(By.CSS_SELECTOR, "table.incidents")
         assert "triggered" in open_table.text
+        row = open_table.find_element(By.CSS_SELECTOR, "tbody tr")
+        assert row.find_element(By.CSS_SELECTOR, "td[data-label=Status]").text == "Investigating"
+        assert row.find_element(By.CSS_SELECTOR, "td[data-label=IC]").text == "alice"
+        assert number in row.text
         assert fits_the_width(driver)
 
         open_table.find_element(By.PARTIAL_LINK_TEXT, "Checkout API").click()
@@ -101,10 +110,19 @@ def test_a_responder_signs_in_reads_and_acknowledges_from_a_phone(
         driver.find_element(By.XPATH, "//button[text()='Acknowledge']").click()
         assert driver.current_url.endswith(f"/incidents/{incident_id}")
         assert driver.find_element(By.CSS_SELECTOR, ".facts .state").text == "acknowledged"
+        # The same page by the plan's number, as the war room calls it.
+        driver.get(f"{signed_in}/incidents/{number}")
+        assert driver.find_element(By.CSS_SELECTOR, ".facts .number").text == number
+        status = Select(driver.find_element(By.ID, "status"))
+        offered = [o.get_attribute("value") for o in status.options]
+        assert offered == ["", "Investigating", "Identified", "Monitoring", "Resolved"]
+        status.select_by_value("Identified")
         driver.find_element(By.ID, "message").send_keys("Rolled back the 14:02 deploy")
         driver.find_element(By.XPATH, "//button[text()='Post update']").click()
+        assert driver.current_url.endswith(f"/incidents/{incident_id}")
         timeline = driver.find_element(By.CSS_SELECTOR, "ol.timeline").text
         assert "Rolled back the 14:02 deploy" in timeline
+        assert driver.find_element(By.CSS_SELECTOR, ".facts .status").text == "Identified"
         driver.save_screenshot(str(shots / "acknowledged.png"))
 
     view = request(sidecar, "GET", f"/api/v1/incidents/{incident_id}", None, sidecar.api_token)
@@ -113,7 +131,10 @@ def test_a_responder_signs_in_reads_and_acknowledges_from_a_phone(
         READER,
         "web",
     )
+    assert (view["status"], view["roles"]["incident_commander"]) == ("Identified", "alice")
     updates = [e for e in view["timeline"] if e["kind"] == "status_update"]
-    assert [(e["actor"], e["source"]) for e in updates] == [(READER, "web")]
+    assert [(e["actor"], e["source"], e["data"]) for e in updates] == [
+        (READER, "web", {"status": "Identified", "previous_status": "Investigating"})
+    ]
     for name in ("list.png", "incident.png", "acknowledged.png"):
         assert (shots / name).read_bytes().startswith(b"\x89PNG"), name

@@ -99,6 +99,93 @@ async def test_the_list_puts_open_incidents_first_and_filters(
         assert (await bad.json())["error"]
 
 
+async def test_number_status_and_incident_commander_show_in_the_list_and_on_the_page(
+    client: Client, auth: dict[str, str], api_auth: dict[str, str], clock: FakeClock
+) -> None:
+    incident_id = await fire(client, auth)
+    roles = {"incident_commander": "alice", "smes": ["bob", "carol"]}
+    resp = await client.post(
+        f"/api/v1/incidents/{incident_id}/roles", json={"roles": roles}, headers=api_auth
+    )
+    assert resp.status == 200, await resp.text()
+    clock.advance(120)
+    update = {"message": "found it", "status": "Identified"}
+    resp = await client.post(
+        f"/api/v1/incidents/{incident_id}/updates", json=update, headers=api_auth
+    )
+    assert resp.status == 200, await resp.text()
+    number = (await resp.json())["number"]
+    assert number == "2023-11-14-001"
+    listed = await (await client.get("/incidents")).text()
+    assert number in listed
+    assert 'data-label="Status">Identified</td>' in listed
+    assert 'data-label="IC">alice</td>' in listed
+    # The page by its plan number is the page by its id.
+    by_number = await client.get(f"/incidents/{number}")
+    assert by_number.status == 200
+    page = await by_number.text()
+    assert page == await (await client.get(f"/incidents/{incident_id}")).text()
+    assert f'<strong class="number">{number}</strong>' in page
+    assert f"war room <code>#incident-{number}</code>" in page
+    assert re.search(
+        r'status <strong class="status">Identified</strong> <small>since 2023-11-14 22:25:20 UTC',
+        page,
+    )
+    assert "<dt>Incident Commander</dt><dd>alice</dd>" in page
+    assert "<dt>Subject Matter Experts</dt><dd>bob, carol</dd>" in page
+    assert '<dt>Scribe</dt><dd><span class="empty">not assigned</span></dd>' in page
+    missing = await client.get("/incidents/2023-11-14-002")
+    assert missing.status == 404
+
+
+BUSINESS_RULES = """\
+name: evenings
+severities:
+  - name: P1
+    title: High
+    paging: page
+    pagerduty_severity: error
+    sla: {acknowledge: {target: 4h, calendar: evenings}, resolve: 1d}
+teams: [ops]
+default_severity: P1
+default_team: ops
+time_intervals:
+  - name: tuesday-evening
+    time_intervals:
+      - {weekdays: [tuesday], times: [{start_time: '22:00', end_time: '23:00'}], location: UTC}
+calendars:
+  - {name: evenings, active_time_intervals: [tuesday-evening]}
+"""
+
+
+async def test_a_business_time_clock_shows_the_time_counted_and_its_calendar(
+    aiohttp_client: Any, tmp_path: Path, clock: FakeClock
+) -> None:
+    from prometheus_client import CollectorRegistry
+
+    from sidecar.runtime import build_components
+    from sidecar.web import create_app
+
+    rules = tmp_path / "evenings.yaml"
+    rules.write_text(BUSINESS_RULES, encoding="utf-8")
+    config = load_config(write_config(tmp_path, {"rules": {"file": str(rules)}}))
+    components = build_components(config, clock=clock, registry=CollectorRegistry())
+    client = await aiohttp_client(create_app(components))
+    # Tuesday 22:23:20 UTC; 90 minutes later 36m 40s of the evening hour have been counted.
+    incident_id = await fire(client, {"Authorization": f"Bearer {WEBHOOK_TOKEN}"}, labels={})
+    clock.advance(90 * 60)
+    page = await (await client.get(f"/incidents/{incident_id}")).text()
+    acknowledge = re.search(r"Time to acknowledge</td>(.*?)</tr>", page, re.S)
+    assert acknowledge, page
+    row = acknowledge.group(1)
+    assert ">4h <small>business time</small></td>" in row
+    assert 'class="counted">36m 40s <small>calendar <code>evenings</code></small></td>' in row
+    resolve = re.search(r"Time to resolve</td>(.*?)</tr>", page, re.S)
+    # On the wall clock: measured and left as wall time, no business time shown.
+    assert resolve and 'class="counted"></td>' in resolve.group(1)
+    assert ">22h 20m left</td>" in resolve.group(1)
+
+
 async def test_resolved_incidents_are_paged(
     client: Client, auth: dict[str, str], api_auth: dict[str, str], clock: FakeClock
 ) -> None:
@@ -176,16 +263,39 @@ async def test_forms_act_as_the_signed_in_user_with_their_csrf_token(
     assert resp.headers["Location"] == url
     resp = await client.post(f"{url}/update", data={"csrf": token, "message": "  "})
     assert resp.status == 409
-    resp = await client.post(f"{url}/update", data={"csrf": token, "message": "DB failing over"})
+    # The plan's statuses are offered; one outside them is refused and changes nothing.
+    assert re.search(
+        r'<select id="status" name="status".*?<option value="">status unchanged '
+        r'\(Investigating\)</option>\s*<option value="Investigating">',
+        page,
+        re.S,
+    )
+    assert '<option value="Monitoring">Monitoring</option>' in page
+    bad = {"csrf": token, "message": "x", "status": "Fixed"}
+    resp = await client.post(f"{url}/update", data=bad)
+    assert resp.status == 400
+    assert "Investigating, Identified, Monitoring, Resolved" in (await resp.json())["error"]
+    resp = await client.post(
+        f"{url}/update", data={"csrf": token, "message": "DB failing over", "status": "Identified"}
+    )
     assert resp.status == 200  # followed to the page
+    assert 'status <strong class="status">Identified</strong>' in await resp.text()
+    resp = await client.post(
+        f"{url}/update", data={"csrf": token, "message": "still", "status": ""}
+    )
+    assert resp.status == 200  # "unchanged": the status stays
     view = await (await client.get(f"/api/v1/incidents/{incident_id}")).json()
     assert (view["state"], view["acknowledged_by"], view["acknowledge_source"]) == (
         "acknowledged",
         "reader",
         "web",
     )
+    assert view["status"] == "Identified"
     update = [e for e in view["timeline"] if e["kind"] == "status_update"]
-    assert [(e["actor"], e["message"]) for e in update] == [("reader", "DB failing over")]
+    assert [(e["actor"], e["source"], e["message"]) for e in update] == [
+        ("reader", "web", "[Identified] DB failing over"),
+        ("reader", "web", "still"),
+    ]
     resp = await client.post(f"{url}/resolve", data={"csrf": token}, allow_redirects=False)
     assert resp.status == 303
     view = await (await client.get(f"/api/v1/incidents/{incident_id}")).json()

@@ -14,7 +14,7 @@ from typing import Any
 from aiohttp import web
 
 from sidecar.errors import InvalidTransition
-from sidecar.incidents import Incident
+from sidecar.incidents import Incident, war_room
 from sidecar.postmortem import render_postmortem
 from sidecar.sla.verdict import sla_report
 from sidecar.store import IncidentQuery
@@ -62,10 +62,13 @@ async def stylesheet(request: web.Request) -> web.StreamResponse:
 def _row(inc: Incident, c: Any, now: float) -> dict[str, Any]:
     return {
         "id": inc.id,
+        "number": inc.number,
         "title": inc.title,
         "severity": inc.severity,
         "team": inc.team,
         "state": inc.state,
+        "status": inc.status,
+        "ic": present.holder(inc.roles.get("incident_commander")),
         "triggered": present.when(inc.triggered_at),
         "age": present.duration(now - inc.triggered_at),
         "next": present.next_deadline(inc, c.rules, now),
@@ -125,7 +128,7 @@ async def list_page(request: web.Request) -> web.Response:
 
 
 async def incident_page(request: web.Request) -> web.Response:
-    """``GET /incidents/{id}``: clocks, timeline, alerts, notifications, review, actions."""
+    """``GET /incidents/{id or number}``: clocks, timeline, alerts, notifications, review."""
     c = request.app[COMPONENTS]
     inc = await load(request)
     now = c.clock.now()
@@ -162,6 +165,10 @@ async def incident_page(request: web.Request) -> web.Response:
         "incident.html.j2",
         request,
         inc=inc,
+        war_room=war_room(inc.number),
+        status_changed=present.when(inc.status_at),
+        roles=present.roles(inc),
+        statuses=list(c.rules.statuses),
         times=[
             ("Started", present.when(inc.started_at), ""),
             ("Declared", present.when(inc.triggered_at), ""),
@@ -225,10 +232,21 @@ async def _form_action(request: web.Request, action: str) -> web.StreamResponse:
     if not isinstance(message, str) or len(message) > MAX_MESSAGE:
         raise _bad(f"message must be text of at most {MAX_MESSAGE} characters")
     message = message.strip()
+    status = _status(request, form.get("status", "")) if action == "update" else None
     if action == "update" and not message:
         raise InvalidTransition("a status update needs a message")
-    inc = await act(request, action, actor=who, message=message, source="web")
+    inc = await act(request, action, actor=who, message=message, status=status, source="web")
     raise web.HTTPSeeOther(f"/incidents/{inc.id}")
+
+
+def _status(request: web.Request, value: object) -> str | None:
+    """The form's plan status: None to leave it as it is, else one of the rules' statuses."""
+    if value == "":
+        return None
+    statuses = request.app[COMPONENTS].rules.statuses
+    if not isinstance(value, str) or value not in statuses:
+        raise _bad(f"status must be one of {', '.join(statuses) or '(none declared)'}")
+    return value
 
 
 async def acknowledge_form(request: web.Request) -> web.StreamResponse:

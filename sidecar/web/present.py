@@ -19,6 +19,7 @@ from markupsafe import Markup
 
 from sidecar.clock import to_datetime
 from sidecar.incidents import AlertState, Incident, TimelineEvent
+from sidecar.incidents.people import ROLES
 from sidecar.rules import RuleSet
 from sidecar.sla.verdict import SlaResult, sla_report
 
@@ -69,6 +70,10 @@ class Clock:
     measured: str
     left: str
     status: str
+    # The time counted against the target; the page shows it when it is business time
+    # (``calendar`` set), since on the wall clock it repeats measured and left.
+    elapsed: str = ""
+    calendar: str | None = None
 
 
 def clocks(results: Sequence[SlaResult], now: float) -> list[Clock]:
@@ -91,9 +96,23 @@ def clocks(results: Sequence[SlaResult], now: float) -> list[Clock]:
                 measured=duration(r.actual_seconds),
                 left=left,
                 status=r.status.replace("_", " "),
+                elapsed=duration(r.elapsed_seconds),
+                calendar=r.calendar,
             )
         )
     return rows
+
+
+def holder(value: object) -> str:
+    """A role's holder as text: a name, names joined, or empty when nobody holds it."""
+    if isinstance(value, list):
+        return ", ".join(str(v) for v in value)
+    return "" if value is None else str(value)
+
+
+def roles(inc: Incident) -> list[tuple[str, str]]:
+    """Each of the plan's roles, by its title, with who holds it (empty: nobody yet)."""
+    return [(title, holder(inc.roles.get(role))) for role, title in ROLES.items()]
 
 
 def next_deadline(inc: Incident, rules: RuleSet, now: float) -> str:
