@@ -31,7 +31,7 @@ from sidecar.errors import ConfigError
 from sidecar.runtime import build_components
 from sidecar.tls import ReloadingContext, TLSFiles, build_context
 from sidecar.web import create_app
-from tests.conftest import WEBHOOK_TOKEN, write_config
+from tests.conftest import API_TOKEN, WEBHOOK_TOKEN, write_config
 from tests.support.alertmanager import make_alert
 from tests.support.alertmanager import render_config as render_alertmanager_config
 from tests.support.binaries import require_binary
@@ -431,7 +431,10 @@ async def test_alertmanager_delivers_over_mtls(
         connector = aiohttp.TCPConnector(ssl=client, force_close=True)
         async with (
             aiohttp.ClientSession(connector=connector) as session,
-            session.get(f"https://{LOOPBACK}:{port}/api/v1/incidents") as response,
+            session.get(
+                f"https://{LOOPBACK}:{port}/api/v1/incidents",
+                headers={"Authorization": f"Bearer {API_TOKEN}"},
+            ) as response,
         ):
             incidents = (await response.json())["incidents"]
         await asyncio.sleep(0.2)
