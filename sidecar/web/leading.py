@@ -57,6 +57,14 @@ async def assign_roles(request: web.Request) -> web.Response:
     )
 
 
+async def _open(request: web.Request, refusal: str) -> Incident:
+    """The incident the path names, which must still be open (else ``refusal``)."""
+    inc = await load(request)
+    if not inc.is_open:
+        raise InvalidTransition(f"incident {inc.id} is {inc.state}; {refusal}")
+    return inc
+
+
 async def change_severity(request: web.Request) -> web.Response:
     """``POST /api/v1/incidents/{id}/severity`` with ``{"actor", "severity", "reason"}``."""
     c = request.app[COMPONENTS]
@@ -68,12 +76,9 @@ async def change_severity(request: web.Request) -> web.Response:
     if severity not in names:
         raise bad(f"severity must be one of {', '.join(names)}; got {severity!r}")
     reason = _reason(body, required=True)
-    inc = await load(request)
-    if not inc.is_open:
-        raise InvalidTransition(f"incident {inc.id} is {inc.state}; its severity is final")
     return await _run(
         request,
-        inc,
+        await _open(request, "its severity is final"),
         lambda inc, now: c.book.change_severity(
             inc.id, severity, actor=actor, source="api", now=now, reason=reason
         ),
@@ -98,12 +103,9 @@ async def escalate(request: web.Request) -> web.Response:
             f"would page nobody; add pagerduty.tier_routing_keys.{tier} to the configuration"
         )
     reason = _reason(body, required=False)
-    inc = await load(request)
-    if not inc.is_open:
-        raise InvalidTransition(f"incident {inc.id} is {inc.state}; cannot escalate it")
     return await _run(
         request,
-        inc,
+        await _open(request, "cannot escalate it"),
         lambda inc, now: c.book.escalate_to(
             inc.id, tier, actor=actor, source="api", now=now, reason=reason
         ),
