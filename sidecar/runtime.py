@@ -12,6 +12,7 @@ from prometheus_client import CollectorRegistry
 from sidecar.clock import Clock, SystemClock
 from sidecar.config import Config
 from sidecar.errors import ConfigError, ConfigProblem
+from sidecar.follow import ChangeFeed, ReplicaFollower
 from sidecar.incidents import IncidentBook, Numbering, escalation_outcome
 from sidecar.metrics import Metrics
 from sidecar.notify.outbox import OutboxWorker
@@ -47,6 +48,8 @@ class Components:
     scheduler: DeadlineScheduler
     silences: SilenceWatcher | None
     replays: ReplayCache
+    # Replicas on one PostgreSQL: what the others commit, read as it commits.
+    follower: ReplicaFollower | None = None
 
     # Called with the new rules once a reload is accepted, in order: the book
     # classifies with them, the scheduler moves every deadline to them.
@@ -55,7 +58,7 @@ class Components:
     def failed_tasks(self) -> list[str]:
         """Names of the background loops that died (liveness fails on any)."""
         tasks = [*self.service.tasks, *self.scheduler.tasks]
-        for part in (self.outbox, self.silences):
+        for part in (self.outbox, self.silences, self.follower):
             if part is not None:
                 tasks += part.tasks
         return [task.name for task in tasks if task.died]
@@ -191,6 +194,10 @@ def build_components(
         )
     service.on_commit.append(scheduler.on_commit)
     service.on_restore.append(scheduler.rebuild)
+    service.on_refresh.append(scheduler.on_refresh)
+    follower = None
+    if store.shared and isinstance(store, ChangeFeed):
+        follower = ReplicaFollower(store, service)
     outbox = None
     if pager.enabled:
         outbox = pagerduty_outbox(
@@ -233,6 +240,7 @@ def build_components(
         silences,
         # Remember bodies no longer than incidents are remembered against duplicates.
         ReplayCache(ttl=min(3600.0, s.incidents.dedup_window.total_seconds())),
+        follower=follower,
     )
     components.on_reload += [
         book.set_classifier,

@@ -76,6 +76,11 @@ class DeadlineScheduler:
         for change in changes:
             self.schedule(change.incident.id)
 
+    def on_refresh(self, ids: set[str]) -> None:
+        """Service hook: incidents re-read from the store (another replica moved them)."""
+        for incident_id in ids:
+            self.schedule(incident_id)
+
     def rebuild(self) -> None:
         """Schedule every open incident and pending review (at start)."""
         self._next.clear()

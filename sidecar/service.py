@@ -13,7 +13,6 @@ commit form the next batch: durability costs one fsync per batch, not per reques
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import functools
 import logging
 from collections.abc import Callable, Iterable
@@ -38,11 +37,17 @@ class _Pending:
     # What the command touches: locked and re-read first when replicas share the store.
     keys: tuple[str, ...] = ()
     ids: tuple[str, ...] = ()
-    # Reload every open incident from the store (replicas only) before this batch.
+    # Reload every open incident from the store before this batch (a replica that
+    # fell behind the change feed: see sidecar.follow).
     sync: bool = False
     future: asyncio.Future[list[Change]] = field(
         default_factory=lambda: asyncio.get_running_loop().create_future()
     )
+
+
+def _nothing(_now: float) -> list[Change]:
+    """A command that changes nothing: its batch only reads (refresh, reload)."""
+    return []
 
 
 class _BuildError(Exception):
@@ -72,10 +77,11 @@ class IncidentService:
         self.max_batch = max_batch
         self._queue: asyncio.Queue[_Pending] = asyncio.Queue()
         self._task = BackgroundTask("incident-commit-loop", self._loop)
-        self._sync_task = BackgroundTask("replica-sync", self._sync_loop)
-        self.sync_interval = 10.0
         # Called after the book was reloaded from the store (the scheduler rebuilds).
         self.on_restore: list[Callable[[], None]] = []
+        # Called with the ids of incidents re-read from a shared store, changed or
+        # not by this batch (the scheduler moves their deadlines).
+        self.on_refresh: list[Callable[[set[str]], None]] = []
         self._inflight: asyncio.Future[None] | None = None
         self.batches_committed = 0
         self._last_expiry = 0.0
@@ -85,8 +91,6 @@ class IncidentService:
         count = await self._reload()
         log.info("restored incidents from the store", extra={"open_incidents": count})
         self._task.start()
-        if self.store.shared:
-            self._sync_task.start()
 
     async def _reload(self) -> int:
         """Replace the book with what the store holds (at start, and to follow replicas)."""
@@ -99,18 +103,17 @@ class IncidentService:
             hook()
         return len(open_incidents)
 
-    async def _sync_loop(self) -> None:
-        # Other replicas open and close incidents too; every command re-reads
-        # what it touches under lock, and this keeps the rest (deadlines,
-        # gauges) within sync_interval of the store.
-        while True:
-            await asyncio.sleep(self.sync_interval)
-            with contextlib.suppress(StoreUnavailable):
-                await self.submit(lambda _now: [], sync=True)
+    async def refresh(self, ids: Iterable[str]) -> None:
+        """Re-read these incidents from the store in the next batch (another replica
+        changed them: see :mod:`sidecar.follow`)."""
+        await self.submit(_nothing, ids=ids)
+
+    async def reload(self) -> None:
+        """Reload every incident from the store in the next batch."""
+        await self.submit(_nothing, sync=True)
 
     async def stop(self) -> None:
         """Finish the batch in flight, then stop."""
-        await self._sync_task.stop()
         await self._task.stop()
         if self._inflight is not None and not self._inflight.done():
             await self._inflight
@@ -188,7 +191,7 @@ class IncidentService:
     @property
     def tasks(self) -> tuple[BackgroundTask, ...]:
         """The loops this service runs (for liveness)."""
-        return (self._task, self._sync_task)
+        return (self._task,)
 
     async def _commit(self, batch: list[_Pending]) -> None:
         now = self.clock.now()
@@ -199,13 +202,16 @@ class IncidentService:
         ids = {i for p in batch for i in p.ids}
         applied: list[tuple[_Pending, list[Change]]] = []
         all_changes: list[Change] = []
+        refreshed: set[str] = set()
         written = False
         try:
             if any(p.sync for p in batch):
                 await self._reload()
             async with self.store.locked(keys, ids, now - self.book.dedup_window) as state:
                 if self.store.shared:
-                    self.book.refresh(state.keys, state.ids, state.incidents, state.recently_closed)
+                    refreshed = self.book.refresh(
+                        state.keys, state.ids, state.incidents, state.recently_closed
+                    )
                 numbering = self.book.numbering
                 if any(not self.book.has_open(k) for k in keys):
                     # The batch may open incidents: number them after the day's last
@@ -232,11 +238,14 @@ class IncidentService:
             # fails (5xx, so Alertmanager retries) and the next one runs.
             log.exception("could not build a batch; rejected")
             self._reject(batch, all_changes, RuntimeError(f"internal error: {exc.__cause__}"))
+            self._refreshed(refreshed)
             return
         except Exception as exc:  # whatever failed, nothing of this batch is committed
             log.error("store write failed; batch rejected", extra={"error": str(exc)})
             self._reject(batch, all_changes, StoreUnavailable(str(exc)))
+            self._refreshed(refreshed)
             return
+        self._refreshed(refreshed)
         if written:
             self.batches_committed += 1
             if all_changes:
@@ -246,6 +255,16 @@ class IncidentService:
         for pending, changes in applied:
             if not pending.future.done():
                 pending.future.set_result(changes)
+
+    def _refreshed(self, ids: set[str]) -> None:
+        # What was re-read is the store's truth whether or not this batch committed.
+        if not ids:
+            return
+        for hook in self.on_refresh:
+            try:
+                hook(ids)
+            except Exception:
+                log.exception("a step after a refresh failed")
 
     def _apply(self, batch: list[_Pending], now: float) -> list[tuple[_Pending, list[Change]]]:
         applied = []

@@ -195,16 +195,20 @@ class BookCore:
         ids: Iterable[str],
         incidents: Iterable[Incident],
         recently_closed: Iterable[Incident],
-    ) -> None:
+    ) -> set[str]:
         """Replace what is known of these keys and ids by the store's rows (replicas).
 
         Called under the keys' locks, right before commands on them: another
         replica may have opened, changed or closed these incidents since.
+        Returns the ids of every incident it dropped or replaced (their
+        deadlines may have moved).
         """
+        touched = set(ids)
         for key in keys:
             cached = self._open.get(key)
             if cached is not None:
                 self._unindex(cached)
+                touched.add(cached.id)
             self.closed.forget(key)
         for incident_id in ids:
             cached = self._by_id.get(incident_id)
@@ -217,7 +221,10 @@ class BookCore:
             current = self._open.get(inc.key)
             if inc.is_open and current is not None and current.id != inc.id:
                 self._unindex(current)
+                touched.add(current.id)
             self._finish(inc)
+            touched.add(inc.id)
+        return touched
 
     def pending_reviews(self) -> Iterable[Incident]:
         """Resolved incidents whose post-incident review is not done yet."""

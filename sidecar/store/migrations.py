@@ -212,6 +212,23 @@ SCHEMA: tuple[Migration, ...] = (
         );
         """,
     ),
+    Migration(
+        9,
+        "changes for replicas to follow",
+        # Every transaction that writes incidents appends their ids here, numbered in
+        # commit order (see sidecar.store.postgres), so that each replica reads what the
+        # others changed since the last number it read, instead of reloading every open
+        # incident. Rows are pruned after an hour. (One process owns a SQLite file.)
+        postgresql="""
+        CREATE TABLE changes (
+            seq bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+            incident_id text NOT NULL,
+            origin text NOT NULL,
+            at timestamptz NOT NULL DEFAULT now()
+        );
+        CREATE INDEX changes_at ON changes(at);
+        """,
+    ),
 )
 
 

@@ -15,12 +15,20 @@ incident locks its day's row (:meth:`PostgresStore.locked`), gives the numbers a
 and moves it on in the transaction that inserts the incidents, so replicas never give
 one number twice and a batch that fails gives none.
 The statements both SQL stores run are :mod:`sidecar.store.sql`'s; the ones here are
-PostgreSQL's alone (locks, leases in the table, the shared budget).
+PostgreSQL's alone (locks, leases in the table, the shared budget, the change feed).
+
+Replicas follow each other through the ``changes`` table: a transaction that writes
+incidents appends their ids while holding one advisory lock until it commits, so the
+numbers are handed out in commit order and a reader that has seen number n has seen
+every change before it; ``NOTIFY`` tells the listeners to read (:meth:`PostgresStore.listen`).
+A notification missed while a listener reconnects costs nothing: the next read asks for
+everything after the last number read (:mod:`sidecar.follow`).
 """
 
 from __future__ import annotations
 
 import asyncio
+import secrets
 from collections.abc import AsyncIterator, Callable, Collection, Sequence
 from contextlib import asynccontextmanager
 from typing import Any, TypeVar
@@ -44,6 +52,19 @@ MIGRATION_LOCK = 0x5349_4443_4D49_4752
 # The same for outbox claims ("sidecar" "outbox"): held by one claim at a time, for the
 # few milliseconds it takes to count the budget, pick and lease.
 CLAIM_LOCK = 0x5349_4443_4F55_5442
+# The same for the change feed ("sidecar" "change"): taken by a writing transaction
+# right before it numbers its changes and held until it commits, so that numbers are
+# visible in order. Commits that change incidents run one at a time (NOTIFY alone would
+# serialise them just as much, but at commit, after the numbers were drawn).
+CHANGES_LOCK = 0x5349_4443_4348_4E47
+# The channel listeners wait on; the payload is the last number the commit drew.
+CHANNEL = "sidecar_changes"
+_RECORD_CHANGES = (
+    "WITH serial AS (SELECT pg_advisory_xact_lock($1)), "
+    "added AS (INSERT INTO changes (incident_id, origin) "
+    "SELECT id, $3 FROM serial, unnest($2::text[]) AS id RETURNING seq) "
+    "SELECT pg_notify($4, max(seq)::text) FROM added"
+)
 
 # (version, name, statements): the schema in PostgreSQL's words (see sidecar.store.migrations).
 MIGRATIONS = migrations(POSTGRES)
@@ -117,6 +138,8 @@ class PostgresStore(SQLStore):
         self.command_timeout = command_timeout
         self._pool: Any = None
         self._closed = False
+        # Names this process's changes in the feed, so that it skips its own.
+        self.origin = secrets.token_hex(8)
 
     # -- plumbing ---------------------------------------------------------
 
@@ -190,7 +213,7 @@ class PostgresStore(SQLStore):
             self._check_open()
             return
         async with self._connection() as con, con.transaction():
-            await _write(con, batch)
+            await _write(con, batch, self.origin)
 
     @asynccontextmanager
     async def locked(
@@ -201,9 +224,14 @@ class PostgresStore(SQLStore):
             if ids:
                 rows = await con.fetch("SELECT key FROM incidents WHERE id = ANY($1)", list(ids))
                 keys = set(keys) | {r[0] for r in rows}
-            # Sorted, so that two replicas locking overlapping keys cannot deadlock.
-            for key in sorted(keys):
-                await con.execute("SELECT pg_advisory_xact_lock(hashtextextended($1, 0))", key)
+            # Sorted, so that two replicas locking overlapping keys cannot deadlock; in
+            # one statement (unnest keeps the array's order), one round trip for all.
+            if keys:
+                await con.execute(
+                    "SELECT pg_advisory_xact_lock(hashtextextended(k, 0)) "
+                    "FROM unnest($1::text[]) AS k",
+                    sorted(keys),
+                )
             open_rows = await con.fetch(_LOCKED_OPEN, list(keys), list(ids))
             closed_rows = await con.fetch(_LOCKED_CLOSED, list(keys), closed_since)
             state = LockedState(
@@ -211,10 +239,43 @@ class PostgresStore(SQLStore):
                 ids=set(ids),
                 incidents=[incident_from_row(r) for r in open_rows],
                 recently_closed=[incident_from_row(r) for r in closed_rows],
-                write=lambda batch: _write(con, batch),
+                write=lambda batch: _write(con, batch, self.origin),
                 last_number=lambda day: _reserve(con, day),
             )
             yield state
+
+    # -- the change feed --------------------------------------------------
+
+    async def change_position(self) -> int:
+        """The number of the last committed change (0 for none)."""
+        return int(await self._value("SELECT coalesce(max(seq), 0) FROM changes", ()))
+
+    async def changes_since(self, position: int, limit: int) -> list[tuple[int, str, str]]:
+        """(number, incident id, origin) of up to ``limit`` changes after ``position``, in order."""
+        sql = "SELECT seq, incident_id, origin FROM changes WHERE seq > $1 ORDER BY seq LIMIT $2"
+        return await self._rows(sql, (position, limit), _change)
+
+    async def prune_changes(self, older_than: float) -> None:
+        """Forget changes committed more than ``older_than`` seconds ago."""
+        sql = "DELETE FROM changes WHERE at < now() - make_interval(secs => $1)"
+        await self._update(sql, (older_than,))
+
+    async def listen(self, wake: Callable[[], None]) -> Any:
+        """A connection of its own on which every committed change calls ``wake``.
+
+        ``wake`` is called too when the connection is lost (then ``is_closed``).
+        """
+        self._check_open()
+        con = None
+        try:
+            con = await asyncpg.connect(self.dsn, timeout=self.connect_timeout)
+            con.add_termination_listener(lambda _con: wake())
+            await con.add_listener(CHANNEL, lambda *_args: wake())
+        except _DATABASE_ERRORS as exc:
+            if con is not None:
+                con.terminate()
+            raise StoreUnavailable(f"postgresql: {type(exc).__name__}: {exc}") from exc
+        return con  # is_closed() and close(): sidecar.follow.Listening
 
     # -- outbox -----------------------------------------------------------
 
@@ -264,12 +325,19 @@ async def _reserve(con: Any, day: str) -> int:
     return int(await con.fetchval(_RESERVE_NUMBER, day))
 
 
-async def _write(con: Any, batch: WriteBatch) -> None:
+def _change(row: Any) -> tuple[int, str, str]:
+    return int(row[0]), str(row[1]), str(row[2])
+
+
+async def _write(con: Any, batch: WriteBatch, origin: str) -> None:
     if batch.numbers:
         await con.executemany(_ADVANCE_NUMBER, list(batch.numbers.items()))
     for insert, rows in _SQL.writes(batch):
         if rows:
             await con.executemany(insert.sql(), rows)
+    if batch.incidents:
+        ids = list(dict.fromkeys(row.id for row in batch.incidents))
+        await con.execute(_RECORD_CHANGES, CHANGES_LOCK, ids, origin, CHANNEL)
 
 
 async def _migrate(con: Any) -> None:

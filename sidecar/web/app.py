@@ -87,8 +87,13 @@ async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
         # Started in dependency order, stopped in reverse, whatever fails.
         await c.store.open()
         stack.push_async_callback(c.store.close)
+        if c.follower is not None:
+            await c.follower.prime()  # the feed's position before the load, not after
         await c.service.start()
         stack.push_async_callback(c.service.stop)
+        if c.follower is not None:
+            await c.follower.start()
+            stack.push_async_callback(c.follower.stop)
         await c.inbound.start(c.clock.now())
         stack.push_async_callback(c.inbound.stop)
         await c.scheduler.start()
