@@ -1,8 +1,10 @@
 """Request bodies for the benchmark: Alertmanager webhook v4 notifications and API v2 alert lists.
 
-Every body is a template with ``@@KEY@@`` where the group goes; the wrk script
-fills it per request, so one template serves both the update path (a few
-groups repeated) and the open path (a new group every request).
+Every body is a template with ``@@KEY@@`` where the group goes and ``@@VAL@@`` in
+one annotation of its first alert; the wrk script fills both per request, so one
+template serves the three mixes: a changed annotation value in an open group (what
+Alertmanager mostly sends: a resend with refreshed annotations), byte-identical
+repeats (HA duplicates), and a new group every request (a new incident).
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from typing import Any
 import orjson
 
 KEY = "@@KEY@@"
+VALUE = "@@VAL@@"
 GO_ZERO_TIME = "0001-01-01T00:00:00Z"
 # Alerts start this long before the body is built: well within every detect
 # SLA (an old startsAt would breach "detect" on every incident opened).
@@ -38,11 +41,18 @@ def alert_labels(i: int, group: str = KEY) -> dict[str, str]:
 
 
 def alert_annotations(i: int) -> dict[str, str]:
-    """Annotations of alert ``i`` (the numeric one is below the P1 error-rate threshold)."""
-    return {
+    """Annotations of alert ``i`` (the numeric one is below the P1 error-rate threshold).
+
+    The first alert's ``value`` is the placeholder the "changed" mix varies, as a
+    ``{{ $value }}`` annotation changes between resends; the other mixes fill it with 0.
+    """
+    annotations = {
         "summary": f"Error rate above 5% on consumption-{i}",
         "error_rate_percent": "12",
     }
+    if i == 0:
+        annotations["value"] = VALUE
+    return annotations
 
 
 def recent() -> float:
@@ -111,6 +121,7 @@ def api_alerts(
     ]
 
 
-def render(template: Any, key: str) -> bytes:
-    """A template with its group filled in (what the wrk script sends)."""
-    return orjson.dumps(template).replace(KEY.encode(), key.encode())
+def render(template: Any, key: str, value: str = "0") -> bytes:
+    """A template with its group and value filled in (what the wrk script sends)."""
+    raw = orjson.dumps(template).replace(KEY.encode(), key.encode())
+    return raw.replace(VALUE.encode(), value.encode())

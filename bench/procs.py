@@ -199,7 +199,6 @@ def wrk(
     groups: int = 1000,
     prefix: str = "g",
     rate: float = 0.0,
-    new_every: int = 10,
 ) -> dict[str, float]:
     """Run wrk (one thread, pinned to the load core) and return its ``done()`` summary."""
     env = dict(os.environ)
@@ -210,7 +209,6 @@ def wrk(
         BENCH_GROUPS=str(groups),
         BENCH_PREFIX=prefix,
         BENCH_RATE=str(rate),
-        BENCH_NEW_EVERY=str(new_every),
         BENCH_SALT=str(time.time_ns()),
     )
     argv = pinned(

@@ -12,6 +12,7 @@ import json
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import orjson
 
@@ -24,7 +25,8 @@ REPO = Path(__file__).parent.parent
 
 def test_bench_bodies_are_valid_webhooks_of_the_sizes_measured() -> None:
     for size in (1, 50):
-        n = parse_notification(render(notification(size), "g-7"))
+        n = parse_notification(render(notification(size), "g-7", "41.5"))
+        assert n.alerts[0].annotations["value"] == "41.5"
         assert len(n.alerts) == size
         assert n.group_key == '{}:{bench_group="g-7"}'
         assert {a.labels["bench_group"] for a in n.alerts} == {"g-7"}
@@ -47,35 +49,71 @@ def test_profile_summary_reads_collapsed_stacks() -> None:
     assert all(not site.startswith("sidecar/__main__.py") for site, _ in top["total"])
 
 
-def test_verdicts_compare_against_the_baselines_of_the_same_run() -> None:
+def _servers(bare: float, am: float, sidecar: float) -> dict[str, Any]:
+    def one(rps: float) -> dict[str, Any]:
+        return {"rps": {"median": rps, "min": rps, "max": rps}, "errors": 0}
+
+    return {"bare aiohttp": one(bare), "alertmanager": one(am), "sidecar": one(sidecar)}
+
+
+def test_verdicts_compare_each_mix_against_the_baselines_of_the_same_run() -> None:
     cell = {
-        "bare aiohttp": {"rps": {"median": 1000.0, "min": 1000.0, "max": 1000.0}, "errors": 0},
-        "alertmanager": {"rps": {"median": 300.0, "min": 300.0, "max": 300.0}, "errors": 0},
-        "sidecar": {"rps": {"median": 400.0, "min": 390.0, "max": 410.0}, "errors": 0},
+        "changed": _servers(1000.0, 300.0, 400.0),
+        "repeats": _servers(1000.0, 300.0, 900.0),
+        "new group": _servers(1000.0, 300.0, 290.0),
     }
     results = {
         "bodies": {"50-alert": {"alerts": 50, "webhook_bytes": 1}},
         "ingest": {"50-alert": cell},
     }
+    changed, new, repeats = report.verdicts(results)
+    # The headline first: above Alertmanager but under half of bare aiohttp.
+    assert changed["what"].endswith("changed")
+    assert changed["pass"] is False
+    assert new["pass"] is False  # 0.29x bare, under 0.3x
+    assert repeats["pass"] is None  # reported, not a target
+    cell["changed"]["sidecar"]["rps"]["median"] = 600.0
+    cell["new group"]["sidecar"]["rps"]["median"] = 300.0
+    changed, new, _ = report.verdicts(results)
+    assert changed["pass"] is True
+    assert new["pass"] is True
+    cell["changed"]["alertmanager"]["rps"]["median"] = 700.0
+    changed, _, _ = report.verdicts(results)
+    assert changed["pass"] is False  # half of bare, but under Alertmanager
+
+
+def test_postgres_verdicts_hold_three_replicas_to_one() -> None:
+    results = {
+        "bodies": {"1-alert": {"alerts": 1, "webhook_bytes": 1}},
+        "postgres": {
+            "1-alert": {
+                "1 replica": {"rps": {"median": 1000.0, "min": 1000.0, "max": 1000.0}},
+                "3 replicas": {"rps": {"median": 900.0, "min": 900.0, "max": 900.0}},
+            }
+        },
+    }
     (row,) = report.verdicts(results)
-    assert row["pass"] is False  # above Alertmanager but under half of bare aiohttp
-    cell["sidecar"]["rps"]["median"] = 600.0
+    assert row["pass"] is False
+    results["postgres"]["1-alert"]["3 replicas"]["rps"]["median"] = 1000.0
     (row,) = report.verdicts(results)
     assert row["pass"] is True
 
 
-def test_charts_draw_each_server_and_the_half_bare_target() -> None:
+def test_charts_draw_each_mix_and_server_and_the_half_bare_target() -> None:
     spread = {"median": 0.0, "min": 0.0, "max": 0.0}
     cell = {
-        "bare aiohttp": {"rps": {**spread, "median": 1000.0}, "errors": 0},
-        "sidecar (every request opens)": {"rps": {**spread, "median": 120.4}, "errors": 0},
+        "changed": {
+            "bare aiohttp": {"rps": {**spread, "median": 1000.0}, "errors": 0},
+            "sidecar": {"rps": {**spread, "median": 520.0}, "errors": 0},
+        },
+        "new group": {"sidecar": {"rps": {**spread, "median": 120.4}, "errors": 0}},
         "latency": {"p99_us": 1.0},
     }
     lines = report.charts({"ingest": {"1-alert": cell}})
     assert lines[1:3] == ["```mermaid", "xychart-beta"]
-    assert '    x-axis ["bare aiohttp", "sidecar every request opens"]' in lines
-    assert "    bar [1000, 120]" in lines
-    assert "    line [500, 500]" in lines
+    assert '    x-axis ["bare aiohttp, changed", "sidecar, changed", "sidecar, new group"]' in lines
+    assert "    bar [1000, 520, 120]" in lines
+    assert "    line [500, 500, 500]" in lines
     assert '    y-axis "requests/s" 0 --> 2000' in lines
     assert lines[-1] == "```"
 

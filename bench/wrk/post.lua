@@ -1,15 +1,17 @@
 -- POST a JSON body to the target with a bearer token; used by bench/run.py.
 --
 -- Environment:
---   BENCH_BODY_FILE  body template; every "@@KEY@@" becomes the request's group
+--   BENCH_BODY_FILE  body template; every "@@KEY@@" becomes the request's group and every
+--                    "@@VAL@@" its value
 --   BENCH_TOKEN      bearer token (optional)
---   BENCH_MODE       "repeat": groups 0..BENCH_GROUPS-1 in turn (updates of open groups);
---                    "mix": as repeat, but one request in BENCH_NEW_EVERY opens a new group
---                    (what group_interval/repeat_interval resends and new incidents make);
+--   BENCH_MODE       "repeat": groups 0..BENCH_GROUPS-1 in turn, value 0 (byte-identical
+--                    repeats: HA duplicates);
+--                    "changed": as repeat, but the value differs in every request (a resend
+--                    with a refreshed annotation: the full path);
 --                    "unique": a new group every request (every request opens an incident)
---   BENCH_GROUPS     how many groups "repeat" cycles through
+--   BENCH_GROUPS     how many groups "repeat" and "changed" cycle through
 --   BENCH_PREFIX     group name prefix (keeps targets apart)
---   BENCH_SALT       makes new groups of this run differ from earlier runs' ones
+--   BENCH_SALT       makes new groups and values of this run differ from earlier runs' ones
 --   BENCH_RATE       requests/s for this thread (0: as fast as the connections go)
 -- done() prints one JSON line, prefixed "BENCH_RESULT ", that bench/run.py reads.
 
@@ -38,12 +40,31 @@ local function split(s, sep)
 end
 
 local f = assert(io.open(os.getenv("BENCH_BODY_FILE"), "rb"))
-local parts = split(f:read("*a"), "@@KEY@@")
+local template = f:read("*a")
 f:close()
+-- The template cut at its placeholders: literals, with the slots between them.
+local buf, key_slots, val_slots = {}, {}, {}
+local pos = 1
+while true do
+  local ki = string.find(template, "@@KEY@@", pos, true)
+  local vi = string.find(template, "@@VAL@@", pos, true)
+  local at, slots
+  if ki and (not vi or ki < vi) then
+    at, slots = ki, key_slots
+  elseif vi then
+    at, slots = vi, val_slots
+  else
+    break
+  end
+  buf[#buf + 1] = string.sub(template, pos, at - 1)
+  buf[#buf + 1] = ""
+  slots[#slots + 1] = #buf
+  pos = at + 7
+end
+buf[#buf + 1] = string.sub(template, pos)
 local mode = os.getenv("BENCH_MODE") or "repeat"
 local groups = tonumber(os.getenv("BENCH_GROUPS") or "1000")
 local prefix = os.getenv("BENCH_PREFIX") or "g"
-local new_every = tonumber(os.getenv("BENCH_NEW_EVERY") or "10")
 local salt = os.getenv("BENCH_SALT") or "0"
 local rate = tonumber(os.getenv("BENCH_RATE") or "0")
 local headers = { ["Content-Type"] = "application/json" }
@@ -63,14 +84,23 @@ function setup(thread)
 end
 
 function request()
-  local key
-  if mode == "unique" or (mode == "mix" and counter % new_every == 0) then
+  local key, value = nil, "0"
+  if mode == "unique" then
     key = prefix .. "-" .. salt .. "-" .. (thread_id or 0) .. "-" .. counter
   else
     key = prefix .. "-" .. (counter % groups)
+    if mode == "changed" then
+      value = salt .. "." .. counter
+    end
   end
   counter = counter + 1
-  return wrk.format("POST", nil, headers, table.concat(parts, key))
+  for _, i in ipairs(key_slots) do
+    buf[i] = key
+  end
+  for _, i in ipairs(val_slots) do
+    buf[i] = value
+  end
+  return wrk.format("POST", nil, headers, table.concat(buf))
 end
 
 if rate > 0 then
