@@ -23,6 +23,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -87,8 +88,11 @@ class Run:
 # -- servers ---------------------------------------------------------------
 
 
-def sidecar_config(run: Run, data: Path, port: int, *, log_level: str = "warning") -> Path:
-    """A config for the real sidecar: auth on, SQLite synchronous=FULL in ``data``."""
+def sidecar_config(
+    run: Run, data: Path, port: int, *, log_level: str = "warning", store_url: str | None = None
+) -> Path:
+    """A config for the real sidecar: auth on, SQLite synchronous=FULL in ``data`` (or
+    ``store_url``)."""
     data.mkdir(parents=True, exist_ok=True)
     config = {
         "server": {
@@ -97,7 +101,7 @@ def sidecar_config(run: Run, data: Path, port: int, *, log_level: str = "warning
             "api_token": secrets.token_hex(16),
             "insecure_disable_auth": False,
         },
-        "store": {"url": f"sqlite:///{data / 'sidecar.db'}", "synchronous": "full"},
+        "store": {"url": store_url or f"sqlite:///{data / 'sidecar.db'}", "synchronous": "full"},
         "rules": {"file": str(RULES)},
         "logging": {"level": log_level, "format": "json"},
     }
@@ -108,11 +112,16 @@ def sidecar_config(run: Run, data: Path, port: int, *, log_level: str = "warning
 
 @contextlib.contextmanager
 def sidecar(
-    run: Run, data: Path, *, log_level: str = "warning", name: str = "sidecar"
+    run: Run,
+    data: Path,
+    *,
+    log_level: str = "warning",
+    name: str = "sidecar",
+    store_url: str | None = None,
 ) -> Iterator[tuple[procs.Proc, float, str]]:
     """The real sidecar (``python -m sidecar serve``) pinned to the server core."""
     port = procs.free_port()
-    config = sidecar_config(run, data, port, log_level=log_level)
+    config = sidecar_config(run, data, port, log_level=log_level, store_url=store_url)
     url = f"http://127.0.0.1:{port}"
     argv = [sys.executable, "-m", "sidecar", "serve", "--config", str(config)]
     with procs.running(
@@ -280,14 +289,15 @@ def ingest_body(
             cell[mix][target]["rps"] = spread([r["rps"] for r in runs])
             cell[mix][target]["errors"] = sum(r["errors"] for r in runs)
         if mix == HEADLINE:
-            cell["latency"] = latency(run, body, hook, files["webhook"], sc_proc, cell[mix])
+            peak = cell[mix]["sidecar"]["rps"]["median"]
+            cell["latency"] = latency(run, body, hook, files["webhook"], sc_proc, peak)
             if p.profile_seconds:
                 cell["profile"] = profile(run, sc_proc.pid, sc_url, files["webhook"], body)
     return cell
 
 
 def latency(
-    run: Run, body: str, hook: str, file: Path, sc_proc: procs.Proc, mix: dict[str, Any]
+    run: Run, body: str, hook: str, file: Path, sc_proc: procs.Proc, peak: float
 ) -> dict[str, Any]:
     """The sidecar's latency to 200 at half the peak it reached on the headline mix.
 
@@ -295,7 +305,7 @@ def latency(
     backlog (their last commits, a WAL checkpoint) that is not the rate's latency.
     """
     p = run.plan
-    rate = mix["sidecar"]["rps"]["median"] / 2
+    rate = peak / 2
     if p.warmup:
         load(run, hook, file, run.token, duration=p.warmup, prefix="si", rate=rate)
     others = procs.others_on_core(sc_proc.pid)
@@ -370,14 +380,16 @@ def scrape(url: str, n: int) -> tuple[list[float], int, int]:
     return times, len(lines), len(body)
 
 
-def seed_db(run: Run, data: Path, n: int, due_at: list[float] | None = None) -> dict[str, float]:
-    """Seed ``data``/sidecar.db in a separate process (its memory is freed when it exits)."""
+def seed_db(
+    run: Run, data: Path, n: int, due_at: list[float] | None = None, *, dsn: str | None = None
+) -> dict[str, float]:
+    """Seed ``data``/sidecar.db (or the PostgreSQL ``dsn``) in a separate process (its
+    memory is freed when it exits)."""
     data.mkdir(parents=True, exist_ok=True)
     argv = [
         sys.executable,
         str(REPO / "bench" / "seed.py"),
-        "--db",
-        str(data / "sidecar.db"),
+        *(["--dsn", dsn] if dsn else ["--db", str(data / "sidecar.db")]),
         "--rules",
         str(RULES),
         "--open",
@@ -451,7 +463,6 @@ def step_scale(run: Run) -> Path:
 
 def step_breach(run: Run, base: Path) -> None:
     """Deadlines passing at known instants among the largest level's open incidents."""
-    p = run.plan
     data = run.work / "breach"
     shutil.rmtree(data, ignore_errors=True)
     data.mkdir(parents=True)
@@ -461,13 +472,27 @@ def step_breach(run: Run, base: Path) -> None:
             shutil.copy2(src, data / src.name)
     n = run.plan.levels[-1]
     ready_guess = run.results["scale"]["levels"][str(n)]["ready_seconds"]["max"]
+    run.results["breach"] = measure_breach(run, data, n, ready_guess)
+
+
+def measure_breach(
+    run: Run, data: Path, n: int, ready_guess: float, *, dsn: str | None = None
+) -> dict[str, Any]:
+    """Seed P1 incidents whose deadlines pass at known instants into the store of ``n``
+    open incidents (``data``'s SQLite file, or ``dsn``), start the sidecar on it and
+    time each breach from its log line."""
+    p = run.plan
     lead = 2.0 + 2 * ready_guess + 3.0  # seeding, then start, then margin
     t0 = time.time() + lead
     window = 8.0
     due = [t0 + window * i / max(1, p.due_spread - 1) for i in range(p.due_spread)]
     due += [t0 + window + 1.0] * p.due_burst
-    deadlines = seed_db(run, data, 0, due)
-    with sidecar(run, data, log_level="info", name="sidecar-breach") as (proc, ready, url):
+    deadlines = seed_db(run, data, 0, due, dsn=dsn)
+    with sidecar(run, data, log_level="info", name="sidecar-breach", store_url=dsn) as (
+        proc,
+        ready,
+        url,
+    ):
         ready_at = time.time()
         while time.time() < max(due) + 3.0:
             time.sleep(0.2)
@@ -511,11 +536,128 @@ def step_breach(run: Run, base: Path) -> None:
             max=delays[-1],
             min=delays[0],
         )
-    run.results["breach"] = res
     run.log(
         f"breach at {res['open_incidents']} open: {len(delays)}/{len(deadlines)} on time, "
         f"max {res.get('max', float('nan')):.3f} s, counted {counted:.0f}"
     )
+    return res
+
+
+# -- PostgreSQL --------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def postgres(run: Run) -> Iterator[Any]:
+    """A throwaway PostgreSQL cluster, as the tests start one, pinned to the server core.
+
+    Its processes share the sidecar's core (a backend forked later inherits the
+    postmaster's affinity), so that "the server on one core" holds here too.
+    """
+    from tests.support.postgres import PostgresCluster, server_bin_dir
+
+    bin_dir = server_bin_dir()
+    if bin_dir is None:
+        raise RuntimeError("PostgreSQL server binaries not found (Debian package postgresql)")
+    cluster = PostgresCluster(bin_dir)
+    try:
+        cluster.start()
+        pid = cluster.process.pid
+        children = [
+            int(d.name) for d in Path("/proc").iterdir() if d.name.isdigit() and _parent(d) == pid
+        ]
+        for each in [pid, *children]:
+            subprocess.run(
+                ["taskset", "-p", "-c", procs.SERVER_CPU, str(each)],
+                capture_output=True,
+                check=False,
+            )
+        yield cluster
+    finally:
+        cluster.destroy()
+
+
+def _parent(proc_dir: Path) -> int | None:
+    with contextlib.suppress(OSError, ValueError):
+        for line in (proc_dir / "status").read_text().splitlines():
+            if line.startswith("PPid:"):
+                return int(line.split()[1])
+    return None
+
+
+def load_together(run: Run, urls: list[str], file: Path, **kw: Any) -> dict[str, float]:
+    """One wrk per URL at once, the connections shared out; their rates and errors summed."""
+    share = max(1, run.plan.connections // len(urls))
+    with ThreadPoolExecutor(len(urls)) as pool:
+        results = list(
+            pool.map(lambda u: load(run, u, file, run.token, connections=share, **kw), urls)
+        )
+    return {
+        "rps": sum(r["rps"] for r in results),
+        "errors": sum(r["errors"] for r in results),
+        "p99_us": max(r["p99_us"] for r in results),
+    }
+
+
+def step_postgres(run: Run) -> None:
+    """On PostgreSQL: the changed mix with 1 and 3 replicas, latency, restart, breaches.
+
+    One replica and three run side by side on two databases of one cluster, measured
+    in turn run by run; the three share the open groups (the harder case: their
+    changes lock the same keys) and wrk's connections.
+    """
+    p = run.plan
+    bodies = body_files(run)
+    out: dict[str, Any] = {}
+    with postgres(run) as cluster:
+        for body, files in bodies.items():
+            single = cluster.create_database(f"single_{body.replace('-', '_')}")
+            shared = cluster.create_database(f"shared_{body.replace('-', '_')}")
+            with contextlib.ExitStack() as stack:
+                one = stack.enter_context(
+                    sidecar(run, run.work / f"pg-{body}-1", store_url=single, name="pg-one")
+                )
+                three = [
+                    stack.enter_context(
+                        sidecar(run, run.work / f"pg-{body}-3-{i}", store_url=shared, name=f"r{i}")
+                    )
+                    for i in range(3)
+                ]
+                hooks = [f"{url}/webhook/alertmanager" for _, _, url in three]
+                hook = f"{one[2]}/webhook/alertmanager"
+                if p.warmup:  # opens the groups
+                    load(run, hook, files["webhook"], run.token, duration=p.warmup, mode="repeat")
+                    load_together(run, hooks, files["webhook"], duration=p.warmup, mode="repeat")
+                cell: dict[str, Any] = {"1 replica": {"runs": []}, "3 replicas": {"runs": []}}
+                for rep in range(p.repeats):
+                    r1 = load(run, hook, files["webhook"], run.token)
+                    r3 = load_together(run, hooks, files["webhook"])
+                    cell["1 replica"]["runs"].append(r1)
+                    cell["3 replicas"]["runs"].append(r3)
+                    run.log(
+                        f"postgres {body} changed rep {rep + 1}: 1 replica {r1['rps']:.0f} "
+                        f"req/s, 3 replicas {r3['rps']:.0f} req/s"
+                    )
+                for name in ("1 replica", "3 replicas"):
+                    runs = cell[name]["runs"]
+                    cell[name]["rps"] = spread([r["rps"] for r in runs])
+                    cell[name]["errors"] = sum(r["errors"] for r in runs)
+                peak = cell["1 replica"]["rps"]["median"]
+                cell["latency"] = latency(
+                    run, f"{body} postgres", hook, files["webhook"], one[0], peak
+                )
+            out[body] = cell
+        n = p.levels[-1]
+        data = run.work / "pg-scale"
+        dsn = cluster.create_database("scale")
+        seed_db(run, data, n, dsn=dsn)
+        readies = []
+        for rep in range(p.restart_repeats):
+            with sidecar(run, data, name=f"pg-restart-{rep}", store_url=dsn) as (_, ready, _):
+                readies.append(ready)
+        out["restart"] = {"open_incidents": n, "ready_seconds": spread(readies)}
+        run.log(f"postgres restart at {n}: ready {statistics.median(readies):.2f} s")
+        out["breach"] = measure_breach(run, data, n, max(readies), dsn=dsn)
+    run.results["postgres"] = out
 
 
 def machine(argv: list[str]) -> dict[str, Any]:
@@ -559,7 +701,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--no-profile", action="store_true", help="skip py-spy")
     ap.add_argument("--self-test", action="store_true", help="seconds, no wrk: harness check")
     ap.add_argument("--out", type=Path, help="results directory (default bench/results)")
-    ap.add_argument("--only", choices=["ingest", "scale"], help="run one group of steps")
+    ap.add_argument(
+        "--only", choices=["ingest", "scale", "postgres"], help="run one group of steps"
+    )
     args = ap.parse_args(args_list)
     if args.self_test:
         if args.out is None:
@@ -587,6 +731,8 @@ def main(argv: list[str] | None = None) -> int:
             holder: dict[str, Path] = {}
             steps.append(("scale", lambda: holder.__setitem__("db", step_scale(run))))
             steps.append(("breach", lambda: step_breach(run, holder["db"])))
+        if args.only in (None, "postgres"):
+            steps.append(("postgres", lambda: step_postgres(run)))
         for name, fn in steps:
             run.log(f"step {name}")
             try:

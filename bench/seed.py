@@ -1,12 +1,13 @@
-"""Fill a SQLite store with open incidents through the sidecar's own book and store.
+"""Fill a store with open incidents through the sidecar's own book and store.
 
 Opening 100,000 incidents over HTTP takes minutes; written here with
 :class:`sidecar.incidents.IncidentBook` and :class:`sidecar.store.sqlite.SQLiteStore`
 they are the same rows the service would have committed, in seconds. The
 server then restores them at start, as after a restart.
 
-Run as ``python bench/seed.py --db FILE --rules FILE --open N [--due-at T ...]``;
-prints one JSON line: the ids of the incidents whose deadlines were placed.
+Run as ``python bench/seed.py --db FILE|--dsn URL --rules FILE --open N [--due-at T ...]``
+(``--dsn``: a PostgreSQL database); prints one JSON line: the ids of the incidents
+whose deadlines were placed.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from bench.payloads import notification, render
 from sidecar.alertmanager import parse_notification
 from sidecar.incidents import Change, IncidentBook
 from sidecar.rules import load_rules
+from sidecar.store import PostgresStore, Store
 from sidecar.store.base import WriteBatch, event_row, incident_row
 from sidecar.store.sqlite import SQLiteStore
 
@@ -49,7 +51,7 @@ def background_template(i: int, teams: Sequence[str], starts: float) -> Any:
 
 
 async def seed(
-    db: Path,
+    db: Path | str,
     rules_file: Path,
     *,
     open_incidents: int,
@@ -65,7 +67,9 @@ async def seed(
     """
     rules = load_rules(rules_file)
     book = IncidentBook(rules)
-    store = SQLiteStore(db, synchronous="normal")
+    store: Store = (
+        PostgresStore(db) if isinstance(db, str) else SQLiteStore(db, synchronous="normal")
+    )
     await store.open()
     t0 = time.time() if now is None else now
     write = WriteBatch()
@@ -119,7 +123,9 @@ async def seed(
 def main(argv: Sequence[str] | None = None) -> int:
     """Command line: seed and print the deadline ids as JSON."""
     p = argparse.ArgumentParser(description=__doc__)
-    p.add_argument("--db", type=Path, required=True)
+    where = p.add_mutually_exclusive_group(required=True)
+    where.add_argument("--db", type=Path, help="a SQLite file")
+    where.add_argument("--dsn", help="a PostgreSQL database")
     p.add_argument("--rules", type=Path, required=True)
     p.add_argument("--open", type=int, required=True, dest="open_incidents")
     p.add_argument("--due-at", type=float, nargs="*", default=[])
@@ -127,7 +133,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = p.parse_args(argv)
     deadlines = asyncio.run(
         seed(
-            args.db,
+            args.db or args.dsn,
             args.rules,
             open_incidents=args.open_incidents,
             due_at=args.due_at,
