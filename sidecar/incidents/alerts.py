@@ -26,6 +26,24 @@ class AlertState:
     labels: dict[str, str]
     generator_url: str = ""
 
+    def ended(self, ends_at: float) -> AlertState:
+        """This instance, resolved at ``ends_at``: a new state, never this one changed.
+
+        An incident's alert states are replaced, never changed in place, so that the
+        copy a command keeps to undo with (``BookCore._begin``) shares them instead
+        of copying every one: with fifty alerts that copy was most of what applying
+        a notification cost.
+        """
+        return AlertState(
+            self.fingerprint,
+            "resolved",
+            self.starts_at,
+            ends_at,
+            self.severity,
+            self.labels,
+            self.generator_url,
+        )
+
     def to_json(self) -> dict[str, Any]:
         """Plain form for storage and the API."""
         return {

@@ -114,8 +114,7 @@ class Commands(Stepping):
             st = inc.alerts.get(fingerprint)
             if st is None or st.status != "firing":
                 continue
-            st.status = "resolved"
-            st.ends_at = ends_at
+            inc.alerts[fingerprint] = st = st.ended(ends_at)
             events.append(
                 self.event(
                     inc,

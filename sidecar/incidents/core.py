@@ -261,8 +261,9 @@ class BookCore:
         before = None
         if inc is not None:
             before = copy.copy(inc)
-            # Mutable parts are changed in place: copy them too.
-            before.alerts = {fp: copy.copy(st) for fp, st in inc.alerts.items()}
+            # The mappings are changed in place: copy them too. Their alert states
+            # are replaced, never changed (AlertState.ended): shared, not copied.
+            before.alerts = dict(inc.alerts)
             before.labels = dict(inc.labels)
             if inc.is_open:
                 self._unindex(inc)

@@ -162,10 +162,9 @@ class Grouping(Stepping):
         if not missed:
             self._settle(inc, now, events, effects)
         if missed:
-            for st in inc.alerts.values():
+            for fp, st in list(inc.alerts.items()):
                 if st.status == "firing":
-                    st.status = "resolved"
-                    st.ends_at = st.ends_at or now
+                    inc.alerts[fp] = st.ended(st.ends_at or now)
             self._close_by_alertmanager(inc, resolution_time(inc, now), now, events, effects)
         effects += _unmatched_effects(inc, unmatched)
         self._finish(inc)
@@ -207,8 +206,8 @@ class Grouping(Stepping):
             elif known.starts_at > starts:
                 continue  # an older instance than the one we track: stale
             elif known.status == "firing" and alert.status == "resolved":
-                known.status = "resolved"
-                known.ends_at = alert.ends_at.timestamp() if alert.ends_at else now
+                ends_at = alert.ends_at.timestamp() if alert.ends_at else now
+                inc.alerts[alert.fingerprint] = known = known.ended(ends_at)
                 events.append(
                     self.event(
                         inc,
@@ -223,11 +222,16 @@ class Grouping(Stepping):
             # Same instance, same status (a repeat), or firing after resolved
             # (an out-of-order duplicate): resolution of an instance is final.
         firing = inc.firing()
-        # Once the Incident Commander set the severity, only alerts that join
-        # since may raise it: the ones known were weighed when it was set.
-        raising = (
-            firing if inc.severity_set_by is None else [a for a in added if a.status == "firing"]
-        )
+        # Only an alert that joined (or fired again) can raise the severity; once the
+        # Incident Commander set it, only one that joined since: the ones known were
+        # weighed when it was set.
+        raising: list[AlertState] = []
+        if added:
+            raising = (
+                firing
+                if inc.severity_set_by is None
+                else [a for a in added if a.status == "firing"]
+            )
         if raising:
             top = self._top(raising, firing_only=True)
             if self.classifier.rank(top.severity) < self.classifier.rank(inc.severity):
@@ -258,8 +262,7 @@ class Grouping(Stepping):
             for st in firing:
                 # Alertmanager says the whole group resolved; alerts we track but
                 # that were truncated out of this payload resolved with it.
-                st.status = "resolved"
-                st.ends_at = st.ends_at or ends
+                inc.alerts[st.fingerprint] = st.ended(st.ends_at or ends)
             self._close_by_alertmanager(inc, ends, now, events, effects)
         if inc.is_open and events:
             self._settle(inc, now, events, effects)
