@@ -323,3 +323,22 @@ async def test_change_numbers_are_visible_in_commit_order(postgres_database_dsn:
         assert [incident_id for _, incident_id, _ in seen] == ["slow", "fast"]
     finally:
         await store.close()
+
+
+async def test_changes_older_than_the_retention_are_pruned(postgres_database_dsn: str) -> None:
+    store = PostgresStore(postgres_database_dsn)
+    await store.open()
+    try:
+        await store.write(batch(incident("old")))
+        await store.write(batch(incident("new")))
+        con = await asyncpg.connect(postgres_database_dsn)
+        try:
+            await con.execute(
+                "UPDATE changes SET at = now() - interval '2 hours' WHERE incident_id = 'old'"
+            )
+        finally:
+            await con.close()
+        await store.prune_changes(3600.0)
+        assert [i for _, i, _ in await store.changes_since(0, 10)] == ["new"]
+    finally:
+        await store.close()
