@@ -7,7 +7,6 @@ since newer Alertmanagers add some (``notification_reason``, ``routeLabels``).
 
 from __future__ import annotations
 
-import functools
 from datetime import UTC, datetime
 from typing import Literal
 
@@ -84,18 +83,6 @@ class Alert(BaseModel):
     ends_at: datetime | None = Field(default=None, alias="endsAt")
     generator_url: str = Field(default="", alias="generatorURL")
     fingerprint: str = Field(pattern=r"^[0-9a-fA-F]{1,16}$")
-
-    # Epoch seconds, worked out once: the book compares and stores them for every
-    # alert of every notification, several times over.
-    @functools.cached_property
-    def starts(self) -> float:
-        """``startsAt`` in epoch seconds."""
-        return self.starts_at.timestamp()
-
-    @functools.cached_property
-    def ends(self) -> float | None:
-        """``endsAt`` in epoch seconds; None while firing."""
-        return None if self.ends_at is None else self.ends_at.timestamp()
 
 
 class Notification(BaseModel):

@@ -85,7 +85,7 @@ class Grouping(Stepping):
         classes: dict[str, ClassificationLike] = {}
         for alert in alerts:
             tracked = known.get(alert.fingerprint)
-            if tracked is None or tracked.starts_at != alert.starts:
+            if tracked is None or tracked.starts_at != alert.starts_at.timestamp():
                 cls = classes[alert.fingerprint] = self.classifier.classify(
                     alert.labels, alert.annotations
                 )
@@ -186,7 +186,7 @@ class Grouping(Stepping):
         unmatched: Counter[tuple[str, str]] = Counter()
         added: list[AlertState] = []
         for alert in alerts:
-            starts = alert.starts
+            starts = alert.starts_at.timestamp()
             known = inc.alerts.get(alert.fingerprint)
             if known is None or known.starts_at < starts:
                 inc.alerts[alert.fingerprint] = st = self._alert_state(alert, classes, unmatched)
@@ -206,7 +206,7 @@ class Grouping(Stepping):
             elif known.starts_at > starts:
                 continue  # an older instance than the one we track: stale
             elif known.status == "firing" and alert.status == "resolved":
-                ends_at = alert.ends if alert.ends is not None else now
+                ends_at = alert.ends_at.timestamp() if alert.ends_at else now
                 inc.alerts[alert.fingerprint] = known = known.ended(ends_at)
                 events.append(
                     self.event(
@@ -286,8 +286,8 @@ class Grouping(Stepping):
         return AlertState(
             fingerprint=alert.fingerprint,
             status=alert.status,
-            starts_at=alert.starts,
-            ends_at=alert.ends,
+            starts_at=alert.starts_at.timestamp(),
+            ends_at=alert.ends_at.timestamp() if alert.ends_at else None,
             severity=cls.severity,
             labels=interned(alert.labels),
             generator_url=intern(alert.generator_url),
@@ -306,7 +306,7 @@ def _unmatched_effects(inc: Incident, unmatched: Counter[tuple[str, str]]) -> li
 
 
 def _instance(alert: Alert) -> tuple[str, float]:
-    return (alert.fingerprint, alert.starts)
+    return (alert.fingerprint, alert.starts_at.timestamp())
 
 
 def resolution_time(inc: Incident, now: float) -> float:
