@@ -25,7 +25,7 @@ from typing import Protocol, runtime_checkable
 
 from sidecar.errors import StoreUnavailable
 from sidecar.service import IncidentService
-from sidecar.tasks import BackgroundTask
+from sidecar.tasks import BackgroundTask, wait_event
 
 log = logging.getLogger("sidecar.replicas")
 
@@ -148,8 +148,7 @@ class ReplicaFollower:
                     await self._unlisten()
                     self._listening = await self.feed.listen(self._wake.set)
                     self._wake.set()  # whatever was notified while nobody listened
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._wake.wait(), self.poll_interval)
+                await wait_event(self._wake, self.poll_interval)
                 self._wake.clear()
                 await self.catch_up()
                 await self._prune()
