@@ -165,6 +165,14 @@ class Metrics:
         "action result",
         "PagerDuty Events API v2 sends, by action and result.",
     )
+    notifications_total = Family(
+        Counter,
+        "notifications_total",
+        "integration action result",
+        "Notification sends of every integration (pagerduty, slack, webhook, jira), by "
+        "action and result (accepted, retried, rejected: dead-lettered).",
+        series="configured",
+    )
     webhook_requests_total = Family(
         Counter,
         "webhook_requests_total",
@@ -204,6 +212,12 @@ class Metrics:
     pagerduty_outbox_pending = LiveGauge(
         "pagerduty_outbox_pending", "", "PagerDuty events written but not yet delivered."
     )
+    notifications_pending = LiveGauge(
+        "notifications_pending",
+        "integration",
+        "Notifications written to the outbox but not yet delivered, by integration.",
+        series="configured",
+    )
 
     def __init__(
         self,
@@ -214,6 +228,7 @@ class Metrics:
         tiers: Sequence[str] = (),
         escalation_outcomes: Iterable[tuple[str, str, str]] = (),
         sla_thresholds: Iterable[float] = (),
+        notifications: Iterable[tuple[str, str]] = (),
     ) -> None:
         self.registry = registry
         self.severities = tuple(severities)
@@ -226,8 +241,12 @@ class Metrics:
             "tier": tuple(tiers),
         }
         # The one series per (severity, tier) that each escalation step can have.
+        # And the (integration, action) pairs of the configured integrations.
+        pairs = sorted(set(notifications))
         self._configured: dict[str, list[tuple[str, ...]]] = {
-            "escalation_outcomes_total": list(escalation_outcomes)
+            "escalation_outcomes_total": list(escalation_outcomes),
+            "notifications_total": [(i, a, r) for i, a in pairs for r in LABEL_VALUES["result"]],
+            "notifications_pending": sorted({(i,) for i, _ in pairs}),
         }
         self._children: dict[tuple[int, tuple[str, ...]], Any] = {}
         # By attribute name; Any because each row's own type is known to its descriptor.
@@ -279,6 +298,17 @@ class Metrics:
     def track_outbox_pending(self, pending: Callable[[], float]) -> None:
         """Export ``pagerduty_outbox_pending`` from the outbox's live size."""
         self._track(Metrics.pagerduty_outbox_pending, lambda: {(): pending()})
+
+    def track_notifications_pending(self, pending: Callable[[], Mapping[str, float]]) -> None:
+        """Export ``notifications_pending{integration}`` from the outbox workers' live sizes."""
+        self._track(
+            Metrics.notifications_pending,
+            lambda: {(name,): value for name, value in pending().items()},
+        )
+
+    def count_notification(self, integration: str, action: str, result: str) -> None:
+        """``notifications_total{integration,action,result}``, one more."""
+        self.child(self.notifications_total, integration, action, result).inc()
 
     def _track(self, row: LiveGauge, read: Callable[[], Mapping[Any, float]]) -> None:
         self.registry.register(_GaugeFromState(row, read, self.series(row)))

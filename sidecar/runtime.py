@@ -18,6 +18,7 @@ from sidecar.metrics import Metrics
 from sidecar.notify.outbox import OutboxWorker
 from sidecar.notify.pagerduty import Pager, pagerduty_outbox
 from sidecar.notify.retry import RetryPolicy
+from sidecar.notify.wiring import build_integrations, notification_actions, wake_all
 from sidecar.pagerduty.inbound import PagerDutyInbound
 from sidecar.replay import ReplayCache
 from sidecar.routing import routed_tiers, routing_problems, routing_warnings
@@ -54,11 +55,13 @@ class Components:
     # Called with the new rules once a reload is accepted, in order: the book
     # classifies with them, the scheduler moves every deadline to them.
     on_reload: list[Callable[[RuleSet], None]] = field(default_factory=list)
+    # Every integration's outbox worker, PagerDuty's (``outbox``) included.
+    outboxes: list[OutboxWorker] = field(default_factory=list)
 
     def failed_tasks(self) -> list[str]:
         """Names of the background loops that died (liveness fails on any)."""
         tasks = [*self.service.tasks, *self.scheduler.tasks]
-        for part in (self.outbox, self.silences, self.follower):
+        for part in (*self.outboxes, self.silences, self.follower):
             if part is not None:
                 tasks += part.tasks
         return [task.name for task in tasks if task.died]
@@ -164,17 +167,19 @@ def build_components(
             }
         ),
         sla_thresholds=rules.sla_thresholds(),
+        notifications=notification_actions(config),
     )
     pager = Pager(
         rules, key_mode=s.incidents.key, routing_names=names, external_url=s.server.external_url
     )
+    integrations = build_integrations(config, rules, rules.name, store, metrics, clock)
     book = IncidentBook(
         rules,
         key_mode=s.incidents.key,
         dedup_window=s.incidents.dedup_window.total_seconds(),
         routed_tiers=routed,
         # Commands plan their own notifications: the service only commits them.
-        planners=[pager],
+        planners=[pager, *integrations.planners],
         numbering=Numbering(ZoneInfo(s.incidents.number_timezone)),
     )
     metrics.track_open_incidents(lambda: book.open_counts)
@@ -215,11 +220,13 @@ def build_components(
                 rate_limited=pd.retry.rate_limited.total_seconds(),
             ),
         )
-        service.on_outbox = outbox.wake
         worker = outbox
         metrics.track_outbox_pending(lambda: float(worker.pending))
     else:
         metrics.track_outbox_pending(lambda: 0.0)
+    workers = [w for w in (outbox, *integrations.workers) if w is not None]
+    service.on_outbox = wake_all(workers)
+    metrics.track_notifications_pending(lambda: {w.sender.name: float(w.pending) for w in workers})
     inbound = PagerDutyInbound(
         store, book, api_url=pd.api_url, api_token=config.secrets.pagerduty_api_token
     )
@@ -241,10 +248,12 @@ def build_components(
         # Remember bodies no longer than incidents are remembered against duplicates.
         ReplayCache(ttl=min(3600.0, s.incidents.dedup_window.total_seconds())),
         follower=follower,
+        outboxes=workers,
     )
     components.on_reload += [
         book.set_classifier,
         pager.set_rules,
+        *(planner.set_rules for planner in integrations.planners),
         lambda _rules: scheduler.rebuild(),
     ]
     return components

@@ -20,10 +20,12 @@ def metrics(registry: CollectorRegistry) -> Metrics:
         tiers=["primary", "secondary"],
         escalation_outcomes=[("P1", "primary", "paged"), ("P2", "secondary", "unrouted")],
         sla_thresholds=[300, 1800.5],
+        notifications=[("pagerduty", "trigger"), ("slack", "post")],
     )
     m.track_open_incidents(lambda: {("P1", "triggered"): 2})
     m.track_open_breached(lambda: {("P2", "resolve"): 1})
     m.track_outbox_pending(lambda: 3.0)
+    m.track_notifications_pending(lambda: {"pagerduty": 3.0, "slack": 1.0})
     return m
 
 

@@ -22,8 +22,11 @@ class Secrets:
 
     __slots__ = (
         "api_token",
+        "jira_api_token",
+        "outbound_secrets",
         "pagerduty_api_token",
         "routing_keys",
+        "slack_token",
         "users",
         "webhook_secret",
         "webhook_token",
@@ -38,6 +41,9 @@ class Secrets:
         webhook_secret: str | None = None,
         routing_keys: dict[str, str] | None = None,
         users: dict[str, bytes] | None = None,
+        slack_token: str | None = None,
+        jira_api_token: str | None = None,
+        outbound_secrets: dict[str, str] | None = None,
     ) -> None:
         self.webhook_token = webhook_token
         self.api_token = api_token
@@ -47,6 +53,10 @@ class Secrets:
         self.routing_keys = routing_keys or {}
         # User name -> bcrypt hash, from server.web_config_file.
         self.users = users or {}
+        self.slack_token = slack_token
+        self.jira_api_token = jira_api_token
+        # Outbound webhook name -> its signing secret.
+        self.outbound_secrets = outbound_secrets or {}
 
     def __repr__(self) -> str:
         return "Secrets(<redacted>)"
@@ -98,6 +108,21 @@ class Secrets:
                 "pagerduty.webhook_secret_file", pd.webhook_secret, pd.webhook_secret_file
             ),
             routing_keys=routing_keys,
+            slack_token=(
+                pick("slack.token_file", settings.slack.token, settings.slack.token_file)
+                if settings.slack
+                else None
+            ),
+            jira_api_token=(
+                pick("jira.api_token_file", settings.jira.api_token, settings.jira.api_token_file)
+                if settings.jira
+                else None
+            ),
+            outbound_secrets={
+                hook.name: secret
+                for i, hook in enumerate(settings.webhooks)
+                if (secret := pick(f"webhooks.{i}.secret_file", hook.secret, hook.secret_file))
+            },
         )
         if server.web_config_file is not None:
             try:

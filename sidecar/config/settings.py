@@ -25,6 +25,14 @@ from pydantic import (
 )
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
+from sidecar.config.integrations import (
+    JiraConfig,
+    NotificationsConfig,
+    RemindersConfig,
+    SlackConfig,
+    TemplatesConfig,
+    WebhookEndpoint,
+)
 from sidecar.durations import ByteSize, Duration
 
 ENV_PREFIX = "SIDECAR__"
@@ -275,7 +283,20 @@ class Settings(BaseSettings):
     incidents: IncidentsConfig = IncidentsConfig()
     alertmanager: AlertmanagerConfig = AlertmanagerConfig()
     pagerduty: PagerDutyConfig = PagerDutyConfig()
+    slack: SlackConfig | None = None
+    webhooks: list[WebhookEndpoint] = Field(default_factory=list)
+    jira: JiraConfig | None = None
+    reminders: RemindersConfig = RemindersConfig()
+    templates: TemplatesConfig = TemplatesConfig()
+    notifications: NotificationsConfig = NotificationsConfig()
     logging: LoggingConfig = LoggingConfig()
+
+    @model_validator(mode="after")
+    def _webhook_names(self) -> Settings:
+        names = [w.name for w in self.webhooks]
+        if len(set(names)) != len(names):
+            raise ValueError("webhooks: every endpoint needs its own name")
+        return self
 
     @classmethod
     def settings_customise_sources(

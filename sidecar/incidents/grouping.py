@@ -124,6 +124,9 @@ class Grouping(Stepping):
             team=cls.team,
             title=intern(_title(n, alerts)),
             labels=interned(n.group_labels or n.common_labels),
+            # What the messages quote (impact, summary): the group's shared
+            # annotations, else those of the alert that set the severity.
+            annotations=dict(n.common_annotations or _annotations(alerts, top.fingerprint)),
             external_url=intern(n.external_url),
             started_at=min(a.starts_at for a in states.values()),
             triggered_at=now,

@@ -43,6 +43,7 @@ only, as its ``record_only`` step declares; or reached nobody, the tier having
 no routing key (only possible without any PagerDuty configuration: with one,
 such a step is refused at start, see :mod:`sidecar.routing`)."""
 NO_OUTCOMES: Mapping[str, EscalationOutcome] = MappingProxyType({})
+NO_ANNOTATIONS: Mapping[str, str] = MappingProxyType({})
 
 
 @dataclass(slots=True)
@@ -98,6 +99,9 @@ class Incident:
     roles: Mapping[str, Any] = field(default_factory=lambda: NOTHING)
     # Who last set the severity by hand: alerts already known no longer raise it.
     severity_set_by: str | None = None
+    # The annotations the incident opened with (impact, summary, runbook): what
+    # the notifications quote. Never changed in place, so most share one empty mapping.
+    annotations: Mapping[str, str] = field(default_factory=lambda: NO_ANNOTATIONS)
     # The stored alerts document of a restored or committed incident, until
     # ``alerts`` is next read (see ``shelve_alerts`` and ``__getattr__``).
     alerts_doc: bytes | None = field(default=None, repr=False, compare=False)
@@ -183,6 +187,8 @@ class Incident:
             # Only once there is one: most incidents never escalate, and every
             # row written pays for every key.
             data["escalation_outcomes"] = dict(self.escalation_outcomes)
+        if self.annotations:
+            data["annotations"] = dict(self.annotations)
         return data
 
     @classmethod
@@ -248,6 +254,7 @@ class Incident:
             status_at=data.get("status_at"),
             roles=data.get("roles") or NOTHING,
             severity_set_by=data.get("severity_set_by"),
+            annotations=dict(data["annotations"]) if data.get("annotations") else NO_ANNOTATIONS,
         )
         if legacy is None and alerts_doc is not None:
             inc.shelve_alerts(alerts_doc)

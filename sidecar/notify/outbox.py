@@ -31,8 +31,8 @@ from typing import Protocol
 
 from sidecar.clock import Clock
 from sidecar.errors import StoreUnavailable
+from sidecar.notify.result import SendResult
 from sidecar.notify.retry import RetryPolicy
-from sidecar.pagerduty.client import SendResult
 from sidecar.store.base import Claimant, OutboxItem, Outcome, RateBudget, Store
 from sidecar.tasks import BackgroundTask, wait_event
 
@@ -170,8 +170,8 @@ class OutboxWorker:
     async def drain(self) -> None:
         """Send everything due now that the budget allows, and wait for every outcome.
 
-        Once it returns, nothing claimable is on its way to PagerDuty: what a
-        test asserts about PagerDuty then is final, not a guess after a sleep.
+        Once it returns, nothing claimable is on its way to the service: what a
+        test asserts about the service then is final, not a guess after a sleep.
         """
         await self.idle()
         while True:
@@ -205,7 +205,7 @@ class OutboxWorker:
         now = self.clock.now()
         attempts = item.attempts + 1
         if result.outcome == "accepted":
-            await self._finish(item, "delivered", None, attempts=attempts)
+            await self._finish(item, "delivered", None, attempts=attempts, receipt=result.receipt)
             self.sender.count(item.action, "accepted")
             log.info(
                 f"{self.sender.name} event delivered",
@@ -251,7 +251,13 @@ class OutboxWorker:
             )
 
     async def _finish(
-        self, item: OutboxItem, state: str, error: str | None, *, attempts: int | None = None
+        self,
+        item: OutboxItem,
+        state: str,
+        error: str | None,
+        *,
+        attempts: int | None = None,
+        receipt: str | None = None,
     ) -> None:
         now = self.clock.now()
         outcome = Outcome(
@@ -261,5 +267,6 @@ class OutboxWorker:
             error=error[:1000] if error else None,
             at=now,
             server_failures=item.server_failures,
+            receipt=receipt,
         )
         await self.store.finish_outbox(item.id, outcome)

@@ -27,8 +27,9 @@ from sidecar.incidents import Change, Incident
 from sidecar.incidents.model import timeline_event
 from sidecar.metrics import Metrics
 from sidecar.notify.outbox import OutboxWorker
+from sidecar.notify.result import SendResult
 from sidecar.notify.retry import RetryPolicy
-from sidecar.pagerduty.client import EventsClient, SendResult
+from sidecar.pagerduty.client import EventsClient
 from sidecar.pagerduty.events import (
     build_acknowledge,
     build_resolve,
@@ -306,8 +307,9 @@ class PagerDutySender:
         return await self._client.send(body, key)
 
     def count(self, action: str, result: str) -> None:
-        """``incident_sla_pagerduty_events_total{action,result}``."""
+        """``pagerduty_events_total{action,result}`` and ``notifications_total``."""
         self.metrics.pagerduty_events_total.labels(action, result).inc()
+        self.metrics.count_notification(PAGERDUTY, action, result)
 
 
 def pagerduty_outbox(

@@ -23,8 +23,7 @@ Neither the routing key nor the API token ever appears in a message.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any
 from urllib.parse import quote
 
 import aiohttp
@@ -32,10 +31,9 @@ import orjson
 
 from sidecar.clock import Clock, SystemClock
 from sidecar.errors import SidecarError
+from sidecar.notify.result import Outcome, SendResult
 from sidecar.notify.retry import retry_after_seconds
 from sidecar.pagerduty.events import MAX_EVENT_BYTES, encode_event
-
-Outcome = Literal["accepted", "retry", "rate_limited", "rejected"]
 
 #: PagerDuty's largest page for classic pagination (REST API "Pagination").
 REST_PAGE_LIMIT = 100
@@ -44,25 +42,6 @@ REST_MAX_PAGES = 100
 REST_ACCEPT = "application/vnd.pagerduty+json;version=2"
 _MAX_MESSAGE_CHARS = 2000
 _REDACTED = "<redacted>"
-
-
-@dataclass(frozen=True, slots=True)
-class SendResult:
-    """What became of one event: PagerDuty's answer, classified.
-
-    ``retry_after`` is the wait in seconds the answer's ``Retry-After`` asked for, if any.
-    """
-
-    outcome: Outcome
-    status: int | None
-    message: str
-    dedup_key: str | None
-    retry_after: float | None = None
-
-    @property
-    def retryable(self) -> bool:
-        """True when sending the same event again later may succeed."""
-        return self.outcome in ("retry", "rate_limited")
 
 
 class EventsClient:

@@ -206,6 +206,7 @@ class MemoryStore(OneProcess):
                 last_error=outcome.error,
                 done_at=outcome.done_at,
                 server_failures=outcome.server_failures,
+                receipt=outcome.receipt,
             )
         self._released(item_id)
 

@@ -229,6 +229,15 @@ SCHEMA: tuple[Migration, ...] = (
         CREATE INDEX changes_at ON changes(at);
         """,
     ),
+    Migration(
+        10,
+        "outbox items keep what their delivery returned",
+        # A Slack reply needs the ts of its thread's first message, a Jira link the
+        # issue's key: the accepted send's receipt, read by the items after it.
+        """
+        ALTER TABLE outbox ADD COLUMN receipt {text};
+        """,
+    ),
 )
 
 

@@ -27,6 +27,9 @@ class OutboxItem(OutboxRow):
     # 5xx, timeouts and network errors met so far (429s not counted): the
     # exponent of the backoff, so that a 429 does not lengthen a later one.
     server_failures: int = 0
+    # What an accepted send left for the items after it (a Slack message's
+    # channel and ts, a Jira issue's key and link); None until then.
+    receipt: str | None = None
 
 
 def outbox_item(row: Iterable[Any]) -> OutboxItem:
@@ -77,6 +80,7 @@ class Outcome:
     error: str | None
     at: float
     server_failures: int = 0
+    receipt: str | None = None
 
     @property
     def done_at(self) -> float | None:

@@ -13,6 +13,10 @@ from typing import NamedTuple
 
 #: The first integration, and the one a caller means when it names none.
 PAGERDUTY = "pagerduty"
+#: The other integrations' names, as their outbox rows and metrics carry them.
+SLACK = "slack"
+WEBHOOK = "webhook"
+JIRA = "jira"
 
 
 class IncidentRow(NamedTuple):

@@ -165,12 +165,12 @@ class Statements:
         self.outbox_for_incident = (
             f"SELECT {items} FROM outbox WHERE incident_id = {p(1)} ORDER BY id"
         )
-        # (state, attempts, next_attempt_at, last_error, done_at, server_failures, id)
+        # (state, attempts, next_attempt_at, last_error, done_at, server_failures, receipt, id)
         self.finish_outbox = (
             f"UPDATE outbox SET state = {p(1)}, attempts = {p(2)}, next_attempt_at = {p(3)}, "
-            f"last_error = {p(4)}, done_at = {p(5)}, server_failures = {p(6)}"
+            f"last_error = {p(4)}, done_at = {p(5)}, server_failures = {p(6)}, receipt = {p(7)}"
             + (", lease_owner = NULL, lease_until = NULL" if d.leases_in_table else "")
-            + f" WHERE id = {p(7)}"
+            + f" WHERE id = {p(8)}"
         )
         self.outbox_pending = (
             f"SELECT count(*) FROM outbox WHERE state = 'pending' AND integration = {p(1)}"

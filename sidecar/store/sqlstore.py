@@ -98,7 +98,15 @@ class SQLStore(ABC):
     async def finish_outbox(self, item_id: int, outcome: Outcome) -> None:
         """Record the outcome of a send, durably, then end its lease."""
         o = outcome
-        params = (o.state, o.attempts, o.next_attempt_at, o.error, o.done_at, o.server_failures)
+        params = (
+            o.state,
+            o.attempts,
+            o.next_attempt_at,
+            o.error,
+            o.done_at,
+            o.server_failures,
+            o.receipt,
+        )
         await self._update(self.sql.finish_outbox, (*params, item_id))
         self._released(item_id)
 

@@ -98,7 +98,7 @@ async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
         stack.push_async_callback(c.inbound.stop)
         await c.scheduler.start()
         stack.push_async_callback(c.scheduler.stop)
-        for worker in (c.outbox, c.silences):
+        for worker in (*c.outboxes, c.silences):
             if worker is not None:
                 await worker.start()
                 stack.push_async_callback(worker.stop)
