@@ -54,7 +54,10 @@ def write_config(tmp_path: Path, overrides: dict[str, Any] | None = None) -> Pat
         "logging": {"format": "text"},
     }
     for section, values in (overrides or {}).items():
-        data.setdefault(section, {}).update(values)
+        if isinstance(values, dict):
+            data.setdefault(section, {}).update(values)
+        else:  # a list section (webhooks)
+            data[section] = values
     path = tmp_path / "config.yaml"
     path.write_text(yaml.safe_dump(data))
     return path

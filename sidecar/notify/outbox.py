@@ -177,8 +177,9 @@ class OutboxWorker:
         while True:
             await self.fill()
             if not self._sending:
-                return
+                break
             await self.idle()
+        self.pending = await self.store.outbox_pending(self.sender.name)
 
     def _sent(self, task: asyncio.Task[None]) -> None:
         self._sending.discard(task)

@@ -20,7 +20,9 @@ from sidecar.postmortem import render_postmortem
 from sidecar.rules import RuleSet
 from sidecar.sla.verdict import sla_report
 from sidecar.store import IncidentQuery
+from sidecar.store.base import OutboxItem
 from sidecar.store.codec import incident_from_row, incident_row
+from sidecar.store.rows import JIRA, PAGERDUTY
 from sidecar.web.answers import json_answer
 from sidecar.web.auth import require_api_token
 from sidecar.web.keys import COMPONENTS
@@ -93,6 +95,28 @@ def incident_view(
             "done_by": inc.review_done_by,
         },
     }
+
+
+def notification_view(item: OutboxItem) -> dict[str, Any]:
+    """One queued notification of any integration, as the API shows it."""
+    return {
+        "integration": item.integration,
+        "action": item.action,
+        "routing": item.routing,
+        "state": item.state,
+        "attempts": item.attempts,
+        "queued_at": isoformat(item.created_at),
+        "done_at": isoformat(item.done_at),
+        "last_error": item.last_error,
+    }
+
+
+def ticket_view(item: OutboxItem) -> dict[str, Any] | None:
+    """The Jira issue a delivered ticket created: its key and link."""
+    if item.integration != JIRA or item.state != "delivered" or not item.receipt:
+        return None
+    receipt = orjson.loads(item.receipt)
+    return {"key": receipt.get("key"), "url": receipt.get("url"), "system": "jira"}
 
 
 def event_view(ev: TimelineEvent) -> dict[str, Any]:
@@ -173,6 +197,7 @@ async def get_incident(request: web.Request) -> web.Response:
     events = await c.store.timeline(inc.id)
     view = incident_view(inc, c.rules, c.clock.now(), events)
     view["timeline"] = [event_view(e) for e in events]
+    items = await c.store.outbox_for_incident(inc.id)
     view["pagerduty"] = {
         "dedup_key": inc.paged_dedup_key,
         "events": [
@@ -185,9 +210,13 @@ async def get_incident(request: web.Request) -> web.Response:
                 "done_at": isoformat(item.done_at),
                 "last_error": item.last_error,
             }
-            for item in await c.store.outbox_for_incident(inc.id)
+            for item in items
+            if item.integration == PAGERDUTY
         ],
     }
+    # Every integration's notifications: a dead letter shows the service's own words.
+    view["notifications"] = [notification_view(item) for item in items]
+    view["tickets"] = [ticket for item in items if (ticket := ticket_view(item)) is not None]
     return json_answer(view)
 
 

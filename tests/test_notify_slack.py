@@ -1,0 +1,228 @@
+"""Slack through the real service: one thread per incident, kept current, dead letters shown.
+
+The sidecar runs in the test's event loop with ``slack_sdk`` pointed at the fake
+Slack Web API (a real HTTP server on 127.0.0.1, written from Slack's docs).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+import pytest
+from aiohttp.test_utils import TestClient
+from prometheus_client import CollectorRegistry
+
+from sidecar.clock import SystemClock
+from sidecar.config import Config
+from sidecar.runtime import Components, build_components
+from sidecar.web import create_app
+from tests.conftest import API_TOKEN, WEBHOOK_TOKEN
+from tests.fakes.slack import FakeSlack
+from tests.payloads import alert, body, notification
+from tests.support.outboxes import drain_all
+
+Client = TestClient[Any, Any]
+INCIDENTS, ENGINEERING, DB = "C0INCIDENTS", "C0ENGINEERING", "C0DBTEAM"
+
+
+@pytest.fixture
+async def slack() -> AsyncIterator[FakeSlack]:
+    channels = {"incidents": INCIDENTS, "engineering": ENGINEERING, "db-team": DB}
+    async with FakeSlack(channels=channels) as fake:
+        yield fake
+
+
+def slack_section(fake: FakeSlack, **extra: Any) -> dict[str, Any]:
+    return {
+        "token": fake.token,
+        "api_url": fake.api_url,
+        "channels": {
+            "default": "#incidents",
+            "stakeholders": "#engineering",
+            "stakeholder_severities": ["P0"],
+            **extra.pop("channels", {}),
+        },
+        "users": {"alice": "U0ALICE01"},
+        "messages_per_channel": 100,
+        "timeout": "2s",
+        **extra,
+    }
+
+
+@pytest.fixture
+def make_sidecar(
+    aiohttp_client: Callable[..., Any], config_factory: Callable[..., Config], slack: FakeSlack
+) -> Callable[..., Any]:
+    async def make(**extra: Any) -> tuple[Client, Components]:
+        config = config_factory(
+            {
+                "slack": slack_section(slack, **extra),
+                "server": {"external_url": "https://sidecar.example"},
+                "notifications": {"retry": {"initial": "50ms", "max": "2s"}},
+            }
+        )
+        components = build_components(config, clock=SystemClock(), registry=CollectorRegistry())
+        return await aiohttp_client(create_app(components)), components
+
+    return make
+
+
+async def post_alert(client: Client, payload: dict[str, Any]) -> str:
+    resp = await client.post(
+        "/webhook/alertmanager",
+        data=body(payload),
+        headers={"Authorization": f"Bearer {WEBHOOK_TOKEN}"},
+    )
+    assert resp.status == 200, await resp.text()
+    return str((await resp.json())["changed"][0]["id"])
+
+
+async def api(client: Client, incident_id: str, action: str, **fields: str) -> None:
+    resp = await client.post(
+        f"/api/v1/incidents/{incident_id}/{action}",
+        json=fields,
+        headers={"Authorization": f"Bearer {API_TOKEN}"},
+    )
+    assert resp.status == 200, await resp.text()
+
+
+def count(components: Components, action: str, result: str) -> float | None:
+    return components.registry.get_sample_value(
+        "incident_sla_notifications_total",
+        {"integration": "slack", "action": action, "result": result},
+    )
+
+
+def firing() -> dict[str, Any]:
+    """A P0 that started a minute ago (the service runs on the real clock)."""
+    return notification(
+        alert(
+            labels={"severity": "critical", "service": "search"},
+            annotations={"summary": "Search slow", "impact": "100% of queries > 5s & <rising>"},
+            starts=time.time() - 60,
+        )
+    )
+
+
+async def test_an_incident_gets_one_thread_kept_current_and_closed(
+    make_sidecar: Callable[..., Any], slack: FakeSlack
+) -> None:
+    client, components = await make_sidecar()
+    incident_id = await post_alert(client, firing())
+    await api(client, incident_id, "acknowledge", actor="alice")
+    await api(client, incident_id, "updates", actor="alice", message="Rolled back the deploy")
+    await api(client, incident_id, "resolve", actor="alice", message="A bad index build")
+    await drain_all(components)
+
+    [head] = slack.channel_messages(INCIDENTS)
+    # The head: the declared message, escaped as Slack asks, then kept current in place.
+    assert "DBDown" in head.edits[0] and "Status: Investigating" in head.edits[0]
+    assert "Impact: 100% of queries &gt; 5s &amp; &lt;rising&gt;" in head.edits[0]
+    assert "acknowledged by <@U0ALICE01>" in head.edits[1]  # the mapped user is mentioned
+    assert "Status: Resolved" in head.text
+    replies = [m.text for m in slack.replies(INCIDENTS, head.ts)]
+    assert len(replies) == 2
+    assert "Rolled back the deploy" in replies[0]
+    assert "Resolved" in replies[1] and "Root cause: A bad index build" in replies[1]
+    # P0 also goes to the stakeholders, without the internals.
+    [stake] = slack.channel_messages(ENGINEERING)
+    assert [m.text for m in slack.replies(ENGINEERING, stake.ts)] == replies
+    assert count(components, "post", "accepted") == 2.0
+    assert count(components, "reply", "rejected") == 0.0
+    assert (
+        components.registry.get_sample_value(
+            "incident_sla_notifications_pending", {"integration": "slack"}
+        )
+        == 0.0
+    )
+
+
+async def test_team_channel_wins_and_no_stakeholder_thread_below_p0(
+    make_sidecar: Callable[..., Any], slack: FakeSlack
+) -> None:
+    client, components = await make_sidecar(channels={"teams": {"db": "#db-team"}})
+    await post_alert(
+        client,
+        notification(
+            alert(labels={"severity": "warning", "service": "db"}, starts=time.time() - 60)
+        ),
+    )
+    await drain_all(components)
+    assert len(slack.channel_messages(DB)) == 1
+    assert slack.channel_messages(INCIDENTS) == []
+    assert slack.channel_messages(ENGINEERING) == []
+
+
+async def test_an_unknown_channel_is_a_dead_letter_with_slacks_words_and_blocks_nothing(
+    make_sidecar: Callable[..., Any], slack: FakeSlack
+) -> None:
+    client, components = await make_sidecar(
+        channels={"default": "#no-such-channel", "stakeholders": None}
+    )
+    incident_id = await post_alert(client, firing())
+    await api(client, incident_id, "updates", actor="alice", message="looking")
+    await drain_all(components)
+    view = await (await client.get(f"/api/v1/incidents/{incident_id}")).json()
+    slack_items = [n for n in view["notifications"] if n["integration"] == "slack"]
+    assert [(n["action"], n["state"]) for n in slack_items] == [
+        ("post", "dead"),
+        ("reply", "dead"),
+        ("update", "dead"),
+    ]
+    assert slack_items[0]["last_error"] == "channel_not_found"
+    # The thread never started: its replies and updates say why.
+    assert all("channel_not_found" in n["last_error"] for n in slack_items[1:])
+    assert count(components, "post", "rejected") == 1.0
+    assert count(components, "reply", "rejected") == 1.0
+
+
+@pytest.mark.parametrize("error", ["invalid_auth", "token_revoked"])
+async def test_a_bad_token_is_a_dead_letter(
+    make_sidecar: Callable[..., Any], slack: FakeSlack, error: str
+) -> None:
+    client, components = await make_sidecar()
+    if error == "token_revoked":
+        slack.revoke(slack.token)
+    else:
+        slack.tokens.clear()
+    incident_id = await post_alert(client, firing())
+    await drain_all(components)
+    view = await (await client.get(f"/api/v1/incidents/{incident_id}")).json()
+    errors = {n["last_error"] for n in view["notifications"] if n["integration"] == "slack"}
+    assert errors == {error}
+    assert slack.messages == {}
+
+
+async def test_a_429_waits_its_retry_after_then_the_thread_goes_on_in_order(
+    make_sidecar: Callable[..., Any], slack: FakeSlack
+) -> None:
+    client, components = await make_sidecar(channels={"stakeholders": None})
+    slack.rate_limit_next(retry_after=1)
+    slack.server_error_next()
+    incident_id = await post_alert(client, firing())
+    await api(client, incident_id, "updates", actor="alice", message="first")
+    await api(client, incident_id, "updates", actor="alice", message="second")
+    await drain_all(components)
+    posts = [c for c in slack.calls if c.method == "chat.postMessage"]
+    assert [c.status for c in posts[:3]] == [429, 500, 200]
+    # Slack asked for a second: the retry waited at least that long.
+    assert posts[1].at - posts[0].at >= 1.0
+    [head] = slack.channel_messages(INCIDENTS)
+    assert ["first" in r.text for r in slack.replies(INCIDENTS, head.ts)] == [True, False]
+    assert count(components, "post", "retried") == 2.0
+
+
+async def test_the_per_channel_rate_is_kept(
+    make_sidecar: Callable[..., Any], slack: FakeSlack
+) -> None:
+    slack.per_channel_per_second = 1
+    client, components = await make_sidecar(
+        messages_per_channel=1, rate_window="1s", channels={"stakeholders": None}
+    )
+    incident_id = await post_alert(client, firing())
+    await api(client, incident_id, "updates", actor="alice", message="one")
+    await api(client, incident_id, "updates", actor="alice", message="two")
+    await drain_all(components)
+    assert [c.status for c in slack.calls] == [200] * 5  # post; reply, update; reply, update
