@@ -18,7 +18,12 @@ from sidecar.metrics import Metrics
 from sidecar.notify.outbox import OutboxWorker
 from sidecar.notify.pagerduty import Pager, pagerduty_outbox
 from sidecar.notify.retry import RetryPolicy
-from sidecar.notify.wiring import build_integrations, notification_actions, wake_all
+from sidecar.notify.wiring import (
+    build_integrations,
+    notification_actions,
+    reminder_leads,
+    wake_all,
+)
 from sidecar.pagerduty.inbound import PagerDutyInbound
 from sidecar.replay import ReplayCache
 from sidecar.routing import routed_tiers, routing_problems, routing_warnings
@@ -181,6 +186,7 @@ def build_components(
         # Commands plan their own notifications: the service only commits them.
         planners=[pager, *integrations.planners],
         numbering=Numbering(ZoneInfo(s.incidents.number_timezone)),
+        reminders=reminder_leads(config, [sev.name for sev in rules.severities]),
     )
     metrics.track_open_incidents(lambda: book.open_counts)
     metrics.track_open_breached(book.breached_counts)

@@ -14,7 +14,7 @@ import pytest
 from aiohttp.test_utils import TestClient
 from prometheus_client import CollectorRegistry
 
-from sidecar.clock import SystemClock
+from sidecar.clock import Clock, FakeClock, SystemClock
 from sidecar.config import Config
 from sidecar.runtime import Components, build_components
 from sidecar.web import create_app
@@ -55,15 +55,20 @@ def slack_section(fake: FakeSlack, **extra: Any) -> dict[str, Any]:
 def make_sidecar(
     aiohttp_client: Callable[..., Any], config_factory: Callable[..., Config], slack: FakeSlack
 ) -> Callable[..., Any]:
-    async def make(**extra: Any) -> tuple[Client, Components]:
+    async def make(
+        *, clock: Clock | None = None, sections: dict[str, Any] | None = None, **extra: Any
+    ) -> tuple[Client, Components]:
         config = config_factory(
             {
                 "slack": slack_section(slack, **extra),
                 "server": {"external_url": "https://sidecar.example"},
                 "notifications": {"retry": {"initial": "50ms", "max": "2s"}},
+                **(sections or {}),
             }
         )
-        components = build_components(config, clock=SystemClock(), registry=CollectorRegistry())
+        components = build_components(
+            config, clock=clock or SystemClock(), registry=CollectorRegistry()
+        )
         return await aiohttp_client(create_app(components)), components
 
     return make
@@ -95,13 +100,13 @@ def count(components: Components, action: str, result: str) -> float | None:
     )
 
 
-def firing() -> dict[str, Any]:
-    """A P0 that started a minute ago (the service runs on the real clock)."""
+def firing(now: float | None = None) -> dict[str, Any]:
+    """A P0 that started a minute ago (by default on the real clock, as the service runs)."""
     return notification(
         alert(
             labels={"severity": "critical", "service": "search"},
             annotations={"summary": "Search slow", "impact": "100% of queries > 5s & <rising>"},
-            starts=time.time() - 60,
+            starts=(time.time() if now is None else now) - 60,
         )
     )
 
@@ -226,3 +231,61 @@ async def test_the_per_channel_rate_is_kept(
     await api(client, incident_id, "updates", actor="alice", message="two")
     await drain_all(components)
     assert [c.status for c in slack.calls] == [200] * 5  # post; reply, update; reply, update
+
+
+MIN = 60.0
+
+
+async def test_a_reminder_before_the_update_deadline_mentions_the_ic_then_the_breach(
+    make_sidecar: Callable[..., Any], slack: FakeSlack, clock: FakeClock
+) -> None:
+    # P0 of the mini rules: a status update every 15 minutes; remind 3 minutes before.
+    client, components = await make_sidecar(
+        clock=clock,
+        sections={"reminders": {"before": "5m", "severities": {"P0": "3m"}}},
+        channels={"stakeholders": None},
+    )
+    t0 = clock.now()
+    incident_id = await post_alert(client, firing(t0))
+    await api(client, incident_id, "acknowledge", actor="alice")
+    # Sent before time moves: a lease counts on the same clock, and a jump of
+    # minutes would lapse one in flight (and send it twice).
+    await drain_all(components)
+    run_due = components.scheduler.run_due
+    clock.set(t0 + 12 * MIN - 1)
+    assert await run_due() == 0
+    clock.set(t0 + 12 * MIN)
+    assert await run_due() == 1  # the reminder, at its time
+    assert await run_due() == 0  # once per update window
+    clock.set(t0 + 15 * MIN + 1)
+    assert await run_due() == 1  # the update SLA breached
+    await drain_all(components)
+    [head] = slack.channel_messages(INCIDENTS)
+    reminder, breach = (m.text for m in slack.replies(INCIDENTS, head.ts))
+    assert reminder.startswith(":alarm_clock: <@U0ALICE01>, a status update is due by ")
+    assert "update SLA of P0 breached" in breach and "<@U0ALICE01>" in breach
+    # A status update opens a new window, with its own reminder.
+    await api(client, incident_id, "updates", actor="alice", message="still on it")
+    await drain_all(components)
+    clock.set(t0 + 15 * MIN + 1 + 12 * MIN)
+    assert await run_due() == 1
+    await drain_all(components)
+    assert sum("alarm_clock" in m.text for m in slack.replies(INCIDENTS, head.ts)) == 2
+    view = await (await client.get(f"/api/v1/incidents/{incident_id}")).json()
+    assert [e["kind"] for e in view["timeline"]].count("update_reminder") == 2
+
+
+async def test_without_a_slack_user_id_the_reminder_names_the_ic(
+    make_sidecar: Callable[..., Any], slack: FakeSlack, clock: FakeClock
+) -> None:
+    client, components = await make_sidecar(clock=clock, channels={"stakeholders": None})
+    t0 = clock.now()
+    incident_id = await post_alert(client, firing(t0))
+    await api(client, incident_id, "acknowledge", actor="bob")
+    await drain_all(components)
+    clock.set(t0 + 10 * MIN)  # the default: 5 minutes before the 15-minute deadline
+    assert await components.scheduler.run_due() == 1
+    await drain_all(components)
+    [head] = slack.channel_messages(INCIDENTS)
+    [reminder] = slack.replies(INCIDENTS, head.ts)
+    assert reminder.text.startswith(":alarm_clock: bob, a status update is due by ")

@@ -123,10 +123,14 @@ class BookCore:
         routed_tiers: Collection[str] = frozenset(),
         planners: Sequence[Planner] = (),
         numbering: Numbering | None = None,
+        reminders: Mapping[str, float] | None = None,
     ) -> None:
         self.classifier = classifier
         # Plan numbers for the incidents a batch opens (the service begins and ends it).
         self.numbering = numbering or Numbering()
+        # Severity -> seconds before an update deadline that a reminder is due
+        # (only with an integration to carry it: Slack or webhooks).
+        self.reminders = dict(reminders or {})
         # Integrations that plan the notifications a change causes (PagerDuty's
         # pager), run by every command before it returns: see ``planned``.
         self.planners = list(planners)

@@ -79,6 +79,8 @@ class Incident:
     breaches: Mapping[str, float] = field(default_factory=lambda: NOTHING)
     # Start of the update window whose deadline was missed (one breach per window).
     update_breached_gap: float | None = None
+    # Start of the update window whose reminder went out (one reminder per window).
+    update_reminded_gap: float | None = None
     # Escalation tier -> when its step came due (each tier once per incident).
     escalated: Mapping[str, float] = field(default_factory=lambda: NOTHING)
     # Escalation tier -> its outcome. Kept apart from ``escalated``, whose
@@ -189,6 +191,8 @@ class Incident:
             data["escalation_outcomes"] = dict(self.escalation_outcomes)
         if self.annotations:
             data["annotations"] = dict(self.annotations)
+        if self.update_reminded_gap is not None:
+            data["update_reminded_gap"] = self.update_reminded_gap
         return data
 
     @classmethod
@@ -243,6 +247,7 @@ class Incident:
             paged_dedup_key=data.get("paged_dedup_key"),
             breaches=dict(data["breaches"]) if data.get("breaches") else NOTHING,
             update_breached_gap=data.get("update_breached_gap"),
+            update_reminded_gap=data.get("update_reminded_gap"),
             escalated=dict(data["escalated"]) if data.get("escalated") else NOTHING,
             escalation_outcomes=_outcomes(data.get("escalation_outcomes")),
             review_due_at=review_due_at,

@@ -39,7 +39,8 @@ class Stepping(BookCore):
         """
         inc = self._by_id.get(incident_id)
         if inc is not None:
-            return sla.next_deadline(inc, self.classifier.policy(inc.severity))
+            policy = self.classifier.policy(inc.severity)
+            return sla.next_deadline(inc, policy, self.reminders.get(inc.severity))
         review = self._reviews.get(incident_id)
         if review is None or review.review_due_at is None or "postmortem" in review.breaches:
             return None
@@ -93,10 +94,13 @@ class Stepping(BookCore):
     ) -> None:
         """Record what is due on an open incident: breaches, then escalation steps."""
         policy = self.classifier.policy(inc.severity)
-        for kind, deadline in sla.pending_deadlines(inc, policy):
+        remind = self.reminders.get(inc.severity)
+        for kind, deadline in sla.pending_deadlines(inc, policy, remind):
             if not sla.is_due(kind, deadline, now):
                 continue
-            if kind.startswith(sla.ESCALATION):
+            if kind == sla.REMINDER:
+                self._remind(inc, deadline + (remind or 0.0), now, events)
+            elif kind.startswith(sla.ESCALATION):
                 self._escalate(inc, policy, kind.removeprefix(sla.ESCALATION), now, events, effects)
             else:
                 if kind == "update":
@@ -134,6 +138,23 @@ class Stepping(BookCore):
         )
         effects.append(
             Effect("escalated", inc.id, inc.severity, inc.team, detail=tier, outcome=outcome)
+        )
+
+    def _remind(
+        self, inc: Incident, due_at: float, now: float, events: list[TimelineEvent]
+    ) -> None:
+        """Record the reminder of the current update window; integrations carry it."""
+        inc.update_reminded_gap = sla.update_gap_start(inc)
+        events.append(
+            self.event(
+                inc,
+                now,
+                "update_reminder",
+                "sidecar",
+                None,
+                f"status update due in {max(0.0, due_at - now):.0f}s",
+                {"due_at": due_at},
+            )
         )
 
     def _escalation_outcome(self, policy: SeverityPolicy, tier: str) -> EscalationOutcome:

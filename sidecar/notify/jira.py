@@ -80,7 +80,7 @@ class JiraPlanner:
             return
         url = f"{self.external_url}/api/v1/incidents/{inc.id}" if self.external_url else None
         data = incident_data(
-            inc, update_every=self.rules.policy(inc.severity).clocks.update, incident_url=url
+            inc, update=self.rules.policy(inc.severity).clocks.update, incident_url=url
         )
         context = {"incident": data, "event": None, "plan": ""}
         summary = self.templates.render_or_fallback(JIRA_SUMMARY, context, inc.title)

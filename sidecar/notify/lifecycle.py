@@ -18,6 +18,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from sidecar.incidents import Change, Incident, TimelineEvent
+from sidecar.sla import Target, update_gap_start
 
 #: Timeline event kinds -> the lifecycle event they are (a breach is looked at apart).
 _KINDS: Mapping[str, str] = {
@@ -122,7 +123,7 @@ def _first(mapping: Mapping[str, str], keys: Sequence[str]) -> str | None:
 def incident_data(
     inc: Incident,
     *,
-    update_every: float | None = None,
+    update: Target | None = None,
     incident_url: str | None = None,
     people: Mapping[str, str] | None = None,
 ) -> dict[str, Any]:
@@ -139,7 +140,12 @@ def incident_data(
     for alert in inc.alerts.values():
         for k, v in alert.labels.items():
             labels.setdefault(k, v)
-    gap_start = inc.last_update_at if inc.last_update_at is not None else inc.triggered_at
+    # The update cadence, and when the current window's update is due (a
+    # business-time target's deadline is its calendar's).
+    update_every = None if update is None else update.seconds
+    next_update = None
+    if update is not None and inc.is_open:
+        next_update = update.deadline(update_gap_start(inc))
     end = inc.resolved_at
     return {
         "id": inc.id,
@@ -166,11 +172,7 @@ def incident_data(
         "commander": commander,
         "commander_mention": None if commander is None else mention.get(commander, commander),
         "update_every": cadence_text(update_every),
-        "next_update": (
-            None
-            if update_every is None or not inc.is_open
-            else readable_time(gap_start + update_every)
-        ),
+        "next_update": readable_time(next_update),
         "review_due": readable_time(inc.review_due_at),
         "escalated": sorted(inc.escalated),
         "breaches": sorted(inc.breaches),

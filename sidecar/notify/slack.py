@@ -109,7 +109,7 @@ class SlackPlanner:
         url = f"{self.external_url}/api/v1/incidents/{inc.id}" if self.external_url else None
         data = incident_data(
             inc,
-            update_every=self.rules.policy(inc.severity).clocks.update,
+            update=self.rules.policy(inc.severity).clocks.update,
             incident_url=url,
             people=self.people,
         )

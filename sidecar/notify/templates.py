@@ -26,6 +26,7 @@ import jinja2
 from sidecar.errors import ConfigProblem
 from sidecar.incidents import AlertState, Incident
 from sidecar.notify.lifecycle import incident_data
+from sidecar.sla import Target
 
 log = logging.getLogger("sidecar.notify")
 
@@ -196,7 +197,7 @@ def sample_context(
         inc.review_due_at = inc.resolved_at + 7 * 86400
     data = incident_data(
         inc,
-        update_every=1800.0,
+        update=Target(1800.0),
         incident_url="https://sidecar.example/api/v1/incidents/01JD0000000000000000000000",
         people={"john.doe": Mention("<@U024BE7LH>")},
     )

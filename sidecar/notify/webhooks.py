@@ -110,7 +110,7 @@ class WebhookPlanner:
         inc = change.incident
         url = f"{self.external_url}/api/v1/incidents/{inc.id}" if self.external_url else None
         data = incident_data(
-            inc, update_every=self.rules.policy(inc.severity).clocks.update, incident_url=url
+            inc, update=self.rules.policy(inc.severity).clocks.update, incident_url=url
         )
         for n, ev in enumerate(events):
             # Unique per event and stable across retries: the incident's timeline

@@ -8,13 +8,13 @@ the one retry policy; only the sender differs.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
 from sidecar.clock import Clock
 from sidecar.config import Config
-from sidecar.errors import ConfigError
+from sidecar.errors import ConfigError, ConfigProblem
 from sidecar.incidents import Change
 from sidecar.metrics import Metrics
 from sidecar.notify import jira, slack, webhooks
@@ -125,6 +125,27 @@ def build_integrations(
             )
         )
     return out
+
+
+def reminder_leads(config: Config, severities: Sequence[str]) -> dict[str, float]:
+    """Severity -> seconds before an update deadline its reminder is due.
+
+    Empty unless an integration can carry a reminder (Slack, webhooks): a
+    reminder nobody hears would only fill the timeline.
+    """
+    s = config.settings
+    unknown = sorted(set(s.reminders.severities) - set(severities))
+    if unknown:
+        raise ConfigError(
+            [
+                ConfigProblem(str(config.path), f"reminders.severities.{name}", "no such severity")
+                for name in unknown
+            ]
+        )
+    if s.slack is None and not s.webhooks:
+        return {}
+    leads = {name: s.reminders.lead(name) for name in severities}
+    return {name: lead for name, lead in leads.items() if lead is not None}
 
 
 def wake_all(workers: list[OutboxWorker]) -> Callable[[], None]:

@@ -14,6 +14,7 @@ are pure, so the incidents depend on them and never the reverse.
 
 from sidecar.sla.clocks import (
     ESCALATION,
+    REMINDER,
     SLA_KINDS,
     Clocks,
     Policy,
@@ -29,6 +30,7 @@ from sidecar.sla.clocks import (
 
 __all__ = [
     "ESCALATION",
+    "REMINDER",
     "SLA_KINDS",
     "Clocks",
     "Policy",

@@ -66,6 +66,8 @@ class Policy(Protocol):
 
 
 ESCALATION = "escalation:"
+#: The nudge before an update deadline (``reminders``): due at its time, like a step.
+REMINDER = "update_reminder"
 
 
 @dataclass(frozen=True, slots=True)
@@ -156,8 +158,14 @@ def update_gap_start(inc: Incident) -> float:
     return inc.last_update_at if inc.last_update_at is not None else inc.triggered_at
 
 
-def pending_deadlines(inc: Incident, policy: Policy) -> list[tuple[str, float]]:
-    """Deadlines still ahead of an open incident: SLA names and ``escalation:<tier>``."""
+def pending_deadlines(
+    inc: Incident, policy: Policy, remind_before: float | None = None
+) -> list[tuple[str, float]]:
+    """Deadlines still ahead of an open incident: SLA names, ``escalation:<tier>``, reminders.
+
+    With ``remind_before``, the update window's reminder falls that long before
+    its deadline, once per window (none when the window is shorter than that).
+    """
     if not inc.is_open:
         return []
     clocks = policy.clocks
@@ -170,7 +178,18 @@ def pending_deadlines(inc: Incident, policy: Policy) -> list[tuple[str, float]]:
     if clocks.update is not None:
         start = update_gap_start(inc)
         if inc.update_breached_gap != start:
-            out.append(("update", clocks.update.deadline(start)))
+            deadline = clocks.update.deadline(start)
+            out.append(("update", deadline))
+            # The reminder, that long before the deadline (on the wall clock, also
+            # for a business-time target), unless the window is shorter than that.
+            if (
+                remind_before is not None
+                and deadline is not None
+                and remind_before > 0
+                and deadline - remind_before > start
+                and inc.update_reminded_gap != start
+            ):
+                out.append((REMINDER, deadline - remind_before))
     for kind, tier, while_unacknowledged, after in clocks.escalation:
         if tier in inc.escalated or (while_unacknowledged and not triggered):
             continue
@@ -179,10 +198,12 @@ def pending_deadlines(inc: Incident, policy: Policy) -> list[tuple[str, float]]:
     return [(kind, at) for kind, at in out if at is not None]
 
 
-def next_deadline(inc: Incident, policy: Policy) -> tuple[float, bool] | None:
+def next_deadline(
+    inc: Incident, policy: Policy, remind_before: float | None = None
+) -> tuple[float, bool] | None:
     """The earliest pending deadline, and whether it is strict (see :func:`passed`)."""
     best: tuple[float, bool] | None = None
-    for kind, at in pending_deadlines(inc, policy):
+    for kind, at in pending_deadlines(inc, policy, remind_before):
         # At one instant an escalation (not strict) comes before a breach.
         candidate = (at, is_strict(kind))
         if best is None or candidate < best:
@@ -191,8 +212,8 @@ def next_deadline(inc: Incident, policy: Policy) -> tuple[float, bool] | None:
 
 
 def is_strict(kind: str) -> bool:
-    """An SLA's deadline is strict (breached once passed); an escalation step's is not."""
-    return not kind.startswith(ESCALATION)
+    """An SLA's deadline is strict (breached once passed); a step's or a reminder's is not."""
+    return not kind.startswith(ESCALATION) and kind != REMINDER
 
 
 def passed(deadline: float, strict: bool, now: float) -> bool:
