@@ -1,4 +1,4 @@
-"""Command line: ``serve``, ``check-config`` and ``test-rules``."""
+"""Command line: ``serve``, ``check-config``, ``test-rules`` and ``render-template``."""
 
 from __future__ import annotations
 
@@ -19,6 +19,15 @@ from sidecar.config import Config, load_config, rules_file_of, split_listen
 from sidecar.durations import format_duration
 from sidecar.errors import ConfigError
 from sidecar.logs import setup_logging
+from sidecar.notify.templates import (
+    PRESETS,
+    SAMPLE_EVENT,
+    SLACK_REPLIES,
+    TEMPLATE_NAMES,
+    MessageTemplates,
+    sample_context,
+)
+from sidecar.notify.wiring import integration_problems, templates_of
 from sidecar.routing import routing_problems, routing_warnings
 from sidecar.rules import DROP, FLOOR_LABEL, Classification, RuleSet, load_rules
 from sidecar.rules.intervals import describe
@@ -47,8 +56,12 @@ def _load(
                 raise ConfigError(exc.problems + rules_exc.problems) from exc
         raise
     rules = load_rules(config.rules_file)
-    if check_routing and (problems := routing_problems(config, rules)):
-        raise ConfigError(problems)
+    if check_routing:
+        severities = [sev.name for sev in rules.severities]
+        problems = routing_problems(config, rules)
+        problems += integration_problems(config, rules.name, severities, rules.teams)
+        if problems:
+            raise ConfigError(problems)
     if read_secrets and (files := config.tls_files) is not None:
         build_context(files)  # a missing file or a key that does not match: refuse now
     return config, rules
@@ -248,6 +261,38 @@ def serve(path: Path) -> int:
     return 0
 
 
+def render_template(
+    name: str | None, config_path: Path | None, preset: str | None, *, resolved: bool
+) -> int:
+    """Print a message template rendered against a sample incident (or list the templates)."""
+    if config_path is not None:
+        try:
+            config, rules = _load(config_path, check_routing=False)
+        except ConfigError as exc:
+            _print_problems(exc)
+            return 1
+        templates = templates_of(config, preset or rules.name)
+    else:
+        templates = MessageTemplates(preset or "generic")
+    if name is None:
+        for known in TEMPLATE_NAMES:
+            print(f"{known}\t{templates.source(known)}")
+        return 0
+    if name not in TEMPLATE_NAMES:
+        print(f"unknown template {name!r}; one of: {', '.join(TEMPLATE_NAMES)}", file=sys.stderr)
+        return 1
+    event = None
+    if name in SLACK_REPLIES.values():
+        kind = next(k for k, v in SLACK_REPLIES.items() if v == name)
+        event = {**SAMPLE_EVENT, "kind": kind}
+    try:
+        print(templates.render(name, sample_context(event, resolved=resolved)))
+    except Exception as exc:
+        print(f"{templates.source(name)}: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser (exposed for documentation and tests)."""
     parser = argparse.ArgumentParser(
@@ -270,6 +315,13 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="NAME=VALUE",
         help="an annotation for numeric conditions (repeatable)",
     )
+    p = sub.add_parser(
+        "render-template", help="preview a message template against a sample incident"
+    )
+    p.add_argument("template", nargs="?", help="e.g. slack/incident.txt.j2 (none: list them)")
+    p.add_argument("--config", type=Path, help="use its preset and template overrides")
+    p.add_argument("--preset", choices=PRESETS, help="the package set to start from")
+    p.add_argument("--resolved", action="store_true", help="the sample incident, resolved")
     return parser
 
 
@@ -280,4 +332,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         return serve(args.config)
     if args.command == "check-config":
         return check_config(args.config)
+    if args.command == "render-template":
+        return render_template(args.template, args.config, args.preset, resolved=args.resolved)
     return explain_rules(args.config, args.labels, args.annotation)

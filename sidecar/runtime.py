@@ -20,6 +20,7 @@ from sidecar.notify.pagerduty import Pager, pagerduty_outbox
 from sidecar.notify.retry import RetryPolicy
 from sidecar.notify.wiring import (
     build_integrations,
+    integration_problems,
     notification_actions,
     reminder_leads,
     wake_all,
@@ -145,6 +146,9 @@ def build_components(
     """
     rules = rules or load_rules(config.rules_file)
     problems = routing_problems(config, rules)
+    problems += integration_problems(
+        config, rules.name, [sev.name for sev in rules.severities], rules.teams
+    )
     if problems:
         raise ConfigError(problems)
     for warning in routing_warnings(config, rules):

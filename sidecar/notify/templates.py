@@ -77,12 +77,14 @@ class MessageTemplates:
     def __init__(self, preset: str | None = None, directory: Path | None = None) -> None:
         self.preset = preset if preset in PRESETS else "generic"
         self.directory = directory
-        loaders: list[jinja2.BaseLoader] = []
+        # (where, loader), first match wins.
+        self._loaders: list[tuple[str, jinja2.BaseLoader]] = []
         if directory is not None:
-            loaders.append(jinja2.FileSystemLoader(str(directory)))
+            self._loaders.append((str(directory), jinja2.FileSystemLoader(str(directory))))
         for name in dict.fromkeys((self.preset, "generic")):
-            loaders.append(jinja2.PackageLoader("sidecar", f"templates/messages/{name}"))
-        loader = jinja2.ChoiceLoader(loaders)
+            package = f"templates/messages/{name}"
+            self._loaders.append((f"sidecar/{package}", jinja2.PackageLoader("sidecar", package)))
+        loader = jinja2.ChoiceLoader([found for _, found in self._loaders])
         options: dict[str, Any] = {
             "loader": loader,
             # Plain text and Slack mrkdwn, not HTML: escaping is the finalizer's.
@@ -97,14 +99,12 @@ class MessageTemplates:
 
     def source(self, name: str) -> str:
         """Where ``name`` is read from: the user's file, or the package's set."""
-        if self.directory is not None and (self.directory / name).is_file():
-            return str(self.directory / name)
-        for preset in (self.preset, "generic"):
+        for where, loader in self._loaders:
             try:
-                self._plain.loader.get_source(self._plain, name)  # type: ignore[union-attr]
+                loader.get_source(self._plain, name)
             except jinja2.TemplateNotFound:
                 continue
-            return f"sidecar/templates/messages/{preset}/{name}"
+            return f"{where}/{name}"
         return name
 
     def render(self, name: str, context: Mapping[str, Any]) -> str:

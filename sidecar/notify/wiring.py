@@ -14,7 +14,7 @@ from typing import Protocol
 
 from sidecar.clock import Clock
 from sidecar.config import Config
-from sidecar.errors import ConfigError, ConfigProblem
+from sidecar.errors import ConfigProblem
 from sidecar.incidents import Change
 from sidecar.metrics import Metrics
 from sidecar.notify import jira, slack, webhooks
@@ -78,9 +78,6 @@ def build_integrations(
     if s.slack is None and not s.webhooks and s.jira is None:
         return out
     templates = templates_of(config, preset)
-    problems = templates.check(str(config.path))
-    if problems:
-        raise ConfigError(problems)
     r = s.notifications.retry
     retry = RetryPolicy(
         initial=r.initial.total_seconds(),
@@ -127,6 +124,37 @@ def build_integrations(
     return out
 
 
+def integration_problems(
+    config: Config, preset: str, severities: Sequence[str], teams: Sequence[str]
+) -> list[ConfigProblem]:
+    """What the integrations' configuration says that the rules or templates contradict."""
+    s = config.settings
+    file = str(config.path)
+    problems = [
+        ConfigProblem(file, f"reminders.severities.{name}", "no such severity in the rules")
+        for name in sorted(set(s.reminders.severities) - set(severities))
+    ]
+    if s.slack is not None:
+        c = s.slack.channels
+        problems += [
+            ConfigProblem(file, f"slack.channels.severities.{name}", "no such severity")
+            for name in sorted(set(c.severities) - set(severities))
+        ]
+        problems += [
+            ConfigProblem(
+                file, f"slack.channels.stakeholder_severities: {name}", "no such severity"
+            )
+            for name in sorted(set(c.stakeholder_severities) - set(severities))
+        ]
+        problems += [
+            ConfigProblem(file, f"slack.channels.teams.{name}", "no such team in the rules")
+            for name in sorted(set(c.teams) - set(teams))
+        ]
+    if s.slack is not None or s.webhooks or s.jira is not None or s.templates.directory:
+        problems += templates_of(config, preset).check(file)
+    return problems
+
+
 def reminder_leads(config: Config, severities: Sequence[str]) -> dict[str, float]:
     """Severity -> seconds before an update deadline its reminder is due.
 
@@ -134,14 +162,6 @@ def reminder_leads(config: Config, severities: Sequence[str]) -> dict[str, float
     reminder nobody hears would only fill the timeline.
     """
     s = config.settings
-    unknown = sorted(set(s.reminders.severities) - set(severities))
-    if unknown:
-        raise ConfigError(
-            [
-                ConfigProblem(str(config.path), f"reminders.severities.{name}", "no such severity")
-                for name in unknown
-            ]
-        )
     if s.slack is None and not s.webhooks:
         return {}
     leads = {name: s.reminders.lead(name) for name in severities}
