@@ -50,12 +50,16 @@ METRIC_LABELS: dict[str, set[str]] = {
     "incident_sla_pagerduty_events_total": {"action", "result"},
     "incident_sla_pagerduty_outbox_pending": set(),
     "incident_sla_webhook_requests_total": {"source", "code"},
+    # Issue 15: every integration's sends and outbox (PagerDuty's included).
+    "incident_sla_notifications_total": {"integration", "action", "result"},
+    "incident_sla_notifications_pending": {"integration"},
 }
 HISTOGRAM_SUFFIXES = ("_bucket", "_sum", "_count")
 SHARED_GAUGES = (
     "incident_sla_open_incidents",
     "incident_sla_open_breached_incidents",
     "incident_sla_pagerduty_outbox_pending",
+    "incident_sla_notifications_pending",
 )
 
 # What the dashboard variables stand for during the test. Grafana's $__rate_interval would be a
@@ -200,6 +204,8 @@ def test_dashboard_covers_the_issue() -> None:
         "incident_sla_escalations_total",
         "incident_sla_pagerduty_events_total",
         "incident_sla_pagerduty_outbox_pending",
+        "incident_sla_notifications_total",
+        "incident_sla_notifications_pending",
     ):
         assert metric in exprs, metric
 
