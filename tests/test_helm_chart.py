@@ -277,6 +277,9 @@ def test_ci_scenarios_exist() -> None:
         "oauth2-proxy-values.yaml",
         "tls-values.yaml",
         "tls-server-only-values.yaml",
+        "slack-values.yaml",
+        "webhooks-values.yaml",
+        "jira-values.yaml",
     } <= names
 
 
@@ -1276,3 +1279,47 @@ def test_notes_with_tls_give_alertmanager_https_and_the_ca(chart: helm.Chart) ->
     http_config = plain["receivers"][0]["webhook_configs"][0]["http_config"]
     assert http_config["tls_config"]["ca_file"].endswith("/sidecar-tls/ca.crt")
     assert "https://" not in _notes(chart, {})
+
+
+@pytest.mark.parametrize(
+    ("scenario", "section", "secret_keys"),
+    [
+        ("slack", "slack", {"slack-token": b"xoxb-placeholder-token"}),
+        ("jira", "jira", {"jira-api-token": b"placeholder-jira-token"}),
+        (
+            "webhooks",
+            "webhooks",
+            {
+                "webhook-status-page": b"placeholder-status-page-secret",
+                "webhook-chatops": b"placeholder-chatops-secret",
+            },
+        ),
+    ],
+)
+def test_notification_secrets_are_stored_and_read_as_files(
+    chart: helm.Chart, scenario: str, section: str, secret_keys: dict[str, bytes]
+) -> None:
+    """Slack's token, Jira's token and each webhook's secret go to the Secret, never the config."""
+    objs = objects(render(chart, load_values(CHART_DIR / f"ci/{scenario}-values.yaml")))
+    secret = one(objs, "Secret")["data"]
+    for key, value in secret_keys.items():
+        assert base64.b64decode(secret[key]) == value
+    text = one(objs, "ConfigMap")["data"]["config.yaml"]
+    assert not any(value.decode() in text for value in secret_keys.values())
+    config = yaml.safe_load(text)[section]
+    secrets_dir = "/etc/incident-sla-sidecar/secrets"
+    if section == "slack":
+        assert config["token_file"] == f"{secrets_dir}/slack-token"
+        assert config["channels"]["stakeholder_severities"] == ["P0", "P1"]
+    elif section == "jira":
+        assert config["api_token_file"] == f"{secrets_dir}/jira-api-token"
+    else:
+        assert [h["secret_file"] for h in config] == [
+            f"{secrets_dir}/webhook-status-page",
+            f"{secrets_dir}/webhook-chatops",
+        ]
+
+
+def test_slack_requires_its_token_without_existing_secret(chart: helm.Chart) -> None:
+    with pytest.raises(helm.HelmRenderError, match=r"slack\.token is required"):
+        chart.render({"slack": {"enabled": True}}, name=RELEASE, namespace=NAMESPACE)

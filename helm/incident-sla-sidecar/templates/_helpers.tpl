@@ -77,7 +77,7 @@ app.kubernetes.io/part-of: incident-sla-sidecar
 
 {{/* "true" when the pod mounts secret files (tokens or PagerDuty keys). */}}
 {{- define "incident-sla-sidecar.hasSecretFiles" -}}
-{{- if or (include "incident-sla-sidecar.auth" .) .Values.pagerduty.enabled }}true{{ end }}
+{{- if or (include "incident-sla-sidecar.auth" .) .Values.pagerduty.enabled .Values.slack.enabled .Values.jira.enabled .Values.webhooks.endpoints }}true{{ end }}
 {{- end }}
 
 {{/* Name of the Secret holding tokens and PagerDuty keys. */}}
@@ -166,6 +166,36 @@ The sidecar's config.yaml: the user's `config` with the keys the chart owns fill
 {{- $_ := set $cfg "pagerduty" $pd }}
 {{- else }}
 {{- $_ := unset $cfg "pagerduty" }}
+{{- end }}
+{{- if .Values.slack.enabled }}
+{{- $slack := deepCopy (.Values.slack.settings | default dict) }}
+{{- $_ := set $slack "token_file" (printf "%s/slack-token" $secrets) }}
+{{- $_ := set $slack "api_url" .Values.slack.apiUrl }}
+{{- $c := .Values.slack.channels }}
+{{- $channels := dict "teams" ($c.teams | default dict) "severities" ($c.severities | default dict) "stakeholder_severities" ($c.stakeholderSeverities | default list) }}
+{{- with $c.default }}{{ $_ := set $channels "default" . }}{{ end }}
+{{- with $c.stakeholders }}{{ $_ := set $channels "stakeholders" . }}{{ end }}
+{{- $_ := set $slack "channels" $channels }}
+{{- $_ := set $slack "users" (.Values.slack.users | default dict) }}
+{{- $_ := set $cfg "slack" $slack }}
+{{- end }}
+{{- if .Values.jira.enabled }}
+{{- $jira := deepCopy (.Values.jira.settings | default dict) }}
+{{- $_ := set $jira "url" (required "jira.url is required when jira.enabled" .Values.jira.url) }}
+{{- $_ := set $jira "email" (required "jira.email is required when jira.enabled" .Values.jira.email) }}
+{{- $_ := set $jira "project" (required "jira.project is required when jira.enabled" .Values.jira.project) }}
+{{- $_ := set $jira "issue_type" .Values.jira.issueType }}
+{{- $_ := set $jira "api_token_file" (printf "%s/jira-api-token" $secrets) }}
+{{- $_ := set $cfg "jira" $jira }}
+{{- end }}
+{{- $hooks := list }}
+{{- range .Values.webhooks.endpoints }}
+{{- $hook := dict "name" .name "url" .url "secret_file" (printf "%s/webhook-%s" $secrets .name) }}
+{{- with .events }}{{ $_ := set $hook "events" . }}{{ end }}
+{{- $hooks = append $hooks $hook }}
+{{- end }}
+{{- if $hooks }}
+{{- $_ := set $cfg "webhooks" $hooks }}
 {{- end }}
 {{- toYaml $cfg }}
 {{- end }}
