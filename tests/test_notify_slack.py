@@ -289,3 +289,23 @@ async def test_without_a_slack_user_id_the_reminder_names_the_ic(
     [head] = slack.channel_messages(INCIDENTS)
     [reminder] = slack.replies(INCIDENTS, head.ts)
     assert reminder.text.startswith(":alarm_clock: bob, a status update is due by ")
+
+
+async def test_what_slack_missed_while_down_goes_out_after_a_restart_once_and_in_order(
+    make_sidecar: Callable[..., Any], slack: FakeSlack
+) -> None:
+    client, components = await make_sidecar(channels={"stakeholders": None})
+    slack.server_error_next(times=1_000)  # Slack is down for as long as this sidecar runs
+    incident_id = await post_alert(client, firing())
+    await api(client, incident_id, "updates", actor="alice", message="first")
+    for worker in components.outboxes:
+        await worker.drain()  # one attempt each, failed: all still pending
+    assert await components.store.outbox_pending("slack") == 3
+    await client.close()  # the sidecar stops with its notifications in the store
+
+    slack.clear_faults()  # Slack is back
+    client, components = await make_sidecar(channels={"stakeholders": None})
+    await drain_all(components)
+    [head] = slack.channel_messages(INCIDENTS)
+    assert ["first" in m.text for m in slack.replies(INCIDENTS, head.ts)] == [True]
+    assert len(head.edits) == 1  # the update after the reply, once

@@ -237,6 +237,21 @@ async def test_only_what_can_be_sent_at_once_is_claimed(
     assert len(pd.requests) == len(pd.events) == 6
 
 
+async def test_an_item_whose_lease_lapsed_in_flight_is_not_sent_twice_by_its_worker(
+    store: SQLiteStore, clock: FakeClock, pd: FakePagerDuty, start_worker: Callable[..., Any]
+) -> None:
+    pd.timeout_next(1, seconds=0.5, process=True)  # a slow answer: the send stays in flight
+    await queue(store, trigger("slow"))
+    worker = await start_worker()
+    async with asyncio.timeout(10):
+        while not pd.requests:
+            await asyncio.sleep(0.01)
+    clock.advance(3600)  # its lease lapses on the worker's own clock
+    await worker.fill()  # claims it again, and must not send it again
+    await drained(store)
+    assert len(pd.requests) == 1
+
+
 def test_names_that_hold_one_key_share_a_bucket_named_without_the_key() -> None:
     keys = {"default": "K1", "team:db": "K1", "tier:vp": "K2", "team:web": "K3"}
     assert rate_buckets(keys) == {

@@ -91,6 +91,8 @@ class OutboxWorker:
         self._wake = asyncio.Event()
         self._task = BackgroundTask(f"{sender.name}-outbox", self._loop)
         self._sending: set[asyncio.Task[None]] = set()
+        # Ids of the items this worker is sending right now.
+        self._in_flight: set[int] = set()
 
     @property
     def budget(self) -> RateBudget | None:
@@ -156,6 +158,11 @@ class OutboxWorker:
             return None
         claim = await self.store.claim_outbox(self.clock.now(), free, self.claimant)
         for item in claim.items:
+            if item.id in self._in_flight:
+                # Its lease lapsed while this worker still sends it (a stalled
+                # loop, a jump of the clock): claimed again, but not sent twice.
+                continue
+            self._in_flight.add(item.id)
             name = f"{self.sender.name}-send-{item.id}"
             task = asyncio.create_task(self._send(item), name=name)
             self._sending.add(task)
@@ -199,6 +206,8 @@ class OutboxWorker:
             log.exception(
                 f"{self.sender.name} delivery failed", extra={"incident_id": item.incident_id}
             )
+        finally:
+            self._in_flight.discard(item.id)
 
     async def _deliver(self, item: OutboxItem) -> None:
         result = await self.sender.send(item)

@@ -156,6 +156,10 @@ class FakeSlack:
         """The next ``times`` calls answer HTTP 500 (Slack unwell)."""
         self._faults.extend(_Fault("server") for _ in range(times))
 
+    def clear_faults(self) -> None:
+        """Forget the failures still planned (Slack is back)."""
+        self._faults.clear()
+
     def revoke(self, token: str) -> None:
         """The token is revoked: every call with it answers ``token_revoked``."""
         self.revoked.add(token)
