@@ -19,6 +19,7 @@ from sidecar.config import Config
 from sidecar.runtime import Components, build_components
 from sidecar.web import create_app
 from tests.conftest import API_TOKEN, WEBHOOK_TOKEN
+from tests.fakes.pagerduty import FakePagerDuty
 from tests.fakes.slack import FakeSlack
 from tests.payloads import alert, body, notification
 from tests.support.outboxes import drain_all
@@ -309,3 +310,43 @@ async def test_what_slack_missed_while_down_goes_out_after_a_restart_once_and_in
     [head] = slack.channel_messages(INCIDENTS)
     assert ["first" in m.text for m in slack.replies(INCIDENTS, head.ts)] == [True]
     assert len(head.edits) == 1  # the update after the reply, once
+
+
+async def test_a_raised_severity_replies_and_brings_the_stakeholders_in(
+    make_sidecar: Callable[..., Any], slack: FakeSlack
+) -> None:
+    client, components = await make_sidecar()
+    starts = time.time() - 60
+    warning = alert(fingerprint="1111111111111111", labels={"severity": "warning"}, starts=starts)
+    incident_id = await post_alert(client, notification(warning))
+    await drain_all(components)
+    assert slack.channel_messages(ENGINEERING) == []  # P1: not the stakeholders' business
+    critical = alert(fingerprint="2222222222222222", labels={"severity": "critical"}, starts=starts)
+    assert await post_alert(client, notification(warning, critical)) == incident_id
+    await drain_all(components)
+    [head] = slack.channel_messages(INCIDENTS)
+    assert "P0 INCIDENT" in head.text and "P1 INCIDENT" in head.edits[0]
+    [raised] = slack.replies(INCIDENTS, head.ts)
+    assert raised.text == ":arrow_up: Severity raised from P1 to *P0*."
+    [stake] = slack.channel_messages(ENGINEERING)  # its thread starts now, at P0
+    assert "P0 INCIDENT" in stake.text
+
+
+async def test_slack_down_never_holds_up_pagerduty(
+    aiohttp_client: Callable[..., Any], config_factory: Callable[..., Config], slack: FakeSlack
+) -> None:
+    async with FakePagerDuty() as pd:
+        config = config_factory(
+            {
+                "slack": slack_section(slack, channels={"stakeholders": None}),
+                "pagerduty": {"events_url": pd.events_url, "routing_key": "R" * 32},
+                "notifications": {"retry": {"initial": "10s", "max": "10s"}},
+            }
+        )
+        components = build_components(config, clock=SystemClock(), registry=CollectorRegistry())
+        client = await aiohttp_client(create_app(components))
+        slack.server_error_next(times=1_000)
+        await post_alert(client, firing())
+        await pd.wait_for_events(1)  # paged while Slack fails
+        assert [e.event_action for e in pd.events] == ["trigger"]
+        assert await components.store.outbox_pending("slack") == 1

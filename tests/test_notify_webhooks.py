@@ -14,7 +14,7 @@ import pytest
 from aiohttp.test_utils import TestClient
 from prometheus_client import CollectorRegistry
 
-from sidecar.clock import SystemClock
+from sidecar.clock import Clock, FakeClock, SystemClock
 from sidecar.config import Config
 from sidecar.notify.webhooks import sign, verify
 from sidecar.runtime import Components, build_components
@@ -40,7 +40,9 @@ def make_sidecar(
     config_factory: Callable[..., Config],
     receiver: WebhookReceiver,
 ) -> Callable[..., Any]:
-    async def make(secret: str = SECRET, **hook: Any) -> tuple[Client, Components]:
+    async def make(
+        secret: str = SECRET, clock: Clock | None = None, **hook: Any
+    ) -> tuple[Client, Components]:
         endpoint = {"name": "status-page", "url": receiver.url, "secret": secret, **hook}
         config = config_factory(
             {
@@ -49,15 +51,20 @@ def make_sidecar(
                 "webhooks": [endpoint],
             }
         )
-        components = build_components(config, clock=SystemClock(), registry=CollectorRegistry())
+        components = build_components(
+            config, clock=clock or SystemClock(), registry=CollectorRegistry()
+        )
         return await aiohttp_client(create_app(components)), components
 
     return make
 
 
-async def open_incident(client: Client, severity: str = "critical") -> str:
+async def open_incident(
+    client: Client, severity: str = "critical", now: float | None = None
+) -> str:
+    starts = (time.time() if now is None else now) - 60
     payload = notification(
-        alert(labels={"severity": severity}, starts=time.time() - 60, annotations={"impact": "x"})
+        alert(labels={"severity": severity}, starts=starts, annotations={"impact": "x"})
     )
     resp = await client.post(
         "/webhook/alertmanager",
@@ -150,3 +157,27 @@ async def test_a_refusal_is_a_dead_letter_shown_on_the_incident(
     assert item["last_error"] == "HTTP 401: nope"
     labels = {"integration": "webhook", "action": "opened", "result": "rejected"}
     assert components.registry.get_sample_value("incident_sla_notifications_total", labels) == 1.0
+
+
+async def test_reminders_breaches_and_the_reviews_deadline_are_events_too(
+    make_sidecar: Callable[..., Any], receiver: WebhookReceiver, clock: FakeClock
+) -> None:
+    client, components = await make_sidecar(clock=clock)
+    t0 = clock.now()
+    incident_id = await open_incident(client, now=t0)  # P0: updates every 15m, review in 24h
+    await api(client, incident_id, "acknowledge", actor="alice")
+    await drain_all(components)
+    clock.set(t0 + 10 * 60)  # the reminder, 5 minutes before
+    assert await components.scheduler.run_due() == 1
+    await drain_all(components)
+    clock.set(t0 + 15 * 60 + 1)
+    assert await components.scheduler.run_due() == 1
+    await drain_all(components)
+    await api(client, incident_id, "resolve", actor="alice")
+    await drain_all(components)
+    clock.set(t0 + 15 * 60 + 1 + 86400 + 1)
+    assert await components.scheduler.run_due() == 1
+    await drain_all(components)
+    kinds = [d.json["event"]["kind"] for d in receiver.accepted]
+    assert kinds == ["opened", "acknowledged", "reminder", "breached", "resolved", "review_due"]
+    assert receiver.accepted[3].json["event"]["data"]["sla"] == "update"
