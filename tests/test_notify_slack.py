@@ -350,3 +350,24 @@ async def test_slack_down_never_holds_up_pagerduty(
         await pd.wait_for_events(1)  # paged while Slack fails
         assert [e.event_action for e in pd.events] == ["trigger"]
         assert await components.store.outbox_pending("slack") == 1
+
+
+async def test_a_raise_into_another_severitys_channel_starts_the_thread_there(
+    make_sidecar: Callable[..., Any], slack: FakeSlack
+) -> None:
+    client, components = await make_sidecar(
+        channels={"severities": {"P0": "#db-team"}, "stakeholders": None}
+    )
+    starts = time.time() - 60
+    warning = alert(fingerprint="1111111111111111", labels={"severity": "warning"}, starts=starts)
+    await post_alert(client, notification(warning))
+    critical = alert(fingerprint="2222222222222222", labels={"severity": "critical"}, starts=starts)
+    await post_alert(client, notification(warning, critical))
+    await drain_all(components)
+    [p1_head] = slack.channel_messages(INCIDENTS)
+    assert [m.text for m in slack.replies(INCIDENTS, p1_head.ts)] == [
+        ":arrow_up: Severity raised from P1 to *P0*."
+    ]
+    [p0_head] = slack.channel_messages(DB)
+    assert "P0 INCIDENT" in p0_head.text
+    assert not any(c.answer.get("ok") is False for c in slack.calls)

@@ -84,8 +84,11 @@ class SlackPlanner:
 
     def channel_for(self, inc: Incident) -> str | None:
         """The incident's channel: its team's, else its severity's, else the default."""
+        return self._main(inc.team, inc.severity)
+
+    def _main(self, team: str, severity: str) -> str | None:
         c = self.config.channels
-        return c.teams.get(inc.team) or c.severities.get(inc.severity) or c.default
+        return c.teams.get(team) or c.severities.get(severity) or c.default
 
     def _stakeholders(self, severity: str) -> str | None:
         c = self.config.channels
@@ -104,6 +107,14 @@ class SlackPlanner:
         stakeholders = self._stakeholders(inc.severity)
         if stakeholders is not None and stakeholders != main:
             change.outbox += self._thread(inc, stakeholders, events, context, now, everything=False)
+        # A raise into another severity's channel: the old thread hears of it, last.
+        for ev in events:
+            before = ev.data.get("from")
+            if ev.kind != "severity_raised" or not isinstance(before, str):
+                continue
+            old = self._main(inc.team, before)
+            if old is not None and old not in (main, stakeholders):
+                change.outbox += self._thread(inc, old, [ev], context, now, everything=True)
 
     def _context(self, inc: Incident) -> dict[str, Any]:
         url = f"{self.external_url}/api/v1/incidents/{inc.id}" if self.external_url else None
@@ -128,7 +139,9 @@ class SlackPlanner:
         rows: list[OutboxRow] = []
         head_changed = False
         for ev in events:
-            if ev.kind == "opened" or (ev.kind == "severity_raised" and self._joins(ev, channel)):
+            if ev.kind == "opened" or (
+                ev.kind == "severity_raised" and self._joins(inc, ev, channel)
+            ):
                 rows.append(self._row(inc, channel, "post", self._head(context), now))
                 continue
             if ev.kind in _HEAD_CHANGES:
@@ -144,14 +157,13 @@ class SlackPlanner:
             rows.append(self._row(inc, channel, "update", self._head(context), now))
         return rows
 
-    def _joins(self, ev: Lifecycle, channel: str) -> bool:
-        """A raised severity that brings the stakeholder channel in: its thread starts."""
+    def _joins(self, inc: Incident, ev: Lifecycle, channel: str) -> bool:
+        """Whether a raised severity brings ``channel`` in (the stakeholders', another
+        severity's): the incident's thread there starts now."""
         before = ev.data.get("from")
-        return (
-            channel == self.config.channels.stakeholders
-            and isinstance(before, str)
-            and self._stakeholders(before) is None
-        )
+        if not isinstance(before, str):
+            return False
+        return channel not in (self._main(inc.team, before), self._stakeholders(before))
 
     def _head(self, context: dict[str, Any]) -> str:
         inc = context["incident"]
