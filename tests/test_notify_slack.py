@@ -371,3 +371,28 @@ async def test_a_raise_into_another_severitys_channel_starts_the_thread_there(
     [p0_head] = slack.channel_messages(DB)
     assert "P0 INCIDENT" in p0_head.text
     assert not any(c.answer.get("ok") is False for c in slack.calls)
+
+
+async def test_the_head_carries_number_war_room_status_and_roles_kept_current(
+    make_sidecar: Callable[..., Any], slack: FakeSlack
+) -> None:
+    client, components = await make_sidecar(channels={"stakeholders": None})
+    incident_id = await post_alert(client, firing())
+    resp = await client.post(
+        f"/api/v1/incidents/{incident_id}/roles",
+        json={"actor": "alice", "roles": {"incident_commander": "alice", "scribe": "sam"}},
+        headers={"Authorization": f"Bearer {API_TOKEN}"},
+    )
+    assert resp.status == 200, await resp.text()
+    await api(
+        client, incident_id, "updates", actor="alice", message="found it", status="Identified"
+    )
+    await drain_all(components)
+    view = await (await client.get(f"/api/v1/incidents/{incident_id}")).json()
+    number = view["number"]
+    [head] = slack.channel_messages(INCIDENTS)
+    assert f"Incident: #{number}" in head.edits[0]
+    assert f"War Room: #incident-{number}" in head.edits[0]
+    assert "Status: Investigating" in head.edits[0]
+    assert "Incident Commander: <@U0ALICE01>" in head.edits[1] and "Scribe: sam" in head.edits[1]
+    assert "Status: Identified" in head.text

@@ -22,6 +22,8 @@ LifecycleEvent = Literal[
     "acknowledged",
     "status_update",
     "severity_raised",
+    "severity_lowered",
+    "roles_changed",
     "escalated",
     "breached",
     "reminder",

@@ -3,11 +3,12 @@
 Pure, like the planners that use it. :func:`lifecycle_events` reads a change's
 timeline events (what the command recorded, with its actor and message) as the
 lifecycle events every integration speaks of: ``opened``, ``acknowledged``,
-``status_update``, ``severity_raised``, ``escalated``, ``breached``,
-``reminder``, ``reopened``, ``resolved``, ``review_due`` (the review's deadline
-passed) and ``ticket``. :func:`incident_data` is the data model of every message
-template and of the outbound webhooks' ``incident`` object; README "Templates"
-documents it field by field. Times are ISO 8601 UTC strings.
+``status_update``, ``severity_raised``, ``severity_lowered``, ``roles_changed``,
+``escalated``, ``breached``, ``reminder``, ``reopened``, ``resolved``,
+``review_due`` (the review's deadline passed) and ``ticket``.
+:func:`incident_data` is the data model of every message template and of the
+outbound webhooks' ``incident`` object; README "Templates" documents it field
+by field. Times are ISO 8601 UTC strings.
 """
 
 from __future__ import annotations
@@ -17,7 +18,8 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from sidecar.incidents import Change, Incident, TimelineEvent
+from sidecar.incidents import Change, Incident, TimelineEvent, war_room
+from sidecar.incidents.people import ROLES
 from sidecar.sla import Target, update_gap_start
 
 #: Timeline event kinds -> the lifecycle event they are (a breach is looked at apart).
@@ -28,6 +30,9 @@ _KINDS: Mapping[str, str] = {
     "severity_raised": "severity_raised",
     "escalated": "escalated",
     "update_reminder": "reminder",
+    "severity_lowered": "severity_lowered",
+    "role_assigned": "roles_changed",
+    "role_cleared": "roles_changed",
     "reopened": "reopened",
     "resolved": "resolved",
     "ticket": "ticket",
@@ -130,12 +135,17 @@ def incident_data(
     """The incident as templates and webhooks see it (documented in the README).
 
     ``people`` maps names to how a message should mention them (a Slack
-    ``<@U123>``); others show by name. Fields of features this sidecar does
-    not have yet (``number``, ``war_room``, ``roles``) are None or empty.
+    ``<@U123>``); others show by name.
     """
     mention = people or {}
-    # The Incident Commander: whoever took the incident, until roles name one.
-    commander = inc.acknowledged_by
+
+    def who(name: str) -> str:
+        return mention.get(name, name)
+
+    roles = dict(inc.roles)
+    # The Incident Commander: the role, else whoever took the incident.
+    named = roles.get("incident_commander")
+    commander = named if isinstance(named, str) else inc.acknowledged_by
     labels = dict(inc.labels)
     for alert in inc.alerts.values():
         for k, v in alert.labels.items():
@@ -149,14 +159,23 @@ def incident_data(
     end = inc.resolved_at
     return {
         "id": inc.id,
-        "number": None,
-        "war_room": None,
-        "roles": {},
+        "number": inc.number,
+        "war_room": war_room(inc.number),
+        "roles": roles,
+        # Each role's holder as a message mentions them, in the plan's order, by title.
+        "role_mentions": {
+            ROLES[role]: (
+                ", ".join(who(n) for n in value) if isinstance(value, list) else who(value)
+            )
+            for role, value in sorted(roles.items(), key=lambda r: list(ROLES).index(r[0]))
+            if role in ROLES and value
+        },
         "title": inc.title,
         "severity": inc.severity,
         "team": inc.team,
         "state": inc.state,
-        "status": "Resolved" if not inc.is_open else "Investigating",
+        # The plan's status; rules without statuses: the state, as the plans word it.
+        "status": inc.status or ("Resolved" if not inc.is_open else "Investigating"),
         "component": _first(labels, COMPONENT_LABELS),
         "impact": _first(inc.annotations, IMPACT_ANNOTATIONS),
         "annotations": dict(inc.annotations),
@@ -170,7 +189,7 @@ def incident_data(
         "started": readable_time(inc.started_at),
         "duration": None if end is None else duration_text(end - inc.started_at),
         "commander": commander,
-        "commander_mention": None if commander is None else mention.get(commander, commander),
+        "commander_mention": None if commander is None else who(commander),
         "update_every": cadence_text(update_every),
         "next_update": readable_time(next_update),
         "review_due": readable_time(inc.review_due_at),

@@ -46,7 +46,15 @@ from sidecar.store.rows import SLACK, OutboxRow
 ACTIONS = ("post", "reply", "update")
 #: What changes the thread's head, so that it is re-rendered in place.
 _HEAD_CHANGES = frozenset(
-    {"acknowledged", "status_update", "severity_raised", "resolved", "reopened"}
+    {
+        "acknowledged",
+        "status_update",
+        "severity_raised",
+        "severity_lowered",
+        "roles_changed",
+        "resolved",
+        "reopened",
+    }
 )
 #: What the stakeholder channel hears of (the plan's "broad updates"): no internals.
 _STAKEHOLDER_REPLIES = frozenset({"status_update", "resolved", "reopened"})

@@ -39,6 +39,7 @@ SLACK_REPLIES: Mapping[str, str] = {
     for kind in (
         "status_update",
         "severity_raised",
+        "severity_lowered",
         "escalated",
         "breached",
         "reminder",
@@ -174,6 +175,9 @@ def sample_incident(now: float = 1_763_560_800.0) -> Incident:
         triggered_at=now,
         acknowledged_at=now + 120,
         acknowledged_by="john.doe",
+        number="2025-11-19-001",
+        status="Identified",
+        roles={"incident_commander": "john.doe", "smes": ["jane.roe"], "scribe": "sam"},
         alerts={
             "1a2b3c4d5e6f7a8b": AlertState(
                 "1a2b3c4d5e6f7a8b", "firing", now - 300, None, "P1", labels
