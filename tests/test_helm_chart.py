@@ -1205,7 +1205,25 @@ CHART_MANAGED = {
     "pagerduty.routing_key_file": "pagerduty.routingKey",
     "pagerduty.team_routing_keys": "pagerduty.teamRoutingKeys",
     "pagerduty.tier_routing_keys": "pagerduty.tierRoutingKeys",
+    "slack.token": "slack.token",
+    "slack.token_file": "slack.token",
+    "slack.api_url": "slack.apiUrl",
+    "slack.channels.teams": "slack.channels.teams",
+    "slack.channels.severities": "slack.channels.severities",
+    "slack.channels.default": "slack.channels.default",
+    "slack.channels.stakeholders": "slack.channels.stakeholders",
+    "slack.channels.stakeholder_severities": "slack.channels.stakeholderSeverities",
+    "slack.users": "slack.users",
+    "webhooks": "webhooks.endpoints",
+    "jira.url": "jira.url",
+    "jira.email": "jira.email",
+    "jira.api_token": "jira.apiToken",
+    "jira.api_token_file": "jira.apiToken",
+    "jira.project": "jira.project",
+    "jira.issue_type": "jira.issueType",
 }
+#: Sections whose other keys are chart values under ``<section>.settings``.
+SETTINGS_SECTIONS = ("pagerduty", "slack", "jira")
 
 
 def test_chart_exposes_every_configuration_key(chart: helm.Chart) -> None:
@@ -1222,15 +1240,15 @@ def test_chart_exposes_every_configuration_key(chart: helm.Chart) -> None:
         section, _, rest = key.partition(".")
         if key in CHART_MANAGED:
             path = CHART_MANAGED[key].split(".")
-        elif section == "pagerduty":
-            path = ["pagerduty", "settings", *rest.split(".")]
+        elif section in SETTINGS_SECTIONS:
+            path = [section, "settings", *rest.split(".")]
         else:
             path = ["config", *key.split(".")]
         if _schema_node(schema, path) is None:
             missing.append(f"{key}: no {'.'.join(path)} in values.schema.json")
             continue
         node: Any = defaults
-        for part in path[:-1] if path[:2] == ["pagerduty", "settings"] else path:
+        for part in path[:-1] if path[0] in SETTINGS_SECTIONS and path[1] == "settings" else path:
             node = node.get(part) if isinstance(node, dict) else None
         if node is None and path[0] == "config":
             missing.append(f"{key}: no default for {'.'.join(path)} in values.yaml")

@@ -158,7 +158,13 @@ class TemplatesConfig(_Section):
     # Files here replace the package's of the same name (incident.txt.j2, ...).
     directory: Path | None = None
     # The package set to start from; by default the rules' preset (else generic).
-    preset: str | None = None
+    preset: Literal["generic", "llm-marketplace", "schema-registry"] | None = None
+
+    @field_validator("directory", "preset", mode="before")
+    @classmethod
+    def _empty_is_unset(cls, value: object) -> object:
+        # The chart writes "" for "not set".
+        return None if value == "" else value
 
 
 class NotificationsRetry(_Section):
