@@ -396,3 +396,26 @@ async def test_the_head_carries_number_war_room_status_and_roles_kept_current(
     assert "Status: Investigating" in head.edits[0]
     assert "Incident Commander: <@U0ALICE01>" in head.edits[1] and "Scribe: sam" in head.edits[1]
     assert "Status: Identified" in head.text
+
+
+async def test_each_thread_keeps_its_order_among_many_incidents(
+    make_sidecar: Callable[..., Any], slack: FakeSlack
+) -> None:
+    client, components = await make_sidecar(channels={"stakeholders": None})
+    slack.server_error_next(times=3)  # some sends fail and are retried meanwhile
+    ids = []
+    for n in range(5):
+        payload = notification(
+            alert(f"Down{n}", fingerprint=f"{n:016x}", starts=time.time() - 60),
+            group_key=f'{{}}:{{alertname="Down{n}"}}',
+        )
+        ids.append(await post_alert(client, payload))
+    for step in range(3):
+        for incident_id in ids:
+            await api(client, incident_id, "updates", actor="alice", message=f"step {step}")
+    await drain_all(components)
+    heads = slack.channel_messages(INCIDENTS)
+    assert len(heads) == 5
+    for head in heads:
+        replies = [m.text for m in slack.replies(INCIDENTS, head.ts)]
+        assert [r.split("step ")[1][0] for r in replies] == ["0", "1", "2"]
