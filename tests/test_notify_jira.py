@@ -108,6 +108,8 @@ async def test_a_ticket_policy_creates_an_issue_and_records_its_key(
         {"key": "OPS-1", "url": f"{jira.base_url}/browse/OPS-1", "system": "jira"}
     ]
     assert "ticket_queued" in [e["kind"] for e in view["timeline"]]
+    page = await (await client.get(f"/incidents/{incident_id}")).text()
+    assert f'Ticket: <a href="{jira.base_url}/browse/OPS-1">OPS-1</a>' in page
     other = await (await client.get(f"/api/v1/incidents/{paged}")).json()
     assert other["tickets"] == []
     labels = {"integration": "jira", "action": "create", "result": "retried"}

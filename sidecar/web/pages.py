@@ -19,7 +19,7 @@ from sidecar.postmortem import render_postmortem
 from sidecar.sla.verdict import sla_report
 from sidecar.store import IncidentQuery
 from sidecar.web import present
-from sidecar.web.api import act, load, page_url
+from sidecar.web.api import act, load, page_url, ticket_view
 from sidecar.web.keys import COMPONENTS
 from sidecar.web.signin import READERS, identity
 
@@ -161,11 +161,17 @@ async def incident_page(request: web.Request) -> web.Response:
         }
         for item in outbox
     ]
+    tickets = [
+        {"key": t["key"], "href": present.safe_href(t["url"])}
+        for item in outbox
+        if (t := ticket_view(item)) is not None
+    ]
     return _page(
         "incident.html.j2",
         request,
         inc=inc,
         war_room=war_room(inc.number),
+        tickets=tickets,
         status_changed=present.when(inc.status_at),
         roles=present.roles(inc),
         statuses=list(c.rules.statuses),
