@@ -162,6 +162,22 @@ def explain_rules(path: Path, labels: Sequence[str], annotations: Sequence[str])
         if rules.statuses:
             # The plan's statuses: what the incident opens in and what updates may say.
             print(f"status:   {rules.statuses[0]} (updates: {', '.join(rules.statuses)})")
+        policy = rules.policy(result.severity)
+        if policy.escalation:
+            steps = ", ".join(
+                f"{format_duration(e.after)} {e.tier} (while {e.while_})" for e in policy.escalation
+            )
+            print(f"ladder:   {steps}")
+        watch = policy.recovery_watch
+        if watch is not None:
+            print(f"watch:    {format_duration(watch)} after resolution (a re-fire reopens)")
+    if rules.spec.escalation_rules and not result.dropped:
+        hits = rules.escalations(label_set, annotation_set)
+        for hit in hits:
+            only = ", record_only: nobody paged" if hit.record_only else ""
+            print(f"escalate: {hit.tier}  (rule: {hit.rule}{only})")
+        if not hits:
+            print("escalate: none  (no escalation rule matches)")
     return 0
 
 

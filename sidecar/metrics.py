@@ -139,6 +139,12 @@ class Metrics:
         "severity team",
         "Time from the earliest alert's startsAt to the alerts' endsAt (MTTR is its mean).",
     )
+    reopened_total = Family(
+        Counter,
+        "incidents_reopened_total",
+        "severity team",
+        "Resolved incidents reopened by a re-fire within their recovery watch.",
+    )
     breaches_total = Family(
         Counter,
         "breaches_total",

@@ -7,7 +7,9 @@ to the tier's key only. PagerDuty is on as soon as any key is configured, and
 from then on a page that would reach nobody is a configuration error, found
 before the sidecar starts (``check-config``, ``serve``), not a timeline note
 found after the incident. An escalation step declared ``record_only`` pages
-nobody on purpose and needs no key.
+nobody on purpose and needs no key. An escalation rule (``escalation_rules``,
+paging a tier when an alert's labels or annotations match) is held to the same
+checks as a ladder's step.
 
 Everything here is pure (no logging, no I/O), so that it can run at start, in
 ``check-config`` and on a rules reload alike.
@@ -62,8 +64,8 @@ def routed_tiers(names: Iterable[str]) -> frozenset[str]:
 def routing_problems(config: Config, rules: RuleSet) -> list[ConfigProblem]:
     """Every way the configuration and the rules together would page nobody, or a key nobody uses.
 
-    With PagerDuty configured: an escalation step that pages a tier without a
-    key (on the rules file, at the step's ``tier``), and a team paged by a
+    With PagerDuty configured: an escalation step or rule that pages a tier
+    without a key (on the rules file, at the step's or rule's ``tier``), and a team paged by a
     ``page`` or ``notify`` severity that neither its own key nor a default key
     reaches (at the team in ``teams``). In any case: keys for undeclared teams,
     and tier keys no paging step uses (on the configuration file).
@@ -99,13 +101,21 @@ def routing_warnings(config: Config, rules: RuleSet) -> list[str]:
         for step in policy.escalation:
             if not step.record_only and policy.name not in by_tier.get(step.tier, []):
                 by_tier.setdefault(step.tier, []).append(policy.name)
+    for _, name, tier, record_only in _rule_tiers(rules):
+        if not record_only and f"rule {name}" not in by_tier.get(tier, []):
+            by_tier.setdefault(tier, []).append(f"rule {name}")
     for tier, severities in by_tier.items():
         lines.append(
             f"escalation tier {tier!r} ({', '.join(severities)}) would page, but no PagerDuty "
             f"routing key is configured: nobody will be paged for it (set "
-            f"pagerduty.tier_routing_keys.{tier}, or declare its steps record_only: true)"
+            f"pagerduty.tier_routing_keys.{tier}, or declare its steps or rules record_only: true)"
         )
     return lines
+
+
+def _rule_tiers(rules: RuleSet) -> list[tuple[int, str, str, bool]]:
+    """(index, rule name, tier, record_only) of each escalation rule."""
+    return [(i, r.name, r.tier, r.record_only) for i, r in enumerate(rules.spec.escalation_rules)]
 
 
 def _unrouted_steps(config: Config, rules: RuleSet, names: Collection[str]) -> list[ConfigProblem]:
@@ -123,6 +133,18 @@ def _unrouted_steps(config: Config, rules: RuleSet, names: Collection[str]) -> l
                     "the step record_only: true",
                 )
             )
+    for i, name, tier, record_only in _rule_tiers(rules):
+        if record_only or tier_routing(tier) in names:
+            continue
+        problems.append(
+            rules.problem(
+                ("escalation_rules", i, "tier"),
+                f"escalation rule {name!r} pages tier {tier!r}, which has no PagerDuty "
+                f"routing key: the rule would page nobody. Add "
+                f"pagerduty.tier_routing_keys.{tier} to {config.path}, or declare the "
+                "rule record_only: true",
+            )
+        )
     return problems
 
 
@@ -146,6 +168,8 @@ def _unused_keys(config: Config, rules: RuleSet) -> list[ConfigProblem]:
     pd = config.settings.pagerduty
     paging_tiers = {s.tier for p in rules.severities for s in p.escalation if not s.record_only}
     all_tiers = {s.tier for p in rules.severities for s in p.escalation}
+    paging_tiers |= {tier for _, _, tier, record_only in _rule_tiers(rules) if not record_only}
+    all_tiers |= {tier for _, _, tier, _ in _rule_tiers(rules)}
     problems = [
         ConfigProblem(
             str(config.path),
@@ -159,10 +183,10 @@ def _unused_keys(config: Config, rules: RuleSet) -> list[ConfigProblem]:
         if tier in paging_tiers:
             continue
         reason = (
-            f"tier {tier!r} is only used by record_only escalation steps in {rules.source}: "
-            "remove the key, or drop record_only from a step that should page"
+            f"tier {tier!r} is only used by record_only escalation steps or rules in "
+            f"{rules.source}: remove the key, or drop record_only from a step that should page"
             if tier in all_tiers
-            else f"tier {tier!r} is not used by any escalation step in {rules.source}"
+            else f"tier {tier!r} is not used by any escalation step or rule in {rules.source}"
         )
         problems.append(
             ConfigProblem(str(config.path), f"pagerduty.tier_routing_keys.{tier}", reason)

@@ -159,22 +159,27 @@ def build_components(
     store = store or open_store(
         s.store.url, sqlite_path=config.sqlite_path, synchronous=s.store.synchronous
     )
-    tiers = sorted({step.tier for sev in rules.severities for step in sev.escalation})
     names = set(config.secrets.routing_keys)
     routed = routed_tiers(names)
+    # (severity, tier, outcome) of each ladder step, and of each escalation
+    # rule at every severity (a rule escalates whatever the severity).
+    steps = {
+        (sev.name, step.tier, escalation_outcome(step.record_only, step.tier in routed))
+        for sev in rules.severities
+        for step in sev.escalation
+    } | {
+        (sev.name, rule.tier, escalation_outcome(rule.record_only, rule.tier in routed))
+        for sev in rules.severities
+        for rule in rules.spec.escalation_rules
+    }
+    tiers = sorted({tier for _, tier, _ in steps})
     metrics = Metrics(
         registry,
         severities=[sev.name for sev in rules.severities],
         teams=rules.teams,
         tiers=tiers,
         # The one outcome each step can have with this configuration.
-        escalation_outcomes=sorted(
-            {
-                (sev.name, step.tier, escalation_outcome(step.record_only, step.tier in routed))
-                for sev in rules.severities
-                for step in sev.escalation
-            }
-        ),
+        escalation_outcomes=sorted(steps),
         sla_thresholds=rules.sla_thresholds(),
         notifications=notification_actions(config),
     )

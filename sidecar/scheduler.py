@@ -2,9 +2,10 @@
 
 No scan of all incidents ever happens on the clock's account: the heap holds
 one entry per incident (its earliest pending deadline: an SLA, an escalation
-step, or a post-incident review), entries are refreshed after every committed
-change, and stale ones are skipped when they surface. At start the heap is
-rebuilt from the incidents the service restored from the store, so a deadline
+step, a post-incident review, or the end of a recovery watch), entries are
+refreshed after every committed change, and stale ones are skipped when they
+surface. At start the heap is rebuilt from the incidents the service restored
+from the store, so a deadline
 that passed while the sidecar was down fires at once, and one already
 recorded (a breach, an escalated tier) never fires again.
 """
@@ -84,7 +85,8 @@ class DeadlineScheduler:
     def rebuild(self) -> None:
         """Schedule every open incident and pending review (at start)."""
         self._next.clear()
-        for inc in list(self.book.open_incidents()) + list(self.book.pending_reviews()):
+        resolved = list(self.book.pending_reviews()) + list(self.book.watching())
+        for inc in list(self.book.open_incidents()) + resolved:
             deadline = self.book.next_deadline(inc.id)
             if deadline is not None:
                 self._next[inc.id] = deadline

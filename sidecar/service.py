@@ -96,7 +96,7 @@ class IncidentService:
         """Replace the book with what the store holds (at start, and to follow replicas)."""
         now = self.clock.now()
         open_incidents = await self.store.load_open()
-        closed = await self.store.load_closed_since(now - self.book.dedup_window)
+        closed = await self.store.load_closed_since(now - self.book.retention)
         reviews = await self.store.load_pending_reviews()
         self.book.reset(open_incidents, closed, reviews)
         for hook in self.on_restore:
@@ -207,7 +207,7 @@ class IncidentService:
         try:
             if any(p.sync for p in batch):
                 await self._reload()
-            async with self.store.locked(keys, ids, now - self.book.dedup_window) as state:
+            async with self.store.locked(keys, ids, now - self.book.retention) as state:
                 if self.store.shared:
                     refreshed = self.book.refresh(
                         state.keys, state.ids, state.incidents, state.recently_closed
@@ -338,8 +338,13 @@ class IncidentService:
                 m.child(m.time_to_detect, *labels).observe(effect.seconds)
         elif effect.kind == "acknowledged":
             m.child(m.time_to_acknowledge, *labels).observe(effect.seconds or 0.0)
-        elif effect.kind == "resolved":
-            m.child(m.time_to_resolve, *labels).observe(effect.seconds or 0.0)
+        elif effect.kind in ("resolved", "closed"):
+            # Once per incident: at resolution, or at the end of its recovery
+            # watch (then the resolution carries no time).
+            if effect.seconds is not None:
+                m.child(m.time_to_resolve, *labels).observe(effect.seconds)
+        elif effect.kind == "reopened":
+            m.child(m.reopened_total, *labels).inc()
         elif effect.kind == "breach" and effect.detail is not None:
             m.child(m.breaches_total, *labels, effect.detail).inc()
         elif effect.kind == "escalated" and effect.detail is not None:

@@ -71,7 +71,7 @@ class SidecarProcess(ManagedProcess):
 
 
 def record_only_ladders(rules_text: str) -> str:
-    """A rules file with every escalation step declared ``record_only``.
+    """A rules file with every escalation step and escalation rule declared ``record_only``.
 
     For tests about the owning team's page with PagerDuty configured: a tier
     without a routing key is refused at start, and these tests page no tier.
@@ -80,6 +80,8 @@ def record_only_ladders(rules_text: str) -> str:
     for severity in data["severities"]:
         for step in severity.get("escalation", []):
             step["record_only"] = True
+    for rule in data.get("escalation_rules", []):
+        rule["record_only"] = True
     return yaml.safe_dump(data, sort_keys=False)
 
 
@@ -89,4 +91,25 @@ def record_only_preset(preset: str, directory: Path) -> Path:
     path = directory / f"{preset}-record-only.yaml"
     text = (REPO / "rules" / f"{preset}.yaml").read_text(encoding="utf-8")
     path.write_text(record_only_ladders(text), encoding="utf-8")
+    return path
+
+
+def without_recovery_watch(rules_text: str) -> str:
+    """A rules file whose severities close at resolution (no ``recovery_watch``).
+
+    For tests in real time that read the time to resolve right after a
+    resolution: with a watch it is observed only when the watch ends.
+    """
+    data = yaml.safe_load(rules_text)
+    for severity in data["severities"]:
+        severity.pop("recovery_watch", None)
+    return yaml.safe_dump(data, sort_keys=False)
+
+
+def unwatched_preset(preset: str, directory: Path) -> Path:
+    """The preset without recovery watches (:func:`without_recovery_watch`), in ``directory``."""
+    directory.mkdir(parents=True, exist_ok=True)
+    path = directory / f"{preset}-unwatched.yaml"
+    text = (REPO / "rules" / f"{preset}.yaml").read_text(encoding="utf-8")
+    path.write_text(without_recovery_watch(text), encoding="utf-8")
     return path

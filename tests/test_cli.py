@@ -285,6 +285,28 @@ def test_test_rules_prints_severity_team_and_matching_rules(
     assert re.search(rf"^team:\s+{team}\s+\(rule: {re.escape(team_rule)}\)$", out, re.M), out
 
 
+def test_test_rules_shows_ladder_watch_and_rule_escalations(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    path = example_config(tmp_path / "a", preset="llm-marketplace", secrets=False)
+    down = ["alertname=ServiceDown", "service=publishing", "scope=total"]
+    code, out, err = run(capsys, "test-rules", "--config", path, *down, "change=emergency")
+    assert code == 0, err
+    assert "ladder:   0s vp-engineering (while unresolved)\n" in out
+    assert "watch:    1h after resolution (a re-fire reopens)\n" in out
+    # Plan 000: "Any incident requiring emergency change -> Page Change Manager".
+    assert "escalate: change-manager  (rule: emergency-change)\n" in out
+    code, out, _ = run(capsys, "test-rules", "--config", path, *down, "change=planned")
+    assert "escalate: none  (no escalation rule matches)\n" in out
+    path = example_config(tmp_path / "b", preset="schema-registry", secrets=False)
+    code, out, _ = run(capsys, "test-rules", "--config", path, "alertname=X", "category=data-loss")
+    assert "ladder:   0s on-call-sre (while unacknowledged), 0s engineering-manager (while " in out
+    assert "1h cto (while unresolved)\n" in out
+    assert "escalate:" not in out  # this preset has no escalation rules
+
+
 # (preset, labels, the severity line, the floor line, the paging line)
 FLOOR_OUTPUT = [
     (
@@ -454,11 +476,15 @@ def test_a_tier_without_routing_key_is_refused_naming_file_line_severity_and_tie
     assert [(m["file"], int(m["line"]), m["loc"]) for m in found] == [
         (str(rules), line_of(rules, f"tier: {tier}"), f"severities[{i}].escalation[0].tier")
         for i, _, tier in LADDERS
-    ]
-    for m, (_, severity, tier) in zip(found, LADDERS, strict=True):
+    ] + [(str(rules), line_of(rules, "tier: change-manager"), "escalation_rules[0].tier")]
+    for m, (_, severity, tier) in zip(found, LADDERS, strict=False):
         assert f"severity {severity} escalates to tier {tier!r}" in m["reason"]
         assert f"pagerduty.tier_routing_keys.{tier}" in m["reason"]
         assert "record_only: true" in m["reason"]
+    # The plan's "Any incident requiring emergency change -> Page Change Manager".
+    rule = found[-1]["reason"]
+    assert "escalation rule 'emergency-change' pages tier 'change-manager'" in rule
+    assert "pagerduty.tier_routing_keys.change-manager" in rule
     assert ("refusing to start" in err) == (command == "serve")
 
 
@@ -469,7 +495,10 @@ def test_record_only_steps_and_routed_tiers_pass(
     step = "{after: 12h, tier: team-lead, while: unresolved}"
     assert step in preset
     text = preset.replace(step, step.replace("}", ", record_only: true}"))
-    tiers = {"vp-engineering": {"key": ROUTING_KEY}, "engineering-manager": {"key": ROUTING_KEY}}
+    tiers = {
+        tier: {"key": ROUTING_KEY}
+        for tier in ("vp-engineering", "engineering-manager", "change-manager")
+    }
     path, _ = preset_config(
         tmp_path, {"routing_key": ROUTING_KEY, "tier_routing_keys": tiers}, text
     )
@@ -486,7 +515,10 @@ def test_without_pagerduty_check_config_warns_once_per_tier_that_would_page(
     code, out, _ = run(capsys, "check-config", "--config", path)
     assert code == 0
     warnings = [line for line in out.splitlines() if "WARNING: escalation tier" in line]
-    assert [w.split("'")[1] for w in warnings] == [tier for _, _, tier in LADDERS]
+    assert [w.split("'")[1] for w in warnings] == [tier for _, _, tier in LADDERS] + [
+        "change-manager"
+    ]
+    assert "(rule emergency-change) would page" in warnings[-1]
     assert all("nobody will be paged for it" in w for w in warnings)
 
 

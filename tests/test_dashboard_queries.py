@@ -27,7 +27,7 @@ import yaml
 
 from tests.fakes.pagerduty import FakePagerDuty
 from tests.payloads import alert, notification
-from tests.sidecar_process import SidecarProcess, record_only_ladders
+from tests.sidecar_process import SidecarProcess, record_only_ladders, without_recovery_watch
 from tests.support.fixtures import PrometheusFactory
 from tests.support.prometheus import Prometheus, Sample
 from tests.support.prometheus import render_config as render_prometheus_config
@@ -294,7 +294,8 @@ async def test_every_query_returns_data_from_a_real_sidecar(
         assert fast != preset
         rules_file = tmp_path / "rules-fast.yaml"
         # PagerDuty without tier keys: the ladders are record-only, or start is refused.
-        rules_file.write_text(record_only_ladders(fast), encoding="utf-8")
+        # No recovery watch: the MTTR panels read the time to resolve at once.
+        rules_file.write_text(without_recovery_watch(record_only_ladders(fast)), encoding="utf-8")
         sidecar = SidecarProcess(
             tmp_path / "sidecar",
             overrides={

@@ -16,7 +16,7 @@ from typing import Any
 import aiohttp
 import pytest
 
-from tests.sidecar_process import SidecarProcess
+from tests.sidecar_process import SidecarProcess, unwatched_preset
 from tests.support.alertmanager import make_alert
 from tests.support.fixtures import AlertmanagerFactory
 from tests.support.ports import free_port
@@ -27,7 +27,10 @@ pytestmark = pytest.mark.e2e
 
 @pytest.fixture
 def sidecar(tmp_path: Path) -> Iterator[SidecarProcess]:
-    proc = SidecarProcess(tmp_path / "sidecar")
+    # The preset without its recovery watch: the time to resolve is checked
+    # right after the resolution, not an hour later when a watch would end.
+    rules = unwatched_preset("llm-marketplace", tmp_path / "rules")
+    proc = SidecarProcess(tmp_path / "sidecar", overrides={"rules": {"file": str(rules)}})
     proc.start()
     try:
         yield proc

@@ -812,7 +812,7 @@ def test_per_team_and_tier_routing_keys(chart: helm.Chart) -> None:
     }
     assert pagerduty["tier_routing_keys"] == {
         tier: {"file": f"{secrets_dir}/pagerduty-tier-{tier}"}
-        for tier in ("vp-engineering", "engineering-manager", "team-lead")
+        for tier in ("vp-engineering", "engineering-manager", "team-lead", "change-manager")
     }
     assert pagerduty["timeout"] == "5s"
     values = load_values(CHART_DIR / "ci/pagerduty-values.yaml")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import functools
+import re
 import subprocess
 from datetime import timedelta
 from pathlib import Path
@@ -12,6 +13,7 @@ from typing import NamedTuple
 import pytest
 import yaml
 
+from sidecar.durations import format_duration
 from sidecar.rules import RuleSet, load_rules
 from tests.conftest import DATA
 from tests.support.binaries import require_binary
@@ -682,7 +684,7 @@ SCHEMA_REGISTRY_POLICY = {
     "P0": ("Critical", "page", "critical",
            _sla(acknowledge="5m", update="15m", resolve="1h", postmortem="24h"),
            [("0m", "on-call-sre", "unacknowledged"), ("0m", "engineering-manager", "unresolved"),
-            ("15m", "engineering-lead", "unacknowledged"), ("60m", "cto", "unacknowledged")]),
+            ("15m", "engineering-lead", "unacknowledged"), ("60m", "cto", "unresolved")]),
     "P1": ("High", "page", "error",
            _sla(acknowledge="15m", update="30m", resolve="4h", postmortem="48h"),
            [("0m", "on-call-sre", "unacknowledged"), ("15m", "engineering-lead", "unacknowledged"),
@@ -770,3 +772,119 @@ def test_preset_matchers_are_valid_alertmanager_matchers(tmp_path: Path) -> None
         [amtool, "check-config", str(path)], capture_output=True, text=True, timeout=30, check=False
     )
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+# -- ladders, recovery watches and escalation rules, read from the plans ---------
+
+# The plan lines the presets quote beside each step, watch and rule, transcribed
+# (the plans' box-drawing arrows, mis-encoded in the originals, as ASCII).
+PLAN_LINES = {
+    "llm-marketplace": """
+        - P0 incident declared -> Page VP Engineering immediately
+        - P1 unresolved after 2 hours -> Escalate to Engineering Manager
+        - P2 unresolved after 12 hours -> Escalate to Team Lead
+        - Any incident requiring emergency change -> Page Change Manager
+        1. **Monitor Stability**
+           - Watch metrics for 1 hour (P0/P1)
+    """,
+    "schema-registry": """
+        **Response Time:** Immediate (< 5 minutes)
+        **Resolution Target:** < 1 hour
+        **Escalation:** Page on-call SRE + Engineering Manager immediately
+        **Response Time:** < 15 minutes
+        **Resolution Target:** < 4 hours
+        **Escalation:** Page on-call SRE
+        # Monitor for stability (30-60 minutes)
+        | On-Call SRE | <--- 0-5 minutes
+        |-(15 min)-> | Engineering Lead |
+        |-(30 min)-> | Engineering Mgr |
+        +-(60 min)-> | CTO |
+        - CTO (for P0 only)
+    """,
+}
+
+# severity: (ladder as (after, tier, condition), recovery watch)
+WATCHED = {
+    "llm-marketplace": {
+        "P0": ([("0s", "vp-engineering", "unresolved")], "1h"),
+        "P1": ([("2h", "engineering-manager", "unresolved")], "1h"),
+        "P2": ([("12h", "team-lead", "unresolved")], None),
+        "P3": ([], None),
+    },
+    "schema-registry": {
+        "P0": (
+            [
+                ("0s", "on-call-sre", "unacknowledged"),
+                ("0s", "engineering-manager", "unresolved"),
+                ("15m", "engineering-lead", "unacknowledged"),
+                ("1h", "cto", "unresolved"),
+            ],
+            "1h",
+        ),
+        "P1": (
+            [
+                ("0s", "on-call-sre", "unacknowledged"),
+                ("15m", "engineering-lead", "unacknowledged"),
+                ("30m", "engineering-manager", "unacknowledged"),
+            ],
+            "1h",
+        ),
+        "P2": ([], "30m"),
+        "P3": ([], "30m"),
+        "P4": ([], None),
+    },
+}
+
+
+def _plain(text: str) -> str:
+    """Letters and digits only, lower case: how a quote is found in the plan's words."""
+    return "".join(c for c in text.lower() if c.isascii() and c.isalnum())
+
+
+@pytest.mark.parametrize("preset", sorted(WATCHED))
+def test_ladders_and_watches_are_the_plans(preset: str) -> None:
+    rules = _preset(preset)
+    for name, (ladder, watch) in WATCHED[preset].items():
+        policy = rules.policy(name)
+        steps = [(format_duration(s.after), s.tier, s.while_) for s in policy.escalation]
+        assert steps == ladder, name
+        got = None if policy.recovery_watch is None else format_duration(policy.recovery_watch)
+        assert got == watch, name
+
+
+@pytest.mark.parametrize("preset", sorted(PLAN_LINES))
+def test_every_step_watch_and_escalation_rule_quotes_its_plan_line(preset: str) -> None:
+    """The comment beside (or right above) each one quotes the plan, and the plan says it."""
+    lines = (RULES_DIR / f"{preset}.yaml").read_text(encoding="utf-8").splitlines()
+    plan = _plain(PLAN_LINES[preset])
+    checked = 0
+    for i, line in enumerate(lines):
+        body = line.split("#", 1)[0]
+        if not re.search(r"\btier: |recovery_watch: |^\s+- name: emergency", body):
+            continue
+        if body.strip().startswith("tier:"):
+            continue  # the escalation rule's own tier: its quote is at its name
+        comment = line.split("#", 1)[1] if "#" in line else ""
+        above = i - 1
+        while above >= 0 and lines[above].strip().startswith("#"):
+            comment = lines[above].strip().lstrip("#") + " " + comment
+            above -= 1
+        quotes = re.findall(r'"([^"]+)"', comment)
+        assert quotes, f"{preset}.yaml:{i + 1}: no quote of the plan beside: {line.strip()}"
+        for quote in quotes:
+            if len(_plain(quote)) > 3:  # a label value such as "emergency" is no quote
+                assert _plain(quote) in plan, f"{preset}.yaml:{i + 1}: not in the plan: {quote}"
+        checked += 1
+    assert checked >= (5 if preset == "llm-marketplace" else 9)
+
+
+def test_an_emergency_change_pages_the_change_manager_at_any_severity(
+    marketplace: RuleSet,
+) -> None:
+    """Plan 000: "Any incident requiring emergency change -> Page Change Manager"."""
+    hits = marketplace.escalations({"change": "emergency", "service": "admin"}, {})
+    assert [(h.rule, h.tier, h.record_only) for h in hits] == [
+        ("emergency-change", "change-manager", False)
+    ]
+    assert marketplace.escalations({"change": "planned"}, {}) == ()
+    assert marketplace.escalations({}, {}) == ()

@@ -177,3 +177,73 @@ def test_rules_without_a_source_still_report(config_factory: Callable[..., Confi
     config = config_factory({"pagerduty": {"routing_key": KEY["key"]}})
     problem = routing_problems(config, rules)[0]
     assert (problem.file, problem.line) == ("<rules>", None)
+
+
+# Escalation rules (plan 000: "Any incident requiring emergency change -> Page
+# Change Manager") are held to the same checks as ladder steps.
+RULE_TIERS = """\
+escalation_rules:
+  - {name: emergency-change, match: ['change="emergency"'], tier: change-manager}
+  - {name: customers, match_annotations: ['impact="customers"'], tier: comms, record_only: true}
+"""
+
+RULE_CASES: list[tuple[str, dict[str, Any], list[tuple[str, str, str]]]] = [
+    (
+        "a rule's tier without a key is refused at its line",
+        {"routing_key": KEY["key"], "tier_routing_keys": {"vp": KEY}},
+        [
+            (
+                "rules",
+                "escalation_rules[0].tier",
+                "escalation rule 'emergency-change' pages tier 'change-manager'",
+            )
+        ],
+    ),
+    (
+        "a key for a rule's tier is used; the record_only rule needs none",
+        {"routing_key": KEY["key"], "tier_routing_keys": {"vp": KEY, "change-manager": KEY}},
+        [],
+    ),
+    (
+        "a key for a tier only a record_only rule uses",
+        {
+            "routing_key": KEY["key"],
+            "tier_routing_keys": {"vp": KEY, "change-manager": KEY, "comms": KEY},
+        },
+        [("config", "pagerduty.tier_routing_keys.comms", "only used by record_only")],
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    ("pagerduty", "expected"), [c[1:] for c in RULE_CASES], ids=[c[0] for c in RULE_CASES]
+)
+def test_routing_problems_of_escalation_rules(
+    config_factory: Callable[..., Config],
+    rules_file: Path,
+    pagerduty: dict[str, Any],
+    expected: list[tuple[str, str, str]],
+) -> None:
+    rules_file.write_text(RULES + RULE_TIERS)
+    config = config_factory({"pagerduty": pagerduty})
+    problems = routing_problems(config, load_rules(rules_file))
+    files = {"rules": str(rules_file), "config": str(config.path)}
+    assert [(p.file, p.location) for p in problems] == [
+        (files[file], location) for file, location, _ in expected
+    ]
+    for problem, (_, _, text) in zip(problems, expected, strict=True):
+        assert text in problem.reason
+    if expected and expected[0][0] == "rules":
+        line = (RULES + RULE_TIERS).splitlines().index(RULE_TIERS.splitlines()[1]) + 1
+        assert problems[0].line == line
+
+
+def test_without_pagerduty_a_rule_that_would_page_is_warned(
+    config_factory: Callable[..., Config], rules_file: Path
+) -> None:
+    rules_file.write_text(RULES + RULE_TIERS)
+    warnings = routing_warnings(config_factory(), load_rules(rules_file))
+    assert warnings[-1].startswith(
+        "escalation tier 'change-manager' (rule emergency-change) would page"
+    )
+    assert not any("'comms'" in w for w in warnings)  # record_only

@@ -99,7 +99,7 @@ LADDERS: dict[str, dict[str, list[Step]]] = {
             Step(0, "on-call-sre", "unacknowledged"),
             Step(0, "engineering-manager", "unresolved"),
             Step(15 * MIN, "engineering-lead", "unacknowledged"),
-            Step(60 * MIN, "cto", "unacknowledged"),
+            Step(60 * MIN, "cto", "unresolved"),
         ],
         "P1": [
             Step(0, "on-call-sre", "unacknowledged"),
@@ -151,9 +151,14 @@ def routing_key(name: str) -> str:
     return hashlib.sha256(name.encode()).hexdigest()[:32]
 
 
+# The tiers a preset's escalation rules page (plan 000: "Page Change Manager").
+RULE_TIERS = {"llm-marketplace": ["change-manager"], "schema-registry": []}
+
+
 def tiers_of(preset: str) -> list[str]:
-    """Every escalation tier a preset uses."""
-    return sorted({s.tier for steps in LADDERS[preset].values() for s in steps})
+    """Every escalation tier a preset uses, by ladder or by rule."""
+    ladders = {s.tier for steps in LADDERS[preset].values() for s in steps}
+    return sorted(ladders | set(RULE_TIERS[preset]))
 
 
 class Sidecar:
@@ -196,14 +201,22 @@ class Sidecar:
         """The fake time."""
         return self.clock.now()
 
-    async def submit(self, command: Callable[[float], list[Change]]) -> list[Change]:
-        """Run one command through the service and wait for its commit."""
-        return await self.c.service.submit(command)
+    async def submit(
+        self, command: Callable[[float], list[Change]], *, ids: Sequence[str] = ()
+    ) -> list[Change]:
+        """Run one command through the service and wait for its commit.
+
+        ``ids`` are the incidents it touches, as the API names them: with
+        replicas, they are locked and re-read first.
+        """
+        return await self.c.service.submit(command, ids=ids)
 
     async def notify(self, payload: dict[str, Any]) -> list[Change]:
-        """Deliver an Alertmanager notification."""
+        """Deliver an Alertmanager notification (its keys locked, as the webhook does)."""
         n = Notification.model_validate(payload)
-        return await self.submit(lambda now: self.c.book.apply_notification(n, now))
+        return await self.c.service.submit(
+            lambda now: self.c.book.apply_notification(n, now), keys=self.c.book.keys_of(n)
+        )
 
     async def fire(
         self,
@@ -246,13 +259,15 @@ class Sidecar:
                     self.c.book.acknowledge(incident_id, actor="alice", source="api", now=now)
                 ]
                 if c is not None
-            ]
+            ],
+            ids=[incident_id],
         )
 
     async def resolve(self, incident_id: str) -> None:
         """Resolve by hand (source api)."""
         await self.submit(
-            lambda now: [self.c.book.resolve(incident_id, actor="alice", source="api", now=now)]
+            lambda now: [self.c.book.resolve(incident_id, actor="alice", source="api", now=now)],
+            ids=[incident_id],
         )
 
     async def update(self, incident_id: str) -> None:
@@ -729,14 +744,14 @@ async def test_severity_raised_on_an_acknowledged_incident_skips_unacknowledged_
         labels={"incident_severity": "P0", **OWNER_LABELS["schema-registry"]},
     )
     await sc.notify(notification(p0, group_key=group_key("g1")))
-    # P0's ladder: the engineering manager while unresolved; the others only
-    # while unacknowledged, and someone already is on it.
+    # P0's ladder: the engineering manager and the CTO while unresolved; the
+    # others only while unacknowledged, and someone already is on it.
     assert sc.escalations("P0", "engineering-manager") == 1
     await sc.tick(2 * HOUR)
-    assert set(await sc.escalated_events(incident)) == {"engineering-manager"}
+    assert set(await sc.escalated_events(incident)) == {"engineering-manager", "cto"}
     assert sc.escalations("P0", "on-call-sre") == 0
     assert sc.escalations("P0", "engineering-lead") == 0
-    assert sc.escalations("P0", "cto") == 0
+    assert sc.escalations("P0", "cto") == 1
     assert sc.breaches("P0", "acknowledge") == 0
 
 
@@ -1046,3 +1061,251 @@ async def test_api_review_and_postmortem_name_the_breached_sla(
         "incident_sla_open_breached_incidents", {"severity": "P1", "sla": "postmortem"}
     )
     assert gauge == 0
+
+
+# -- the recovery watch, on both presets -------------------------------------------
+
+# Plan 000: "Watch metrics for 1 hour (P0/P1)"; plan 002: "Monitor for stability
+# (30-60 minutes)". Severities left out have no watch.
+WATCHES = {
+    "llm-marketplace": {"P0": HOUR, "P1": HOUR},
+    "schema-registry": {"P0": HOUR, "P1": HOUR, "P2": 30 * MIN, "P3": 30 * MIN},
+}
+WATCH_CASES = [
+    pytest.param(preset, sev, watch, id=f"{preset}-{sev}")
+    for preset, watches in WATCHES.items()
+    for sev, watch in watches.items()
+]
+UNWATCHED_CASES = [
+    pytest.param(preset, sev, id=f"{preset}-{sev}")
+    for preset, table in SLA_TABLE.items()
+    for sev in table
+    if sev not in WATCHES[preset]
+]
+
+
+def resolve_samples(sc: Sidecar, severity: str) -> tuple[float, float]:
+    """``incident_sla_time_to_resolve_seconds`` count and sum of this process."""
+    labels = {"severity": severity, "team": sc.team}
+    registry = sc.c.registry
+    count = registry.get_sample_value("incident_sla_time_to_resolve_seconds_count", labels)
+    total = registry.get_sample_value("incident_sla_time_to_resolve_seconds_sum", labels)
+    return (count or 0.0, total or 0.0)
+
+
+def counter(sc: Sidecar, name: str, severity: str) -> float:
+    labels = {"severity": severity, "team": sc.team}
+    return sc.c.registry.get_sample_value(name, labels) or 0.0
+
+
+@pytest.mark.parametrize("preset", sorted(PRESETS))
+def test_watch_table_is_the_presets(preset: str) -> None:
+    rules = load_rules(PRESETS[preset])
+    got = {
+        sev.name: sev.recovery_watch.total_seconds()
+        for sev in rules.severities
+        if sev.recovery_watch is not None
+    }
+    assert got == WATCHES[preset]
+
+
+@pytest.mark.parametrize(("preset", "severity", "watch"), WATCH_CASES)
+async def test_a_re_fire_within_the_watch_reopens_the_same_incident(
+    sidecar: SidecarFactory, preset: str, severity: str, watch: float
+) -> None:
+    sc = await sidecar(preset, tiers=tiers_of(preset))
+    started = sc.now
+    incident = await sc.fire(severity)
+    await sc.tick(10 * MIN)
+    escalated_before = await sc.escalated_events(incident)
+    await sc.resolve(incident)
+    first_resolve = sc.now
+    assert resolve_samples(sc, severity) == (0, 0)  # measured when the watch ends
+    await sc.tick(watch - MIN)
+    assert await sc.fire(severity, starts=sc.now) == incident
+    kinds = [e.kind for e in await sc.timeline(incident)]
+    assert kinds.count("reopened") == 1
+    assert kinds.index("resolved") < kinds.index("reopened")
+    assert counter(sc, "incident_sla_incidents_total", severity) == 1
+    assert counter(sc, "incident_sla_incidents_reopened_total", severity) == 1
+    # Tiers already paged are not paged again.
+    escalated = await sc.escalated_events(incident)
+    for tier, times in escalated_before.items():
+        assert escalated[tier] == times, tier
+    assert all(len(times) == 1 for times in escalated.values()), escalated
+    await sc.tick(5 * MIN)
+    await sc.resolve(incident)
+    final = sc.now
+    await sc.tick(watch)
+    assert resolve_samples(sc, severity) == (0, 0)  # the watch ends strictly after
+    await sc.tick(1)
+    events = await sc.timeline(incident)
+    assert [e.kind for e in events].count("closed") == 1
+    # Measured once, to the final resolution.
+    assert resolve_samples(sc, severity) == (1, final - started)
+    assert first_resolve < final
+    await sc.tick(HOUR)
+    assert resolve_samples(sc, severity) == (1, final - started)
+    other = await sc.fire(severity)
+    assert other != incident  # closed for good: a new incident
+
+
+@pytest.mark.parametrize(("preset", "severity", "watch"), WATCH_CASES)
+async def test_the_team_is_paged_again_on_the_same_dedup_key(
+    sidecar: SidecarFactory, preset: str, severity: str, watch: float
+) -> None:
+    sc = await sidecar(preset, tiers=tiers_of(preset))
+    incident = await sc.fire(severity)
+    await sc.resolve(incident)
+    await sc.tick(watch / 2)
+    assert await sc.fire(severity, starts=sc.now) == incident
+    rows = await sc.c.store.outbox_for_incident(incident)
+    team = dedup_key_for_group(group_key("g1"))
+    team_actions = [r.action for r in rows if r.dedup_key == team]
+    paging = load_rules(PRESETS[preset]).policy(severity).paging
+    if paging in ("page", "notify"):
+        assert team_actions == ["trigger", "resolve", "trigger"]
+    else:
+        assert team_actions == []  # a ticket or nothing, as at opening
+    for tier in {r.routing for r in rows if r.routing.startswith("tier:")}:
+        triggers = [r for r in rows if r.routing == tier and r.action == "trigger"]
+        assert len(triggers) == 1, tier
+
+
+@pytest.mark.parametrize(("preset", "severity", "watch"), WATCH_CASES[:3])
+async def test_the_watch_survives_restarts(
+    sidecar: SidecarFactory, preset: str, severity: str, watch: float
+) -> None:
+    sc = await sidecar(preset)
+    started = sc.now
+    incident = await sc.fire(severity)
+    await sc.resolve(incident)
+    await sc.restart()
+    await sc.tick(watch / 2)
+    assert await sc.fire(severity, starts=sc.now) == incident
+    await sc.resolve(incident)
+    final = sc.now
+    await sc.restart()
+    await sc.tick(watch + 1)
+    assert [e.kind for e in await sc.timeline(incident)].count("closed") == 1
+    assert resolve_samples(sc, severity) == (1, final - started)
+
+
+@pytest.mark.parametrize(("preset", "severity"), UNWATCHED_CASES)
+async def test_without_a_watch_the_resolution_is_final(
+    sidecar: SidecarFactory, preset: str, severity: str
+) -> None:
+    sc = await sidecar(preset)
+    started = sc.now
+    incident = await sc.fire(severity)
+    await sc.tick(MIN)
+    await sc.resolve(incident)
+    assert resolve_samples(sc, severity) == (1, MIN)
+    assert sc.now - started == MIN
+    await sc.tick(MIN)
+    assert await sc.fire(severity, starts=sc.now) != incident
+
+
+async def test_an_emergency_change_pages_the_change_manager(sidecar: SidecarFactory) -> None:
+    """Plan 000: "Any incident requiring emergency change -> Page Change Manager"."""
+    sc = await sidecar("llm-marketplace", tiers=tiers_of("llm-marketplace"))
+    labels = {"incident_severity": "P2", "change": "emergency", **OWNER_LABELS["llm-marketplace"]}
+    [change] = await sc.notify(notification(alert(labels=labels), group_key=group_key("g1")))
+    incident = change.incident.id
+    assert sc.escalations("P2", "change-manager") == 1
+    assert list(await sc.escalated_events(incident)) == ["change-manager"]
+    rows = await sc.c.store.outbox_for_incident(incident)
+    pages = [(r.routing, r.action) for r in rows if r.routing.startswith("tier:")]
+    assert pages == [("tier:change-manager", "trigger")]
+
+
+async def test_pagerduty_sees_the_reopening_and_no_tier_twice(
+    sidecar: SidecarFactory, clock: FakeClock
+) -> None:
+    """Through the outbox to the fake PagerDuty, drained before every check."""
+    async with FakePagerDuty(monotonic=clock.now) as pd:
+        preset = "schema-registry"
+        sc = await sidecar(preset, tiers=tiers_of(preset), events_url=pd.events_url)
+        worker = sc.c.outbox
+        assert worker is not None
+        await worker.start()
+        try:
+            # Drained before the clock moves: a send in flight keeps its lease.
+            incident = await sc.fire("P0")
+            await sc.acknowledge(incident)
+            await worker.drain()
+            await sc.tick(20 * MIN)
+            await worker.drain()
+            team = dedup_key_for_group(group_key("g1"))
+            tiers = {e.dedup_key for e in pd.events if e.dedup_key != team}
+            # At once: on-call SRE and engineering manager; acknowledged before
+            # the engineering lead's 15 min, so not that one.
+            assert tiers == {f"{team}:on-call-sre", f"{team}:engineering-manager"}
+            await sc.resolve(incident)
+            await worker.drain()
+            sent = len(pd.events)
+            await sc.tick(30 * MIN)
+            assert await sc.fire("P0", starts=sc.now) == incident
+            await worker.drain()
+            again = pd.events[sent:]
+            # The same dedup key: PagerDuty opens a new alert on it and pages the
+            # on-call; nobody already paged is paged again.
+            assert [(e.dedup_key, e.event_action) for e in again] == [(team, "trigger")]
+            # Acknowledged, yet unresolved at 60 min (the resolution target): the CTO.
+            await sc.at(sc.now + 15 * MIN)
+            await worker.drain()
+            cto = pd.events_for(f"{team}:cto")
+            assert [e.event_action for e in cto] == ["trigger"]
+            await sc.resolve(incident)
+            await worker.drain()
+            await sc.tick(HOUR + 1)
+            await worker.drain()
+            assert [e.kind for e in await sc.timeline(incident)].count("closed") == 1
+            actions = [e.event_action for e in pd.events_for(team)]
+            assert actions == ["trigger", "acknowledge", "resolve", "trigger", "resolve"], actions
+        finally:
+            await worker.stop()
+
+
+async def test_replicas_on_postgresql_reopen_the_one_incident_and_close_it_once(
+    config_factory: Callable[..., Config], clock: FakeClock, postgres_database_dsn: str
+) -> None:
+    """One replica resolves, another gets the re-fire, both reach the end of the watch."""
+    overrides = preset_overrides("llm-marketplace")
+    overrides["store"] = {"url": postgres_database_dsn}
+    config = config_factory(overrides)
+    a, b = Sidecar(config, clock, "llm-marketplace"), Sidecar(config, clock, "llm-marketplace")
+    await a.start()
+    await b.start()
+    try:
+        started = a.now
+        incident = await a.fire("P0")
+        await a.tick(5 * MIN)
+        await a.resolve(incident)
+        resolved_at = a.now
+        await b.tick(20 * MIN)
+        # B never saw it in memory: the store's recently closed rows under the
+        # key's lock are what it reopens.
+        assert await b.fire("P0", starts=b.now) == incident
+        await b.tick(5 * MIN)
+        await b.resolve(incident)
+        final = b.now
+        # A still holds the watch of the first resolution; both fire deadlines.
+        clock.set(resolved_at + HOUR + 1)
+        await a.c.scheduler.run_due()
+        await b.c.scheduler.run_due()
+        clock.set(final + HOUR + 1)
+        await a.c.scheduler.run_due()
+        await b.c.scheduler.run_due()
+        kinds = [e.kind for e in await a.timeline(incident)]
+        assert kinds.count("reopened") == 1
+        assert kinds.count("closed") == 1
+        count = sum(resolve_samples(sc, "P0")[0] for sc in (a, b))
+        total = sum(resolve_samples(sc, "P0")[1] for sc in (a, b))
+        assert (count, total) == (1, final - started)
+        stored = await a.c.store.get_incident(incident)
+        assert stored is not None
+        assert (stored.reopens, stored.closed_at) == (1, final + HOUR)
+    finally:
+        await a.stop()
+        await b.stop()

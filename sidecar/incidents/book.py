@@ -10,7 +10,8 @@ then publishes their effects, or undoes them when the commit fails.
 It is made of one module per concern, each a layer of the one before:
 :mod:`~sidecar.incidents.core` (state, indexes, undo),
 :mod:`~sidecar.incidents.stepping` (SLA deadlines and escalation),
-:mod:`~sidecar.incidents.grouping` (notifications) and
+:mod:`~sidecar.incidents.grouping` (notifications),
+:mod:`~sidecar.incidents.watch` (the recovery watch, which reopens),
 :mod:`~sidecar.incidents.commands` (people and integrations) and
 :mod:`~sidecar.incidents.leading` (the Incident Commander's actions).
 """
@@ -18,9 +19,9 @@ It is made of one module per concern, each a layer of the one before:
 from __future__ import annotations
 
 from sidecar.incidents.commands import Commands
-from sidecar.incidents.grouping import Grouping
 from sidecar.incidents.leading import Leading
+from sidecar.incidents.watch import Watching
 
 
-class IncidentBook(Grouping, Commands, Leading):
+class IncidentBook(Watching, Commands, Leading):
     """Every open incident, and the rules that move them through their lifecycle."""

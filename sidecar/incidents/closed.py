@@ -6,7 +6,10 @@ its newest resolved episode (the alert instances it covered) for the dedup
 window: a notification whose alert instances that episode already covered is
 a late copy, and opens nothing. Only the newest episode matters, since a late
 copy can only repeat what was sent last; finishing an older one (its review
-done, or restored after the newer one) never replaces it.
+done, or restored after the newer one) never replaces it. The log is asked
+first, also for a key whose incident is in its recovery watch: a copy of what
+the incident covered never reopens it (see :mod:`~sidecar.incidents.watch`,
+which also treats an instance older than the one it tracks as a copy).
 """
 
 from __future__ import annotations
@@ -32,8 +35,17 @@ class ClosedLog:
         self._episodes: dict[str, ClosedEpisode] = {}
 
     def remember(self, key: str, episode: ClosedEpisode) -> None:
-        """Keep ``episode`` for ``key`` unless a newer one is kept already."""
+        """Keep ``episode`` for ``key`` unless a newer one is kept already.
+
+        The same incident closed again (reopened in its recovery watch) keeps
+        the instances of each of its closes: a copy of its first episode is
+        still a copy, though the incident now tracks a newer instance.
+        """
         known = self._episodes.get(key)
+        if known is not None and episode.opened_at == known.opened_at:
+            episode = ClosedEpisode(
+                known.instances | episode.instances, episode.closed_at, episode.opened_at
+            )
         if known is None or episode.opened_at >= known.opened_at:
             self._episodes[key] = episode
 

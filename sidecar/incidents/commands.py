@@ -87,9 +87,11 @@ class Commands(Stepping):
             return self.unacknowledge(incident.id, actor=actor, source=source, now=now)
         if incident.key in self._open:
             return None
-        undo = self._begin(incident.key, None)
+        incident = self._watching_ids.get(incident.id) or self._reviews.get(incident.id) or incident
+        undo = self._begin(incident.key, incident)
         incident.state = "triggered"
         incident.resolved_at = incident.resolved_by = incident.resolve_source = None
+        incident.watch_until = incident.closed_at = None
         incident.acknowledged_at = incident.acknowledged_by = incident.acknowledge_source = None
         events = [self.event(incident, now, "reopened", source, actor, message or "reopened")]
         self._finish(incident)

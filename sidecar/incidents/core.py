@@ -2,7 +2,8 @@
 
 :class:`BookCore` holds every open incident in memory (restored from the store
 at start), indexed by key and id, with the counts the gauges read, the
-resolved incidents whose review is pending, and the log of closed episodes.
+resolved incidents whose review is pending or whose recovery watch runs, and
+the log of closed episodes.
 Every command begins with :meth:`BookCore._begin` (a copy to undo with) and
 ends with :meth:`BookCore._finish` (re-indexed as it now is); the service
 undoes the changes of a batch whose commit failed. The commands themselves
@@ -26,7 +27,7 @@ from sidecar.incidents.model import Change, Incident, Undo, timeline_event
 from sidecar.incidents.numbers import Numbering
 
 if TYPE_CHECKING:
-    from sidecar.rules import SeverityPolicy
+    from sidecar.rules import RuleEscalation, SeverityPolicy
 
 
 class ClassificationLike(Protocol):
@@ -57,6 +58,14 @@ class Classifier(Protocol):
     def statuses(self) -> Sequence[str]:
         """The plan's statuses (the first is an incident's at opening); may be empty."""
         ...
+
+    def recovery_watch(self, severity: str) -> float | None: ...
+
+    def longest_recovery_watch(self) -> float: ...
+
+    def escalations(
+        self, labels: Mapping[str, str], annotations: Mapping[str, str]
+    ) -> Sequence[RuleEscalation]: ...
 
 
 class Planner(Protocol):
@@ -142,12 +151,48 @@ class BookCore:
         self.routed_tiers = frozenset(routed_tiers)
         self._open: dict[str, Incident] = {}
         self._by_id: dict[str, Incident] = {}
-        self.closed = ClosedLog(dedup_window)
+        self.closed = ClosedLog(self.retention)
         self.open_counts: Counter[tuple[str, str]] = Counter()
         # Open incidents with a recorded breach, and resolved ones whose review
         # is still to do: small sets, so the gauges never scan every incident.
         self._breached: dict[str, Incident] = {}
         self._reviews: dict[str, Incident] = {}
+        # Resolved incidents in their recovery watch, by key and by id: the
+        # newest of a key is the one a re-fire reopens.
+        self._watching: dict[str, Incident] = {}
+        self._watching_ids: dict[str, Incident] = {}
+
+    @property
+    def retention(self) -> float:
+        """How long resolved incidents are remembered: the dedup window, or a longer watch.
+
+        The store's recently closed incidents are read this far back, so that
+        an incident still in its watch is known after a restart and to every
+        replica.
+        """
+        return max(self.dedup_window, self.classifier.longest_recovery_watch())
+
+    def watching(self) -> Iterable[Incident]:
+        """Resolved incidents still in their recovery watch."""
+        return self._watching_ids.values()
+
+    def _unwatch(self, incident_id: str) -> None:
+        known = self._watching_ids.pop(incident_id, None)
+        if known is not None and self._watching.get(known.key) is known:
+            del self._watching[known.key]
+
+    def _watch(self, inc: Incident) -> None:
+        """Index ``inc`` as in its watch, or out of it, as it now is."""
+        self._unwatch(inc.id)
+        if not inc.is_watching:
+            return
+        current = self._watching.get(inc.key)
+        if current is not None and current.triggered_at > inc.triggered_at:
+            return  # a newer episode of the key is the one a re-fire reopens
+        if current is not None:
+            self._watching_ids.pop(current.id, None)
+        self._watching[inc.key] = inc
+        self._watching_ids[inc.id] = inc
 
     def open_incidents(self) -> Iterable[Incident]:
         """Every open incident."""
@@ -190,6 +235,8 @@ class BookCore:
         self.closed.clear()
         self._breached.clear()
         self._reviews.clear()
+        self._watching.clear()
+        self._watching_ids.clear()
         self.open_counts.clear()
         self.restore(open_incidents, closed, reviews)
 
@@ -214,11 +261,15 @@ class BookCore:
                 self._unindex(cached)
                 touched.add(cached.id)
             self.closed.forget(key)
+            watched = self._watching.pop(key, None)
+            if watched is not None:
+                self._watching_ids.pop(watched.id, None)
         for incident_id in ids:
             cached = self._by_id.get(incident_id)
             if cached is not None:
                 self._unindex(cached)
             self._reviews.pop(incident_id, None)
+            self._unwatch(incident_id)
         for inc in recently_closed:
             self._remember_closed(inc)
         for inc in incidents:
@@ -239,8 +290,12 @@ class BookCore:
         return self._reviews.get(incident_id)
 
     def set_classifier(self, classifier: Classifier) -> None:
-        """Swap the rules (reload); open incidents keep the severity they have."""
+        """Swap the rules (reload); open incidents keep the severity they have.
+
+        Resolved incidents keep the watch they were given at resolution.
+        """
         self.classifier = classifier
+        self.closed.retention = self.retention
 
     def _index(self, inc: Incident) -> None:
         self._open[inc.key] = inc
@@ -275,6 +330,7 @@ class BookCore:
 
     def _finish(self, inc: Incident) -> None:
         if inc.is_open:
+            self._watch(inc)  # a reopened incident leaves its watch
             self._index(inc)
             return
         self._remember_closed(inc)
@@ -294,6 +350,7 @@ class BookCore:
             return
         episode = ClosedEpisode(inc.instances(), inc.resolved_at, inc.triggered_at)
         self.closed.remember(inc.key, episode)
+        self._watch(inc)
 
     def undo(self, change: Change) -> None:
         """Revert a change that could not be committed (apply in reverse order)."""
@@ -302,7 +359,9 @@ class BookCore:
             self._unindex(current)
         before = change.undo.before
         self._reviews.pop(change.incident.id, None)
+        self._unwatch(change.incident.id)
         if before is not None:
+            self._watch(before)  # back in its watch, if it was
             if before.is_open:
                 self._index(before)
             elif before.review_due_at is not None and before.review_done_at is None:

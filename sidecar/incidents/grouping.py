@@ -26,6 +26,7 @@ from sidecar.incidents.model import (
     Effect,
     Incident,
     TimelineEvent,
+    Undo,
     interned,
 )
 from sidecar.incidents.numbers import war_room
@@ -45,17 +46,12 @@ class Grouping(Stepping):
     def apply_notification(self, n: Notification, now: float) -> list[Change]:
         """Apply an Alertmanager notification; returns the changes (empty for a duplicate)."""
         if self.key_mode == "group":
-            change = self._apply(
-                n.group_key, n.alerts, n, now, group_resolved=n.status == "resolved"
-            )
-            return [change] if change else []
+            return self._apply(n.group_key, n.alerts, n, now, group_resolved=n.status == "resolved")
         changes = []
         for alert in n.alerts:
-            change = self._apply(
+            changes += self._apply(
                 alert.fingerprint, [alert], n, now, group_resolved=alert.status == "resolved"
             )
-            if change:
-                changes.append(change)
         return changes
 
     def _apply(
@@ -66,18 +62,36 @@ class Grouping(Stepping):
         now: float,
         *,
         group_resolved: bool,
-    ) -> Change | None:
+    ) -> list[Change]:
         inc = self._open.get(key)
         kept, classes = self._keep(alerts, inc)
         if not kept:
-            return None  # only dropped alerts, firing or resolved: no incident to touch
+            return []  # only dropped alerts, firing or resolved: no incident to touch
         if len(kept) < len(alerts) and not group_resolved and not n.truncated_alerts:
             # Alertmanager's status counts the dropped alerts too: a Watchdog
             # in the same group would keep the others' incident open for ever.
             group_resolved = all(a.status == "resolved" for a in kept)
         if inc is None:
-            return self._open_new(key, kept, classes, n, now, group_resolved=group_resolved)
-        return self._merge(inc, kept, classes, n, now, group_resolved=group_resolved)
+            firing = [a for a in kept if a.status == "firing"]
+            if self.closed.covers(key, [_instance(a) for a in firing or kept]):
+                # A late duplicate of a notification for an incident already closed.
+                return []
+            return self._no_open_incident(key, kept, classes, n, now, group_resolved)
+        change = self._merge(inc, kept, classes, n, now, group_resolved=group_resolved)
+        return [change] if change else []
+
+    def _no_open_incident(
+        self,
+        key: str,
+        alerts: list[Alert],
+        classes: Mapping[str, ClassificationLike],
+        n: Notification,
+        now: float,
+        group_resolved: bool,
+    ) -> list[Change]:
+        """What alerts of a key with no open incident do: open one (the watch may reopen one)."""
+        change = self._open_new(key, alerts, classes, n, now, group_resolved=group_resolved)
+        return [change] if change else []
 
     def _keep(
         self, alerts: list[Alert], inc: Incident | None
@@ -113,10 +127,6 @@ class Grouping(Stepping):
         group_resolved: bool,
     ) -> Change | None:
         firing = [a for a in alerts if a.status == "firing"]
-        relevant = firing or alerts
-        if self.closed.covers(key, [_instance(a) for a in relevant]):
-            # A late duplicate of a notification for an incident already closed.
-            return None
         undo = self._begin(key, None)
         unmatched: Counter[tuple[str, str]] = Counter()
         states = {a.fingerprint: self._alert_state(a, classes, unmatched) for a in alerts}
@@ -169,6 +179,7 @@ class Grouping(Stepping):
         if ttd is not None and detect is not None and ttd > detect.seconds:
             self._breach(inc, "detect", now, events, effects)
         if not missed:
+            self._escalate_by_rules(inc, _firing_pairs(firing), now, events, effects)
             self._settle(inc, now, events, effects)
         if missed:
             for fp, st in list(inc.alerts.items()):
@@ -188,16 +199,20 @@ class Grouping(Stepping):
         now: float,
         *,
         group_resolved: bool,
+        begun: tuple[Undo, list[TimelineEvent], list[Effect]] | None = None,
     ) -> Change | None:
-        undo = self._begin(inc.key, inc)
-        events: list[TimelineEvent] = []
-        effects: list[Effect] = []
+        """Merge alerts into ``inc``; ``begun``: a command that already began it (a reopen)."""
+        undo, events, effects = begun or (self._begin(inc.key, inc), [], [])
         unmatched: Counter[tuple[str, str]] = Counter()
         added: list[AlertState] = []
+        new_firing: list[Alert] = []
+        stale = 0
         for alert in alerts:
             starts = alert.starts_at.timestamp()
             known = inc.alerts.get(alert.fingerprint)
             if known is None or known.starts_at < starts:
+                if alert.status == "firing":
+                    new_firing.append(alert)
                 inc.alerts[alert.fingerprint] = st = self._alert_state(alert, classes, unmatched)
                 added.append(st)
                 what = "joined" if known is None else "fired again"
@@ -213,6 +228,7 @@ class Grouping(Stepping):
                     )
                 )
             elif known.starts_at > starts:
+                stale += 1
                 continue  # an older instance than the one we track: stale
             elif known.status == "firing" and alert.status == "resolved":
                 ends_at = alert.ends_at.timestamp() if alert.ends_at else now
@@ -266,7 +282,14 @@ class Grouping(Stepping):
                         previous_severity=previous,
                     )
                 )
-        if group_resolved and (self.key_mode == "alert" or not firing or n.status == "resolved"):
+        # A late copy of an earlier episode's resolved notification (every
+        # instance older than the one tracked) says nothing about this one.
+        late_copy = stale == len(alerts)
+        if (
+            group_resolved
+            and not late_copy
+            and (self.key_mode == "alert" or not firing or n.status == "resolved")
+        ):
             ends = resolution_time(inc, now)
             for st in firing:
                 # Alertmanager says the whole group resolved; alerts we track but
@@ -274,6 +297,7 @@ class Grouping(Stepping):
                 inc.alerts[st.fingerprint] = st.ended(st.ends_at or ends)
             self._close_by_alertmanager(inc, ends, now, events, effects)
         if inc.is_open and events:
+            self._escalate_by_rules(inc, _firing_pairs(new_firing), now, events, effects)
             self._settle(inc, now, events, effects)
         effects += _unmatched_effects(inc, unmatched)
         if not events:
@@ -305,6 +329,11 @@ class Grouping(Stepping):
     def _top(self, states: Iterable[AlertState], *, firing_only: bool) -> AlertState:
         pool = [s for s in states if s.status == "firing" or not firing_only]
         return min(pool, key=lambda s: (self.classifier.rank(s.severity), s.starts_at))
+
+
+def _firing_pairs(alerts: Iterable[Alert]) -> list[tuple[Mapping[str, str], Mapping[str, str]]]:
+    """(labels, annotations) of the firing alerts, as escalation rules read them."""
+    return [(a.labels, a.annotations) for a in alerts if a.status == "firing"]
 
 
 def _unmatched_effects(inc: Incident, unmatched: Counter[tuple[str, str]]) -> list[Effect]:

@@ -104,6 +104,12 @@ class Incident:
     # The annotations the incident opened with (impact, summary, runbook): what
     # the notifications quote. Never changed in place, so most share one empty mapping.
     annotations: Mapping[str, str] = field(default_factory=lambda: NO_ANNOTATIONS)
+    # Recovery watch: a re-fire until ``watch_until`` reopens the resolved
+    # incident; ``closed_at``: closed for good (see sidecar.incidents.watch).
+    watch_until: float | None = None
+    closed_at: float | None = None
+    reopened_at: float | None = None
+    reopens: int = 0
     # The stored alerts document of a restored or committed incident, until
     # ``alerts`` is next read (see ``shelve_alerts`` and ``__getattr__``).
     alerts_doc: bytes | None = field(default=None, repr=False, compare=False)
@@ -139,6 +145,11 @@ class Incident:
     def is_open(self) -> bool:
         """True until the incident resolves."""
         return self.state != "resolved"
+
+    @property
+    def is_watching(self) -> bool:
+        """Resolved, and still in its recovery watch: a re-fire reopens it."""
+        return self.state == "resolved" and self.watch_until is not None and self.closed_at is None
 
     def instances(self) -> frozenset[tuple[str, float]]:
         """The alert instances this incident covers."""
@@ -193,6 +204,10 @@ class Incident:
             data["annotations"] = dict(self.annotations)
         if self.update_reminded_gap is not None:
             data["update_reminded_gap"] = self.update_reminded_gap
+        # The same for the recovery watch: open incidents have none of these.
+        for name in ("watch_until", "closed_at", "reopened_at", "reopens"):
+            if value := getattr(self, name):
+                data[name] = value
         return data
 
     @classmethod
@@ -260,6 +275,10 @@ class Incident:
             roles=data.get("roles") or NOTHING,
             severity_set_by=data.get("severity_set_by"),
             annotations=dict(data["annotations"]) if data.get("annotations") else NO_ANNOTATIONS,
+            watch_until=data.get("watch_until"),
+            closed_at=data.get("closed_at"),
+            reopened_at=data.get("reopened_at"),
+            reopens=data.get("reopens", 0),
         )
         if legacy is None and alerts_doc is not None:
             inc.shelve_alerts(alerts_doc)
@@ -301,12 +320,15 @@ class TimelineEvent:
 class Effect:
     """Something to publish (metric, log line) once the change is committed.
 
-    ``kind`` is ``opened``, ``acknowledged``, ``resolved``, ``severity_raised``,
+    ``kind`` is ``opened``, ``acknowledged``, ``resolved``, ``reopened`` (a
+    re-fire within the recovery watch), ``closed`` (the watch ended: closed for
+    good), ``severity_raised``,
     ``status_update``, ``breach`` (``detail`` is the SLA), ``escalated``
     (``detail`` is the tier, ``outcome`` what came of it) or ``unmatched``
     (``count`` new alert instances of ``team`` that no rule of ``detail``,
     ``severity`` or ``ownership``, matched); ``seconds`` is the measured
-    interval (time to detect, acknowledge, resolve).
+    interval (time to detect, acknowledge, resolve; the last once, on
+    ``resolved``, or on ``closed`` after a recovery watch).
     """
 
     kind: str

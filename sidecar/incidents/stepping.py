@@ -3,17 +3,23 @@
 Deadlines themselves are worked out by :mod:`sidecar.sla`; here they become
 timeline events and effects: a breach, once per SLA (once per window for the
 update cadence), and an escalation step with its outcome (paged, recorded or
-unrouted), decided with the change rather than later by the pager. A close
-that overran a deadline the scheduler had not reached yet records that
-breach with it, so that the metric, the API and the review give one answer.
+unrouted), decided with the change rather than later by the pager; an
+escalation rule's tier is paged the same way. A close that overran a
+deadline the scheduler had not reached yet records that breach with it, so
+that the metric, the API and the review give one answer. A close starts the
+severity's recovery watch, and the end of the watch closes the incident for
+good (see :mod:`~sidecar.incidents.watch`).
 """
 
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Iterable, Mapping
+from datetime import timedelta
 from typing import TYPE_CHECKING
 
 from sidecar import sla
+from sidecar.durations import format_duration
 from sidecar.incidents.core import BookCore, planned
 from sidecar.incidents.model import (
     Change,
@@ -41,10 +47,19 @@ class Stepping(BookCore):
         if inc is not None:
             policy = self.classifier.policy(inc.severity)
             return sla.next_deadline(inc, policy, self.reminders.get(inc.severity))
+        due: list[tuple[float, bool]] = []
+        watched = self._watching_ids.get(incident_id)
+        if watched is not None and watched.watch_until is not None:
+            # Strict: a re-fire at the very end of the watch still reopens.
+            due.append((watched.watch_until, True))
         review = self._reviews.get(incident_id)
-        if review is None or review.review_due_at is None or "postmortem" in review.breaches:
-            return None
-        return (review.review_due_at, True)
+        if (
+            review is not None
+            and review.review_due_at is not None
+            and ("postmortem" not in review.breaches)
+        ):
+            due.append((review.review_due_at, True))
+        return min(due, default=None)
 
     @planned
     def check_deadlines(self, incident_id: str, now: float) -> Change | None:
@@ -60,17 +75,53 @@ class Stepping(BookCore):
         return Change(inc, events, effects, undo) if events else None
 
     def _check_review(self, incident_id: str, now: float) -> Change | None:
-        inc = self._reviews.get(incident_id)
-        if inc is None or inc.review_due_at is None or "postmortem" in inc.breaches:
+        """A resolved incident: the end of its recovery watch, and its review's deadline."""
+        inc = self._watching_ids.get(incident_id) or self._reviews.get(incident_id)
+        if inc is None:
             return None
-        if not sla.passed(inc.review_due_at, True, now):
+        watch_ends = inc.is_watching and sla.passed(inc.watch_until or 0.0, True, now)
+        review_late = (
+            inc.review_due_at is not None
+            and inc.review_done_at is None
+            and "postmortem" not in inc.breaches
+            and sla.passed(inc.review_due_at, True, now)
+        )
+        if not (watch_ends or review_late):
             return None
         undo = self._begin(inc.key, inc)
         events: list[TimelineEvent] = []
         effects: list[Effect] = []
-        self._breach(inc, "postmortem", now, events, effects)
+        if watch_ends:
+            self._end_watch(inc, now, events, effects)
+        if review_late:
+            self._breach(inc, "postmortem", now, events, effects)
         self._finish(inc)
         return Change(inc, events, effects, undo)
+
+    def _end_watch(
+        self, inc: Incident, now: float, events: list[TimelineEvent], effects: list[Effect]
+    ) -> None:
+        """Close ``inc`` for good: its watch ended. Time to resolve is measured now, once."""
+        assert inc.watch_until is not None and inc.resolved_at is not None
+        inc.closed_at = inc.watch_until
+        watched = inc.watch_until - inc.resolved_at
+        again = (
+            f", reopened {inc.reopens} time{'s' if inc.reopens > 1 else ''}" if inc.reopens else ""
+        )
+        events.append(
+            self.event(
+                inc,
+                now,
+                "closed",
+                "sidecar",
+                None,
+                f"recovery watch of {minutes(watched)} ended without a re-fire: closed{again}",
+                {"watch_until": inc.watch_until, "resolved_at": inc.resolved_at},
+            )
+        )
+        resolve = self.classifier.policy(inc.severity).clocks.resolve
+        ttr = sla.measured(resolve, inc.started_at, inc.resolved_at)
+        effects.append(Effect("closed", inc.id, inc.severity, inc.team, ttr))
 
     def breached_counts(self) -> Counter[tuple[str, str]]:
         """Open incidents (and pending reviews) in breach, by severity and SLA."""
@@ -101,25 +152,50 @@ class Stepping(BookCore):
             if kind == sla.REMINDER:
                 self._remind(inc, deadline + (remind or 0.0), now, events)
             elif kind.startswith(sla.ESCALATION):
-                self._escalate(inc, policy, kind.removeprefix(sla.ESCALATION), now, events, effects)
+                tier = kind.removeprefix(sla.ESCALATION)
+                outcome = self._escalation_outcome(policy, tier)
+                why = f"{inc.severity} ladder"
+                self._escalate(inc, tier, now, events, effects, outcome=outcome, why=why)
             else:
                 if kind == "update":
                     inc.update_breached_gap = sla.update_gap_start(inc)
                 self._breach(inc, kind, now, events, effects, deadline=deadline)
 
-    def _escalate(
+    def _escalate_by_rules(
         self,
         inc: Incident,
-        policy: SeverityPolicy,
-        tier: str,
+        alerts: Iterable[tuple[Mapping[str, str], Mapping[str, str]]],
         now: float,
         events: list[TimelineEvent],
         effects: list[Effect],
     ) -> None:
-        outcome = self._escalation_outcome(policy, tier)
+        """Page the tier of each escalation rule a new firing alert matches.
+
+        ``alerts`` are the new firing alerts' labels and annotations.
+        """
+        for labels, notes in alerts:
+            for hit in self.classifier.escalations(labels, notes):
+                if hit.tier in inc.escalated:
+                    continue  # each tier once per incident, by ladder or by rule
+                outcome = escalation_outcome(hit.record_only, hit.tier in self.routed_tiers)
+                self._escalate(
+                    inc, hit.tier, now, events, effects, outcome=outcome, why=f"rule {hit.rule}"
+                )
+
+    def _escalate(
+        self,
+        inc: Incident,
+        tier: str,
+        now: float,
+        events: list[TimelineEvent],
+        effects: list[Effect],
+        *,
+        outcome: EscalationOutcome,
+        why: str,
+    ) -> None:
         inc.escalated = {**inc.escalated, tier: now}
         inc.escalation_outcomes = {**inc.escalation_outcomes, tier: outcome}
-        ladder = f"{inc.severity} ladder"
+        ladder = why
         if outcome == "paged":
             message = f"escalated to {tier}: paged ({ladder})"
         elif outcome == "recorded":
@@ -236,12 +312,17 @@ class Stepping(BookCore):
         review = clocks.postmortem
         if review is not None and inc.review_done_at is None:
             inc.review_due_at = review.deadline(resolved_at)
-        events.append(
-            self.event(
-                inc, resolved_at, "resolved", source, actor, message, {"resolved_at": resolved_at}
-            )
-        )
-        ttr = sla.measured(clocks.resolve, inc.started_at, resolved_at)
+        watch = self.classifier.recovery_watch(inc.severity)
+        data: dict[str, float] = {"resolved_at": resolved_at}
+        if watch is None:
+            inc.watch_until, inc.closed_at = None, resolved_at
+        else:
+            inc.watch_until, inc.closed_at = resolved_at + watch, None
+            data["watch_until"] = inc.watch_until
+            message += f" (recovery watch of {minutes(watch)}: a re-fire reopens it)"
+        events.append(self.event(inc, resolved_at, "resolved", source, actor, message, data))
+        # Measured once, to the final resolution: at the end of the watch if any.
+        ttr = None if watch is not None else sla.measured(clocks.resolve, inc.started_at, resolved_at)
         effects.append(
             Effect("resolved", inc.id, inc.severity, inc.team, ttr, source=source, actor=actor)
         )
@@ -258,3 +339,8 @@ class Stepping(BookCore):
         self._close(
             inc, resolved_at, "alertmanager", None, message, now=now, events=events, effects=effects
         )
+
+
+def minutes(seconds: float) -> str:
+    """``1h``, ``30m`` or ``20m34s``: a span as the rules file writes durations."""
+    return format_duration(timedelta(seconds=round(seconds)))

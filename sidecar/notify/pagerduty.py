@@ -3,7 +3,8 @@
 Policies: ``page`` and ``notify`` send a trigger (with the severity's PagerDuty
 severity: critical/error wake someone, warning/info do not); ``ticket`` sends
 nothing and records a ticket on the timeline; ``none`` records nothing. A
-trigger goes out when an incident opens or its severity rises; acknowledge and
+trigger goes out when an incident opens, reopens within its recovery watch
+(on the same dedup key), or its severity rises; acknowledge and
 resolve follow from any source but PagerDuty itself, and only for incidents
 that were paged. An escalation step pages its tier's key only when the
 incident book recorded its outcome as ``paged`` (the book decides, with the
@@ -127,9 +128,17 @@ class Pager:
         """Outbox events for a change; may add paging notes to the change's timeline."""
         inc = change.incident
         out: list[OutboxEvent] = []
+        # Reopened and resolved again in one change (the re-fire was over by
+        # the time it was reported): PagerDuty was not triggered again, and
+        # has nothing to acknowledge or resolve.
+        flapped = not inc.is_open and any(e.kind == "reopened" for e in change.effects)
         for effect in change.effects:
             if effect.kind == "opened" and inc.is_open:
                 out += self._trigger(change, now, reason="opened")
+            elif effect.kind == "reopened" and inc.is_open:
+                # The same dedup key: PagerDuty opens a new alert on it, which
+                # pages the on-call; the tiers already paged are not paged again.
+                out += self._trigger(change, now, reason="reopened within its recovery watch")
             elif effect.kind == "severity_raised" and inc.is_open:
                 out += self._trigger(change, now, reason=f"severity raised to {inc.severity}")
             elif (
@@ -141,7 +150,11 @@ class Pager:
                 # The book decided the outcome with the change; only a paged
                 # step sends anything.
                 out += self._escalate(change, now, effect.detail)
-            elif effect.kind in ("acknowledged", "resolved") and effect.source != "pagerduty":
+            elif (
+                effect.kind in ("acknowledged", "resolved")
+                and effect.source != "pagerduty"
+                and not flapped
+            ):
                 action = "acknowledge" if effect.kind == "acknowledged" else "resolve"
                 build = build_acknowledge if action == "acknowledge" else build_resolve
                 # The team's page and every escalation tier's page follow.

@@ -24,16 +24,21 @@ that has one.
 - :mod:`~sidecar.rules.engine`: :class:`RuleSet`, which classifies alerts;
 - :mod:`~sidecar.rules.load`: reading a file and reporting every problem by line.
 
+A severity may keep a resolved incident under a ``recovery_watch``, in which a
+re-fire reopens it, and ``escalation_rules`` page a named tier when an alert's
+labels or annotations match, beside the time-based ladders.
+
 The rules read the SLA clocks (:mod:`sidecar.sla`), never the reverse.
 """
 
 from sidecar.rules.checks import semantic_problems
-from sidecar.rules.engine import DROP, Classification, RuleSet
+from sidecar.rules.engine import DROP, Classification, RuleEscalation, RuleSet
 from sidecar.rules.load import load_rules, parse_rules
 from sidecar.rules.model import (
     DEFAULT_RULE,
     FLOOR_LABEL,
     SLA,
+    EscalationRule,
     EscalationStep,
     MatcherLine,
     Name,
@@ -51,11 +56,13 @@ __all__ = [
     "FLOOR_LABEL",
     "SLA",
     "Classification",
+    "EscalationRule",
     "EscalationStep",
     "MatcherLine",
     "Name",
     "NumericCondition",
     "OwnershipRule",
+    "RuleEscalation",
     "RuleSet",
     "RulesFile",
     "SeverityPolicy",

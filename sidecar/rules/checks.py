@@ -39,7 +39,12 @@ def semantic_problems(data: Any) -> Problems:
         problems += _undeclared((key,), data.get(key), what, declared[what])
     problems += _floor_problems(data, declared["severity"])
     problems += _calendar_problems(data)
-    for section, what in (("severity_rules", "severity"), ("ownership_rules", "team")):
+    sections: tuple[tuple[str, str | None], ...] = (
+        ("severity_rules", "severity"),
+        ("ownership_rules", "team"),
+        ("escalation_rules", None),
+    )
+    for section, target in sections:
         rules = data.get(section)
         if not isinstance(rules, list):
             continue
@@ -56,8 +61,9 @@ def semantic_problems(data: Any) -> Problems:
                 )
             elif duplicate := _duplicate("rule name", section, index, name, seen):
                 problems.append(((section, index, "name"), duplicate))
-            target = _get(rule, what)
-            problems += _undeclared((section, index, what), target, what, declared[what])
+            if target is not None:
+                value = _get(rule, target)
+                problems += _undeclared((section, index, target), value, target, declared[target])
     return problems
 
 

@@ -64,17 +64,38 @@ class Classification:
 
 
 @dataclass(frozen=True, slots=True)
+class RuleEscalation:
+    """An escalation rule that matched: its name, the tier it pages, and whether only recorded."""
+
+    rule: str
+    tier: str
+    record_only: bool = False
+
+
+@dataclass(frozen=True, slots=True)
 class _CompiledRule:
     name: str
-    result: str  # a severity or a team; DROP for a rule that drops
+    result: str  # a severity, a team or a tier; DROP for a rule that drops
     matchers: tuple[Matcher, ...]
     conditions: tuple[NumericCondition, ...]
     drop: bool = False
     below_floor: bool = False
+    annotation_matchers: tuple[Matcher, ...] = ()
+    record_only: bool = False
+
+    def failed(self, labels: Mapping[str, str], annotations: Mapping[str, str]) -> list[str]:
+        """The matchers and conditions that do not hold (empty: the rule matches)."""
+        return (
+            [str(m) for m in self.matchers if not m.matches(labels)]
+            + [f"annotation {m}" for m in self.annotation_matchers if not m.matches(annotations)]
+            + [str(c) for c in self.conditions if not c.holds(labels, annotations)]
+        )
 
     def matches(self, labels: Mapping[str, str], annotations: Mapping[str, str]) -> bool:
-        return all(m.matches(labels) for m in self.matchers) and all(
-            c.holds(labels, annotations) for c in self.conditions
+        return (
+            all(m.matches(labels) for m in self.matchers)
+            and all(m.matches(annotations) for m in self.annotation_matchers)
+            and all(c.holds(labels, annotations) for c in self.conditions)
         )
 
 
@@ -136,6 +157,19 @@ class RuleSet:
         )
         self._ownership_rules = tuple(
             _compile(r.name, r.team, r.match, r.when) for r in spec.ownership_rules
+        )
+        self._escalation_rules = tuple(
+            _CompiledRule(
+                r.name,
+                r.tier,
+                tuple(m for line in r.match for m in parse_matchers(line)),
+                tuple(r.when),
+                annotation_matchers=tuple(
+                    m for line in r.match_annotations for m in parse_matchers(line)
+                ),
+                record_only=r.record_only,
+            )
+            for r in spec.escalation_rules
         )
         rules = self._severity_rules + self._ownership_rules
         self._label_keys = tuple(
@@ -201,6 +235,27 @@ class RuleSet:
             dropped=chosen.drop,
         )
 
+    def escalations(
+        self, labels: Mapping[str, str], annotations: Mapping[str, str]
+    ) -> tuple[RuleEscalation, ...]:
+        """Every escalation rule that matches an alert (each pages its tier)."""
+        if not self._escalation_rules:
+            return ()
+        return tuple(
+            RuleEscalation(r.name, r.result, r.record_only)
+            for r in self._escalation_rules
+            if r.matches(labels, annotations)
+        )
+
+    def recovery_watch(self, severity: str) -> float | None:
+        """The recovery watch of ``severity`` in seconds; None when it has none."""
+        watch = self._policies[severity].recovery_watch
+        return None if watch is None else watch.total_seconds()
+
+    def longest_recovery_watch(self) -> float:
+        """The longest recovery watch of any severity, in seconds (0 when none has one)."""
+        return max((self.recovery_watch(p.name) or 0.0 for p in self.severities), default=0.0)
+
     def problem(self, loc: Sequence[int | str], reason: str) -> ConfigProblem:
         """A problem at ``loc`` of this rules file, with its line when known."""
         return problem_at(self.source, loc, reason, self._position)
@@ -226,13 +281,17 @@ class RuleSet:
     def explain(self, labels: Mapping[str, str], annotations: Mapping[str, str]) -> list[str]:
         """Human-readable lines saying how each rule fared, for ``test-rules``."""
         lines = []
-        for kind, compiled in (("severity", self._severity_rules), ("team", self._ownership_rules)):
+        kinds = (
+            ("severity", self._severity_rules),
+            ("team", self._ownership_rules),
+            ("escalation", self._escalation_rules),
+        )
+        for kind, compiled in kinds:
             for rule in compiled:
-                failed = [str(m) for m in rule.matchers if not m.matches(labels)] + [
-                    str(c) for c in rule.conditions if not c.holds(labels, annotations)
-                ]
+                failed = rule.failed(labels, annotations)
                 verdict = "matches" if not failed else "no: " + ", ".join(failed)
                 may = " (below_floor)" if rule.below_floor else ""
+                may += " (record_only)" if rule.record_only else ""
                 lines.append(f"{kind} rule {rule.name} -> {rule.result}{may}: {verdict}")
         value = labels.get(FLOOR_LABEL, "")
         floor = self.severity_floor.get(value)

@@ -10,6 +10,7 @@ import functools
 import math
 import re
 from collections.abc import Mapping
+from datetime import timedelta
 from typing import Annotated, Any, Literal, cast
 
 from pydantic import (
@@ -54,7 +55,15 @@ def _check_matchers(value: str) -> str:
     return value
 
 
+def _check_watch(value: timedelta) -> timedelta:
+    if value <= timedelta(0):
+        raise ValueError("a recovery watch must be longer than 0s: leave the key out for none")
+    return value
+
+
 Name = Annotated[str, AfterValidator(_check_name)]
+Watch = Annotated[Duration, AfterValidator(_check_watch)]
+"""A recovery watch: how long a resolved incident may still reopen (positive)."""
 
 
 def _unique(values: list[str]) -> list[str]:
@@ -132,7 +141,10 @@ class SLA(_Strict):
 class EscalationStep(_Strict):
     """Page ``tier`` once ``after`` has passed since ``triggered_at``, if ``while`` still holds.
 
-    A ``record_only`` step pages nobody by design: it is written on the
+    ``while`` is the step's condition: ``unacknowledged`` (an acknowledgment
+    stops it) or ``unresolved`` (only a resolution does). It has always been
+    required, so every rules file names it and none changes meaning. A
+    ``record_only`` step pages nobody by design: it is written on the
     timeline, so that the plan's step shows, and needs no routing key.
     """
 
@@ -156,6 +168,9 @@ class SeverityPolicy(_Strict):
     pagerduty_severity: Literal["critical", "error", "warning", "info"]
     sla: SLA = SLA()
     escalation: list[EscalationStep] = []
+    # How long a resolved incident stays watched: a re-fire of its group
+    # within it reopens the same incident. None: closed at resolution.
+    recovery_watch: Watch | None = None
     # The rules file's calendars, bound by RulesFile once validated.
     _calendars: Mapping[str, Calendar] = PrivateAttr(default_factory=dict)
 
@@ -253,6 +268,29 @@ class OwnershipRule(_Rule):
     team: str
 
 
+class EscalationRule(_Rule):
+    """Pages ``tier`` when a firing alert of an open incident matches.
+
+    The plan's trigger that no clock measures: "Any incident requiring
+    emergency change -> Page Change Manager". ``match`` reads labels,
+    ``match_annotations`` annotations (same matcher syntax), ``when`` numbers;
+    every rule that matches escalates, each tier once per incident.
+    """
+
+    match_annotations: list[MatcherLine] = []
+    tier: Name
+    record_only: StrictBool = False
+
+    @model_validator(mode="after")
+    def _some_condition(self) -> EscalationRule:
+        if not (self.match or self.match_annotations or self.when):
+            raise ValueError(
+                "give match, match_annotations or when: a rule without one would "
+                "escalate every incident"
+            )
+        return self
+
+
 class RulesFile(_Strict):
     """The rules file as written."""
 
@@ -266,6 +304,8 @@ class RulesFile(_Strict):
     severity_floor: dict[Annotated[str, Field(min_length=1)], str] = {}
     severity_rules: list[SeverityRule] = []
     ownership_rules: list[OwnershipRule] = []
+Watch = Annotated[Duration, AfterValidator(_check_watch)]
+"""A recovery watch: how long a resolved incident may still reopen (positive)."""
     # The plan's incident statuses, each once: the first is an incident's at opening,
     # the last a resolved incident's; a status update may carry any of them.
     statuses: Annotated[list[Name], AfterValidator(_unique)] = []

@@ -154,8 +154,14 @@ def measured(target: Target | None, start: float, end: float) -> float:
 
 
 def update_gap_start(inc: Incident) -> float:
-    """Start of the current update-cadence window: the last status update, or declaration."""
-    return inc.last_update_at if inc.last_update_at is not None else inc.triggered_at
+    """Start of the current update-cadence window: the last status update, or declaration.
+
+    A reopening starts a new window: nobody owed updates while it was resolved.
+    """
+    start = inc.last_update_at if inc.last_update_at is not None else inc.triggered_at
+    if inc.reopened_at is not None and inc.reopened_at > start:
+        return inc.reopened_at
+    return start
 
 
 def pending_deadlines(

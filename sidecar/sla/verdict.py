@@ -193,10 +193,17 @@ def _update_cadence(
     updates = {e.at for e in timeline if e.kind == STATUS_UPDATE_KIND}
     if incident.last_update_at is not None:
         updates.add(incident.last_update_at)
+    # Between a resolution and a reopening (the recovery watch) no update is owed.
+    paused = _paused(timeline)
     within = {t for t in updates if start <= t <= end}
+    within |= {t for span in paused for t in span if start <= t <= end}
     points = sorted({start, end} | within)
     # (wall gap, gap on the target's clock, its start)
-    gaps = [(b - a, target.elapsed(a, b), a) for a, b in itertools.pairwise(points)]
+    gaps = [
+        (b - a, target.elapsed(a, b), a)
+        for a, b in itertools.pairwise(points)
+        if (a, b) not in paused
+    ]
     longest = max((gap for gap, _, _ in gaps), default=0.0)
     counted = max((gap for _, gap, _ in gaps), default=0.0)
     missed = next((begin for _, gap, begin in gaps if gap > target.seconds), None)
@@ -207,6 +214,19 @@ def _update_cadence(
         last = max(within, default=start)
         return _result("update", target, longest, target.deadline(last), "pending", counted)
     return _result("update", target, longest, None, "met", counted)
+
+
+def _paused(timeline: Sequence[TimelineEvent]) -> set[tuple[float, float]]:
+    """(resolved, reopened) times of each resolution a reopening undid."""
+    spans = set()
+    resolved: float | None = None
+    for e in timeline:
+        if e.kind == "resolved":
+            resolved = e.at
+        elif e.kind == "reopened" and resolved is not None:
+            spans.add((resolved, e.at))
+            resolved = None
+    return spans
 
 
 def _review(incident: Incident, reviewed_at: float | None, target: Target, now: float) -> SlaResult:

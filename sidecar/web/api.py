@@ -89,6 +89,13 @@ def incident_view(
             tier: {"at": isoformat(at), "outcome": inc.escalation_outcomes.get(tier)}
             for tier, at in inc.escalated.items()
         },
+        "recovery_watch": {
+            "until": isoformat(inc.watch_until),
+            "watching": inc.is_watching,
+            "closed_at": isoformat(inc.closed_at),
+        },
+        "reopens": inc.reopens,
+        "reopened_at": isoformat(inc.reopened_at),
         "review": {
             "due_at": isoformat(inc.review_due_at),
             "done_at": isoformat(inc.review_done_at),
