@@ -322,7 +322,9 @@ class Stepping(BookCore):
             message += f" (recovery watch of {minutes(watch)}: a re-fire reopens it)"
         events.append(self.event(inc, resolved_at, "resolved", source, actor, message, data))
         # Measured once, to the final resolution: at the end of the watch if any.
-        ttr = None if watch is not None else sla.measured(clocks.resolve, inc.started_at, resolved_at)
+        ttr = (
+            None if watch is not None else sla.measured(clocks.resolve, inc.started_at, resolved_at)
+        )
         effects.append(
             Effect("resolved", inc.id, inc.severity, inc.team, ttr, source=source, actor=actor)
         )

@@ -304,8 +304,7 @@ class RulesFile(_Strict):
     severity_floor: dict[Annotated[str, Field(min_length=1)], str] = {}
     severity_rules: list[SeverityRule] = []
     ownership_rules: list[OwnershipRule] = []
-Watch = Annotated[Duration, AfterValidator(_check_watch)]
-"""A recovery watch: how long a resolved incident may still reopen (positive)."""
+    escalation_rules: list[EscalationRule] = []
     # The plan's incident statuses, each once: the first is an incident's at opening,
     # the last a resolved incident's; a status update may carry any of them.
     statuses: Annotated[list[Name], AfterValidator(_unique)] = []

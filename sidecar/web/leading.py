@@ -93,6 +93,7 @@ async def escalate(request: web.Request) -> web.Response:
     actor, _ = actor_and_message(body)
     tier = body.get("tier")
     ladders = {step.tier for sev in c.rules.severities for step in sev.escalation}
+    ladders |= {rule.tier for rule in c.rules.spec.escalation_rules}
     tiers = sorted(ladders | c.book.routed_tiers)
     if not isinstance(tier, str) or tier not in tiers:
         known = ", ".join(tiers) or "none (no ladder names a tier, no tier has a routing key)"
