@@ -704,6 +704,7 @@ def test_test_rules_shows_the_calendar_of_business_time_targets(
         "calendar: business-hours: open during office-hours; business time for acknowledge 1h",
         "          office-hours: times 09:00-17:00; weekdays monday:friday; location UTC",
         "status:   Investigating (updates: Investigating, Resolved)",
+        "watch:    30m after resolution (a re-fire reopens)",
     ]
     # A severity on the wall clock only shows no calendar.
     code, out, err = run(capsys, "test-rules", "--config", path, "incident_severity=P1")
