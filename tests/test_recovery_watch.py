@@ -413,6 +413,8 @@ async def test_the_api_shows_the_watch_and_the_reopening(
     resolved_at = clock.now()
     view = await (await client.get(f"/api/v1/incidents/{incident_id}")).json()
     assert view["state"] == "resolved"
+    number = view["number"]
+    assert number is not None
     assert view["recovery_watch"] == {
         "until": isoformat(resolved_at + HOUR),
         "watching": True,
@@ -436,6 +438,9 @@ async def test_the_api_shows_the_watch_and_the_reopening(
         isoformat(clock.now()),
     )
     assert view["recovery_watch"] == {"until": None, "watching": False, "closed_at": None}
+    assert view["number"] == number  # the same incident, under its plan number too
+    by_number = await (await client.get(f"/api/v1/incidents/{number}")).json()
+    assert by_number["id"] == incident_id
     reopened = [e for e in view["timeline"] if e["kind"] == "reopened"]
     assert len(reopened) == 1
     assert reopened[0]["data"] == {"resolved_at": resolved_at, "reopens": 1}
