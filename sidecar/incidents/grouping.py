@@ -327,8 +327,11 @@ class Grouping(Stepping):
         )
 
     def _top(self, states: Iterable[AlertState], *, firing_only: bool) -> AlertState:
-        pool = [s for s in states if s.status == "firing" or not firing_only]
-        return min(pool, key=lambda s: (self.classifier.rank(s.severity), s.starts_at))
+        every = list(states)
+        # A body may repeat a fingerprint, firing then resolved: the last copy
+        # stands, so "some alert fires" can leave no firing state to choose from.
+        pool = [s for s in every if s.status == "firing"] if firing_only else every
+        return min(pool or every, key=lambda s: (self.classifier.rank(s.severity), s.starts_at))
 
 
 def _firing_pairs(alerts: Iterable[Alert]) -> list[tuple[Mapping[str, str], Mapping[str, str]]]:
