@@ -1,4 +1,5 @@
-"""Command line: ``serve``, ``check-config``, ``test-rules`` and ``render-template``."""
+"""Command line: ``serve``, ``check-config``, ``test-rules``, ``render-template``, ``test-plan``
+and ``backtest``."""
 
 from __future__ import annotations
 
@@ -338,7 +339,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", type=Path, help="use its preset and template overrides")
     p.add_argument("--preset", choices=PRESETS, help="the package set to start from")
     p.add_argument("--resolved", action="store_true", help="the sample incident, resolved")
+    p = sub.add_parser("test-plan", help="run plan test files (promtool-style scenarios)")
+    p.add_argument("files", nargs="+", type=Path, metavar="FILE")
     return parser
+
+
+def test_plan(paths: Sequence[Path]) -> int:
+    """Run plan test files; 0 when every test passed, else 1 with a diff of each failure."""
+    from sidecar.plantest import run_paths  # light commands stay light
+
+    return run_paths(list(paths), print, lambda line: print(line, file=sys.stderr))
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -350,4 +360,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         return check_config(args.config)
     if args.command == "render-template":
         return render_template(args.template, args.config, args.preset, resolved=args.resolved)
+    if args.command == "test-plan":
+        return test_plan(args.files)
     return explain_rules(args.config, args.labels, args.annotation)
