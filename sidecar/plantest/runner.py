@@ -232,7 +232,7 @@ def _diff(what: str, wanted: list[dict[str, Any]], actual: list[dict[str, Any]])
 
 
 def _yaml(items: list[dict[str, Any]]) -> list[str]:
-    text = yaml.safe_dump(items, sort_keys=False, default_flow_style=None, width=100)
+    text = yaml.safe_dump(items, sort_keys=False, default_flow_style=None, width=200)
     return text.splitlines() if items else ["[]"]
 
 
