@@ -16,6 +16,7 @@ from pathlib import Path
 from aiohttp import web
 
 from sidecar import __version__
+from sidecar.backtest.command import add_arguments as add_backtest_arguments
 from sidecar.config import Config, load_config, rules_file_of, split_listen
 from sidecar.durations import format_duration
 from sidecar.errors import ConfigError
@@ -341,6 +342,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resolved", action="store_true", help="the sample incident, resolved")
     p = sub.add_parser("test-plan", help="run plan test files (promtool-style scenarios)")
     p.add_argument("files", nargs="+", type=Path, metavar="FILE")
+    p = sub.add_parser("backtest", help="replay Prometheus' alert history through the plan")
+    add_backtest_arguments(p)
     return parser
 
 
@@ -362,4 +365,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return render_template(args.template, args.config, args.preset, resolved=args.resolved)
     if args.command == "test-plan":
         return test_plan(args.files)
+    if args.command == "backtest":
+        from sidecar.backtest.command import main as backtest
+
+        return backtest(args)
     return explain_rules(args.config, args.labels, args.annotation)

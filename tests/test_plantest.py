@@ -90,7 +90,9 @@ def test_a_missing_notification_is_a_failure(
     code, _, err = run(capsys, "test-plan", write(tmp_path, text))
     assert code == 1
     assert "notifications differ" in err
-    assert "+- {at: 0s, integration: pagerduty, action: trigger, routing: 'tier:vp-engineering'" in err
+    assert (
+        "+- {at: 0s, integration: pagerduty, action: trigger, routing: 'tier:vp-engineering'" in err
+    )
 
 
 def test_an_action_on_no_incident_fails_the_test(

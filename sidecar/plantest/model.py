@@ -10,6 +10,7 @@ simulate, with the reason.
 
 from __future__ import annotations
 
+import itertools
 from datetime import datetime, timedelta
 from typing import Annotated, Literal
 
@@ -79,7 +80,7 @@ class InputAlert(_Strict):
     @model_validator(mode="after")
     def _apart(self) -> InputAlert:
         episodes = sorted(self.firing, key=lambda f: f.from_)
-        for before, after in zip(episodes, episodes[1:], strict=False):
+        for before, after in itertools.pairwise(episodes):
             if before.to is None or before.to > after.from_:
                 raise ValueError("firing episodes of one alert must not overlap")
         return self
@@ -97,7 +98,7 @@ class Resolve(Acknowledge):
 
 
 class StatusUpdate(_Strict):
-    """A status update; ``status`` (the plan's Investigating, Identified...) is not supported yet."""
+    """A status update; its ``status`` (Investigating, Identified...) is not supported yet."""
 
     actor: str = "responder"
     message: str = Field(min_length=1)

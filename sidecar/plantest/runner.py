@@ -154,9 +154,10 @@ def _select(sim: Simulation, selector: dict[str, str]) -> Incident:
     found = [
         inc
         for inc in sim.incidents.values()
-        if inc.is_open and (_has(inc.labels, selector) or any(
-            _has(a.labels, selector) for a in inc.alerts.values()
-        ))
+        if inc.is_open
+        and (
+            _has(inc.labels, selector) or any(_has(a.labels, selector) for a in inc.alerts.values())
+        )
     ]
     what = f"incident {selector}" if selector else "incident"
     if not found:

@@ -117,7 +117,9 @@ def parse_route(data: Mapping[str, Any], parent: Route | None = None) -> Route:
         if data.get(name) is not None:
             changes[name] = parse_duration(data[name]).total_seconds()
     opts = RouteOpts(**{**_fields(opts), **changes})
-    matchers = [parse_matcher(f"{k}={_quote(str(v))}") for k, v in (data.get("match") or {}).items()]
+    matchers = [
+        parse_matcher(f"{k}={_quote(str(v))}") for k, v in (data.get("match") or {}).items()
+    ]
     matchers += [
         parse_matcher(f"{k}=~{_quote(str(v))}") for k, v in (data.get("match_re") or {}).items()
     ]
@@ -196,7 +198,9 @@ Muted = Callable[[SimAlert, float], bool]
 class Dispatcher:
     """Aggregation groups of the sidecar's receiver and the notifications they flush."""
 
-    def __init__(self, route: Route, *, receiver: str | None = None, external_url: str = "") -> None:
+    def __init__(
+        self, route: Route, *, receiver: str | None = None, external_url: str = ""
+    ) -> None:
         self.route = route
         self.receiver = receiver
         self.external_url = external_url

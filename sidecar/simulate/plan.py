@@ -1,4 +1,4 @@
-"""The plan a simulation runs: rules, incident keys and routing names, from a config or rules file."""
+"""The plan a simulation runs: rules, incident keys and routing names, from config or rules."""
 
 from __future__ import annotations
 
