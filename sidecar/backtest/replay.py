@@ -12,7 +12,9 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from datetime import timedelta
 
+from sidecar.durations import format_duration
 from sidecar.incidents import Change
 from sidecar.simulate.alertmanager import Dispatcher, Route, SimAlert
 from sidecar.simulate.plan import Plan
@@ -36,7 +38,9 @@ class AckAssumption:
         """The assumption in words, for the report."""
 
         def one(value: float | None) -> str:
-            return "never" if value is None else f"{value:g}s after declaration"
+            if value is None:
+                return "never"
+            return f"{format_duration(timedelta(seconds=value))} after declaration"
 
         parts = [f"{one(self.default)}"]
         parts += [f"{sev}: {one(v)}" for sev, v in sorted(self.by_severity.items())]

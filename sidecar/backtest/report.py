@@ -1,9 +1,10 @@
 """The backtest's report: what the plan would have done, as figures, in Markdown or JSON.
 
-Incidents per severity and team; pages per routing key and escalations per
-tier (with their outcome); SLA breaches per severity; alerts that only the
-rules' defaults classified; flapping groups (a group that opened at least
-``flap_threshold`` incidents); and the noisiest alerts by firing episodes.
+Incidents per severity and team; pages per routing key and PagerDuty severity,
+and escalations per tier (with their outcome); SLA breaches per severity;
+alerts that only the rules' defaults classified; flapping groups (a group that
+opened at least ``flap_threshold`` incidents); and the noisiest alerts by
+firing episodes (alerts the rules drop are left out: they open nothing).
 """
 
 from __future__ import annotations
@@ -45,7 +46,7 @@ def summarize(
             breaches[inc.severity][sla] += 1
         for tier in inc.escalated:
             escalations[tier][inc.escalation_outcomes.get(tier, "paged")] += 1
-    pages = Counter(s.routing for s in sim.sent if s.action == "trigger")
+    pages = Counter((s.routing, s.severity or "") for s in sim.sent if s.action == "trigger")
     per_key = Counter(i.key for i in incidents)
     labels_of = {i.key: i.labels for i in incidents}
     flapping = [
@@ -59,12 +60,12 @@ def summarize(
     dropped = 0
     for alert in alerts:
         name = alert.labels.get("alertname", "")
-        episodes[name] += 1
-        firing[name] += (alert.ends_at or settings.end) - alert.starts_at
         cls = rules.classify(alert.labels, {})
         if cls.dropped:
             dropped += 1
-            continue
+            continue  # the plan opens nothing for it: no noise for anyone
+        episodes[name] += 1
+        firing[name] += (alert.ends_at or settings.end) - alert.starts_at
         which = [
             list_name
             for list_name, rule in (("severity", cls.severity_rule), ("ownership", cls.team_rule))
@@ -107,7 +108,10 @@ def summarize(
                 )
             ],
         },
-        "pages": dict(sorted(pages.items())),
+        "pages": [
+            {"routing": routing, "pagerduty_severity": severity, "count": n}
+            for (routing, severity), n in sorted(pages.items())
+        ],
         "escalations": {tier: dict(sorted(c.items())) for tier, c in sorted(escalations.items())},
         "breaches": {
             sev.name: {sla: breaches[sev.name][sla] for sla in SLAS if breaches[sev.name][sla]}
@@ -145,7 +149,12 @@ def markdown(report: dict[str, Any]) -> str:
         ),
         "## Pages per routing key",
         "",
-        *_table(["routing key", "pages"], [[k, n] for k, n in r["pages"].items()]),
+        "PagerDuty severity critical and error wake someone; warning and info do not.",
+        "",
+        *_table(
+            ["routing key", "PagerDuty severity", "pages"],
+            [[p["routing"], p["pagerduty_severity"], p["count"]] for p in r["pages"]],
+        ),
         "## Escalations per tier",
         "",
         *_table(
