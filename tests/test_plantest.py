@@ -187,3 +187,17 @@ def test_a_config_file_can_be_the_plan_under_test(
     code, out, err = run(capsys, "test-plan", tmp_path / "plan.test.yaml")
     assert code == 0, err
     assert "SUCCESS" in out
+
+
+def test_the_readme_example_passes(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    readme = (REPO / "README.md").read_text()
+    section = readme.split("### `incident-sla-sidecar test-plan FILE...`", 1)[1]
+    example = section.split("```yaml\n", 1)[1].split("```", 1)[0]
+    assert example.startswith("rules: ../llm-marketplace.yaml")
+    path = tmp_path / "readme.test.yaml"
+    path.write_text(
+        example.replace("../llm-marketplace.yaml", str(REPO / "rules" / "llm-marketplace.yaml"), 1)
+    )
+    code, out, err = run(capsys, "test-plan", path)
+    assert code == 0, err
+    assert "SUCCESS (1 tests)" in out

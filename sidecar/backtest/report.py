@@ -136,7 +136,7 @@ def markdown(report: dict[str, Any]) -> str:
         f"# Backtest {r['range']['from']} to {r['range']['to']}",
         "",
         f"- alert episodes: {r['alerts']['episodes']} of {r['alerts']['series']} series "
-        f"({r['alerts']['dropped_by_rules']} dropped by the rules)",
+        f"({r['alerts']['dropped_by_rules']} of them dropped by the rules)",
         f"- incidents: {r['incidents']['total']} ({r['incidents']['open_at_end']} still open)",
         f"- acknowledgment assumed: {r['assumptions']['acknowledgment']}",
         f"- annotations: {r['assumptions']['annotations']}",
