@@ -357,3 +357,81 @@ def test_episodes_split_on_a_missed_evaluation_and_end_one_step_later() -> None:
     times = {0.0, 60.0, 120.0, 300.0, 360.0}
     assert episodes(times, step=60, end=10_000) == [(0.0, 180.0), (300.0, 420.0)]
     assert episodes(times, step=60, end=400) == [(0.0, 180.0), (300.0, None)]
+
+
+ALERTMANAGER_YML = """
+route:
+  receiver: default
+  group_by: [alertname]
+  routes:
+    - receiver: sidecar
+      group_by: [alertname, service]
+      group_wait: 30s
+      matchers: ['alertname!="Watchdog"']
+      continue: true
+    - receiver: tickets
+      matchers: ['service="admin"']
+receivers:
+  - name: default
+  - name: tickets
+  - name: sidecar
+    webhook_configs: [{url: "http://incident-sla-sidecar:9095/webhook/alertmanager"}]
+"""
+
+
+def test_the_grouping_comes_from_an_alertmanager_configuration(
+    history: tuple[str, int], config: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    url, base = history
+    am = tmp_path / "alertmanager.yml"
+    am.write_text(ALERTMANAGER_YML)
+    args = [
+        "--config",
+        config,
+        "--prometheus",
+        url,
+        "--from",
+        str(base),
+        "--to",
+        str(base + 24 * HOUR),
+        "--alertmanager-config",
+        am,
+        "--ack-after",
+        "10m",
+        "--json",
+        "--no-progress",
+    ]
+    code, out, err = backtest(capsys, *args)
+    assert code == 0, err
+    report = json.loads(out)
+    want = expected()
+    got = Counter(
+        {(x["severity"], x["team"]): x["count"] for x in report["incidents"]["by_severity_team"]}
+    )
+    # The sidecar's receiver (the one webhook to /webhook/alertmanager) groups as the flags did.
+    assert got == want["incidents"]
+    assert report["breaches"] == want["breaches"]
+
+
+def test_an_alertmanager_configuration_with_no_receiver_to_pick_is_refused(
+    config: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    am = tmp_path / "alertmanager.yml"
+    am.write_text(ALERTMANAGER_YML.replace("/webhook/alertmanager", "/hook"))
+    code, out, err = backtest(
+        capsys,
+        "--config",
+        config,
+        "--prometheus",
+        "http://127.0.0.1:1",
+        "--from",
+        "now-1h",
+        "--alertmanager-config",
+        am,
+    )
+    assert code == 1
+    assert out == ""
+    assert err == (
+        "error: name the sidecar's receiver with --receiver "
+        "(routes send to default, sidecar, tickets)\n"
+    )

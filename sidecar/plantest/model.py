@@ -56,6 +56,16 @@ class PagerDuty(_Strict):
 
     routing: list[str] | None = None
 
+    @model_validator(mode="after")
+    def _names(self) -> PagerDuty:
+        for name in self.routing or []:
+            kind, sep, rest = name.partition(":")
+            if name != "default" and not (sep and rest and kind in ("team", "tier")):
+                raise ValueError(
+                    f"invalid routing-key name {name!r}: use default, team:<team> or tier:<tier>"
+                )
+        return self
+
 
 class Firing(_Strict):
     """One episode of an alert: firing from ``from`` until ``to`` (still firing without)."""
