@@ -64,6 +64,8 @@ A2 = {"alertname": "A", "instance": "2"}
         ([SimAlert(A, 0)], 30, [(30, "firing", 1)]),
         # A new alert joins at the next group_interval tick, not at once.
         ([SimAlert(A, 0), SimAlert(A2, 100)], 400, [(30, "firing", 1), (330, "firing", 2)]),
+        # Long after the group went quiet, a new alert still waits for the group's next tick.
+        ([SimAlert(A, 0), SimAlert(A2, 5000)], 6000, [(30, "firing", 1), (5130, "firing", 2)]),
         # Nothing new: only the repeat interval sends again (4h after the last one).
         ([SimAlert(A, 0)], 15_000, [(30, "firing", 1), (14_730, "firing", 1)]),
         # Resolved at the next tick; the group is gone, and a re-fire waits group_wait again.

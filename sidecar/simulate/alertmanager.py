@@ -22,6 +22,7 @@ a given alert history, following its sources:
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import timedelta
@@ -164,9 +165,12 @@ class SimAlert:
     ends_at: float | None = None
     annotations: dict[str, str] = field(default_factory=dict)
     fingerprint: str = ""
+    # The labels as Alertmanager sorts alerts in a notification.
+    order: str = field(default="", repr=False, compare=False)
 
     def __post_init__(self) -> None:
         self.fingerprint = self.fingerprint or fingerprint(self.labels)
+        self.order = label_set_string(self.labels)
 
     def resolved(self, now: float) -> bool:
         """Whether the alert has resolved by ``now``."""
@@ -190,6 +194,17 @@ class _Group:
     next_at: float
     alerts: dict[str, SimAlert] = field(default_factory=dict)
     flushed: bool = False
+    # When it first flushed: its flushes tick every group_interval from then.
+    phase: float = 0.0
+
+    def tick_from(self, at: float, *, after: bool = False) -> float:
+        """The group's first flush at or after ``at`` (strictly after, with ``after``)."""
+        interval = self.route.opts.group_interval
+        if interval <= 0:
+            return at
+        ticks = math.ceil((at - self.phase) / interval)
+        tick = self.phase + max(ticks, 0) * interval
+        return tick + interval if after and tick <= at else tick
 
 
 Muted = Callable[[SimAlert, float], bool]
@@ -221,30 +236,54 @@ class Dispatcher:
             group.alerts[alert.fingerprint] = alert
             if not group.flushed and alert.starts_at + route.opts.group_wait < now:
                 group.next_at = now
+            elif group.flushed:
+                # Idle flushes may have been skipped: the next tick takes it.
+                group.next_at = min(group.next_at, group.tick_from(now))
 
     def next_flush(self) -> float | None:
-        """When the next group flushes, if any group is left."""
-        return min((g.next_at for g in self._groups.values()), default=None)
+        """When the next group flushes, if any group is left and will."""
+        at = min((g.next_at for g in self._groups.values()), default=math.inf)
+        return None if at == math.inf else at
 
     def flush_due(self, now: float, muted: Muted | None = None) -> list[Notification]:
         """Flush every group due by ``now``; returns the notifications sent, in time order."""
+        if (first := self.next_flush()) is None or first > now:
+            return []
         due = sorted(
             (g for g in self._groups.values() if g.next_at <= now), key=lambda g: (g.next_at, g.key)
         )
         out = []
         for group in due:
             at = group.next_at
+            if not group.flushed:
+                group.flushed, group.phase = True, at
             group.next_at = at + group.route.opts.group_interval
-            group.flushed = True
             notification = self._flush(group, at, muted)
             if notification is not None:
                 out.append(notification)
             if not group.alerts:
                 del self._groups[group.key]
+            elif muted is None:
+                group.next_at = max(group.next_at, self._next_change(group))
         return out
 
+    def _next_change(self, group: _Group) -> float:
+        """The first flush that can notify, when only time passes (no new alert, no silence).
+
+        Flushes in between find the same firing alerts, none newly resolved,
+        and the repeat interval not yet passed: Alertmanager sends nothing at
+        them, and skipping them keeps a month's replay quick.
+        """
+        ends = [a.ends_at for a in group.alerts.values() if a.ends_at is not None]
+        candidates = [group.tick_from(min(ends))] if ends else []
+        entry = self._log.get(group.key)
+        if entry is not None and entry.firing:
+            repeat_at = entry.at + group.route.opts.repeat_interval
+            candidates.append(group.tick_from(repeat_at, after=True))
+        return min(candidates, default=math.inf)
+
     def _flush(self, group: _Group, now: float, muted: Muted | None) -> Notification | None:
-        alerts = sorted(group.alerts.values(), key=lambda a: label_set_string(a.labels))
+        alerts = list(group.alerts.values())
         resolved_now = [a for a in alerts if a.resolved(now)]
         visible = [a for a in alerts if muted is None or not muted(a, now)]
         notification = None
@@ -254,6 +293,7 @@ class Dispatcher:
             entry = self._log.get(group.key)
             if _needs_update(entry, firing, resolved, group.route.opts.repeat_interval, now):
                 self._log[group.key] = _LogEntry(firing, resolved, now)
+                visible.sort(key=lambda a: a.order)
                 notification = self._notification(group, visible, now)
         # The pipeline succeeded (sent, deduplicated or muted): the resolved
         # alerts it saw leave the group.

@@ -123,6 +123,8 @@ class Simulation:
         self._next: dict[str, float] = {}
         self._silenced: set[str] = set()
         self._seq = 0
+        self._batch = WriteBatch()
+        self._rows: dict[str, Incident] = {}
 
     @property
     def now(self) -> float:
@@ -156,19 +158,19 @@ class Simulation:
         heapq.heappush(self._scheduled, _Scheduled(at, self._seq, run))
 
     def commit(self, changes: Change | Iterable[Change | None] | None) -> list[Change]:
-        """Record and store the changes of a book command, and move their deadlines."""
+        """Record the changes of a book command for the store, and move their deadlines."""
         if changes is None:
             return []
         done = [changes] if isinstance(changes, Change) else [c for c in changes if c]
         if not done:
             return []
         now = self.now
-        batch = WriteBatch()
-        rows = {}
+        batch = self._batch
         for change in done:
             inc = change.incident
             self.incidents.setdefault(inc.id, inc)
-            rows[inc.id] = incident_row(inc, now)
+            # An incident changed twice before the write is written once, as it is now.
+            self._rows[inc.id] = inc
             batch.events.extend(event_row(e) for e in change.events)
             batch.outbox.extend(change.outbox)
             for row in change.outbox:
@@ -188,8 +190,6 @@ class Simulation:
             self.changes.append((now, change))
             for hook in self.on_change:
                 hook(change)
-        batch.incidents = list(rows.values())
-        self._loop.run_until_complete(self.store.write(batch))
         for change in done:
             self._reschedule(change.incident.id)
         return done
@@ -197,11 +197,23 @@ class Simulation:
     # -- running ----------------------------------------------------------
 
     def run_until(self, until: float) -> None:
-        """Run every event up to and including ``until``; the clock ends there."""
+        """Run every event up to and including ``until``; the clock ends there.
+
+        The changes are written to the store once, at the end: one transaction
+        of the service's group commit, not one per change.
+        """
         while (at := self._next_event()) is not None and at <= until:
             self.clock.set(max(at, self.now))
             self._step(self.now)
         self.clock.set(max(until, self.now))
+        self._write()
+
+    def _write(self) -> None:
+        batch = self._batch
+        batch.incidents = [incident_row(inc, self.now) for inc in self._rows.values()]
+        if batch:
+            self._loop.run_until_complete(self.store.write(batch))
+        self._batch, self._rows = WriteBatch(), {}
 
     def _next_event(self) -> float | None:
         candidates = [
@@ -296,4 +308,5 @@ class Simulation:
 
     def timeline(self, incident_id: str) -> list[TimelineEvent]:
         """The incident's timeline as the store holds it."""
+        self._write()
         return self._loop.run_until_complete(self.store.timeline(incident_id))
