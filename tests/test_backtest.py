@@ -22,14 +22,13 @@ from typing import Any
 
 import pytest
 
+from sidecar.backtest.command import UsageError, ack_assumption, parse_time
 from sidecar.backtest.prometheus import chunks, episodes
 from sidecar.cli import main
 from tests.conftest import REPO
 from tests.support.binaries import require_binary
 from tests.support.ports import free_ports
 from tests.support.prometheus import Prometheus, render_config
-
-pytestmark = pytest.mark.e2e
 
 MINUTE = 60
 HOUR = 3600
@@ -256,6 +255,7 @@ def common(config: Path, url: str, base: int) -> list[str | Path]:
     ]
 
 
+@pytest.mark.e2e
 def test_the_backtest_counts_what_the_plan_would_have_done(
     history: tuple[str, int], config: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -285,6 +285,7 @@ def test_the_backtest_counts_what_the_plan_would_have_done(
     assert report["alerts"]["dropped_by_rules"] == 1  # Watchdog
 
 
+@pytest.mark.e2e
 def test_markdown_is_the_default_and_progress_goes_to_stderr(
     history: tuple[str, int], config: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -322,6 +323,7 @@ def test_an_unreachable_prometheus_is_one_clear_line(
     assert len(err.strip().splitlines()) == 1
 
 
+@pytest.mark.e2e
 def test_an_empty_range_is_one_clear_line(
     history: tuple[str, int], config: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -379,6 +381,7 @@ receivers:
 """
 
 
+@pytest.mark.e2e
 def test_the_grouping_comes_from_an_alertmanager_configuration(
     history: tuple[str, int], config: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -435,3 +438,30 @@ def test_an_alertmanager_configuration_with_no_receiver_to_pick_is_refused(
         "error: name the sidecar's receiver with --receiver "
         "(routes send to default, sidecar, tickets)\n"
     )
+
+
+@pytest.mark.parametrize(
+    ("text", "seconds"),
+    [
+        ("now", 1_000_000.0),
+        ("now-1h", 1_000_000.0 - 3600),
+        ("1700000000", 1_700_000_000.0),
+        ("2026-11-01T00:00:00Z", 1_793_491_200.0),
+        ("2026-11-01T01:00:00+01:00", 1_793_491_200.0),
+    ],
+)
+def test_times_are_rfc3339_epoch_or_relative_to_now(text: str, seconds: float) -> None:
+    assert parse_time(text, 1_000_000.0) == seconds
+
+
+@pytest.mark.parametrize("text", ["yesterday", "2026-11-01T00:00:00", "now-soon"])
+def test_a_time_that_is_not_one_is_refused(text: str) -> None:
+    with pytest.raises(UsageError):
+        parse_time(text, 1_000_000.0)
+
+
+def test_the_acknowledgment_assumption_per_severity() -> None:
+    ack = ack_assumption(["10m", "P0=2m", "P3=never"])
+    assert (ack.delay("P0"), ack.delay("P1"), ack.delay("P3")) == (120.0, 600.0, None)
+    assert ack.describe() == "10m after declaration; P0: 2m after declaration; P3: never"
+    assert ack_assumption([]).delay("P0") is None

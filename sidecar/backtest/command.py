@@ -14,7 +14,7 @@ import re
 import sys
 import time
 from collections.abc import Callable, Sequence
-from datetime import datetime
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -89,7 +89,7 @@ def parse_time(value: str, now: float) -> float:
     text = value.strip()
     if (m := _RELATIVE.match(text)) is not None:
         ago = m["ago"]
-        return now - (parse_duration(ago).total_seconds() if ago else 0.0)
+        return now - (_duration(ago, f"time {value!r}") if ago else 0.0)
     try:
         return float(text)
     except ValueError:
@@ -133,9 +133,9 @@ def routing(args: argparse.Namespace) -> tuple[Route, str | None]:
         by = [s.strip() for s in args.group_by.split(",") if s.strip()]
         route = flat_route(
             group_by=None if "..." in by else by,
-            group_wait=parse_duration(args.group_wait),
-            group_interval=parse_duration(args.group_interval),
-            repeat_interval=parse_duration(args.repeat_interval),
+            group_wait=timedelta(seconds=_duration(args.group_wait, "--group-wait")),
+            group_interval=timedelta(seconds=_duration(args.group_interval, "--group-interval")),
+            repeat_interval=timedelta(seconds=_duration(args.repeat_interval, "--repeat-interval")),
         )
         return route, None
     doc = load_yaml(args.alertmanager_config)
@@ -144,7 +144,7 @@ def routing(args: argparse.Namespace) -> tuple[Route, str | None]:
         raise UsageError(f"{args.alertmanager_config}: no route section")
     try:
         route = parse_route(data["route"])
-    except ValueError as exc:
+    except (ValueError, TypeError, AttributeError) as exc:
         raise UsageError(f"{args.alertmanager_config}: route: {exc}") from None
     receivers = route.receivers()
     if args.receiver is not None:

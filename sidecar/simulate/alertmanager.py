@@ -128,7 +128,10 @@ def parse_route(data: Mapping[str, Any], parent: Route | None = None) -> Route:
         matchers += parse_matchers(str(line))
     matchers.sort(key=lambda m: (m.name, m.value, m.op))
     route = Route(opts, matchers, bool(data.get("continue", False)), [], parent)
-    route.routes = [parse_route(child, route) for child in data.get("routes") or []]
+    children = data.get("routes") or []
+    if not isinstance(children, list) or not all(isinstance(c, Mapping) for c in children):
+        raise ValueError("routes must be a list of routes")
+    route.routes = [parse_route(child, route) for child in children]
     return route
 
 
