@@ -81,11 +81,16 @@ class Firing(_Strict):
 
 
 class InputAlert(_Strict):
-    """An alert as Prometheus sends it, over simulated time."""
+    """An alert as Prometheus sends it, over simulated time.
+
+    ``for`` is its rule's: the alert starts (``startsAt``) at ``from`` but
+    reaches Alertmanager only ``for`` later, which is what detection measures.
+    """
 
     labels: dict[str, str] = Field(min_length=1)
     annotations: dict[str, str] = {}
     firing: list[Firing] = Field(min_length=1)
+    for_: Duration = Field(default=timedelta(0), alias="for")
 
     @model_validator(mode="after")
     def _apart(self) -> InputAlert:

@@ -99,6 +99,7 @@ def run_test(spec: TestFile, plan: Plan, test: PlanTest) -> Outcome:
                     start + f.from_.total_seconds(),
                     None if f.to is None else start + f.to.total_seconds(),
                     dict(alert.annotations),
+                    sent_at=start + (f.from_ + alert.for_).total_seconds(),
                 )
                 for f in alert.firing
             )

@@ -168,12 +168,16 @@ class SimAlert:
     ends_at: float | None = None
     annotations: dict[str, str] = field(default_factory=dict)
     fingerprint: str = ""
+    # When Prometheus sends it: later than it started when its rule has a `for`.
+    sent_at: float | None = None
     # The labels as Alertmanager sorts alerts in a notification.
     order: str = field(default="", repr=False, compare=False)
 
     def __post_init__(self) -> None:
         self.fingerprint = self.fingerprint or fingerprint(self.labels)
         self.order = label_set_string(self.labels)
+        if self.sent_at is None:
+            self.sent_at = self.starts_at
 
     def resolved(self, now: float) -> bool:
         """Whether the alert has resolved by ``now``."""

@@ -138,10 +138,10 @@ class Simulation:
     # -- input ------------------------------------------------------------
 
     def add_alerts(self, alerts: Iterable[SimAlert]) -> None:
-        """Alert episodes that reach Alertmanager when they start."""
+        """Alert episodes that reach Alertmanager when Prometheus sends them."""
         for alert in alerts:
             self._seq += 1
-            heapq.heappush(self._alerts, (alert.starts_at, self._seq, alert))
+            heapq.heappush(self._alerts, (alert.sent_at or alert.starts_at, self._seq, alert))
             if alert.ends_at is not None:
                 # The silence watcher notices an alert that ended under a silence.
                 self.schedule(alert.ends_at, lambda _t: None)
