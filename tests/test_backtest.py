@@ -23,7 +23,7 @@ from typing import Any
 import pytest
 
 from sidecar.backtest.command import UsageError, ack_assumption, parse_time
-from sidecar.backtest.prometheus import chunks, episodes
+from sidecar.backtest.prometheus import active_since, chunks, episodes
 from sidecar.cli import main
 from tests.conftest import REPO
 from tests.support.binaries import require_binary
@@ -45,6 +45,7 @@ class History:
     team: str
     episodes: tuple[tuple[int, int], ...]
     defaults_only: bool = False
+    pending: int = 0  # minutes its rule's `for` keeps it pending before each episode
 
 
 HISTORY = [
@@ -87,15 +88,33 @@ HISTORY = [
         ((600, 610),),
     ),
     History({"alertname": "Watchdog", "severity": "none"}, None, "devops", ((0, 24 * 60),)),
+    # Pending for 10m before it fires (`for: 10m`): detected late.
+    History(
+        {"alertname": "ServiceDown", "service": "database", "scope": "total"},
+        "P0",
+        "database",
+        ((710, 730),),
+        pending=10,
+    ),
 ]
 
 # The plan (README: LLM-Marketplace preset): paging, SLAs in seconds, ladder (tier, after).
 PAGES = {"P0": "critical", "P1": "error", "P2": "warning", "P3": None}
 SLA = {
-    "P0": {"acknowledge": 5 * MINUTE, "update": 15 * MINUTE, "resolve": HOUR},
-    "P1": {"acknowledge": 15 * MINUTE, "update": 30 * MINUTE, "resolve": 4 * HOUR},
-    "P2": {"acknowledge": HOUR, "update": 2 * HOUR, "resolve": 24 * HOUR},
-    "P3": {"acknowledge": 4 * HOUR, "update": 24 * HOUR, "resolve": 7 * 24 * HOUR},
+    "P0": {"detect": 5 * MINUTE, "acknowledge": 5 * MINUTE, "update": 15 * MINUTE, "resolve": HOUR},
+    "P1": {
+        "detect": 10 * MINUTE,
+        "acknowledge": 15 * MINUTE,
+        "update": 30 * MINUTE,
+        "resolve": 4 * HOUR,
+    },
+    "P2": {"detect": 30 * MINUTE, "acknowledge": HOUR, "update": 2 * HOUR, "resolve": 24 * HOUR},
+    "P3": {
+        "detect": 2 * HOUR,
+        "acknowledge": 4 * HOUR,
+        "update": 24 * HOUR,
+        "resolve": 7 * 24 * HOUR,
+    },
 }
 LADDER = {
     "P0": ("vp-engineering", 0),
@@ -133,8 +152,11 @@ def expected() -> dict[str, Any]:
         for start, end in merged:
             per_group[group] += 1
             incidents[(h.severity or "", h.team)] += 1
-            duration = (end - start) * MINUTE  # from the first alert's start to its end
-            open_for = duration - GROUP_WAIT  # from the declaration
+            fires, ends = start * MINUTE, end * MINUTE
+            started = fires - h.pending * MINUTE
+            # Alertmanager notifies group_wait after the alert started, or at once if later.
+            declared = max(fires, started + GROUP_WAIT)
+            open_for = ends - declared
             pd_severity = PAGES[h.severity or ""]
             if pd_severity is not None:
                 pages[("default", pd_severity)] += 1
@@ -145,11 +167,13 @@ def expected() -> dict[str, Any]:
                     escalations[tier] += 1
             sla = SLA[h.severity or ""]
             counts = breaches.setdefault(h.severity or "", Counter())
+            if declared - started > sla["detect"]:
+                counts["detect"] += 1
             if open_for > ACK_AFTER > sla["acknowledge"]:
                 counts["acknowledge"] += 1
             if open_for > sla["update"]:
                 counts["update"] += 1
-            if duration > sla["resolve"]:
+            if ends - started > sla["resolve"]:
                 counts["resolve"] += 1
     episodes_by_name: Counter[str] = Counter()
     for h in HISTORY:
@@ -172,7 +196,10 @@ def openmetrics(base: int) -> str:
     for h in HISTORY:
         labels = {**h.labels, "alertstate": "firing"}
         text = ",".join(f'{k}="{v}"' for k, v in sorted(labels.items()))
+        pending = text.replace('alertstate="firing"', 'alertstate="pending"')
         for start, end in h.episodes:
+            for minute in range(start - h.pending, start):
+                lines.append(f"ALERTS{{{pending}}} 1 {base + minute * MINUTE}")
             for minute in range(start, end):
                 lines.append(f"ALERTS{{{text}}} 1 {base + minute * MINUTE}")
     return "\n".join([*lines, "# EOF", ""])
@@ -465,3 +492,10 @@ def test_the_acknowledgment_assumption_per_severity() -> None:
     assert (ack.delay("P0"), ack.delay("P1"), ack.delay("P3")) == (120.0, 600.0, None)
     assert ack.describe() == "10m after declaration; P0: 2m after declaration; P3: never"
     assert ack_assumption([]).delay("P0") is None
+
+
+def test_an_alert_started_when_its_pending_run_right_before_firing_began() -> None:
+    pending = [0.0, 60.0, 600.0, 660.0, 720.0]
+    assert active_since(pending, 780.0, step=60) == 600.0
+    assert active_since(pending, 2000.0, step=60) == 2000.0  # pending long before: not this one
+    assert active_since([], 780.0, step=60) == 780.0

@@ -18,7 +18,13 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any, TextIO
 
-from sidecar.backtest.prometheus import PrometheusError, episodes, fetch_firing
+from sidecar.backtest.prometheus import (
+    PrometheusError,
+    Samples,
+    active_since,
+    episodes,
+    fetch_alerts,
+)
 from sidecar.backtest.replay import AckAssumption, replay
 from sidecar.backtest.report import Settings, markdown, summarize
 from sidecar.durations import parse_duration
@@ -230,15 +236,11 @@ def _run(args: argparse.Namespace, err: TextIO) -> dict[str, Any]:
     shown = args.progress if args.progress is not None else err.isatty()
     progress = Progress(err, shown)
     samples = asyncio.run(
-        fetch_firing(
+        fetch_alerts(
             args.prometheus, start, end, step=step, chunk=chunk, progress=progress.bar("query")
         )
     )
-    alerts = [
-        SimAlert(dict(labels), first, last)
-        for labels, times in sorted(samples.items())
-        for first, last in episodes(times, step=step, end=end)
-    ]
+    alerts = history(samples, step=step, end=end)
     if not alerts:
         raise UsageError(
             f"no firing alerts in ALERTS between {args.start} and {args.end}: "
@@ -256,6 +258,17 @@ def _run(args: argparse.Namespace, err: TextIO) -> dict[str, Any]:
     )
     settings = Settings(start, end, step, ack.describe(), args.flap_threshold, args.top)
     return summarize(sim, alerts, plan.rules, settings)
+
+
+def history(samples: Samples, *, step: float, end: float) -> list[SimAlert]:
+    """Alert episodes: sent when they fire, started when they began pending."""
+    alerts = []
+    for labels, states in sorted(samples.items()):
+        pending = sorted(states.get("pending", ()))
+        for first, last in episodes(states.get("firing", set()), step=step, end=end):
+            starts = active_since(pending, first, step=step)
+            alerts.append(SimAlert(dict(labels), starts, last, sent_at=first))
+    return alerts
 
 
 def main(args: argparse.Namespace) -> int:

@@ -1,6 +1,9 @@
-"""Reading the alert history from Prometheus: ``ALERTS{alertstate="firing"}``, in chunks.
+"""Reading the alert history from Prometheus: ``ALERTS``, firing and pending, in chunks.
 
-Each chunk is one range query of ``timestamp(ALERTS{alertstate="firing"})``:
+Firing samples say when Prometheus sent an alert; the pending ones just before
+say when it started (``startsAt`` is when the rule first matched, before its
+``for`` elapsed), which is what the detection SLA measures from. Each chunk is
+one range query of ``timestamp(ALERTS)``:
 ``timestamp()`` answers with the time of the sample each step found, not the
 step's own, so the distinct values are the rule evaluations at which the
 alert was firing. A series that is no longer written shows the same old
@@ -17,12 +20,13 @@ from typing import Any
 
 import aiohttp
 
-QUERY = 'timestamp(ALERTS{alertstate="firing"})'
+QUERY = "timestamp(ALERTS)"
 MAX_STEPS = 10_000
 _DROPPED_LABELS = ("__name__", "alertstate")
 
-Samples = dict[tuple[tuple[str, str], ...], set[float]]
-"""Firing sample times of each alert, by its labels (sorted pairs)."""
+Labels = tuple[tuple[str, str], ...]
+Samples = dict[Labels, dict[str, set[float]]]
+"""Sample times of each alert (its labels as sorted pairs) by state, firing or pending."""
 
 
 class PrometheusError(Exception):
@@ -41,7 +45,7 @@ def chunks(start: float, end: float, step: float, chunk: float) -> list[tuple[fl
     return out
 
 
-async def fetch_firing(
+async def fetch_alerts(
     url: str,
     start: float,
     end: float,
@@ -51,7 +55,7 @@ async def fetch_firing(
     progress: Callable[[int, int], None] = lambda _done, _total: None,
     query_timeout: float = 60.0,
 ) -> Samples:
-    """Every firing sample of ``ALERTS`` between ``start`` and ``end``; PrometheusError if not."""
+    """Every sample of ``ALERTS`` between ``start`` and ``end``; PrometheusError if not."""
     pieces = chunks(start, end, step, chunk)
     samples: Samples = {}
     endpoint = url.rstrip("/") + "/api/v1/query_range"
@@ -63,7 +67,8 @@ async def fetch_firing(
                 labels = tuple(
                     sorted((k, v) for k, v in series["metric"].items() if k not in _DROPPED_LABELS)
                 )
-                times = samples.setdefault(labels, set())
+                state = series["metric"].get("alertstate", "firing")
+                times = samples.setdefault(labels, {}).setdefault(state, set())
                 times.update(float(value) for _, value in series["values"])
             progress(done, len(pieces))
     return samples
@@ -115,3 +120,19 @@ def episodes(times: set[float], *, step: float, end: float) -> list[tuple[float,
         last = t
     out.append((first, None if end - last <= gap else last + step))
     return out
+
+
+def active_since(pending: list[float], firing_from: float, *, step: float) -> float:
+    """When an alert that fires from ``firing_from`` started: the pending run right before it.
+
+    ``pending`` is sorted; without pending samples just before, it started firing at once.
+    """
+    gap = 1.5 * step
+    earliest = firing_from
+    for t in reversed(pending):
+        if t >= earliest:
+            continue
+        if earliest - t > gap:
+            break
+        earliest = t
+    return earliest

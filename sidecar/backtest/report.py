@@ -65,7 +65,7 @@ def summarize(
             dropped += 1
             continue  # the plan opens nothing for it: no noise for anyone
         episodes[name] += 1
-        firing[name] += (alert.ends_at or settings.end) - alert.starts_at
+        firing[name] += (alert.ends_at or settings.end) - (alert.sent_at or alert.starts_at)
         which = [
             list_name
             for list_name, rule in (("severity", cls.severity_rule), ("ownership", cls.team_rule))
