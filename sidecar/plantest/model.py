@@ -219,6 +219,8 @@ class PlanTest(_Strict):
     """One scenario."""
 
     name: str = Field(min_length=1)
+    # The file's grouping unless the scenario needs its own.
+    alertmanager: Grouping | None = None
     alerts: list[InputAlert] = []
     actions: list[Action] = []
     expect: list[Expectation] = Field(min_length=1)

@@ -75,7 +75,7 @@ def run_file(spec: TestFile, plan: Plan) -> list[Outcome]:
 def run_test(spec: TestFile, plan: Plan, test: PlanTest) -> Outcome:
     """Run one scenario and compare each expectation."""
     start = spec.start.timestamp()
-    am = spec.alertmanager
+    am = test.alertmanager or spec.alertmanager
     route = flat_route(
         group_by=am.group_by,
         group_wait=am.group_wait,
