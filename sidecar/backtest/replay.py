@@ -67,6 +67,7 @@ def replay(
         routing_names=plan.routing_names,
         key_mode=plan.key_mode,
         dedup_window=plan.dedup_window,
+        number_timezone=plan.number_timezone,
     )
     sim.add_alerts(alerts)
 

@@ -17,6 +17,7 @@ from typing import Annotated, Literal
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
 
 from sidecar.durations import Duration
+from sidecar.incidents.people import ROLES
 from sidecar.matchers import parse_matchers
 from sidecar.rules import MatcherLine
 
@@ -113,28 +114,41 @@ class Resolve(Acknowledge):
 
 
 class StatusUpdate(_Strict):
-    """A status update; its ``status`` (Investigating, Identified...) is not supported yet."""
+    """A status update, with one of the plan's statuses (``statuses`` in the rules) if given."""
 
     actor: str = "responder"
     message: str = Field(min_length=1)
     status: str | None = None
 
+
+class AssignRole(_Strict):
+    """Give a role (``incident_commander``, ``smes``, ...) to a person, or to several for smes."""
+
+    role: str
+    person: str | list[str]
+    actor: str = "incident-commander"
+
     @model_validator(mode="after")
-    def _status(self) -> StatusUpdate:
-        if self.status is not None:
-            raise ValueError(_unsupported("status"))
+    def _known(self) -> AssignRole:
+        if self.role not in ROLES:
+            raise ValueError(f"unknown role {self.role!r}; the roles are {', '.join(ROLES)}")
         return self
 
 
-class AssignRole(_Strict):
-    """A role assignment (Incident Commander, Scribe...): not supported yet."""
+class ChangeSeverity(_Strict):
+    """The Incident Commander sets the severity, up or down, with a reason."""
 
-    role: str
-    person: str
+    severity: str
+    reason: str = Field(min_length=1)
+    actor: str = "incident-commander"
 
-    @model_validator(mode="after")
-    def _refuse(self) -> AssignRole:
-        raise ValueError(_unsupported("assign_role"))
+
+class Escalate(_Strict):
+    """The Incident Commander escalates to a tier by hand."""
+
+    tier: str
+    reason: str = ""
+    actor: str = "incident-commander"
 
 
 class SilenceAction(_Strict):
@@ -144,6 +158,17 @@ class SilenceAction(_Strict):
     duration: Duration = timedelta(hours=1)
     created_by: str = "responder"
     comment: str = ""
+
+
+ACTIONS = (
+    "acknowledge",
+    "resolve",
+    "status_update",
+    "assign_role",
+    "change_severity",
+    "escalate",
+    "silence",
+)
 
 
 class Action(_Strict):
@@ -156,19 +181,15 @@ class Action(_Strict):
     resolve: Resolve | None = None
     status_update: StatusUpdate | None = None
     assign_role: AssignRole | None = None
+    change_severity: ChangeSeverity | None = None
+    escalate: Escalate | None = None
     silence: SilenceAction | None = None
 
     @model_validator(mode="after")
     def _one(self) -> Action:
-        given = [
-            name
-            for name in ("acknowledge", "resolve", "status_update", "assign_role", "silence")
-            if getattr(self, name) is not None
-        ]
+        given = [name for name in ACTIONS if getattr(self, name) is not None]
         if len(given) != 1:
-            raise ValueError(
-                "give exactly one of acknowledge, resolve, status_update, assign_role, silence"
-            )
+            raise ValueError(f"give exactly one of {', '.join(ACTIONS)}")
         return self
 
 
@@ -185,13 +206,13 @@ class ExpectedIncident(_Strict):
     escalations: list[str] | None = None
     status: str | None = None
     number: str | None = None
+    roles: dict[str, str | list[str]] | None = None
     reminders: int | None = None
 
     @model_validator(mode="after")
     def _supported(self) -> ExpectedIncident:
-        for name in ("status", "number", "reminders"):
-            if getattr(self, name) is not None:
-                raise ValueError(_unsupported(name))
+        if self.reminders is not None:
+            raise ValueError(_unsupported("reminders"))
         return self
 
 

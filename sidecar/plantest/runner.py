@@ -10,6 +10,7 @@ mismatch is shown as a unified diff, with the timelines of the incidents.
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -21,7 +22,7 @@ import yaml
 from pydantic import ValidationError
 
 from sidecar.durations import format_duration
-from sidecar.errors import ConfigError, IncidentNotFound
+from sidecar.errors import ConfigError, IncidentNotFound, InvalidRequest, InvalidTransition
 from sidecar.incidents import Incident
 from sidecar.matchers import parse_matchers
 from sidecar.plantest.model import Action, Expectation, PlanTest, TestFile
@@ -63,7 +64,7 @@ def load_test_file(path: Path) -> tuple[TestFile, Plan]:
         assert spec.rules is not None  # the model requires one of them
         plan = plan_from_rules(base / spec.rules, spec.pagerduty.routing)
     if spec.config is not None and spec.pagerduty.routing is not None:
-        plan = Plan(plan.rules, frozenset(spec.pagerduty.routing), plan.key_mode, plan.dedup_window)
+        plan = dataclasses.replace(plan, routing_names=frozenset(spec.pagerduty.routing))
     return spec, plan
 
 
@@ -89,6 +90,7 @@ def run_test(spec: TestFile, plan: Plan, test: PlanTest) -> Outcome:
         routing_names=plan.routing_names,
         key_mode=plan.key_mode,
         dedup_window=plan.dedup_window,
+        number_timezone=plan.number_timezone,
     )
     outcome = Outcome(test.name)
     try:
@@ -127,11 +129,13 @@ def _schedule(sim: Simulation, action: Action, start: float, outcome: Outcome) -
 
     def run(now: float) -> None:
         try:
-            inc = _select(sim, action.incident)
+            # A role may be given after resolution too (the review's owner comes late).
+            inc = _select(sim, action.incident, resolved=action.assign_role is not None)
             sim.commit(_command(sim, action, inc, now))
-        except (ActionFailed, IncidentNotFound) as exc:
-            reason = str(exc) if isinstance(exc, ActionFailed) else "the incident is resolved"
-            outcome.failures.append(f"action at {when}: {reason}")
+        except IncidentNotFound:
+            outcome.failures.append(f"action at {when}: the incident is resolved")
+        except (ActionFailed, InvalidRequest, InvalidTransition) as exc:
+            outcome.failures.append(f"action at {when}: {exc}")
 
     sim.schedule(at, run)
 
@@ -146,23 +150,43 @@ def _command(sim: Simulation, action: Action, inc: Incident, now: float) -> Any:
         return book.resolve(inc.id, actor=r.actor, source="api", now=now, message=r.message)
     if action.status_update is not None:
         u = action.status_update
-        return book.record_update(inc.id, actor=u.actor, source="api", now=now, message=u.message)
-    raise ActionFailed("this action is not supported yet")  # the model refuses it first
+        return book.record_update(
+            inc.id, actor=u.actor, source="api", now=now, message=u.message, status=u.status
+        )
+    if action.assign_role is not None:
+        r2 = action.assign_role
+        return book.assign_roles(inc, {r2.role: r2.person}, actor=r2.actor, source="api", now=now)
+    if action.change_severity is not None:
+        c = action.change_severity
+        return book.change_severity(
+            inc.id, c.severity, actor=c.actor, source="api", now=now, reason=c.reason
+        )
+    if action.escalate is not None:
+        e = action.escalate
+        return book.escalate_to(
+            inc.id, e.tier, actor=e.actor, source="api", now=now, reason=e.reason
+        )
+    raise ActionFailed("this action is not supported")  # the model allows no other
 
 
-def _select(sim: Simulation, selector: dict[str, str]) -> Incident:
-    """The open incident whose labels (or one of whose alerts' labels) match ``selector``."""
+def _select(sim: Simulation, selector: dict[str, str], *, resolved: bool = False) -> Incident:
+    """The open incident whose labels (or one of whose alerts' labels) match ``selector``.
+
+    With ``resolved``, the latest matching incident, open or resolved.
+    """
     found = [
         inc
         for inc in sim.incidents.values()
-        if inc.is_open
+        if (resolved or inc.is_open)
         and (
             _has(inc.labels, selector) or any(_has(a.labels, selector) for a in inc.alerts.values())
         )
     ]
     what = f"incident {selector}" if selector else "incident"
     if not found:
-        raise ActionFailed(f"no open {what} to act on")
+        raise ActionFailed(f"no {'' if resolved else 'open '}{what} to act on")
+    if resolved:
+        return found[-1]
     if len(found) > 1:
         raise ActionFailed(f"{len(found)} open incidents match; select one with incident: {{...}}")
     return found[0]
@@ -202,6 +226,9 @@ def _incident(inc: Incident) -> dict[str, Any]:
         "state": inc.state,
         "breaches": sorted(inc.breaches),
         "escalations": sorted(inc.escalated),
+        "status": inc.status,
+        "number": inc.number,
+        "roles": dict(inc.roles),
     }
 
 

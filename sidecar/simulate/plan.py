@@ -20,6 +20,8 @@ class Plan:
     routing_names: frozenset[str]
     key_mode: Literal["group", "alert"] = "group"
     dedup_window: float = 6 * 3600.0
+    # The zone whose day numbers incidents (``incidents.number_timezone``).
+    number_timezone: str = "UTC"
 
 
 def every_key(rules: RuleSet) -> frozenset[str]:
@@ -37,6 +39,7 @@ def plan_from_config(path: Path) -> Plan:
         routing_names(s.pagerduty),
         s.incidents.key,
         s.incidents.dedup_window.total_seconds(),
+        s.incidents.number_timezone,
     )
 
 

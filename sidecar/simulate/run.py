@@ -20,11 +20,12 @@ import heapq
 from collections.abc import Callable, Collection, Iterable
 from dataclasses import dataclass, field
 from typing import Literal
+from zoneinfo import ZoneInfo
 
 import orjson
 
 from sidecar.clock import FakeClock
-from sidecar.incidents import Change, Incident, IncidentBook, TimelineEvent
+from sidecar.incidents import Change, Incident, IncidentBook, Numbering, TimelineEvent
 from sidecar.matchers import Matcher
 from sidecar.notify.pagerduty import Pager
 from sidecar.routing import routed_tiers
@@ -95,6 +96,7 @@ class Simulation:
         routing_names: Collection[str],
         key_mode: Literal["group", "alert"] = "group",
         dedup_window: float = 6 * 3600.0,
+        number_timezone: str = "UTC",
     ) -> None:
         self.rules = rules
         self.dispatcher = dispatcher
@@ -106,7 +108,10 @@ class Simulation:
             dedup_window=dedup_window,
             routed_tiers=routed_tiers(routing_names),
             planners=[self.pager],
+            numbering=Numbering(ZoneInfo(number_timezone)),
         )
+        # Each day's last incident number, as the store's counter keeps it.
+        self._numbers: dict[str, int] = {}
         self.store = MemoryStore()
         self._loop = asyncio.new_event_loop()
         self._loop.run_until_complete(self.store.open())
@@ -230,8 +235,18 @@ class Simulation:
             self._current[alert.fingerprint] = alert
             self.dispatcher.insert(alert, now)
         muted = self._muted if self.silences else None
-        for notification in self.dispatcher.flush_due(now, muted):
-            self.commit(self.book.apply_notification(notification, now))
+        notifications = self.dispatcher.flush_due(now, muted)
+        if notifications:
+            # Opened incidents take the day's next numbers, as in the service's batch.
+            numbering = self.book.numbering
+            day = numbering.day(now)
+            numbering.begin(day, self._numbers.get(day, 0))
+            try:
+                for notification in notifications:
+                    self.commit(self.book.apply_notification(notification, now))
+            finally:
+                if (given := numbering.end()) is not None:
+                    self._numbers[given[0]] = given[1]
         while self._scheduled and self._scheduled[0].at <= now:
             heapq.heappop(self._scheduled).run(now)
         while (due := self._next_deadline()) is not None and due <= now:
