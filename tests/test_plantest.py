@@ -139,11 +139,6 @@ def test_an_action_on_no_incident_fails_the_test(
             "unknown role 'captain'; the roles are incident_commander, smes",
         ),
         (
-            "expect: [{at: 1m, incidents: [{reminders: 1}]}]",
-            "tests[0].expect[0].incidents[0]",
-            "reminders: not supported yet",
-        ),
-        (
             "actions: [{at: 1m, acknowledge: {}, resolve: {}}]",
             "tests[0].actions[0]",
             "give exactly one of acknowledge",
@@ -212,3 +207,36 @@ def test_the_readme_example_passes(tmp_path: Path, capsys: pytest.CaptureFixture
     code, out, err = run(capsys, "test-plan", path)
     assert code == 0, err
     assert "SUCCESS (1 tests)" in out
+
+
+def test_update_reminders_count_when_the_configuration_carries_them(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # A webhook endpoint carries reminders, 5m before each update is due.
+    (tmp_path / "config.yaml").write_text(
+        "server: {webhook_token: a, api_token: b}\n"
+        f"rules: {{file: {REPO / 'rules' / 'llm-marketplace.yaml'}}}\n"
+        "webhooks: [{name: status, url: 'http://127.0.0.1:9/hook', secret: s}]\n"
+        "reminders: {before: 5m}\n"
+    )
+    (tmp_path / "plan.test.yaml").write_text(
+        textwrap.dedent(
+            """
+            config: config.yaml
+            alertmanager: {group_wait: 0s}
+            tests:
+              - name: P0 reminded 5m before each 15m update
+                alerts:
+                  - labels: {alertname: ServiceDown, service: publishing, scope: total}
+                    firing: [{from: 0s}]
+                actions: [{at: 12m, status_update: {message: failing over}}]
+                expect:
+                  - {at: 9m59s, incidents: [{reminders: 0}]}
+                  - {at: 10m, incidents: [{reminders: 1, breaches: [acknowledge]}]}
+                  - {at: 22m, incidents: [{reminders: 2, breaches: [acknowledge]}]}
+            """
+        )
+    )
+    code, out, err = run(capsys, "test-plan", tmp_path / "plan.test.yaml")
+    assert code == 0, err
+    assert "SUCCESS" in out

@@ -68,6 +68,7 @@ def replay(
         key_mode=plan.key_mode,
         dedup_window=plan.dedup_window,
         number_timezone=plan.number_timezone,
+        reminders=plan.reminders,
     )
     sim.add_alerts(alerts)
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import timedelta
@@ -91,6 +92,7 @@ def run_test(spec: TestFile, plan: Plan, test: PlanTest) -> Outcome:
         key_mode=plan.key_mode,
         dedup_window=plan.dedup_window,
         number_timezone=plan.number_timezone,
+        reminders=plan.reminders,
     )
     outcome = Outcome(test.name)
     try:
@@ -200,7 +202,13 @@ def _compare(sim: Simulation, expectation: Expectation, start: float) -> str:
     """An empty string when the expectation holds, else the failure's text with a diff."""
     blocks: list[str] = []
     if expectation.incidents is not None:
-        actual = [_incident(inc) for inc in sim.incidents.values()]
+        reminders: Counter[str] = Counter(
+            change.incident.id
+            for _, change in sim.changes
+            for event in change.events
+            if event.kind == "update_reminder"
+        )
+        actual = [_incident(inc, reminders) for inc in sim.incidents.values()]
         wanted = [e.model_dump(exclude_none=True) for e in expectation.incidents]
         blocks += _diff("incidents", wanted, actual)
     if expectation.notifications is not None:
@@ -219,7 +227,7 @@ def _compare(sim: Simulation, expectation: Expectation, start: float) -> str:
     return "\n".join([f"at {when}:", *blocks, *timelines])
 
 
-def _incident(inc: Incident) -> dict[str, Any]:
+def _incident(inc: Incident, reminders: Counter[str]) -> dict[str, Any]:
     return {
         "severity": inc.severity,
         "team": inc.team,
@@ -229,6 +237,7 @@ def _incident(inc: Incident) -> dict[str, Any]:
         "status": inc.status,
         "number": inc.number,
         "roles": dict(inc.roles),
+        "reminders": reminders.get(inc.id, 0),
     }
 
 

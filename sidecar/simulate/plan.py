@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
-from dataclasses import dataclass
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
 from sidecar.config import load_config
+from sidecar.notify.wiring import reminder_leads
 from sidecar.routing import DEFAULT, routing_names, tier_routing
 from sidecar.rules import RuleSet, load_rules
 
@@ -22,6 +23,9 @@ class Plan:
     dedup_window: float = 6 * 3600.0
     # The zone whose day numbers incidents (``incidents.number_timezone``).
     number_timezone: str = "UTC"
+    # Severity -> how long before an update deadline its reminder is due (only
+    # with an integration that carries reminders, as the service decides).
+    reminders: Mapping[str, float] = field(default_factory=dict)
 
 
 def every_key(rules: RuleSet) -> frozenset[str]:
@@ -34,12 +38,14 @@ def plan_from_config(path: Path) -> Plan:
     """The plan of a sidecar configuration file (its secrets are not read); ConfigError if bad."""
     config = load_config(path, read_secrets=False)
     s = config.settings
+    rules = load_rules(config.rules_file)
     return Plan(
-        load_rules(config.rules_file),
+        rules,
         routing_names(s.pagerduty),
         s.incidents.key,
         s.incidents.dedup_window.total_seconds(),
         s.incidents.number_timezone,
+        reminder_leads(config, [sev.name for sev in rules.severities]),
     )
 
 

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import heapq
-from collections.abc import Callable, Collection, Iterable
+from collections.abc import Callable, Collection, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Literal
 from zoneinfo import ZoneInfo
@@ -97,6 +97,7 @@ class Simulation:
         key_mode: Literal["group", "alert"] = "group",
         dedup_window: float = 6 * 3600.0,
         number_timezone: str = "UTC",
+        reminders: Mapping[str, float] | None = None,
     ) -> None:
         self.rules = rules
         self.dispatcher = dispatcher
@@ -109,6 +110,7 @@ class Simulation:
             routed_tiers=routed_tiers(routing_names),
             planners=[self.pager],
             numbering=Numbering(ZoneInfo(number_timezone)),
+            reminders=reminders,
         )
         # Each day's last incident number, as the store's counter keeps it.
         self._numbers: dict[str, int] = {}
