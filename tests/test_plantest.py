@@ -209,7 +209,7 @@ def test_the_readme_example_passes(tmp_path: Path, capsys: pytest.CaptureFixture
     assert "SUCCESS (1 tests)" in out
 
 
-def test_update_reminders_count_when_the_configuration_carries_them(
+def test_reminders_and_webhook_events_when_the_configuration_has_them(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     # A webhook endpoint carries reminders, 5m before each update is due.
@@ -233,7 +233,15 @@ def test_update_reminders_count_when_the_configuration_carries_them(
                 expect:
                   - {at: 9m59s, incidents: [{reminders: 0}]}
                   - {at: 10m, incidents: [{reminders: 1, breaches: [acknowledge]}]}
-                  - {at: 22m, incidents: [{reminders: 2, breaches: [acknowledge]}]}
+                  - at: 22m
+                    incidents: [{reminders: 2, breaches: [acknowledge]}]
+                    notifications:  # the webhook's events (PagerDuty is off here)
+                      - {at: 0s, integration: webhook, action: opened, routing: status}
+                      - {at: 0s, integration: webhook, action: escalated}
+                      - {at: 5m1ms, integration: webhook, action: breached}
+                      - {at: 10m, integration: webhook, action: reminder}
+                      - {at: 12m, integration: webhook, action: status_update}
+                      - {at: 22m, integration: webhook, action: reminder}
             """
         )
     )

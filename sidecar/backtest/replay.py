@@ -69,6 +69,7 @@ def replay(
         dedup_window=plan.dedup_window,
         number_timezone=plan.number_timezone,
         reminders=plan.reminders,
+        planners=plan.planners,
     )
     sim.add_alerts(alerts)
 

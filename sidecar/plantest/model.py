@@ -209,7 +209,9 @@ class ExpectedNotification(_Strict):
 
     at: Duration | None = None
     integration: str | None = None
-    action: Literal["trigger", "acknowledge", "resolve"]
+    # PagerDuty's trigger, acknowledge, resolve; the other integrations' own
+    # (a webhook's opened, status_update, reminder...).
+    action: str
     routing: str | None = None
     tier: str | None = None
     severity: Literal["critical", "error", "warning", "info"] | None = None

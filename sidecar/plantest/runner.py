@@ -93,6 +93,7 @@ def run_test(spec: TestFile, plan: Plan, test: PlanTest) -> Outcome:
         dedup_window=plan.dedup_window,
         number_timezone=plan.number_timezone,
         reminders=plan.reminders,
+        planners=plan.planners,
     )
     outcome = Outcome(test.name)
     try:

@@ -7,8 +7,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
-from sidecar.config import load_config
-from sidecar.notify.wiring import reminder_leads
+from sidecar.config import Config, load_config
+from sidecar.notify import jira, slack, webhooks
+from sidecar.notify.wiring import Planner, reminder_leads, templates_of
 from sidecar.routing import DEFAULT, routing_names, tier_routing
 from sidecar.rules import RuleSet, load_rules
 
@@ -26,6 +27,8 @@ class Plan:
     # Severity -> how long before an update deadline its reminder is due (only
     # with an integration that carries reminders, as the service decides).
     reminders: Mapping[str, float] = field(default_factory=dict)
+    # The configuration's other integrations (Slack, webhooks, Jira), planned beside PagerDuty.
+    planners: tuple[Planner, ...] = ()
 
 
 def every_key(rules: RuleSet) -> frozenset[str]:
@@ -46,7 +49,31 @@ def plan_from_config(path: Path) -> Plan:
         s.incidents.dedup_window.total_seconds(),
         s.incidents.number_timezone,
         reminder_leads(config, [sev.name for sev in rules.severities]),
+        tuple(integration_planners(config, rules)),
     )
+
+
+def integration_planners(config: Config, rules: RuleSet) -> list[Planner]:
+    """The planners of the configured Slack, webhooks and Jira, in the service's order.
+
+    The service builds them only once their secrets are read; a simulation
+    sends nothing and reads none, so it plans for every integration configured.
+    """
+    s = config.settings
+    if s.slack is None and not s.webhooks and s.jira is None:
+        return []
+    templates = templates_of(config, rules.name)
+    url = s.server.external_url
+    out: list[Planner] = []
+    if s.jira is not None:
+        out.append(jira.JiraPlanner(rules, s.jira, templates, external_url=url))
+    if s.slack is not None:
+        out.append(slack.SlackPlanner(rules, s.slack, templates, external_url=url, plan=rules.name))
+    if s.webhooks:
+        out.append(
+            webhooks.WebhookPlanner(rules, s.webhooks, tickets=s.jira is None, external_url=url)
+        )
+    return out
 
 
 def plan_from_rules(path: Path, routing: Iterable[str] | None = None) -> Plan:

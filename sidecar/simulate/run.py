@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import heapq
-from collections.abc import Callable, Collection, Iterable, Mapping
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 from zoneinfo import ZoneInfo
@@ -26,12 +26,13 @@ import orjson
 
 from sidecar.clock import FakeClock
 from sidecar.incidents import Change, Incident, IncidentBook, Numbering, TimelineEvent
+from sidecar.incidents.core import Planner
 from sidecar.matchers import Matcher
 from sidecar.notify.pagerduty import Pager
 from sidecar.routing import routed_tiers
 from sidecar.rules import RuleSet
 from sidecar.simulate.alertmanager import Dispatcher, SimAlert
-from sidecar.store.base import WriteBatch, event_row, incident_row
+from sidecar.store.base import PAGERDUTY, WriteBatch, event_row, incident_row
 from sidecar.store.memory import MemoryStore
 
 #: A breach is due the moment after its deadline: the scheduler's millisecond.
@@ -98,6 +99,7 @@ class Simulation:
         dedup_window: float = 6 * 3600.0,
         number_timezone: str = "UTC",
         reminders: Mapping[str, float] | None = None,
+        planners: Sequence[Planner] = (),
     ) -> None:
         self.rules = rules
         self.dispatcher = dispatcher
@@ -108,7 +110,7 @@ class Simulation:
             key_mode=key_mode,
             dedup_window=dedup_window,
             routed_tiers=routed_tiers(routing_names),
-            planners=[self.pager],
+            planners=[self.pager, *planners],
             numbering=Numbering(ZoneInfo(number_timezone)),
             reminders=reminders,
         )
@@ -181,8 +183,9 @@ class Simulation:
             batch.events.extend(event_row(e) for e in change.events)
             batch.outbox.extend(change.outbox)
             for row in change.outbox:
-                body = orjson.loads(row.body)
-                severity = (body.get("payload") or {}).get("severity")
+                severity = None
+                if row.integration == PAGERDUTY:
+                    severity = (orjson.loads(row.body).get("payload") or {}).get("severity")
                 self.sent.append(
                     Sent(
                         now,
