@@ -17,6 +17,7 @@ from sidecar.clock import isoformat
 from sidecar.rules import DEFAULT_RULE, RuleSet
 from sidecar.simulate.alertmanager import SimAlert
 from sidecar.simulate.run import Simulation
+from sidecar.store.rows import PAGERDUTY
 
 SLAS = ("detect", "acknowledge", "update", "resolve", "postmortem")
 
@@ -46,7 +47,11 @@ def summarize(
             breaches[inc.severity][sla] += 1
         for tier in inc.escalated:
             escalations[tier][inc.escalation_outcomes.get(tier, "paged")] += 1
-    pages = Counter((s.routing, s.severity or "") for s in sim.sent if s.action == "trigger")
+    pages = Counter(
+        (s.routing, s.severity or "")
+        for s in sim.sent
+        if s.integration == PAGERDUTY and s.action == "trigger"
+    )
     per_key = Counter(i.key for i in incidents)
     labels_of = {i.key: i.labels for i in incidents}
     flapping = [
