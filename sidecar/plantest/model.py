@@ -4,8 +4,7 @@ A file names the plan under test (``rules:`` or ``config:``, relative to the
 test file), Alertmanager's grouping, the PagerDuty routing keys that exist,
 and its tests. Each test gives alert episodes over simulated time, actions at
 given times, and expectations at evaluation times. Times are durations after
-``start``. Unknown keys are refused, and so are features this version cannot
-simulate, with the reason.
+``start``. Unknown keys are refused, naming the file and line.
 """
 
 from __future__ import annotations
