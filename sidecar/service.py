@@ -213,9 +213,11 @@ class IncidentService:
                         state.keys, state.ids, state.incidents, state.recently_closed
                     )
                 numbering = self.book.numbering
-                if any(not self.book.has_open(k) for k in keys):
+                if any(not self.book.has_open(k) for k in keys) or (keys and ids):
                     # The batch may open incidents: number them after the day's last
                     # (with replicas, its counter stays locked until this commit).
+                    # With ids too, a command may close a key's incident before a
+                    # notification in the same batch opens a new one there.
                     day = numbering.day(now)
                     numbering.begin(day, await state.last_number(day))
                 try:

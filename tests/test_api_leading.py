@@ -85,6 +85,30 @@ async def test_incidents_are_numbered_per_day_and_found_by_number(
     assert (await get(client, f"/api/v1/incidents/{third}"))["number"] == "2023-11-15-001"
 
 
+async def test_an_incident_opened_in_the_batch_that_resolves_its_keys_last_one_is_numbered(
+    client: Client, auth: dict[str, str], components: Components, clock: FakeClock
+) -> None:
+    first = await fire(client, auth, "g1")
+    fingerprint = hashlib.sha256(b"g1").hexdigest()[:16]
+    again = Notification.model_validate(
+        notification(alert(fingerprint=fingerprint, starts=clock.now() + 60), group_key="g1")
+    )
+    book, service = components.book, components.service
+    clock.advance(120)
+    # Queued together, so one batch: the resolve (by id) runs first and frees the
+    # key, then the notification opens a new incident on it.
+    resolved, opened = await asyncio.gather(
+        service.submit(
+            lambda now: [book.resolve(first, actor="alice", source="api", now=now)], ids=[first]
+        ),
+        service.submit(lambda now: book.apply_notification(again, now), keys=book.keys_of(again)),
+    )
+    assert [c.incident.id for c in resolved] == [first]
+    [change] = opened
+    assert change.incident.id != first
+    assert change.incident.number == f"{DAY}-002"
+
+
 async def test_the_number_and_war_room_are_on_the_incidents_log_lines(
     client: Client, auth: dict[str, str], api_auth: dict[str, str], caplog: pytest.LogCaptureFixture
 ) -> None:

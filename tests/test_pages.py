@@ -6,6 +6,7 @@ check the details quickly: escaping, CSRF, the credentials matrix, paging.
 
 from __future__ import annotations
 
+import asyncio
 import html
 import json
 import re
@@ -435,3 +436,37 @@ async def test_pagerduty_events_link_to_the_page_at_the_external_url(
     assert row in shown
     review = await (await client.get(f"/incidents/{incident_id}/review.md")).text()
     assert page in review
+
+
+async def test_password_checks_wait_on_their_own_thread_and_a_flood_is_refused_at_once(
+    client: Client, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import threading
+
+    from sidecar.web import signin
+
+    # bcrypt, held: every check waits until the test lets it go.
+    release = threading.Event()
+    started = threading.Semaphore(0)
+
+    def held_checkpw(password: bytes, hashed: bytes) -> bool:
+        started.release()
+        release.wait()
+        return False
+
+    monkeypatch.setattr(signin, "_checkpw", held_checkpw)
+    bad = {"Authorization": basic_auth_header("mallory", "guess")}
+    waiting = [
+        asyncio.ensure_future(client.get("/api/v1/incidents", headers=bad))
+        for _ in range(signin._MAX_CHECKS_WAITING)
+    ]
+    await asyncio.to_thread(started.acquire)  # the one bcrypt thread is busy
+    readers = client.app[signin.READERS]
+    while readers._waiting < signin._MAX_CHECKS_WAITING:
+        await asyncio.sleep(0.01)
+    # The next one is refused without waiting, and the loop's default executor
+    # (where aiohttp resolves PagerDuty's and Slack's names) stays free.
+    assert (await client.get("/api/v1/incidents", headers=bad)).status == 401
+    assert await asyncio.get_running_loop().run_in_executor(None, lambda: 42) == 42
+    release.set()
+    assert {(await w).status for w in waiting} == {401}

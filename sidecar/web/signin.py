@@ -25,6 +25,7 @@ import hashlib
 import hmac
 import secrets
 from collections.abc import Awaitable, Callable
+from concurrent.futures import ThreadPoolExecutor
 
 import bcrypt
 from aiohttp import web
@@ -45,6 +46,10 @@ IDENTITY = web.RequestKey("identity", str)
 API_IDENTITY = "api"
 ANONYMOUS = "anonymous"
 _CACHE_SIZE = 1024
+# Password checks waiting at most; more are refused at once. bcrypt runs on a
+# thread of its own, not the loop's default executor, which aiohttp's DNS
+# lookups for PagerDuty, Slack and Jira share: bad passwords must not delay a page.
+_MAX_CHECKS_WAITING = 16
 _MAX_USER = 200
 
 
@@ -63,6 +68,8 @@ class Readers:
         self.users = config.secrets.users
         self._good: set[bytes] = set()
         self._dummy: bytes | None = None
+        self._checker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="bcrypt")
+        self._waiting = 0
         # A CSRF token is an HMAC of the identity: replicas that share the API
         # token accept each other's forms; without one, a process's own key.
         token = self.api_token or config.secrets.webhook_token
@@ -115,8 +122,14 @@ class Readers:
         # An unknown user costs a bcrypt check too, so timing does not tell who exists.
         if hashed is None:
             hashed = self._dummy_hash()
+        if self._waiting >= _MAX_CHECKS_WAITING:
+            return None
         loop = asyncio.get_running_loop()
-        ok = await loop.run_in_executor(None, _checkpw, password.encode(), hashed)
+        self._waiting += 1
+        try:
+            ok = await loop.run_in_executor(self._checker, _checkpw, password.encode(), hashed)
+        finally:
+            self._waiting -= 1
         if not ok or user not in self.users:
             return None
         if len(self._good) >= _CACHE_SIZE:
