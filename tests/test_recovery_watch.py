@@ -591,3 +591,20 @@ def test_after_the_watch_a_copy_of_any_episode_it_covered_opens_nothing(
     assert book.check_deadlines(inc.id, T0 + 1500 + HOUR + 1) is not None
     assert book.apply_notification(firing(), T0 + 2 * HOUR) == []
     assert book.apply_notification(firing(start=T0 + 1200), T0 + 2 * HOUR) == []
+
+
+def test_a_copy_read_during_the_watch_cannot_write_it_back_open_once_it_closed(
+    book: IncidentBook,
+) -> None:
+    from sidecar.errors import InvalidTransition
+
+    inc, _ = open_and_resolve(book)
+    book.complete_review(inc, actor="alice", source="api", now=T0 + 650)
+    # What a request read (through the store's form) while the watch ran.
+    stale = incident_from_row(incident_row(inc, T0 + 700))
+    assert stale.is_watching
+    assert book.check_deadlines(inc.id, T0 + 600 + HOUR + 1) is not None  # the watch ends
+    with pytest.raises(InvalidTransition, match="closed meanwhile"):
+        book.assign_roles(
+            stale, {"pir_owner": "alice"}, actor="bob", source="api", now=T0 + HOUR * 2
+        )

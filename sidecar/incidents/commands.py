@@ -202,12 +202,7 @@ class Commands(Stepping):
         self, incident: Incident, *, actor: str, source: str, now: float, message: str = ""
     ) -> Change | None:
         """Mark the post-incident review done; None when it already was."""
-        inc = (
-            self._reviews.get(incident.id)
-            or self._by_id.get(incident.id)
-            or self._watching_ids.get(incident.id)
-            or incident
-        )
+        inc = self.held(incident)
         if inc.review_done_at is not None:
             return None
         undo = self._begin(inc.key, inc)

@@ -21,7 +21,7 @@ from collections import Counter
 from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Literal, Protocol, TypeVar
 
-from sidecar.errors import IncidentNotFound
+from sidecar.errors import IncidentNotFound, InvalidTransition
 from sidecar.incidents.closed import ClosedEpisode, ClosedLog
 from sidecar.incidents.model import Change, Incident, Undo, timeline_event
 from sidecar.incidents.numbers import Numbering
@@ -193,6 +193,23 @@ class BookCore:
             self._watching_ids.pop(current.id, None)
         self._watching[inc.key] = inc
         self._watching_ids[inc.id] = inc
+
+    def held(self, incident: Incident) -> Incident:
+        """The book's own copy of ``incident`` (open, watched or awaiting review), else it.
+
+        A copy read while in its watch that the book no longer holds is out of
+        date: the watch ended since, and writing it back would reopen it.
+        """
+        inc = (
+            self._by_id.get(incident.id)
+            or self._watching_ids.get(incident.id)
+            or self._reviews.get(incident.id)
+        )
+        if inc is not None:
+            return inc
+        if incident.is_watching:
+            raise InvalidTransition(f"incident {incident.id} closed meanwhile; try again")
+        return incident
 
     def open_incidents(self) -> Iterable[Incident]:
         """Every open incident."""

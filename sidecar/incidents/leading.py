@@ -31,14 +31,7 @@ class Leading(Stepping):
         name, a list of names for ``smes``, or None. Raises
         :class:`~sidecar.errors.InvalidRequest` for an unknown role or a bad name.
         """
-        # The book's own copy when it holds one (open, watched or awaiting review):
-        # the request's copy may be older than a watch that has ended since.
-        inc = (
-            self._by_id.get(incident.id)
-            or self._watching_ids.get(incident.id)
-            or self._reviews.get(incident.id)
-            or incident
-        )
+        inc = self.held(incident)
         wanted = {role: holder(role, value) for role, value in roles.items()}
         changed = {r: v for r, v in wanted.items() if inc.roles.get(r) != v}
         if not changed:
