@@ -339,7 +339,9 @@ class IncidentService:
             if effect.seconds is not None:
                 m.child(m.time_to_detect, *labels).observe(effect.seconds)
         elif effect.kind == "acknowledged":
-            m.child(m.time_to_acknowledge, *labels).observe(effect.seconds or 0.0)
+            # None: acknowledged again after a reopening; measured once, at the first.
+            if effect.seconds is not None:
+                m.child(m.time_to_acknowledge, *labels).observe(effect.seconds)
         elif effect.kind in ("resolved", "closed"):
             # Once per incident: at resolution, or at the end of its recovery
             # watch (then the resolution carries no time).

@@ -166,7 +166,7 @@ class SilenceWatcher:
             if ended:
                 commands.append(self._resolve_command(inc.id, ended))
                 touched.append(inc.id)
-            elif all_silenced and silencers and inc.state == "triggered":
+            elif all_silenced and silencers and inc.awaits_acknowledgment:
                 commands.append(self._ack_command(inc.id, silencers[0]))
                 touched.append(inc.id)
         if not commands:
@@ -197,7 +197,7 @@ class SilenceWatcher:
 
         def run(now: float) -> Change | None:
             inc = self.book.get_open(incident_id)
-            if inc is None or inc.state != "triggered":
+            if inc is None or not inc.awaits_acknowledgment:
                 return None
             return self.book.acknowledge(
                 incident_id, actor=actor, source="silence", now=now, message=message

@@ -186,6 +186,45 @@ def test_an_acknowledged_incident_reopens_acknowledged(book: IncidentBook) -> No
     assert "lead" not in ladder.incident.escalated
 
 
+def test_an_acknowledgment_after_the_reopening_is_recorded_and_paged_out_once(
+    book: IncidentBook,
+) -> None:
+    pager = Pager(book.classifier, routing_names={"default"})
+    opened = one(book.apply_notification(firing(), T0 + 60))
+    assert "trigger" in [e.action for e in pager.events_for(opened, T0 + 60)]
+    inc_id = opened.incident.id
+    first = book.acknowledge(inc_id, actor="alice", source="api", now=T0 + 120)
+    assert first is not None and first.effects[0].seconds == 60.0
+    assert book.acknowledge(inc_id, actor="bob", source="api", now=T0 + 130) is None
+    one(book.apply_notification(resolved(T0, T0 + 600), T0 + 660))
+    reopened = one(book.apply_notification(firing(start=T0 + 900), T0 + 930))
+    assert "trigger" in [e.action for e in pager.events_for(reopened, T0 + 930)]
+    inc = reopened.incident
+    # The reopening's trigger paged the on-call again: that page awaits an acknowledgment.
+    assert inc.state == "acknowledged" and inc.awaits_acknowledgment
+    again = book.acknowledge(inc_id, actor="bob", source="api", now=T0 + 990)
+    assert again is not None
+    assert kinds(again) == ["acknowledged"]
+    assert again.events[0].actor == "bob"
+    assert "again, after the reopening" in again.events[0].message
+    # Time to acknowledge was measured once, at the first acknowledgment.
+    assert [(e.kind, e.seconds, e.source) for e in again.effects] == [("acknowledged", None, "api")]
+    assert (inc.acknowledged_at, inc.acknowledged_by, inc.reacknowledged_at) == (
+        T0 + 120,
+        "alice",
+        T0 + 990,
+    )
+    assert not inc.awaits_acknowledgment
+    assert book.acknowledge(inc_id, actor="carol", source="api", now=T0 + 1000) is None
+    # PagerDuty hears the acknowledgment on the page the reopening triggered.
+    acks = [(e.action, e.dedup_key) for e in pager.events_for(again, T0 + 990)]
+    assert ("acknowledge", pager.dedup_key(inc)) in acks
+    assert {action for action, _ in acks} == {"acknowledge"}
+    # The acknowledgment after the reopening survives a restart.
+    restored = incident_from_row(incident_row(inc, T0 + 990))
+    assert restored.reacknowledged_at == T0 + 990 and not restored.awaits_acknowledgment
+
+
 def test_late_copies_during_the_watch_reopen_nothing(book: IncidentBook) -> None:
     inc, _ = open_and_resolve(book)
     # The first episode's notifications again (HA peers, retries), in any order.
@@ -608,3 +647,58 @@ def test_a_copy_read_during_the_watch_cannot_write_it_back_open_once_it_closed(
         book.assign_roles(
             stale, {"pir_owner": "alice"}, actor="bob", source="api", now=T0 + HOUR * 2
         )
+
+
+async def test_the_page_offers_to_acknowledge_the_page_a_reopening_sent(
+    aiohttp_client: Callable[..., Any],
+    config_factory: Callable[..., Config],
+    clock: FakeClock,
+    tmp_path: Path,
+    auth: dict[str, str],
+    api_auth: dict[str, str],
+) -> None:
+    (tmp_path / "rules.yaml").write_text(WATCHED_RULES)
+    components = build_components(config_factory(), clock=clock, registry=CollectorRegistry())
+    client = await aiohttp_client(create_app(components))
+    fired = notification(alert(labels={"severity": "critical"}, starts=clock.now()))
+    resp = await client.post("/webhook/alertmanager", data=body(fired), headers=auth)
+    incident_id = (await resp.json())["changed"][0]["id"]
+    ack_form = f'action="/incidents/{incident_id}/acknowledge"'
+    ack_url = f"/api/v1/incidents/{incident_id}/acknowledge"
+
+    async def page() -> str:
+        resp = await client.get(f"/incidents/{incident_id}")
+        assert resp.status == 200
+        return await resp.text()
+
+    async def acknowledgments() -> list[str]:
+        view = await (await client.get(f"/api/v1/incidents/{incident_id}")).json()
+        return [e["actor"] for e in view["timeline"] if e["kind"] == "acknowledged"]
+
+    clock.advance(60)
+    resp = await client.post(ack_url, json={"actor": "alice"}, headers=api_auth)
+    assert resp.status == 200
+    assert ack_form not in await page()
+    resp = await client.post(f"/api/v1/incidents/{incident_id}/resolve", headers=api_auth)
+    assert resp.status == 200
+    clock.advance(600)
+    again = notification(alert(labels={"severity": "critical"}, starts=clock.now()))
+    resp = await client.post("/webhook/alertmanager", data=body(again), headers=auth)
+    assert [c["id"] for c in (await resp.json())["changed"]] == [incident_id]
+    # Reopened, still acknowledged, but paged again: the page offers to acknowledge.
+    view = await (await client.get(f"/api/v1/incidents/{incident_id}")).json()
+    assert view["state"] == "acknowledged"
+    assert ack_form in await page()
+    clock.advance(30)
+    resp = await client.post(ack_url, json={"actor": "bob"}, headers=api_auth)
+    assert resp.status == 200
+    assert await acknowledgments() == ["alice", "bob"]
+    assert ack_form not in await page()
+    # Time to acknowledge was observed once, for alice's.
+    counts = [
+        sample.value
+        for family in components.registry.collect()
+        for sample in family.samples
+        if sample.name == "incident_sla_time_to_acknowledge_seconds_count"
+    ]
+    assert sum(counts) == 1.0

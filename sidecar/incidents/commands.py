@@ -26,21 +26,28 @@ class Commands(Stepping):
     def acknowledge(
         self, incident_id: str, *, actor: str, source: str, now: float, message: str = ""
     ) -> Change | None:
-        """Acknowledge an open incident; None when it already was (idempotent)."""
+        """Acknowledge an open incident; None when it already was (idempotent).
+
+        A reopening pages the on-call again while the incident stays
+        acknowledged: an acknowledgment after it is recorded and goes to
+        PagerDuty, but time to acknowledge was measured once, at the first.
+        """
         inc = self._require_open(incident_id)
-        if inc.state == "acknowledged":
+        if not inc.awaits_acknowledgment:
             return None
         undo = self._begin(inc.key, inc)
-        inc.state = "acknowledged"
-        inc.acknowledged_at = now
-        inc.acknowledged_by = actor
-        inc.acknowledge_source = source
-        tta = sla.measured(self._target(inc.severity, "acknowledge"), inc.triggered_at, now)
-        events = [
-            self.event(
-                inc, now, "acknowledged", source, actor, message or f"acknowledged by {actor}"
-            )
-        ]
+        tta: float | None = None
+        default = f"acknowledged by {actor}"
+        if inc.state == "acknowledged":
+            inc.reacknowledged_at = now
+            default += " again, after the reopening"
+        else:
+            inc.state = "acknowledged"
+            inc.acknowledged_at = now
+            inc.acknowledged_by = actor
+            inc.acknowledge_source = source
+            tta = sla.measured(self._target(inc.severity, "acknowledge"), inc.triggered_at, now)
+        events = [self.event(inc, now, "acknowledged", source, actor, message or default)]
         self._finish(inc)
         effects = [
             Effect("acknowledged", inc.id, inc.severity, inc.team, tta, source=source, actor=actor)
@@ -72,6 +79,7 @@ class Commands(Stepping):
         undo = self._begin(inc.key, inc)
         inc.state = "triggered"
         inc.acknowledged_at = inc.acknowledged_by = inc.acknowledge_source = None
+        inc.reacknowledged_at = None
         events = [
             self.event(inc, now, "unacknowledged", source, actor, message or "unacknowledged")
         ]

@@ -110,6 +110,10 @@ class Incident:
     closed_at: float | None = None
     reopened_at: float | None = None
     reopens: int = 0
+    # The last acknowledgment given after a reopening: the reopen's trigger pages
+    # the on-call again, and acknowledging that page must reach PagerDuty, while
+    # ``acknowledged_at`` keeps the first one (time to acknowledge counts once).
+    reacknowledged_at: float | None = None
     # The stored alerts document of a restored or committed incident, until
     # ``alerts`` is next read (see ``shelve_alerts`` and ``__getattr__``).
     alerts_doc: bytes | None = field(default=None, repr=False, compare=False)
@@ -145,6 +149,16 @@ class Incident:
     def is_open(self) -> bool:
         """True until the incident resolves."""
         return self.state != "resolved"
+
+    @property
+    def awaits_acknowledgment(self) -> bool:
+        """Open and not acknowledged since it (re)opened: an acknowledgment now counts."""
+        if self.state == "triggered":
+            return True
+        if self.state != "acknowledged" or self.reopened_at is None:
+            return False
+        last = max(self.acknowledged_at or 0.0, self.reacknowledged_at or 0.0)
+        return self.reopened_at > last
 
     @property
     def is_watching(self) -> bool:
@@ -205,7 +219,7 @@ class Incident:
         if self.update_reminded_gap is not None:
             data["update_reminded_gap"] = self.update_reminded_gap
         # The same for the recovery watch: open incidents have none of these.
-        for name in ("watch_until", "closed_at", "reopened_at", "reopens"):
+        for name in ("watch_until", "closed_at", "reopened_at", "reopens", "reacknowledged_at"):
             if value := getattr(self, name):
                 data[name] = value
         return data
@@ -279,6 +293,7 @@ class Incident:
             closed_at=data.get("closed_at"),
             reopened_at=data.get("reopened_at"),
             reopens=data.get("reopens", 0),
+            reacknowledged_at=data.get("reacknowledged_at"),
         )
         if legacy is None and alerts_doc is not None:
             inc.shelve_alerts(alerts_doc)
