@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
+import time
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
@@ -515,3 +516,69 @@ def test_acknowledgment_follows_only_the_tiers_that_were_paged(
     assert change is not None
     events = pager.events_for(change, 1_700_000_060.0)
     assert [(e.routing, e.action) for e in events] == [(r, "acknowledge") for r in followed]
+
+
+# -- a reopened incident pages a new PagerDuty incident on the same dedup key ------------
+
+
+@pytest.fixture
+def watched_config(pd_config: Config) -> Config:
+    """``pd_config`` with a one-hour recovery watch on P0 (the rules load with the components)."""
+    rules = (DATA / "rules-mini.yaml").read_text()
+    watched = rules.replace("postmortem: 24h}}", "postmortem: 24h}, recovery_watch: 1h}", 1)
+    assert watched != rules
+    pd_config.rules_file.write_text(watched)
+    return pd_config
+
+
+async def test_pagerduty_events_of_the_old_incident_leave_the_reopened_one_open(
+    aiohttp_client: Callable[..., Any], watched_config: Config, pd: FakePagerDuty
+) -> None:
+    components = build_components(watched_config, clock=SystemClock(), registry=CollectorRegistry())
+    client = await aiohttp_client(create_app(components))
+    url = f"{client.make_url('/webhook/pagerduty')}"
+    # Only acknowledgments flow back by themselves: the test delivers the
+    # resolution late, as PagerDuty may.
+    pd.subscribe(url, SECRET, events={"incident.acknowledged"})
+    start = time.time() - 60
+    critical = {"severity": "critical"}
+    fired = notification(alert(labels=critical, starts=start), group_key=GROUP)
+    incident_id = (await post(client, fired))["changed"][0]["id"]
+    await pd.wait_for_events(1)
+    old = pd.open_incident(DEDUP)
+    assert old is not None
+    pd.acknowledge_incident(old.id)
+    await pd.drain_webhooks()
+    resolved = alert(labels=critical, starts=start, status="resolved", ends=time.time())
+    await post(client, notification(resolved, group_key=GROUP))
+    await drained(components)  # PagerDuty resolved its incident: the echo waits
+    restart = time.time()
+    again = notification(alert(labels=critical, starts=restart), group_key=GROUP)
+    assert [c["id"] for c in (await post(client, again))["changed"]] == [incident_id]
+    await drained(components)
+    new = pd.open_incident(DEDUP)
+    assert new is not None and new.id != old.id  # the reopening's trigger paged anew
+    # Now the old incident's resolution and acknowledgment arrive, late or again.
+    for event in pd.webhook_events:
+        if event["event"]["data"]["id"] == old.id and event["event"]["event_type"] in (
+            "incident.resolved",
+            "incident.acknowledged",
+        ):
+            assert await pd.deliver(url, event, SECRET) == 200
+    view = await (await client.get(f"/api/v1/incidents/{incident_id}")).json()
+    assert view["state"] == "acknowledged"  # still open: the new page is live
+    ignored = [e for e in view["timeline"] if e["kind"] == "pagerduty_ignored"]
+    assert len(ignored) == 2
+    assert all(f"PagerDuty incident {old.id}" in e["message"] for e in ignored)
+    # The responder acknowledges the new page in PagerDuty: that is recorded.
+    pd.acknowledge_incident(new.id)
+    await pd.drain_webhooks()
+    view = await (await client.get(f"/api/v1/incidents/{incident_id}")).json()
+    acks = [e for e in view["timeline"] if e["kind"] == "acknowledged"]
+    assert [(e["source"], e["actor"]) for e in acks] == [("pagerduty", "Primary On-call")] * 2
+    # Alertmanager's resolution closes the incident and PagerDuty's new incident.
+    over = alert(labels=critical, starts=restart, status="resolved", ends=time.time())
+    await post(client, notification(over, group_key=GROUP))
+    await drained(components)
+    assert actions(pd) == ["trigger", "resolve", "trigger", "resolve"]
+    assert pd.incidents[new.id].status == "resolved"

@@ -10,13 +10,15 @@ import hashlib
 import hmac
 import json
 from collections.abc import AsyncIterator
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import aiohttp
 import pytest
 from aiohttp import web
 
+from sidecar.incidents import Incident
+from sidecar.pagerduty.inbound import before_reopening
 from sidecar.pagerduty.webhooks import (
     SUPPORTED_EVENT_TYPES,
     InvalidWebhook,
@@ -243,6 +245,9 @@ async def test_incident_events_parse(pd: FakePagerDuty, event_type: str) -> None
         message=None,
         pd_incident_url=envelope["event"]["data"]["html_url"],
         pd_status="triggered",
+        # Whole seconds, as PagerDuty writes them; not reopened in PagerDuty.
+        pd_created_at=pd.incidents[incident_id].created_at.replace(microsecond=0),
+        pd_reopened_at=None,
     )
     assert event.supported
 
@@ -454,3 +459,65 @@ def test_invalid_bodies_say_why(body: bytes, reason: str) -> None:
 
     assert isinstance(caught.value, ValueError)
     assert reason in str(caught.value), caught.value.reasons
+
+
+# -- after a reopening: which PagerDuty incident an event is about ---------------------
+
+REOPENED = datetime(2026, 11, 30, 7, 0, 0, 600000, tzinfo=UTC)
+
+
+def reopened_incident(at: datetime | None = REOPENED) -> Incident:
+    return Incident(
+        id="i1",
+        key="k",
+        group_key="g",
+        receiver="r",
+        state="acknowledged",
+        severity="P0",
+        team="t",
+        title="DBDown",
+        labels={},
+        external_url="",
+        started_at=0.0,
+        triggered_at=0.0,
+        reopened_at=None if at is None else at.timestamp(),
+    )
+
+
+def resolved_event(
+    occurred: datetime, created: datetime | None, pd_reopened: datetime | None = None
+) -> WebhookEvent:
+    return WebhookEvent(
+        event_id="e",
+        event_type="incident.resolved",
+        resource_type="incident",
+        occurred_at=occurred,
+        pd_incident_id="POLD",
+        incident_key=None,
+        agent="pagerduty",
+        message=None,
+        pd_created_at=created,
+        pd_reopened_at=pd_reopened,
+    )
+
+
+def test_events_about_the_pagerduty_incident_before_a_reopening_are_told_apart() -> None:
+    second, minute = timedelta(seconds=1), timedelta(minutes=1)
+    later = REOPENED + minute
+    inc = reopened_incident()
+    # Never reopened: every event counts.
+    assert (
+        before_reopening(resolved_event(REOPENED - minute, None), reopened_incident(None)) is None
+    )
+    # It happened before the reopening (the echo of our own resolve, late or again).
+    reason = before_reopening(resolved_event(REOPENED - second, None), inc)
+    assert reason is not None and "before the reopening" in reason and "POLD" in reason
+    # After it, on a PagerDuty incident created an earlier second: the old one.
+    reason = before_reopening(resolved_event(later, REOPENED - minute), inc)
+    assert reason is not None and "created" in reason
+    # Created within the reopening's second (PagerDuty writes whole seconds): maybe the new one.
+    assert before_reopening(resolved_event(later, REOPENED.replace(microsecond=0)), inc) is None
+    assert before_reopening(resolved_event(later, REOPENED + second), inc) is None
+    # An old incident that someone reopened in PagerDuty after ours is live again.
+    assert before_reopening(resolved_event(later, REOPENED - minute, later), inc) is None
+    assert before_reopening(resolved_event(later, None), inc) is None

@@ -5,12 +5,22 @@ with the change it causes and remembered, so a redelivery changes nothing,
 even after a restart. Incidents created through the Events API may carry a
 null ``incident_key``; then the REST API tells the alert keys, which are our
 dedup keys.
+
+A reopened incident (recovery watch) pages again on the same dedup key, and
+PagerDuty opens a new incident for it, so one dedup key then names two
+PagerDuty incidents. An acknowledgment, un-acknowledgment or resolution that
+happened before the reopening, or that is about a PagerDuty incident created
+before it (the echo of our own resolve, delivered late or again, or a hand on
+the old incident), is not about the page the reopening sent: it goes on the
+timeline as ``pagerduty_ignored`` and changes nothing. The reopening time is
+stored on the incident, so every replica decides the same way.
 """
 
 from __future__ import annotations
 
 from collections import OrderedDict
 from collections.abc import Callable
+from datetime import UTC, datetime
 
 import aiohttp
 
@@ -22,6 +32,8 @@ from sidecar.store.base import Store
 SOURCE = "pagerduty"
 DELIVERY_MEMORY = 100_000  # ids remembered in memory; older ones are still in the store
 DELIVERY_HORIZON = 7 * 86400.0
+#: Events about the PagerDuty incident that these change: only its current one counts.
+STATE_EVENTS = frozenset({"incident.acknowledged", "incident.unacknowledged", "incident.resolved"})
 
 
 class PagerDutyInbound:
@@ -93,7 +105,17 @@ class PagerDutyInbound:
         def run(now: float) -> list[Change]:
             change: Change | None
             open_inc = book.get_open(incident_id)
-            if kind == "incident.acknowledged":
+            stale = None if open_inc is None else before_reopening(event, open_inc)
+            if kind in STATE_EVENTS and stale is not None:
+                change = book.note(
+                    incident_id,
+                    kind="pagerduty_ignored",
+                    actor=actor,
+                    source=SOURCE,
+                    now=now,
+                    message=f"PagerDuty: {kind} ignored: {stale}",
+                )
+            elif kind == "incident.acknowledged":
                 if open_inc is None:
                     return []
                 change = book.acknowledge(incident_id, actor=actor, source=SOURCE, now=now)
@@ -131,3 +153,32 @@ class PagerDutyInbound:
             return [change] if change else []
 
         return run
+
+
+def before_reopening(event: WebhookEvent, inc: Incident) -> str | None:
+    """Why ``event`` is about PagerDuty's incident before ``inc`` reopened; None if it is not.
+
+    PagerDuty writes ``created_at`` in whole seconds: a PagerDuty incident
+    created within the second of the reopening may be the new one, so only an
+    earlier second counts as the old one.
+    """
+    if inc.reopened_at is None:
+        return None
+    reopened = datetime.fromtimestamp(inc.reopened_at, UTC)
+    pd_incident = event.pd_incident_id or "?"
+    if event.occurred_at < reopened:
+        return (
+            f"it happened at {event.occurred_at.isoformat()} on PagerDuty incident "
+            f"{pd_incident}, before the reopening at {reopened.isoformat()}"
+        )
+    created, pd_reopened = event.pd_created_at, event.pd_reopened_at
+    if (
+        created is not None
+        and created.timestamp() < int(inc.reopened_at)
+        and (pd_reopened is None or pd_reopened.timestamp() < int(inc.reopened_at))
+    ):
+        return (
+            f"PagerDuty incident {pd_incident} was created at {created.isoformat()}, "
+            f"before the reopening at {reopened.isoformat()}: the reopening paged a new one"
+        )
+    return None

@@ -121,6 +121,8 @@ class IncidentData(BaseModel):
     incident_key: str | None = None
     status: str | None = None
     html_url: str | None = None
+    created_at: datetime | None = None
+    reopened_at: datetime | None = None
 
 
 class IncidentReference(BaseModel):
@@ -156,6 +158,10 @@ class WebhookEvent:
     message: str | None
     pd_incident_url: str | None = None
     pd_status: str | None = None
+    # When PagerDuty created its incident, and last reopened it (``incident``
+    # data only): they tell an incident from an earlier one on the same key.
+    pd_created_at: datetime | None = None
+    pd_reopened_at: datetime | None = None
 
     @property
     def supported(self) -> bool:
@@ -170,47 +176,60 @@ def parse_webhook(body: bytes) -> WebhookEvent:
     except ValidationError as exc:
         raise InvalidWebhook(_reasons(exc)) from None
     event = envelope.event
-    occurred_at = event.occurred_at
-    if occurred_at.tzinfo is None:
-        occurred_at = occurred_at.replace(tzinfo=UTC)
-    pd_incident_id, incident_key, message, url, status = _incident_fields(event)
+    fields = _incident_fields(event)
     return WebhookEvent(
         event_id=event.id,
         event_type=event.event_type,
         resource_type=event.resource_type,
-        occurred_at=occurred_at,
-        pd_incident_id=pd_incident_id,
-        incident_key=incident_key or None,
+        occurred_at=_utc(event.occurred_at),
         agent=_agent(event.agent),
-        message=message,
-        pd_incident_url=url,
-        pd_status=status,
+        pd_incident_id=fields.get("pd_incident_id"),
+        incident_key=fields.get("incident_key") or None,
+        message=fields.get("message"),
+        pd_incident_url=fields.get("pd_incident_url"),
+        pd_status=fields.get("pd_status"),
+        pd_created_at=fields.get("pd_created_at"),
+        pd_reopened_at=fields.get("pd_reopened_at"),
     )
 
 
-def _incident_fields(
-    event: EventBody,
-) -> tuple[str | None, str | None, str | None, str | None, str | None]:
-    """(incident id, incident_key, message, incident URL, status) from ``data``."""
+def _utc(when: datetime) -> datetime:
+    """``when``, a naive timestamp taken as UTC."""
+    return when.replace(tzinfo=UTC) if when.tzinfo is None else when
+
+
+def _incident_fields(event: EventBody) -> dict[str, Any]:
+    """The incident's fields of a :class:`WebhookEvent`, from ``data``."""
     data = event.data
     supported = event.event_type in SUPPORTED_EVENT_TYPES
     try:
         if event.event_type == STATUS_UPDATE:
             update = StatusUpdateData.model_validate(data)
-            return update.incident.id, None, update.message or None, update.incident.html_url, None
+            return {
+                "pd_incident_id": update.incident.id,
+                "message": update.message or None,
+                "pd_incident_url": update.incident.html_url,
+            }
         if supported or data.get("type") == "incident":
             incident = IncidentData.model_validate(data)
-            return incident.id, incident.incident_key, None, incident.html_url, incident.status
+            return {
+                "pd_incident_id": incident.id,
+                "incident_key": incident.incident_key,
+                "pd_incident_url": incident.html_url,
+                "pd_status": incident.status,
+                "pd_created_at": incident.created_at and _utc(incident.created_at),
+                "pd_reopened_at": incident.reopened_at and _utc(incident.reopened_at),
+            }
         if isinstance(data.get("incident"), dict):
             # Other incident.* events (notes, responders, ...) reference their incident.
             reference = IncidentReference.model_validate(data["incident"])
-            return reference.id, None, None, reference.html_url, None
+            return {"pd_incident_id": reference.id, "pd_incident_url": reference.html_url}
     except ValidationError as exc:
         if supported:
             raise InvalidWebhook(
                 [f"event.data ({event.event_type}): {r}" for r in _reasons(exc)]
             ) from None
-    return None, None, None, None, None
+    return {}
 
 
 def _agent(agent: Reference | None) -> str:
