@@ -16,7 +16,7 @@ from pathlib import Path
 from aiohttp import web
 
 from sidecar import __version__
-from sidecar.backtest.command import add_arguments as add_backtest_arguments
+from sidecar.backtest.args import add_arguments as add_backtest_arguments
 from sidecar.config import Config, load_config, rules_file_of, split_listen
 from sidecar.durations import format_duration
 from sidecar.errors import ConfigError

@@ -15,7 +15,6 @@ import sys
 import time
 from collections.abc import Callable, Sequence
 from datetime import datetime, timedelta
-from pathlib import Path
 from typing import Any, TextIO
 
 from sidecar.backtest.prometheus import (
@@ -38,56 +37,6 @@ _RELATIVE = re.compile(r"^now(?:-(?P<ago>.+))?$")
 
 class UsageError(Exception):
     """An argument the backtest cannot use; the message says why."""
-
-
-def add_arguments(p: argparse.ArgumentParser) -> None:
-    """The ``backtest`` subcommand's arguments."""
-    p.add_argument("--config", type=Path, required=True, help="the sidecar configuration")
-    p.add_argument("--prometheus", required=True, metavar="URL", help="Prometheus base URL")
-    p.add_argument(
-        "--from", dest="start", required=True, metavar="T", help="RFC 3339, epoch, now-30d"
-    )
-    p.add_argument("--to", dest="end", default="now", metavar="T", help="likewise (default now)")
-    p.add_argument(
-        "--alertmanager-config",
-        type=Path,
-        metavar="FILE",
-        help="take the routing tree and grouping from this Alertmanager configuration",
-    )
-    p.add_argument("--receiver", help="the sidecar's receiver in that configuration")
-    p.add_argument(
-        "--group-by",
-        default="alertname",
-        metavar="L,L",
-        help="grouping labels without a configuration ('...' for all)",
-    )
-    p.add_argument("--group-wait", default="30s", metavar="D")
-    p.add_argument("--group-interval", default="5m", metavar="D")
-    p.add_argument("--repeat-interval", default="4h", metavar="D")
-    p.add_argument(
-        "--ack-after",
-        action="append",
-        default=[],
-        metavar="D|SEV=D",
-        help="assumed acknowledgment delay ('never', the default), per severity if SEV=D",
-    )
-    p.add_argument("--step", default="1m", metavar="D", help="the rule evaluation interval")
-    p.add_argument("--chunk", default="1d", metavar="D", help="range of one query")
-    p.add_argument(
-        "--flap-threshold",
-        type=int,
-        default=3,
-        metavar="N",
-        help="a group that opens at least N incidents is flapping",
-    )
-    p.add_argument("--top", type=int, default=10, metavar="N", help="noisiest alerts shown")
-    p.add_argument("--json", action="store_true", help="print JSON instead of Markdown")
-    p.add_argument(
-        "--progress",
-        action=argparse.BooleanOptionalAction,
-        default=None,
-        help="a progress bar on stderr (default: when stderr is a terminal)",
-    )
 
 
 def parse_time(value: str, now: float) -> float:
