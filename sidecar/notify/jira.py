@@ -30,7 +30,7 @@ from sidecar.incidents.model import timeline_event
 from sidecar.metrics import Metrics
 from sidecar.notify.lifecycle import incident_data, lifecycle_events
 from sidecar.notify.pagerduty import Policies
-from sidecar.notify.result import SendResult
+from sidecar.notify.result import SendResult, SessionSender
 from sidecar.notify.retry import retry_after_seconds
 from sidecar.notify.templates import JIRA_DESCRIPTION, JIRA_SUMMARY, MessageTemplates
 from sidecar.store.base import OutboxItem, RateBudget
@@ -132,7 +132,7 @@ def jira_error(raw: bytes) -> str:
     return "; ".join(parts)[:1000] or str(answer)[:300]
 
 
-class JiraSender:
+class JiraSender(SessionSender):
     """The outbox's Jira sender: create the issue, keep its key and link."""
 
     name = JIRA
@@ -147,17 +147,6 @@ class JiraSender:
         self.timeout = config.timeout.total_seconds()
         credentials = f"{config.email}:{api_token}".encode()
         self._auth = "Basic " + base64.b64encode(credentials).decode("ascii")
-        self._session: aiohttp.ClientSession | None = None
-
-    async def open(self) -> None:
-        """Open the HTTP session."""
-        self._session = aiohttp.ClientSession()
-
-    async def close(self) -> None:
-        """Close the HTTP session."""
-        if self._session is not None:
-            await self._session.close()
-            self._session = None
 
     async def send(self, item: OutboxItem) -> SendResult:
         """POST the issue; its key and browse link become the receipt."""

@@ -11,6 +11,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
+import aiohttp
+
 Outcome = Literal["accepted", "retry", "rate_limited", "rejected"]
 
 
@@ -35,3 +37,19 @@ class SendResult:
     def retryable(self) -> bool:
         """True when sending the same event again later may succeed."""
         return self.outcome in ("retry", "rate_limited")
+
+
+class SessionSender:
+    """The opening and closing of a sender that posts over one aiohttp session."""
+
+    _session: aiohttp.ClientSession | None = None
+
+    async def open(self) -> None:
+        """Open the HTTP session."""
+        self._session = aiohttp.ClientSession()
+
+    async def close(self) -> None:
+        """Close the HTTP session."""
+        if self._session is not None:
+            await self._session.close()
+            self._session = None

@@ -39,7 +39,7 @@ from sidecar.incidents import Change
 from sidecar.metrics import Metrics
 from sidecar.notify.lifecycle import Lifecycle, incident_data, lifecycle_events
 from sidecar.notify.pagerduty import Policies
-from sidecar.notify.result import SendResult
+from sidecar.notify.result import SendResult, SessionSender
 from sidecar.notify.retry import retry_after_seconds
 from sidecar.store.base import OutboxItem, RateBudget
 from sidecar.store.rows import WEBHOOK, OutboxRow
@@ -135,7 +135,7 @@ class WebhookPlanner:
                 )
 
 
-class WebhookSender:
+class WebhookSender(SessionSender):
     """The outbox's webhook sender: a signed POST, its answer classified."""
 
     name = WEBHOOK
@@ -154,17 +154,6 @@ class WebhookSender:
         self.endpoints = {e.name: e for e in endpoints}
         self.secrets = secrets
         self.timeout = max([e.timeout.total_seconds() for e in endpoints] or [10.0])
-        self._session: aiohttp.ClientSession | None = None
-
-    async def open(self) -> None:
-        """Open the HTTP session."""
-        self._session = aiohttp.ClientSession()
-
-    async def close(self) -> None:
-        """Close the HTTP session."""
-        if self._session is not None:
-            await self._session.close()
-            self._session = None
 
     async def send(self, item: OutboxItem) -> SendResult:
         """POST the event, signed with the endpoint's secret (looked up now)."""
