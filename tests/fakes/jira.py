@@ -36,10 +36,11 @@ import base64
 import json
 from collections import deque
 from dataclasses import dataclass
-from types import TracebackType
-from typing import Any, Self
+from typing import Any
 
 from aiohttp import web
+
+from tests.fakes.server import LoopbackServer
 
 JSON = dict[str, Any]
 EMAIL = "sidecar@example.com"
@@ -65,7 +66,7 @@ class Request:
     status: int
 
 
-class FakeJira:
+class FakeJira(LoopbackServer):
     """A Jira Cloud site's issue creation on loopback, with failure injection."""
 
     def __init__(
@@ -75,34 +76,14 @@ class FakeJira:
         email: str = EMAIL,
         api_token: str = API_TOKEN,
     ) -> None:
+        super().__init__()
         self.projects = projects or {"OPS": ["Task", "Bug", "Incident"]}
         self.credentials = f"{email}:{api_token}"
         self.issues: list[Issue] = []
         self.requests: list[Request] = []
         self._faults: deque[tuple[int, dict[str, str]]] = deque()
         self._next_id = 10000
-        self.app = web.Application()
         self.app.router.add_post("/rest/api/3/issue", self._create)
-        self._runner: web.AppRunner | None = None
-        self.base_url = ""
-
-    async def __aenter__(self) -> Self:
-        self._runner = web.AppRunner(self.app, access_log=None)
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, "127.0.0.1", 0)
-        await site.start()
-        host, port = self._runner.addresses[0][:2]
-        self.base_url = f"http://{host}:{port}"
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        if self._runner is not None:
-            await self._runner.cleanup()
 
     def fail_next(self, status: int = 500, times: int = 1) -> None:
         """The next ``times`` requests answer ``status``."""

@@ -12,10 +12,11 @@ import hmac
 import json
 from collections import deque
 from dataclasses import dataclass
-from types import TracebackType
-from typing import Any, Self
+from typing import Any
 
 from aiohttp import web
+
+from tests.fakes.server import LoopbackServer
 
 
 @dataclass
@@ -32,35 +33,20 @@ class Delivery:
         return json.loads(self.body)
 
 
-class WebhookReceiver:
+class WebhookReceiver(LoopbackServer):
     """Records deliveries on loopback; checks their signature with ``secret``."""
 
     def __init__(self, secret: str) -> None:
+        super().__init__()
         self.secret = secret
         self.deliveries: list[Delivery] = []
         self._faults: deque[tuple[int, dict[str, str]]] = deque()
-        self.app = web.Application()
         self.app.router.add_post("/hook", self._hook)
-        self._runner: web.AppRunner | None = None
-        self.url = ""
 
-    async def __aenter__(self) -> Self:
-        self._runner = web.AppRunner(self.app, access_log=None)
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, "127.0.0.1", 0)
-        await site.start()
-        host, port = self._runner.addresses[0][:2]
-        self.url = f"http://{host}:{port}/hook"
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        if self._runner is not None:
-            await self._runner.cleanup()
+    @property
+    def url(self) -> str:
+        """Where the sidecar's webhook must post."""
+        return f"{self.base_url}/hook"
 
     def fail_next(self, status: int, *, retry_after: int | None = None, times: int = 1) -> None:
         """Answer the next ``times`` deliveries with ``status``."""

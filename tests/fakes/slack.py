@@ -51,11 +51,12 @@ import json
 import time
 from collections import deque
 from dataclasses import dataclass, field
-from types import TracebackType
-from typing import Any, Self
+from typing import Any
 from urllib.parse import parse_qsl
 
 from aiohttp import web
+
+from tests.fakes.server import LoopbackServer
 
 JSON = dict[str, Any]
 DEFAULT_TOKEN = "xoxb-1111-2222-fake-bot-token"
@@ -92,7 +93,7 @@ class _Fault:
     retry_after: int = 1
 
 
-class FakeSlack:
+class FakeSlack(LoopbackServer):
     """A Slack workspace's Web API on loopback, with failure injection."""
 
     def __init__(
@@ -102,6 +103,7 @@ class FakeSlack:
         token: str = DEFAULT_TOKEN,
         per_channel_per_second: int | None = None,
     ) -> None:
+        super().__init__()
         # Channel name (without '#') -> ID.
         self.channels = dict(channels or {"incidents": "C0INCIDENTS"})
         self.token = token
@@ -114,33 +116,12 @@ class FakeSlack:
         self._sent_at: dict[str, list[float]] = {}
         self._next_ts = 1_700_000_000
         self._changed = asyncio.Condition()
-        self.app = web.Application()
         self.app.router.add_post("/api/{method}", self._handle)
-        self._runner: web.AppRunner | None = None
-        self.base_url = ""
 
     @property
     def api_url(self) -> str:
         """What ``slack.api_url`` (slack_sdk's ``base_url``) must be."""
         return f"{self.base_url}/api/"
-
-    async def __aenter__(self) -> Self:
-        self._runner = web.AppRunner(self.app, access_log=None)
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, "127.0.0.1", 0)
-        await site.start()
-        host, port = self._runner.addresses[0][:2]
-        self.base_url = f"http://{host}:{port}"
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        if self._runner is not None:
-            await self._runner.cleanup()
 
     # -- failure injection ------------------------------------------------
 
