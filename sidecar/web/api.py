@@ -208,15 +208,7 @@ async def get_incident(request: web.Request) -> web.Response:
     view["pagerduty"] = {
         "dedup_key": inc.paged_dedup_key,
         "events": [
-            {
-                "action": item.action,
-                "routing": item.routing,
-                "state": item.state,
-                "attempts": item.attempts,
-                "queued_at": isoformat(item.created_at),
-                "done_at": isoformat(item.done_at),
-                "last_error": item.last_error,
-            }
+            {k: v for k, v in notification_view(item).items() if k != "integration"}
             for item in items
             if item.integration == PAGERDUTY
         ],
