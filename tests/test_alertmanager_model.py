@@ -15,7 +15,12 @@ from typing import Any
 
 import pytest
 
-from sidecar.alertmanager import Alert, InvalidPayload, Notification, parse_notification
+from sidecar.alertmanager import (
+    Alert,
+    InvalidPayload,
+    notification_from,
+    parse_notification,
+)
 
 # A notification as Alertmanager 0.25+ posts it for a group of two alerts, one
 # of them already resolved. Receiver names pass through regexp.QuoteMeta.
@@ -112,27 +117,6 @@ def test_nanosecond_timestamps_keep_microseconds() -> None:
     assert n.alerts[0].starts_at == datetime(2024, 3, 5, 10, 15, 30, 123456, tzinfo=UTC)
 
 
-def test_fields_are_readable_by_their_python_names_too() -> None:
-    n = Notification.model_validate(
-        {
-            "version": "4",
-            "group_key": "g",
-            "status": "firing",
-            "receiver": "r",
-            "alerts": [
-                {
-                    "status": "firing",
-                    "labels": {},
-                    "starts_at": "2024-03-05T10:15:30Z",
-                    "fingerprint": "0123456789abcdef",
-                }
-            ],
-        }
-    )
-    assert n.group_key == "g"
-    assert n.alerts[0].starts_at.year == 2024
-
-
 def test_optional_fields_default_sensibly() -> None:
     minimal = {
         "version": "4",
@@ -166,10 +150,8 @@ def test_unknown_fields_are_accepted_at_every_level() -> None:
     payload["routeLabels"] = {"team": "payments"}
     payload["alerts"][0]["someFutureField"] = {"nested": [1, 2]}
     n = parse_notification(encode(payload))
-    assert n.model_extra is not None
-    assert n.model_extra["notification_reason"] == "repeat_interval"
-    assert n.model_extra["routeLabels"] == {"team": "payments"}
     assert len(n.alerts) == 2
+    assert n.alerts[0].fingerprint == "3f5c1d7e9a0b2c4d"
 
 
 def test_truncated_alerts_is_kept() -> None:
@@ -226,7 +208,7 @@ def test_offset_times_convert_to_utc_correctly() -> None:
 
 def test_models_are_frozen() -> None:
     n = parse_notification(REAL.encode())
-    with pytest.raises(ValueError, match="frozen"):
+    with pytest.raises(AttributeError, match="immutable"):
         n.alerts[0].status = "resolved"  # type: ignore[misc]
     assert isinstance(n.alerts[0], Alert)
 
@@ -261,7 +243,10 @@ _DELETE = object()
         (_with(("version",), _DELETE), "version: Field required"),
         (_with(("groupKey",), _DELETE), "groupKey: Field required"),
         (_with(("groupKey",), ""), "groupKey"),
-        (_with(("status",), "pending"), "status: Input should be 'firing' or 'resolved'"),
+        (
+            _with(("status",), "pending"),
+            "status: Invalid enum value 'pending', expected 'firing' or 'resolved'",
+        ),
         (_with(("receiver",), _DELETE), "receiver: Field required"),
         (_with(("truncatedAlerts",), -1), "truncatedAlerts"),
         (_with(("truncatedAlerts",), "many"), "truncatedAlerts"),
@@ -302,17 +287,37 @@ def test_invalid_shapes_give_readable_reasons(body: bytes, expected: str) -> Non
     assert str(err.value) == "; ".join(reasons)
 
 
-def test_every_problem_of_a_payload_is_reported() -> None:
+def test_the_first_problem_of_a_payload_is_reported_with_where_it_is() -> None:
     payload = real()
-    payload["version"] = "2"
     payload["status"] = "bad"
     payload["alerts"][0]["fingerprint"] = "xyz"
-    del payload["alerts"][1]["startsAt"]
     with pytest.raises(InvalidPayload) as err:
         parse_notification(encode(payload))
-    joined = "\n".join(err.value.reasons)
-    for where in ("version", "status", "alerts.0.fingerprint", "alerts.1.startsAt"):
-        assert where in joined
+    assert len(err.value.reasons) == 1
+    assert err.value.reasons[0].startswith(("status: ", "alerts.0.fingerprint: "))
+
+
+def test_nanoseconds_are_truncated_as_stored_incidents_were() -> None:
+    # Rounding them would make every tracked instance look newer after an upgrade.
+    payload = real()
+    payload["alerts"][0]["startsAt"] = "2024-03-05T10:15:30.999999999Z"
+    starts = parse_notification(encode(payload)).alerts[0].starts_at
+    assert starts == datetime(2024, 3, 5, 10, 15, 30, 999999, tzinfo=UTC)
+
+
+def test_a_nul_in_the_group_key_is_refused() -> None:
+    payload = real()
+    payload["groupKey"] = "a\x00b"
+    with pytest.raises(InvalidPayload, match="NUL"):
+        parse_notification(encode(payload))
+
+
+def test_notification_from_checks_as_a_body_does() -> None:
+    payload = real()
+    payload["alerts"][0]["startsAt"] = "0001-01-01T00:00:00Z"
+    with pytest.raises(InvalidPayload, match="startsAt must be set"):
+        notification_from(payload)
+    assert notification_from(real()) == parse_notification(REAL.encode())
 
 
 def test_every_bad_time_is_reported_with_its_alert() -> None:

@@ -17,7 +17,7 @@ import pytest
 from aiohttp.test_utils import TestClient
 from prometheus_client import CollectorRegistry
 
-from sidecar.alertmanager import Notification
+from sidecar.alertmanager import notification_from
 from sidecar.clock import FakeClock
 from sidecar.config import Config
 from sidecar.runtime import Components, build_components
@@ -90,7 +90,7 @@ async def test_an_incident_opened_in_the_batch_that_resolves_its_keys_last_one_i
 ) -> None:
     first = await fire(client, auth, "g1")
     fingerprint = hashlib.sha256(b"g1").hexdigest()[:16]
-    again = Notification.model_validate(
+    again = notification_from(
         notification(alert(fingerprint=fingerprint, starts=clock.now() + 60), group_key="g1")
     )
     book, service = components.book, components.service
@@ -170,7 +170,7 @@ async def test_two_replicas_on_postgresql_number_without_repeats_or_gaps(
 
         async def open_group(n: int) -> list[str]:
             c = replicas[n % 2]
-            one = Notification.model_validate(
+            one = notification_from(
                 notification(alert(fingerprint=f"{n:016x}"), group_key=f"group-{n}")
             )
             changes = await c.service.submit(

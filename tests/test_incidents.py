@@ -7,7 +7,7 @@ from typing import Any, Literal
 
 import pytest
 
-from sidecar.alertmanager import Notification
+from sidecar.alertmanager import Notification, notification_from
 from sidecar.errors import IncidentNotFound
 from sidecar.incidents import Incident, IncidentBook
 from sidecar.rules import RuleSet, load_rules
@@ -28,7 +28,7 @@ def book(rules: RuleSet) -> IncidentBook:
 
 
 def n(*alerts: dict[str, Any], **kw: Any) -> Notification:
-    return Notification.model_validate(notification(*alerts, **kw))
+    return notification_from(notification(*alerts, **kw))
 
 
 def kinds(book: IncidentBook, payload: Notification, now: float) -> list[str]:

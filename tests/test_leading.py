@@ -12,7 +12,7 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
-from sidecar.alertmanager import Notification
+from sidecar.alertmanager import Notification, notification_from
 from sidecar.cli import explain_rules
 from sidecar.config import load_config
 from sidecar.errors import ConfigError, InvalidRequest, InvalidTransition
@@ -39,7 +39,7 @@ def book(rules: RuleSet) -> IncidentBook:
 
 
 def n(*alerts: dict[str, Any], **kw: Any) -> Notification:
-    return Notification.model_validate(notification(*alerts, **kw))
+    return notification_from(notification(*alerts, **kw))
 
 
 def opened(book: IncidentBook, now: float = T0 + 60, **labels: str) -> Incident:

@@ -17,7 +17,7 @@ import pytest
 from aiohttp.test_utils import TestClient
 from prometheus_client import CollectorRegistry
 
-from sidecar.alertmanager import Notification
+from sidecar.alertmanager import Notification, notification_from
 from sidecar.clock import FakeClock
 from sidecar.config import Config
 from sidecar.errors import StoreUnavailable
@@ -40,7 +40,7 @@ def n(*alerts: dict[str, Any], external_url: str | None = None, **kw: Any) -> No
     payload = notification(*alerts, **kw)
     if external_url is not None:
         payload["externalURL"] = external_url
-    return Notification.model_validate(payload)
+    return notification_from(payload)
 
 
 @pytest.fixture

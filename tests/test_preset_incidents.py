@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from sidecar.alertmanager import Notification
+from sidecar.alertmanager import notification_from
 from sidecar.errors import InvalidRequest
 from sidecar.incidents import Change, Incident, IncidentBook
 from sidecar.notify.pagerduty import Pager
@@ -39,7 +39,7 @@ def running(rules: RuleSet, tiers: set[str]) -> IncidentBook:
 def declare(book: IncidentBook, severity: str, last_number: int = 0) -> Change:
     """The incident of a firing alert with the plan's severity override, numbered as a batch."""
     labels = {"incident_severity": severity, "service": "api"}
-    payload = Notification.model_validate(notification(alert("ApiDown", starts=T, labels=labels)))
+    payload = notification_from(notification(alert("ApiDown", starts=T, labels=labels)))
     book.numbering.begin(book.numbering.day(T), last_number)
     [change] = book.apply_notification(payload, T)
     book.numbering.end()
@@ -169,7 +169,7 @@ def test_plan_002_statuses_a_severity_changed_both_ways_and_a_cto_paged_by_hand(
     )
     changes.append(lowered)
     assert pages(lowered) == []
-    repeat = Notification.model_validate(
+    repeat = notification_from(
         notification(
             alert("ApiDown", starts=T, labels={"incident_severity": "P2", "service": "api"})
         )

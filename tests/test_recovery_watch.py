@@ -19,7 +19,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from prometheus_client import CollectorRegistry
 
-from sidecar.alertmanager import Notification
+from sidecar.alertmanager import Notification, notification_from
 from sidecar.clock import FakeClock, isoformat
 from sidecar.config import Config
 from sidecar.errors import ConfigError
@@ -72,7 +72,7 @@ def book(rules: RuleSet) -> IncidentBook:
 
 
 def n(*alerts: dict[str, Any], **kw: Any) -> Notification:
-    return Notification.model_validate(notification(*alerts, **kw))
+    return notification_from(notification(*alerts, **kw))
 
 
 def firing(start: float = T0, **kw: Any) -> Notification:

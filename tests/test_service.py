@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 from prometheus_client import CollectorRegistry
 
-from sidecar.alertmanager import Notification
+from sidecar.alertmanager import Notification, notification_from
 from sidecar.clock import FakeClock
 from sidecar.config import Config
 from sidecar.errors import IncidentNotFound, StoreUnavailable
@@ -53,7 +53,7 @@ class GatedStore(FlakyStore):
 
 def group(i: int, **kw: Any) -> Notification:
     """A notification for group ``i``, with its own alert."""
-    return Notification.model_validate(
+    return notification_from(
         notification(
             alert(f"Alert{i}", fingerprint=f"{i:016x}", **kw),
             group_key=f'{{}}:{{alertname="Alert{i}"}}',
@@ -466,7 +466,7 @@ async def test_alerts_no_rule_matched_are_counted_after_commit_once_per_instance
     assert sample(components, metric, rules="ownership", team="sre") == 1
     assert sample(components, metric, rules="severity", team="sre") == 0
     # Two alerts no rule matched at all, in one notification.
-    pair = Notification.model_validate(
+    pair = notification_from(
         notification(
             alert("A", fingerprint="00000000000000a1"),
             alert("B", fingerprint="00000000000000a2"),

@@ -13,7 +13,7 @@ import pytest
 import yaml
 from aiohttp import web
 
-from sidecar.alertmanager import Notification
+from sidecar.alertmanager import Notification, notification_from
 from sidecar.simulate.alertmanager import (
     Dispatcher,
     SimAlert,
@@ -191,7 +191,7 @@ async def test_the_emulation_names_and_groups_alerts_as_the_real_alertmanager(
     while not bodies and time.monotonic() < deadline:
         await asyncio.sleep(0.1)
     assert bodies, "Alertmanager sent nothing"
-    real = Notification.model_validate(bodies[0])
+    real = notification_from(bodies[0])
 
     dispatcher = Dispatcher(parse_route(config["route"]), receiver="sidecar")
     start = starts.timestamp()

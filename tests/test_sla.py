@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 from prometheus_client import CollectorRegistry
 
-from sidecar.alertmanager import Notification
+from sidecar.alertmanager import notification_from
 from sidecar.clock import FakeClock, isoformat
 from sidecar.config import Config
 from sidecar.errors import ConfigError
@@ -213,7 +213,7 @@ class Sidecar:
 
     async def notify(self, payload: dict[str, Any]) -> list[Change]:
         """Deliver an Alertmanager notification (its keys locked, as the webhook does)."""
-        n = Notification.model_validate(payload)
+        n = notification_from(payload)
         return await self.c.service.submit(
             lambda now: self.c.book.apply_notification(n, now), keys=self.c.book.keys_of(n)
         )

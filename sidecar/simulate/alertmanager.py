@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
 
-from sidecar.alertmanager import Notification
+from sidecar.alertmanager import Notification, notification_from
 from sidecar.clock import isoformat
 from sidecar.durations import parse_duration
 from sidecar.matchers import Matcher, parse_matcher, parse_matchers
@@ -316,7 +316,7 @@ class Dispatcher:
             common = {k: v for k, v in common.items() if alert.labels.get(k) == v}
             annotations = {k: v for k, v in annotations.items() if alert.annotations.get(k) == v}
         firing = any(not a.resolved(now) for a in alerts)
-        return Notification.model_validate(
+        return notification_from(
             {
                 "version": "4",
                 "groupKey": group.key,
