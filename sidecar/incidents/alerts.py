@@ -13,6 +13,8 @@ from typing import Any, Literal
 
 import orjson
 
+from sidecar.alertmanager import Alert
+
 
 @dataclass(slots=True)
 class AlertState:
@@ -105,3 +107,19 @@ def interned(labels: Mapping[str, str]) -> dict[str, str]:
     incident is most of what an open incident costs in memory.
     """
     return dict(zip(map(intern, labels.keys()), map(intern, labels.values()), strict=True))
+
+
+def repeats(tracked: Mapping[str, AlertState], alerts: Iterable[Alert]) -> bool:
+    """Whether every alert is an instance in ``tracked``, with nothing new to say of it.
+
+    Same start, and not a firing instance now resolved (firing again after it
+    resolved is an out-of-order duplicate: the resolution stays). Merging such
+    alerts into their incident adds no event, so it changes nothing.
+    """
+    for alert in alerts:
+        known = tracked.get(alert.fingerprint)
+        if known is None or known.starts_at != alert.starts_at.timestamp():
+            return False
+        if known.status == "firing" and alert.status == "resolved":
+            return False
+    return True

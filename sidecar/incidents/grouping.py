@@ -17,6 +17,7 @@ from sys import intern
 
 from sidecar import sla
 from sidecar.alertmanager import Alert, Notification
+from sidecar.incidents.alerts import repeats
 from sidecar.incidents.core import ClassificationLike, planned
 from sidecar.incidents.ids import new_incident_id
 from sidecar.incidents.model import (
@@ -64,6 +65,12 @@ class Grouping(Stepping):
         group_resolved: bool,
     ) -> list[Change]:
         inc = self._open.get(key)
+        if inc is not None and not group_resolved and repeats(inc.alerts, alerts):
+            # A resend of what the incident holds (repeat_interval, an HA peer,
+            # refreshed annotations): what the steps below would conclude, in
+            # one pass and without the undo copy. Most of what Alertmanager
+            # sends for an open group is this.
+            return []
         kept, classes = self._keep(alerts, inc)
         if not kept:
             return []  # only dropped alerts, firing or resolved: no incident to touch
