@@ -118,7 +118,7 @@ def repeats(tracked: Mapping[str, AlertState], alerts: Iterable[Alert]) -> bool:
     """
     for alert in alerts:
         known = tracked.get(alert.fingerprint)
-        if known is None or known.starts_at != alert.starts_at.timestamp():
+        if known is None or known.starts_at != alert.starts_at:
             return False
         if known.status == "firing" and alert.status == "resolved":
             return False

@@ -114,7 +114,7 @@ class Grouping(Stepping):
         classes: dict[str, ClassificationLike] = {}
         for alert in alerts:
             tracked = known.get(alert.fingerprint)
-            if tracked is None or tracked.starts_at != alert.starts_at.timestamp():
+            if tracked is None or tracked.starts_at != alert.starts_at:
                 cls = classes[alert.fingerprint] = self.classifier.classify(
                     alert.labels, alert.annotations
                 )
@@ -215,7 +215,7 @@ class Grouping(Stepping):
         new_firing: list[Alert] = []
         stale = 0
         for alert in alerts:
-            starts = alert.starts_at.timestamp()
+            starts = alert.starts_at
             known = inc.alerts.get(alert.fingerprint)
             if known is None or known.starts_at < starts:
                 if alert.status == "firing":
@@ -238,7 +238,7 @@ class Grouping(Stepping):
                 stale += 1
                 continue  # an older instance than the one we track: stale
             elif known.status == "firing" and alert.status == "resolved":
-                ends_at = alert.ends_at.timestamp() if alert.ends_at else now
+                ends_at = alert.ends_at if alert.ends_at is not None else now
                 inc.alerts[alert.fingerprint] = known = known.ended(ends_at)
                 events.append(
                     self.event(
@@ -326,8 +326,8 @@ class Grouping(Stepping):
         return AlertState(
             fingerprint=alert.fingerprint,
             status=alert.status,
-            starts_at=alert.starts_at.timestamp(),
-            ends_at=alert.ends_at.timestamp() if alert.ends_at else None,
+            starts_at=alert.starts_at,
+            ends_at=alert.ends_at,
             severity=cls.severity,
             labels=interned(alert.labels),
             generator_url=intern(alert.generator_url),
@@ -354,7 +354,7 @@ def _unmatched_effects(inc: Incident, unmatched: Counter[tuple[str, str]]) -> li
 
 
 def _instance(alert: Alert) -> tuple[str, float]:
-    return (alert.fingerprint, alert.starts_at.timestamp())
+    return (alert.fingerprint, alert.starts_at)
 
 
 def resolution_time(inc: Incident, now: float) -> float:

@@ -52,7 +52,7 @@ class Watching(Grouping):
         new = [a for a in firing or alerts if _newer(inc, a)]
         if not new:
             return []  # instances the watched incident already tracks: a late copy
-        if min(a.starts_at.timestamp() for a in new) > inc.watch_until:
+        if min(a.starts_at for a in new) > inc.watch_until:
             # Fired again after the window: that incident is over, a new one opens.
             ended = self._close_watched(inc, now)
             opened = super()._no_open_incident(key, alerts, classes, n, now, group_resolved)
@@ -119,4 +119,4 @@ class Watching(Grouping):
 def _newer(inc: Incident, alert: Alert) -> bool:
     """Whether ``alert`` is an instance ``inc`` has not seen: a new one, or one that fired again."""
     known = inc.alerts.get(alert.fingerprint)
-    return known is None or known.starts_at < alert.starts_at.timestamp()
+    return known is None or known.starts_at < alert.starts_at
