@@ -8,7 +8,9 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from functools import lru_cache
 from sys import intern
+from types import MappingProxyType
 from typing import Any, Literal
 
 import orjson
@@ -123,3 +125,20 @@ def repeats(tracked: Mapping[str, AlertState], alerts: Iterable[Alert]) -> bool:
         if known.status == "firing" and alert.status == "resolved":
             return False
     return True
+
+
+def shared(mapping: Mapping[str, str]) -> Mapping[str, str]:
+    """A read-only mapping equal to ``mapping``, the same object for the same content.
+
+    Incidents opened by one alerting rule quote the same annotations (a summary
+    templated from the rule, a runbook link): one mapping for all of them, not a
+    dict and its strings each, which was a fifth of what an open incident cost.
+    """
+    return _shared(tuple(mapping.items()))
+
+
+# Bounded: an incident keeps its mapping when the cache lets it go, it is only
+# no longer shared with incidents that come after.
+@lru_cache(maxsize=4096)
+def _shared(items: tuple[tuple[str, str], ...]) -> Mapping[str, str]:
+    return MappingProxyType({intern(k): intern(v) for k, v in items})

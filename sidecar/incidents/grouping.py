@@ -29,6 +29,7 @@ from sidecar.incidents.model import (
     TimelineEvent,
     Undo,
     interned,
+    shared,
 )
 from sidecar.incidents.numbers import war_room
 from sidecar.incidents.stepping import Stepping
@@ -380,9 +381,9 @@ QUOTED_ANNOTATIONS = ("impact", "summary", "description", "runbook_url")
 
 def _quoted(annotations: Mapping[str, str]) -> Mapping[str, str]:
     """What the notifications quote of the annotations: the group's shared ones, else those
-    of the alert that set the severity; interned, as labels are."""
+    of the alert that set the severity; one mapping for every incident that quotes the same."""
     kept = {k: annotations[k] for k in QUOTED_ANNOTATIONS if annotations.get(k)}
-    return interned(kept) if kept else NO_ANNOTATIONS
+    return shared(kept) if kept else NO_ANNOTATIONS
 
 
 def _title(n: Notification, alerts: list[Alert]) -> str:
