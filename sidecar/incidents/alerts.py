@@ -10,7 +10,6 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from functools import lru_cache
 from sys import intern
-from types import MappingProxyType
 from typing import Any, Literal
 
 import orjson
@@ -128,17 +127,20 @@ def repeats(tracked: Mapping[str, AlertState], alerts: Iterable[Alert]) -> bool:
 
 
 def shared(mapping: Mapping[str, str]) -> Mapping[str, str]:
-    """A read-only mapping equal to ``mapping``, the same object for the same content.
+    """A mapping equal to ``mapping``, the same object for the same content.
 
     Incidents opened by one alerting rule quote the same annotations (a summary
     templated from the rule, a runbook link): one mapping for all of them, not a
     dict and its strings each, which was a fifth of what an open incident cost.
+    Shared, so never to be changed in place (typed ``Mapping``, it cannot be).
     """
     return _shared(tuple(mapping.items()))
 
 
-# Bounded: an incident keeps its mapping when the cache lets it go, it is only
-# no longer shared with incidents that come after.
-@lru_cache(maxsize=4096)
+# Bounded, as what it keeps alive after the incidents are gone is: an incident
+# keeps its mapping when the cache lets it go, only incidents after it no
+# longer share it. A plain dict: annotations unique to each incident (a
+# templated value) then cost what they did before.
+@lru_cache(maxsize=1024)
 def _shared(items: tuple[tuple[str, str], ...]) -> Mapping[str, str]:
-    return MappingProxyType({intern(k): intern(v) for k, v in items})
+    return {intern(k): intern(v) for k, v in items}
