@@ -126,6 +126,16 @@ def repeats(tracked: Mapping[str, AlertState], alerts: Iterable[Alert]) -> bool:
     return True
 
 
+#: The annotations messages quote; only these are kept (every open incident holds them).
+QUOTED_ANNOTATIONS = ("impact", "summary", "description", "runbook_url")
+
+
+def quoted(annotations: Mapping[str, str]) -> Mapping[str, str]:
+    """What the notifications quote of ``annotations`` (a group's shared ones, else those of
+    the alert that set the severity); one mapping for every incident that quotes the same."""
+    return shared({k: annotations[k] for k in QUOTED_ANNOTATIONS if annotations.get(k)})
+
+
 def shared(mapping: Mapping[str, str]) -> Mapping[str, str]:
     """A mapping equal to ``mapping``, the same object for the same content.
 

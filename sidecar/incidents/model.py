@@ -25,9 +25,8 @@ import orjson
 
 from sidecar.incidents.alerts import AlertState as AlertState
 from sidecar.incidents.alerts import decode_alerts as decode_alerts
-from sidecar.incidents.alerts import decoded_alerts
+from sidecar.incidents.alerts import decoded_alerts, shared
 from sidecar.incidents.alerts import interned as interned
-from sidecar.incidents.alerts import shared as shared
 from sidecar.incidents.closed import ClosedEpisode
 
 if TYPE_CHECKING:
