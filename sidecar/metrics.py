@@ -28,6 +28,8 @@ from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.metrics import MetricWrapperBase
 from prometheus_client.registry import Collector
 
+from sidecar.exposition import Exposition
+
 NAMESPACE = "incident_sla"
 SLA_KINDS = ("detect", "acknowledge", "resolve", "update", "postmortem")
 
@@ -255,6 +257,8 @@ class Metrics:
             "notifications_pending": sorted({(i,) for i, _ in pairs}),
         }
         self._children: dict[tuple[int, tuple[str, ...]], Any] = {}
+        # What GET /metrics answers: every collector this registers, in order.
+        self._exposition = Exposition()
         # By attribute name; Any because each row's own type is known to its descriptor.
         self.families: dict[str, Any] = {}
         for row in table():
@@ -272,6 +276,7 @@ class Metrics:
         if row.labels:
             for values in self.series(row):
                 family.labels(*values)
+        self._exposition.add(family)
         return family
 
     def series(self, row: Row) -> list[tuple[str, ...]]:
@@ -316,8 +321,14 @@ class Metrics:
         """``notifications_total{integration,action,result}``, one more."""
         self.child(self.notifications_total, integration, action, result).inc()
 
+    def exposition(self) -> bytes:
+        """The registry's text exposition (``generate_latest``'s bytes, faster)."""
+        return self._exposition.render()
+
     def _track(self, row: LiveGauge, read: Callable[[], Mapping[Any, float]]) -> None:
-        self.registry.register(_GaugeFromState(row, read, self.series(row)))
+        gauge = _GaugeFromState(row, read, self.series(row))
+        self.registry.register(gauge)
+        self._exposition.add(gauge)
 
 
 def table() -> list[Row]:

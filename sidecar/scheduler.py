@@ -46,7 +46,10 @@ class DeadlineScheduler:
         # (deadline, strict, incident id): a strict deadline (a breach) is due once
         # passed, a non-strict one (an escalation step) at the deadline itself.
         self._heap: list[tuple[float, bool, str]] = []
-        self._next: dict[str, tuple[float, bool]] = {}
+        # Incident id -> its current entry of the heap (any other entry of it is
+        # stale): the very tuple, not a copy of its deadline, one object less
+        # per open incident.
+        self._next: dict[str, tuple[float, bool, str]] = {}
         self._wake = asyncio.Event()
         self._task = BackgroundTask("sla-deadlines", self._loop)
 
@@ -64,10 +67,10 @@ class DeadlineScheduler:
         if deadline is None:
             self._next.pop(incident_id, None)
             return
-        if self._next.get(incident_id) == deadline:
+        current = self._next.get(incident_id)
+        if current is not None and current[:2] == deadline:
             return
-        self._next[incident_id] = deadline
-        entry = (*deadline, incident_id)
+        entry = self._next[incident_id] = (*deadline, incident_id)
         heapq.heappush(self._heap, entry)
         if self._heap[0] == entry:
             self._wake.set()  # earlier than what the loop sleeps for
@@ -89,15 +92,15 @@ class DeadlineScheduler:
         for inc in list(self.book.open_incidents()) + resolved:
             deadline = self.book.next_deadline(inc.id)
             if deadline is not None:
-                self._next[inc.id] = deadline
+                self._next[inc.id] = (*deadline, inc.id)
         # One heapify instead of a push per incident: this runs at start.
-        self._heap = [(*deadline, incident_id) for incident_id, deadline in self._next.items()]
+        self._heap = list(self._next.values())
         heapq.heapify(self._heap)
         self._wake.set()
 
     def next_at(self) -> tuple[float, bool] | None:
         """The earliest scheduled deadline and whether it is strict."""
-        while self._heap and self._next.get(self._heap[0][2]) != self._heap[0][:2]:
+        while self._heap and self._next.get(self._heap[0][2]) is not self._heap[0]:
             heapq.heappop(self._heap)  # stale: superseded or cleared
         return self._heap[0][:2] if self._heap else None
 

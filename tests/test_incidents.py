@@ -462,3 +462,20 @@ def test_outcomes_survive_the_store_and_old_rows_have_none(ladder: RuleSet) -> N
     old = Incident.from_columns(**{**columns, "data": legacy})
     assert set(old.escalated) == {"vp", "scribe"}
     assert old.escalation_outcomes == {}
+
+
+def test_incidents_quoting_the_same_annotations_share_them_through_the_store(
+    book: IncidentBook, rules: RuleSet
+) -> None:
+    quoted = {"summary": "Disk full on db-1", "runbook_url": "https://runbooks.example/disk"}
+    a = book.apply_notification(n(alert(annotations=quoted), group_key="a"), T0 + 10)[0]
+    b = book.apply_notification(n(alert(annotations=dict(quoted)), group_key="b"), T0 + 10)[0]
+    other = {**quoted, "summary": "Disk full on db-2"}
+    c = book.apply_notification(n(alert(annotations=other), group_key="c"), T0 + 10)[0]
+    assert a.incident.annotations == quoted
+    assert a.incident.annotations is b.incident.annotations  # one mapping, not one each
+    assert c.incident.annotations == other
+    restored = [Incident.from_columns(**_columns(ch.incident)) for ch in (a, b, c)]
+    assert [r.annotations for r in restored] == [quoted, quoted, other]
+    assert restored[0].annotations is restored[1].annotations
+    assert restored[0].data_json()["annotations"] == quoted  # stored as before

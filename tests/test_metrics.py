@@ -37,9 +37,39 @@ def test_exposition_is_unchanged() -> None:
     hand-written declarations. Regenerate it only for a deliberate change.
     """
     registry = CollectorRegistry()
-    metrics(registry)
+    m = metrics(registry)
     expected = (DATA / "metrics.prom").read_text(encoding="utf-8")
     assert generate_latest(registry).decode() == expected
+    assert m.exposition().decode() == expected  # what GET /metrics answers
+
+
+def test_the_scrape_answers_what_generate_latest_writes_whatever_the_values() -> None:
+    """GET /metrics renders from prepared lines (``sidecar.exposition``); byte for byte
+    the library's exposition, with values of every shape, label values that need
+    escaping and series that appear after the first scrape."""
+    registry = CollectorRegistry()
+    m = Metrics(
+        registry,
+        severities=["P1", "P2"],
+        teams=["sre", 'qu"ote', "back\\slash", "new\nline"],
+        tiers=["primary"],
+        sla_thresholds=[300],
+        notifications=[("slack", "post")],
+    )
+    m.track_open_incidents(lambda: {("P1", "triggered"): 2})
+    m.track_outbox_pending(lambda: 3.0)
+    assert m.exposition() == generate_latest(registry)
+    m.child(m.breaches_total, "P1", 'qu"ote', "resolve").inc(12345678.5)
+    m.incidents_total.labels("P2", "new\nline").inc(0.25)
+    for seconds in (0.5, 299.9, 300, 1e9, 7200):
+        m.time_to_resolve.labels("P1", "back\\slash").observe(seconds)
+    m.rules_reload_timestamp.set(1_764_000_000.123)
+    m.rules_reload_successful.set(-0.0)
+    m.count_notification("slack", "post", "accepted")
+    m.count_notification("jira", "create", "retried")  # a series no configuration named
+    m.escalations_total.labels("P2", "primary").inc(float("inf"))
+    m.webhook_requests_total.labels("alertmanager", "200").inc(1e-7)
+    assert m.exposition() == generate_latest(registry)
 
 
 def test_every_label_has_values_from_configuration_or_a_fixed_enum() -> None:

@@ -17,11 +17,10 @@ from sys import intern
 
 from sidecar import sla
 from sidecar.alertmanager import Alert, Notification
-from sidecar.incidents.alerts import repeats
+from sidecar.incidents.alerts import quoted, repeats
 from sidecar.incidents.core import ClassificationLike, planned
 from sidecar.incidents.ids import new_incident_id
 from sidecar.incidents.model import (
-    NO_ANNOTATIONS,
     AlertState,
     Change,
     Effect,
@@ -149,7 +148,7 @@ class Grouping(Stepping):
             team=cls.team,
             title=intern(_title(n, alerts)),
             labels=interned(n.group_labels or n.common_labels),
-            annotations=_quoted(n.common_annotations or _annotations(alerts, top.fingerprint)),
+            annotations=quoted(n.common_annotations or _annotations(alerts, top.fingerprint)),
             external_url=intern(n.external_url),
             started_at=min(a.starts_at for a in states.values()),
             triggered_at=now,
@@ -372,17 +371,6 @@ def _annotations(alerts: list[Alert], fingerprint: str) -> Mapping[str, str]:
         if a.fingerprint == fingerprint:
             return a.annotations
     return {}
-
-
-#: The annotations messages quote; only these are kept (every open incident holds them).
-QUOTED_ANNOTATIONS = ("impact", "summary", "description", "runbook_url")
-
-
-def _quoted(annotations: Mapping[str, str]) -> Mapping[str, str]:
-    """What the notifications quote of the annotations: the group's shared ones, else those
-    of the alert that set the severity; interned, as labels are."""
-    kept = {k: annotations[k] for k in QUOTED_ANNOTATIONS if annotations.get(k)}
-    return interned(kept) if kept else NO_ANNOTATIONS
 
 
 def _title(n: Notification, alerts: list[Alert]) -> str:

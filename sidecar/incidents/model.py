@@ -25,7 +25,7 @@ import orjson
 
 from sidecar.incidents.alerts import AlertState as AlertState
 from sidecar.incidents.alerts import decode_alerts as decode_alerts
-from sidecar.incidents.alerts import decoded_alerts
+from sidecar.incidents.alerts import decoded_alerts, shared
 from sidecar.incidents.alerts import interned as interned
 from sidecar.incidents.closed import ClosedEpisode
 
@@ -250,6 +250,7 @@ class Incident:
         """
         legacy = data.get("alerts")
         group_key = data.get("group_key", "")
+        status_at = data.get("status_at")
         inc = cls(
             id=id,
             key=key,
@@ -285,10 +286,11 @@ class Incident:
             number=number,
             # A handful of values shared by every restored incident: one string each.
             status=intern(data["status"]) if data.get("status") else None,
-            status_at=data.get("status_at"),
+            # Set when the incident opened, mostly: then one float for both.
+            status_at=triggered_at if status_at == triggered_at else status_at,
             roles=data.get("roles") or NOTHING,
             severity_set_by=data.get("severity_set_by"),
-            annotations=dict(data["annotations"]) if data.get("annotations") else NO_ANNOTATIONS,
+            annotations=shared(data["annotations"]) if data.get("annotations") else NO_ANNOTATIONS,
             watch_until=data.get("watch_until"),
             closed_at=data.get("closed_at"),
             reopened_at=data.get("reopened_at"),

@@ -5,7 +5,7 @@ from __future__ import annotations
 from importlib import resources
 
 from aiohttp import web
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST
 
 from sidecar.errors import StoreUnavailable
 from sidecar.web.answers import json_answer
@@ -14,7 +14,7 @@ from sidecar.web.keys import COMPONENTS
 
 async def metrics(request: web.Request) -> web.Response:
     """``GET /metrics``."""
-    body = generate_latest(request.app[COMPONENTS].registry)
+    body = request.app[COMPONENTS].metrics.exposition()
     return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
 
 
