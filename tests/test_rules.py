@@ -665,3 +665,59 @@ def test_unusable_documents(tmp_path: Path, text: str, line: int | None, reason:
 def test_missing_file(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="cannot read file"):
         load_rules(tmp_path / "absent.yaml")
+
+
+ESCALATING = (
+    BASE
+    + """escalation_rules:
+  - {name: emergency, match: ['change="emergency"'], tier: change}
+  - name: customers
+    match_annotations: ['impact=~"customers?"']
+    tier: comms
+    record_only: true
+  - name: absent-env
+    match: ['env=""', 'alertname="Disk"']
+    tier: ops
+  - name: hot
+    when: [{label: bucket, above: 90}, {annotation: error_rate_percent, at_least: 50}]
+    tier: lead
+"""
+)
+
+ESCALATION_CASES = [
+    ({"change": "emergency"}, {}, [("emergency", "change", False)]),
+    ({"change": "planned"}, {}, []),
+    ({}, {"impact": "customer"}, [("customers", "comms", True)]),
+    (
+        {"change": "emergency"},
+        {"impact": "customers"},
+        [
+            ("emergency", "change", False),
+            ("customers", "comms", True),
+        ],
+    ),
+    # A missing label matches as the empty string; a present empty-looking one does not.
+    ({"alertname": "Disk"}, {}, [("absent-env", "ops", False)]),
+    ({"alertname": "Disk", "env": "prod"}, {}, []),
+    # A condition needs its value, and a number: a missing one never holds.
+    ({"bucket": "95"}, {"error_rate_percent": "50"}, [("hot", "lead", False)]),
+    ({"bucket": "95"}, {}, []),
+    ({}, {"error_rate_percent": "80"}, []),
+    ({"bucket": "x"}, {"error_rate_percent": "80"}, []),
+]
+
+
+@pytest.mark.parametrize(("labels", "annotations", "expected"), ESCALATION_CASES)
+def test_escalation_rules_match_labels_annotations_and_conditions(
+    tmp_path: Path,
+    labels: dict[str, str],
+    annotations: dict[str, str],
+    expected: list[tuple[str, str, bool]],
+) -> None:
+    rules = load_rules(write(tmp_path, ESCALATING))
+    hits = [(h.rule, h.tier, h.record_only) for h in rules.escalations(labels, annotations)]
+    assert hits == expected
+    # Again with labels and annotations no rule reads: answered from the cache,
+    # which must not confuse it with the first answer of another alert.
+    noisy = rules.escalations({**labels, "pod": "p-1"}, {**annotations, "summary": "s"})
+    assert [(h.rule, h.tier, h.record_only) for h in noisy] == expected

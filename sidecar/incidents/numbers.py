@@ -47,10 +47,19 @@ class Numbering:
         self._day: str | None = None
         self._last = 0
         self._given = 0
+        # The last instant asked about and its day: a batch asks once per
+        # incident it opens, all at its one ``now``, and the zone's conversion
+        # was a visible part of opening one.
+        self._asked: tuple[float, str] | None = None
 
     def day(self, now: float) -> str:
         """The day ``now`` (epoch seconds) falls on, in the numbering's time zone."""
-        return datetime.fromtimestamp(now, self.zone).date().isoformat()
+        asked = self._asked
+        if asked is not None and asked[0] == now:
+            return asked[1]
+        day = datetime.fromtimestamp(now, self.zone).date().isoformat()
+        self._asked = (now, day)
+        return day
 
     def begin(self, day: str, last: int) -> None:
         """Start a batch on ``day``, whose last number given so far is ``last``."""

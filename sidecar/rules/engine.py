@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Literal
 
 from sidecar.errors import ConfigProblem
@@ -51,16 +51,20 @@ class Classification:
     raised_from: str | None = None
     below_floor: bool = False
     dropped: bool = False
+    #: The rule lists of which no rule matched: the defaults decided.
+    unmatched: tuple[Literal["severity", "ownership"], ...] = field(
+        init=False, repr=False, compare=False
+    )
 
-    @property
-    def unmatched(self) -> tuple[Literal["severity", "ownership"], ...]:
-        """The rule lists of which no rule matched: the defaults decided."""
+    def __post_init__(self) -> None:
+        # Read for every new alert instance, and a classification is cached:
+        # worked out once here rather than at every read.
         out: list[Literal["severity", "ownership"]] = []
         if self.severity_rule == DEFAULT_RULE:
             out.append("severity")
         if self.team_rule == DEFAULT_RULE:
             out.append("ownership")
-        return tuple(out)
+        object.__setattr__(self, "unmatched", tuple(out))
 
 
 @dataclass(frozen=True, slots=True)
@@ -185,6 +189,22 @@ class RuleSet:
         # Keyed only on the values the rules read, so label sets that differ in
         # irrelevant labels (instance, pod) share one entry.
         self._classify_cached = functools.lru_cache(maxsize=_CACHE_SIZE)(self._classify_key)
+        esc = self._escalation_rules
+        self._escalation_label_keys = tuple(
+            sorted(
+                {m.name for r in esc for m in r.matchers}
+                | {c.label for r in esc for c in r.conditions if c.label is not None}
+            )
+        )
+        self._escalation_annotation_keys = tuple(
+            sorted(
+                {m.name for r in esc for m in r.annotation_matchers}
+                | {c.annotation for r in esc for c in r.conditions if c.annotation is not None}
+            )
+        )
+        # The same for escalation rules: every new firing alert asks, and the
+        # alerts of one group mostly differ only in labels no rule reads.
+        self._escalations_cached = functools.lru_cache(maxsize=_CACHE_SIZE)(self._escalations_key)
 
     def classify(self, labels: Mapping[str, str], annotations: Mapping[str, str]) -> Classification:
         """Severity and team of an alert with these labels and annotations."""
@@ -241,6 +261,26 @@ class RuleSet:
         """Every escalation rule that matches an alert (each pages its tier)."""
         if not self._escalation_rules:
             return ()
+        return self._escalations_cached(
+            tuple(map(labels.get, self._escalation_label_keys)),
+            tuple(map(annotations.get, self._escalation_annotation_keys)),
+        )
+
+    def _escalations_key(
+        self, label_values: tuple[str | None, ...], annotation_values: tuple[str | None, ...]
+    ) -> tuple[RuleEscalation, ...]:
+        # What the rules read, and nothing else: a missing label or annotation
+        # stays missing (a matcher reads it as "", a condition as no number).
+        labels = {
+            k: v
+            for k, v in zip(self._escalation_label_keys, label_values, strict=True)
+            if v is not None
+        }
+        annotations = {
+            k: v
+            for k, v in zip(self._escalation_annotation_keys, annotation_values, strict=True)
+            if v is not None
+        }
         return tuple(
             RuleEscalation(r.name, r.result, r.record_only)
             for r in self._escalation_rules
