@@ -51,6 +51,45 @@ def test_first_firing_notification_opens_an_incident_with_its_times(book: Incide
     assert book.open_counts[("P0", "triggered")] == 1
 
 
+def test_an_opened_incident_holds_each_alert_as_reported(book: IncidentBook) -> None:
+    """Each instance's own times and severity, the last copy of a repeated fingerprint,
+    and the earliest start as the incident's, whatever order the times come in."""
+    body = notification(
+        alert("A", fingerprint="000000000000000a", starts=T0 + 5, labels={"severity": "critical"}),
+        alert("A", fingerprint="000000000000000b", starts=T0 + 5),
+        alert("A", fingerprint="000000000000000c", starts=T0 + 1),
+        alert("A", fingerprint="000000000000000d", starts=T0 + 5, status="resolved", ends=T0 + 7),
+        alert("A", fingerprint="000000000000000e", starts=T0 + 1),
+        # Repeated: firing, then resolved; the last copy stands.
+        alert("A", fingerprint="000000000000000b", starts=T0 + 5, status="resolved", ends=T0 + 9),
+    )
+    # The same instant written in another zone is the same instant.
+    body["alerts"][4]["startsAt"] = "2023-11-14T23:13:21+01:00"
+    [change] = book.apply_notification(notification_from(body), T0 + 60)
+    inc = change.incident
+    got = {
+        fp: (a.status, a.starts_at, a.ends_at, a.severity, a.labels["alertname"])
+        for fp, a in inc.alerts.items()
+    }
+    assert got == {
+        "000000000000000a": ("firing", T0 + 5, None, "P0", "A"),
+        "000000000000000b": ("resolved", T0 + 5, T0 + 9, "P2", "A"),
+        "000000000000000c": ("firing", T0 + 1, None, "P2", "A"),
+        "000000000000000d": ("resolved", T0 + 5, T0 + 7, "P2", "A"),
+        "000000000000000e": ("firing", T0 + 1, None, "P2", "A"),
+    }
+    assert list(inc.alerts) == [
+        "000000000000000a",
+        "000000000000000b",
+        "000000000000000c",
+        "000000000000000d",
+        "000000000000000e",
+    ]
+    assert (inc.started_at, inc.severity) == (T0 + 1, "P0")
+    # Stored and read back, the alerts are the same.
+    assert Incident.from_columns(**_columns(inc)).alerts == inc.alerts
+
+
 def test_duplicate_and_repeat_notifications_change_nothing(book: IncidentBook) -> None:
     payload = n(alert())
     book.apply_notification(payload, T0 + 10)

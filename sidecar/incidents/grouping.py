@@ -30,6 +30,7 @@ from sidecar.incidents.model import (
     interned,
 )
 from sidecar.incidents.numbers import war_room
+from sidecar.incidents.opening import annotations_of, opening_states, title, top_state
 from sidecar.incidents.stepping import Stepping
 
 
@@ -135,9 +136,9 @@ class Grouping(Stepping):
         firing = [a for a in alerts if a.status == "firing"]
         undo = self._begin(key, None)
         unmatched: Counter[tuple[str, str]] = Counter()
-        states = {a.fingerprint: self._alert_state(a, classes, unmatched) for a in alerts}
-        top = self._top(states.values(), firing_only=bool(firing))
-        cls = self.classifier.classify(top.labels, _annotations(alerts, top.fingerprint))
+        states = opening_states(alerts, classes, unmatched)
+        top = top_state(states, self.classifier.rank, firing_only=bool(firing))
+        cls = self.classifier.classify(top.labels, annotations_of(alerts, top.fingerprint))
         inc = Incident(
             id=new_incident_id(now),
             key=key,
@@ -146,9 +147,9 @@ class Grouping(Stepping):
             state="triggered",
             severity=top.severity,
             team=cls.team,
-            title=intern(_title(n, alerts)),
+            title=intern(title(n, alerts)),
             labels=interned(n.group_labels or n.common_labels),
-            annotations=quoted(n.common_annotations or _annotations(alerts, top.fingerprint)),
+            annotations=quoted(n.common_annotations or annotations_of(alerts, top.fingerprint)),
             external_url=intern(n.external_url),
             started_at=min(a.starts_at for a in states.values()),
             triggered_at=now,
@@ -364,25 +365,3 @@ def resolution_time(inc: Incident, now: float) -> float:
 
 def alert_name(st: AlertState) -> str:
     return st.labels.get("alertname", st.fingerprint)
-
-
-def _annotations(alerts: list[Alert], fingerprint: str) -> Mapping[str, str]:
-    for a in alerts:
-        if a.fingerprint == fingerprint:
-            return a.annotations
-    return {}
-
-
-def _title(n: Notification, alerts: list[Alert]) -> str:
-    first = alerts[0]
-    summary = (
-        n.common_annotations.get("summary")
-        or first.annotations.get("summary")
-        or first.annotations.get("description", "")
-    )
-    name = n.common_labels.get("alertname") or first.labels.get("alertname", "alert")
-    title = f"{name}: {summary}" if summary else name
-    extra = ", ".join(f"{k}={v}" for k, v in sorted(n.group_labels.items()) if k != "alertname")
-    if extra and not summary:
-        title = f"{title} ({extra})"
-    return title[:1024]
