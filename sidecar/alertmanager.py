@@ -41,7 +41,9 @@ class Alert(msgspec.Struct, frozen=True, gc=False, rename="camel"):
     status: Literal["firing", "resolved"]
     labels: _Labels
     starts_at: float
-    fingerprint: Annotated[str, msgspec.Meta(pattern=r"^[0-9a-fA-F]{1,16}$")]
+    # 1 to 16 hexadecimal digits: the length here, the digits in ``_settle``
+    # (a regular expression per alert was a third of the decoding).
+    fingerprint: Annotated[str, msgspec.Meta(min_length=1, max_length=16)]
     annotations: _Labels = msgspec.field(default_factory=dict)
     ends_at: float | None = None
     generator_url: str = msgspec.field(default="", name="generatorURL")
@@ -115,6 +117,8 @@ def _settle(wire: _WireNotification) -> Notification:
     problems: list[str] = []
     epochs = _EPOCHS
     for i, alert in enumerate(wire.alerts):
+        if alert.fingerprint.strip(_HEX):
+            problems.append(f"alerts.{i}.fingerprint: must be hexadecimal digits")
         starts = epochs.get(alert.starts_at) or _learn(alert.starts_at, "startsAt", problems, i)
         if starts == _ZERO:
             problems.append(f"alerts.{i}.startsAt: startsAt must be set")
@@ -127,6 +131,8 @@ def _settle(wire: _WireNotification) -> Notification:
     # The same objects, now holding what Alert and Notification declare.
     return wire
 
+
+_HEX = "0123456789abcdefABCDEF"
 
 # Time text -> epoch seconds. Alertmanager resends the same instants again and
 # again (an alert keeps its startsAt while it fires, and the alerts of one rule
