@@ -342,7 +342,11 @@ def latency(
 
 
 def profile(run: Run, pid: int, url: str, body_file: Path, body: str) -> dict[str, Any]:
-    """py-spy (if installed) on the sidecar under the headline mix; top functions by own time."""
+    """py-spy (if installed) on the sidecar under the headline mix; top functions by own time.
+
+    On the groups the sidecar's measured runs opened ("si"): groups it never saw
+    would make the first thousand requests of the profile new incidents.
+    """
     spy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
     if not Path(spy).exists():
         run.notes.append("py-spy not installed: no profile (pip install py-spy to get one)")
@@ -372,7 +376,7 @@ def profile(run: Run, pid: int, url: str, body_file: Path, body: str) -> dict[st
         stderr=subprocess.DEVNULL,
     )
     try:
-        load(run, f"{url}/webhook/alertmanager", body_file, run.token, duration=secs, prefix="pr")
+        load(run, f"{url}/webhook/alertmanager", body_file, run.token, duration=secs, prefix="si")
         spy_proc.wait(timeout=secs + 60)
     finally:
         if spy_proc.poll() is None:
