@@ -1313,3 +1313,54 @@ async def test_two_postgresql_stores_never_give_one_number_twice(pg: Backend) ->
     numbers = sorted(i.number or "" for i in found if i is not None)
     assert numbers == [f"{DAY}-{n:03d}" for n in range(1, 17)]
     assert await last_number(stores[1]) == 16
+
+
+# -- locked batches (replicas) ----------------------------------------------------
+
+
+async def test_locked_reads_the_keys_open_and_recently_closed_rows_and_the_ids(pg: Backend) -> None:
+    store = await pg.open()
+    old = incident("old", key="k", state="resolved", triggered_at=T0 - 7200)
+    recent = incident("recent", key="k", state="resolved")
+    await store.write(batch(old, recent, incident("now", key="k"), incident("x", key="kx")))
+    await store.write(batch(incident("other", key="elsewhere")))
+    async with store.locked(("k",), ("x",), T0) as state:
+        assert state.keys == {"k", "kx"}  # the keys of the ids are locked too
+        assert state.ids == {"x"}
+        assert sorted(i.id for i in state.incidents) == ["now", "x"]
+        # Only the latest of a key resolved since then.
+        assert [i.id for i in state.recently_closed] == ["recent"]
+        assert state.incidents[0] == (await store.get_incident(state.incidents[0].id))
+
+
+async def test_a_replica_waiting_for_a_key_reads_what_the_holder_committed(
+    pg: Backend, postgres_database_dsn: str
+) -> None:
+    """The rows are read after the lock is granted, never from a snapshot taken before the
+    wait: otherwise the second replica would open a second incident for the key."""
+    first, second = await pg.open(), await pg.open()
+
+    async def waiting() -> bool:
+        con = await asyncpg.connect(postgres_database_dsn)
+        try:
+            sql = "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted"
+            return bool(await con.fetchval(sql))
+        finally:
+            await con.close()
+
+    async def read_under_lock(store: Store, keys: tuple[str, ...], ids: tuple[str, ...]) -> Any:
+        async with store.locked(keys, ids, 0.0) as state:
+            return state
+
+    await first.write(batch(incident("known", key="k2", state="resolved")))
+    for keys, ids in ((("k",), ()), ((), ("known",))):
+        key = keys[0] if keys else "k2"
+        async with first.locked((key,), (), 0.0) as held:
+            await held.write(batch(incident(f"by-first-{key}", key=key, severity="P2")))
+            other = asyncio.ensure_future(read_under_lock(second, keys, ids))
+            while not await waiting():
+                assert not other.done()
+                await asyncio.sleep(0.01)
+        state = await other
+        assert f"by-first-{key}" in {i.id for i in state.incidents}
+        assert key in state.keys

@@ -238,6 +238,59 @@ SCHEMA: tuple[Migration, ...] = (
         ALTER TABLE outbox ADD COLUMN receipt {text};
         """,
     ),
+    Migration(
+        11,
+        "one round trip to lock a batch's keys and read their incidents",
+        # What PostgresStore.locked asked in three statements (lock, open rows, recently
+        # closed rows), in one call. PL/pgSQL, so never inlined into the calling query,
+        # and VOLATILE, so each statement in it takes a fresh snapshot: the rows are
+        # read after the locks are held, never from a snapshot taken before the wait.
+        # Locks go in the order of the array, which the caller sorts (the keys of
+        # ``ids`` are merged in in the same byte order). The columns are IncidentRow's,
+        # in order: a migration that adds one to incidents replaces this function.
+        postgresql="""
+        CREATE FUNCTION sidecar_lock_incidents(
+            lock_keys text[], lock_ids text[], closed_since double precision
+        ) RETURNS TABLE (
+            recent boolean, id text, key text, state text, severity text, team text,
+            started_at double precision, triggered_at double precision,
+            acknowledged_at double precision, resolved_at double precision,
+            review_due_at double precision, review_done_at double precision,
+            number text, updated_at double precision, data json, alerts json
+        ) LANGUAGE plpgsql VOLATILE AS $fn$
+        #variable_conflict use_column
+        DECLARE
+            all_keys text[] := lock_keys;
+        BEGIN
+            IF cardinality(lock_ids) > 0 THEN
+                SELECT array_agg(k ORDER BY k COLLATE "C") INTO all_keys FROM (
+                    SELECT unnest(lock_keys) AS k
+                    UNION SELECT i.key FROM incidents i WHERE i.id = ANY(lock_ids)
+                ) AS both_keys;
+            END IF;
+            PERFORM pg_advisory_xact_lock(hashtextextended(k, 0))
+                FROM unnest(all_keys) AS k;
+            RETURN QUERY
+                SELECT false, i.id, i.key, i.state, i.severity, i.team, i.started_at,
+                    i.triggered_at, i.acknowledged_at, i.resolved_at, i.review_due_at,
+                    i.review_done_at, i.number, i.updated_at, i.data, i.alerts
+                FROM incidents i
+                WHERE (i.key = ANY(all_keys) AND i.state <> 'resolved') OR i.id = ANY(lock_ids)
+                UNION ALL
+                SELECT * FROM (
+                    SELECT DISTINCT ON (i.key) true, i.id, i.key, i.state, i.severity,
+                        i.team, i.started_at, i.triggered_at, i.acknowledged_at,
+                        i.resolved_at, i.review_due_at, i.review_done_at, i.number,
+                        i.updated_at, i.data, i.alerts
+                    FROM incidents i
+                    WHERE i.key = ANY(all_keys) AND i.state = 'resolved'
+                        AND i.resolved_at >= closed_since
+                    ORDER BY i.key, i.resolved_at DESC
+                ) AS closed;
+        END
+        $fn$;
+        """,
+    ),
 )
 
 

@@ -40,7 +40,7 @@ from sidecar.store.base import LockedState
 from sidecar.store.codec import incident_from_row
 from sidecar.store.migrations import migrations
 from sidecar.store.queue import Claim, Claimant, outbox_item, take_within_budget
-from sidecar.store.rows import INCIDENT_COLUMNS, WriteBatch
+from sidecar.store.rows import WriteBatch
 from sidecar.store.sql import POSTGRES, Statements
 from sidecar.store.sqlstore import SQLStore
 
@@ -70,16 +70,10 @@ _RECORD_CHANGES = (
 MIGRATIONS = migrations(POSTGRES)
 
 _SQL = Statements(POSTGRES)
-# (keys, ids): the open incidents of the keys, and the incidents of the ids.
-_LOCKED_OPEN = (
-    f"{_SQL.select_incidents} WHERE (key = ANY($1) AND state <> 'resolved') OR id = ANY($2)"
-)
-# (keys, since): the latest incident of each key resolved since then.
-_LOCKED_CLOSED = (
-    f"SELECT DISTINCT ON (key) {INCIDENT_COLUMNS} FROM incidents "  # noqa: S608 - constant SQL
-    "WHERE key = ANY($1) AND state = 'resolved' AND resolved_at >= $2 "
-    "ORDER BY key, resolved_at DESC"
-)
+# (sorted keys, ids, closed since): the keys' locks, then (recent, *IncidentRow) rows:
+# the open incidents of the keys and the incidents of the ids (recent false), the
+# latest incident of each key resolved since then (recent true). See migration 11.
+_LOCK_INCIDENTS = "SELECT * FROM sidecar_lock_incidents($1, $2, $3)"
 
 # (day): the day's last number, its counter row locked until the transaction ends (an
 # upsert that changes nothing still locks the row it conflicts with).
@@ -114,6 +108,17 @@ async def _init_connection(con: Any) -> None:
         decoder=bytes,
         format="binary",
     )
+
+
+async def _keep_session(_con: Any) -> None:
+    """Give a connection back to the pool as it is.
+
+    asyncpg's default resets the session on every release (unlock session advisory
+    locks, close cursors, unlisten, reset settings: one more round trip per use). Pool
+    connections hold none of these: locks are transaction-scoped, LISTEN has a
+    connection of its own, nothing sets a setting. An open transaction is still rolled
+    back by asyncpg before this is called.
+    """
 
 
 class PostgresStore(SQLStore):
@@ -184,6 +189,7 @@ class PostgresStore(SQLStore):
                 timeout=self.connect_timeout,
                 command_timeout=self.command_timeout,
                 init=_init_connection,
+                reset=_keep_session,
             )
         except _DATABASE_ERRORS as exc:
             raise StoreUnavailable(f"postgresql: {type(exc).__name__}: {exc}") from exc
@@ -221,24 +227,19 @@ class PostgresStore(SQLStore):
     ) -> AsyncIterator[LockedState]:
         """A transaction holding the keys' locks, with their current rows (see Store)."""
         async with self._connection() as con, con.transaction():
+            # Sorted, so that two replicas locking overlapping keys cannot deadlock;
+            # the locks and the reads after them in one round trip.
+            rows = await con.fetch(_LOCK_INCIDENTS, sorted(keys), list(ids), closed_since)
+            open_rows = [r[1:] for r in rows if not r[0]]
             if ids:
-                rows = await con.fetch("SELECT key FROM incidents WHERE id = ANY($1)", list(ids))
-                keys = set(keys) | {r[0] for r in rows}
-            # Sorted, so that two replicas locking overlapping keys cannot deadlock; in
-            # one statement (unnest keeps the array's order), one round trip for all.
-            if keys:
-                await con.execute(
-                    "SELECT pg_advisory_xact_lock(hashtextextended(k, 0)) "
-                    "FROM unnest($1::text[]) AS k",
-                    sorted(keys),
-                )
-            open_rows = await con.fetch(_LOCKED_OPEN, list(keys), list(ids))
-            closed_rows = await con.fetch(_LOCKED_CLOSED, list(keys), closed_since)
+                # The keys of the ids are locked too (the function merges them in).
+                wanted = set(ids)
+                keys = set(keys) | {r[1] for r in open_rows if r[0] in wanted}
             state = LockedState(
                 keys=set(keys),
                 ids=set(ids),
                 incidents=[incident_from_row(r) for r in open_rows],
-                recently_closed=[incident_from_row(r) for r in closed_rows],
+                recently_closed=[incident_from_row(r[1:]) for r in rows if r[0]],
                 write=lambda batch: _write(con, batch, self.origin),
                 last_number=lambda day: _reserve(con, day),
             )
