@@ -19,10 +19,19 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 from sidecar.clock import Clock
+from sidecar.effects import publish
 from sidecar.errors import StoreUnavailable
-from sidecar.incidents import Change, Effect, IncidentBook, war_room
+from sidecar.incidents import Change, IncidentBook
 from sidecar.metrics import Metrics
-from sidecar.store.base import DeliveryRow, Store, WriteBatch, event_row, incident_row
+from sidecar.readonly import ReadOnlyFirst
+from sidecar.store.base import (
+    DeliveryRow,
+    ReadsUnderLock,
+    Store,
+    WriteBatch,
+    event_row,
+    incident_row,
+)
 from sidecar.tasks import BackgroundTask
 
 log = logging.getLogger("sidecar.incidents")
@@ -84,6 +93,10 @@ class IncidentService:
         self.on_refresh: list[Callable[[set[str]], None]] = []
         self._inflight: asyncio.Future[None] | None = None
         self.batches_committed = 0
+        # Replicas: notification batches that change nothing skip the transaction.
+        self.read_only_first = (
+            ReadOnlyFirst(store) if store.shared and isinstance(store, ReadsUnderLock) else None
+        )
         self._last_expiry = 0.0
 
     async def start(self) -> None:
@@ -200,6 +213,8 @@ class IncidentService:
             self._last_expiry = now
         keys = {k for p in batch for k in p.keys}
         ids = {i for p in batch for i in p.ids}
+        if await self._read_only(batch, keys, now):
+            return
         applied: list[tuple[_Pending, list[Change]]] = []
         all_changes: list[Change] = []
         refreshed: set[str] = set()
@@ -258,6 +273,44 @@ class IncidentService:
             if not pending.future.done():
                 pending.future.set_result(changes)
 
+    async def _read_only(self, batch: list[_Pending], keys: set[str], now: float) -> bool:
+        """Answer a batch of notifications that changes nothing from one locked read;
+        False when it is to run under the locks' transaction (see sidecar.readonly)."""
+        tries = self.read_only_first
+        if tries is None or not keys or not tries.worth_trying():
+            return False
+        if any(p.ids or p.deliveries or p.sync for p in batch):
+            return False
+        try:
+            read = await tries.store.read_locked(keys, now - self.book.retention)
+        except StoreUnavailable:
+            return False  # the transaction will fail as well, and answer for it
+        self._refreshed(
+            self.book.refresh(read.keys, read.ids, read.incidents, read.recently_closed)
+        )
+        if any(not self.book.has_open(k) for k in keys):
+            return False  # it may open an incident: numbers are given under the lock
+        outcomes: list[tuple[_Pending, list[Change], Exception | None]] = []
+        for pending in batch:
+            try:
+                outcomes.append((pending, pending.command(now), None))
+            except Exception as exc:  # a domain error, the caller's once this is the answer
+                outcomes.append((pending, [], exc))
+        changes = [c for _, cs, _ in outcomes for c in cs]
+        tries.record(not changes)
+        if changes:
+            for change in reversed(changes):
+                self.book.undo(change)
+            return False
+        for pending, result, error in outcomes:
+            if pending.future.done():
+                continue
+            if error is not None:
+                pending.future.set_exception(error)
+            else:
+                pending.future.set_result(result)
+        return True
+
     def _refreshed(self, ids: set[str]) -> None:
         # What was re-read is the store's truth whether or not this batch committed.
         if not ids:
@@ -296,7 +349,7 @@ class IncidentService:
     def _publish_all(self, changes: list[Change]) -> None:
         for change in changes:
             for effect in change.effects:
-                self._publish(effect, change.incident.number)
+                publish(self.metrics, effect, change.incident.number)
 
     def _batch(
         self, changes: list[Change], deliveries: list[DeliveryRow], now: float
@@ -330,55 +383,3 @@ class IncidentService:
         for pending in batch:
             if not pending.future.done():
                 pending.future.set_exception(error)
-
-    def _publish(self, effect: Effect, number: str | None = None) -> None:
-        m = self.metrics
-        labels = (effect.severity, effect.team)
-        if effect.kind == "opened":
-            m.child(m.incidents_total, *labels).inc()
-            if effect.seconds is not None:
-                m.child(m.time_to_detect, *labels).observe(effect.seconds)
-        elif effect.kind == "acknowledged":
-            # None: acknowledged again after a reopening; measured once, at the first.
-            if effect.seconds is not None:
-                m.child(m.time_to_acknowledge, *labels).observe(effect.seconds)
-        elif effect.kind in ("resolved", "closed"):
-            # Once per incident: at resolution, or at the end of its recovery
-            # watch (then the resolution carries no time).
-            if effect.seconds is not None:
-                m.child(m.time_to_resolve, *labels).observe(effect.seconds)
-        elif effect.kind == "reopened":
-            m.child(m.reopened_total, *labels).inc()
-        elif effect.kind == "breach" and effect.detail is not None:
-            m.child(m.breaches_total, *labels, effect.detail).inc()
-        elif effect.kind == "escalated" and effect.detail is not None:
-            m.child(m.escalations_total, effect.severity, effect.detail).inc()
-            if effect.outcome is not None:
-                m.child(
-                    m.escalation_outcomes_total, effect.severity, effect.detail, effect.outcome
-                ).inc()
-        elif effect.kind == "unmatched":
-            # A count for the metric, not a transition of the incident: no log line.
-            if effect.detail is not None:
-                m.child(m.alerts_unmatched_total, effect.detail, effect.team).inc(effect.count)
-            return
-        if not log.isEnabledFor(logging.INFO):
-            return
-        log.info(
-            f"incident {effect.kind}",
-            extra={
-                "event": f"incident_{effect.kind}",
-                "incident_id": effect.incident_id,
-                "incident_number": number,
-                "war_room": war_room(number),
-                "severity": effect.severity,
-                "team": effect.team,
-                "seconds": effect.seconds,
-                "previous_severity": effect.previous_severity,
-                "source": effect.source,
-                "actor": effect.actor,
-                "detail": effect.detail,
-                "count": effect.count,
-                "outcome": effect.outcome,
-            },
-        )

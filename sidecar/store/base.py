@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable, Collection
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 from sidecar.incidents import Incident, TimelineEvent
 from sidecar.store.codec import (
@@ -46,11 +46,13 @@ __all__ = [
     "EventRow",
     "IncidentQuery",
     "IncidentRow",
+    "LockedRead",
     "LockedState",
     "OutboxItem",
     "OutboxRow",
     "Outcome",
     "RateBudget",
+    "ReadsUnderLock",
     "Store",
     "WriteBatch",
     "event_from_row",
@@ -63,7 +65,17 @@ __all__ = [
 
 
 @dataclass(slots=True)
-class LockedState:
+class LockedRead:
+    """The current rows of some keys and ids, as read while holding their locks."""
+
+    keys: set[str]
+    ids: set[str]
+    incidents: list[Incident]
+    recently_closed: list[Incident]
+
+
+@dataclass(slots=True)
+class LockedState(LockedRead):
     """What :meth:`Store.locked` hands the service: current rows, and how to write.
 
     For a shared store (several replicas) the rows are the truth the service
@@ -71,15 +83,24 @@ class LockedState:
     same transaction, so the keys stay locked from read to commit.
     """
 
-    keys: set[str]
-    ids: set[str]
-    incidents: list[Incident]
-    recently_closed: list[Incident]
     write: Callable[[WriteBatch], Awaitable[None]]
     # The last incident number given on a day (``2026-11-30``), 0 for none; with
     # replicas, the day's counter stays locked until this transaction ends, and
     # the batch's ``numbers`` move it on.
     last_number: Callable[[str], Awaitable[int]]
+
+
+@runtime_checkable
+class ReadsUnderLock(Protocol):
+    """A shared store that can read keys' rows under their locks without a transaction."""
+
+    async def read_locked(self, keys: Collection[str], closed_since: float) -> LockedRead:
+        """Wait for the keys' locks, read as :meth:`Store.locked` does, release them.
+
+        One round trip. Nothing may be written on what it read: a batch that
+        turns out to change something runs again under :meth:`Store.locked`.
+        """
+        ...
 
 
 @dataclass(frozen=True, slots=True)

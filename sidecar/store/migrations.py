@@ -248,6 +248,10 @@ SCHEMA: tuple[Migration, ...] = (
         # Locks go in the order of the array, which the caller sorts (the keys of
         # ``ids`` are merged in in the same byte order). The columns are IncidentRow's,
         # in order: a migration that adds one to incidents replaces this function.
+        # Generic plans: planning the queries anew for each call's arrays cost more
+        # than running them. And index lookups only: a plan is kept for the session,
+        # and one made while the table was small (a new database, statistics not yet
+        # gathered) would otherwise scan every incident in every batch.
         postgresql="""
         CREATE FUNCTION sidecar_lock_incidents(
             lock_keys text[], lock_ids text[], closed_since double precision
@@ -257,7 +261,9 @@ SCHEMA: tuple[Migration, ...] = (
             acknowledged_at double precision, resolved_at double precision,
             review_due_at double precision, review_done_at double precision,
             number text, updated_at double precision, data json, alerts json
-        ) LANGUAGE plpgsql VOLATILE AS $fn$
+        ) LANGUAGE plpgsql VOLATILE
+        SET plan_cache_mode = force_generic_plan SET enable_seqscan = off
+        SET enable_hashjoin = off SET enable_mergejoin = off SET enable_material = off AS $fn$
         #variable_conflict use_column
         DECLARE
             all_keys text[] := lock_keys;
@@ -270,23 +276,37 @@ SCHEMA: tuple[Migration, ...] = (
             END IF;
             PERFORM pg_advisory_xact_lock(hashtextextended(k, 0))
                 FROM unnest(all_keys) AS k;
+            -- Driven by the arrays, one index lookup per element: a plan that scans
+            -- every incident is never the cheaper one, whatever the table's statistics.
             RETURN QUERY
                 SELECT false, i.id, i.key, i.state, i.severity, i.team, i.started_at,
                     i.triggered_at, i.acknowledged_at, i.resolved_at, i.review_due_at,
                     i.review_done_at, i.number, i.updated_at, i.data, i.alerts
-                FROM incidents i
-                WHERE (i.key = ANY(all_keys) AND i.state <> 'resolved') OR i.id = ANY(lock_ids)
+                FROM unnest(all_keys) AS k
+                JOIN incidents i ON i.key = k AND i.state <> 'resolved'
                 UNION ALL
-                SELECT * FROM (
-                    SELECT DISTINCT ON (i.key) true, i.id, i.key, i.state, i.severity,
-                        i.team, i.started_at, i.triggered_at, i.acknowledged_at,
-                        i.resolved_at, i.review_due_at, i.review_done_at, i.number,
-                        i.updated_at, i.data, i.alerts
+                -- An id's open incident is its key's, read above already. (state || ''
+                -- keeps the planner off the state index, which would read every
+                -- resolved incident.)
+                SELECT false, i.id, i.key, i.state, i.severity, i.team, i.started_at,
+                    i.triggered_at, i.acknowledged_at, i.resolved_at, i.review_due_at,
+                    i.review_done_at, i.number, i.updated_at, i.data, i.alerts
+                FROM (SELECT DISTINCT unnest(lock_ids) AS n) AS wanted
+                JOIN incidents i ON i.id = wanted.n AND i.state || '' = 'resolved'
+                UNION ALL
+                SELECT true, c.*
+                FROM unnest(all_keys) AS k
+                CROSS JOIN LATERAL (
+                    SELECT i.id, i.key, i.state, i.severity, i.team, i.started_at,
+                        i.triggered_at, i.acknowledged_at, i.resolved_at, i.review_due_at,
+                        i.review_done_at, i.number, i.updated_at, i.data, i.alerts
                     FROM incidents i
-                    WHERE i.key = ANY(all_keys) AND i.state = 'resolved'
-                        AND i.resolved_at >= closed_since
-                    ORDER BY i.key, i.resolved_at DESC
-                ) AS closed;
+                    -- By key and time, off the state index again.
+                    WHERE i.key = k AND i.resolved_at >= closed_since
+                        AND i.state || '' = 'resolved'
+                    ORDER BY i.resolved_at DESC
+                    LIMIT 1
+                ) AS c;
         END
         $fn$;
         """,

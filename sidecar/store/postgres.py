@@ -36,7 +36,7 @@ from typing import Any, TypeVar
 import asyncpg  # type: ignore[import-untyped]
 
 from sidecar.errors import StoreUnavailable
-from sidecar.store.base import LockedState
+from sidecar.store.base import LockedRead, LockedState
 from sidecar.store.codec import incident_from_row
 from sidecar.store.migrations import migrations
 from sidecar.store.queue import Claim, Claimant, outbox_item, take_within_budget
@@ -227,23 +227,24 @@ class PostgresStore(SQLStore):
     ) -> AsyncIterator[LockedState]:
         """A transaction holding the keys' locks, with their current rows (see Store)."""
         async with self._connection() as con, con.transaction():
-            # Sorted, so that two replicas locking overlapping keys cannot deadlock;
-            # the locks and the reads after them in one round trip.
-            rows = await con.fetch(_LOCK_INCIDENTS, sorted(keys), list(ids), closed_since)
-            open_rows = [r[1:] for r in rows if not r[0]]
-            if ids:
-                # The keys of the ids are locked too (the function merges them in).
-                wanted = set(ids)
-                keys = set(keys) | {r[1] for r in open_rows if r[0] in wanted}
-            state = LockedState(
-                keys=set(keys),
-                ids=set(ids),
-                incidents=[incident_from_row(r) for r in open_rows],
-                recently_closed=[incident_from_row(r[1:]) for r in rows if r[0]],
+            read = await _read_locked(con, keys, ids, closed_since)
+            yield LockedState(
+                read.keys,
+                read.ids,
+                read.incidents,
+                read.recently_closed,
                 write=lambda batch: _write(con, batch, self.origin),
                 last_number=lambda day: _reserve(con, day),
             )
-            yield state
+
+    async def read_locked(self, keys: Collection[str], closed_since: float) -> LockedRead:
+        """The keys' rows read under their locks, released at once (see ReadsUnderLock).
+
+        No transaction around it: the statement is its own, so the locks are held
+        while the function reads and let go when it returns.
+        """
+        async with self._connection() as con:
+            return await _read_locked(con, keys, (), closed_since)
 
     # -- the change feed --------------------------------------------------
 
@@ -320,6 +321,26 @@ class PostgresStore(SQLStore):
                     [(integration, bucket, now) for bucket in buckets if bucket is not None],
                 )
         return claim
+
+
+async def _read_locked(
+    con: Any, keys: Collection[str], ids: Collection[str], closed_since: float
+) -> LockedRead:
+    # Sorted, so that two replicas locking overlapping keys cannot deadlock; the locks
+    # and the reads after them in one round trip.
+    rows = await con.fetch(_LOCK_INCIDENTS, sorted(keys), list(ids), closed_since)
+    open_rows = [r[1:] for r in rows if not r[0]]
+    locked = set(keys)
+    if ids:
+        # The keys of the ids are locked too (the function merges them in).
+        wanted = set(ids)
+        locked |= {r[1] for r in open_rows if r[0] in wanted}
+    return LockedRead(
+        keys=locked,
+        ids=set(ids),
+        incidents=[incident_from_row(r) for r in open_rows],
+        recently_closed=[incident_from_row(r[1:]) for r in rows if r[0]],
+    )
 
 
 async def _reserve(con: Any, day: str) -> int:
