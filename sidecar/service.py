@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from sidecar.clock import Clock
 from sidecar.effects import publish
 from sidecar.errors import StoreUnavailable
+from sidecar.held import HeldVersions
 from sidecar.incidents import Change, IncidentBook
 from sidecar.metrics import Metrics
 from sidecar.readonly import ReadOnlyFirst
@@ -93,6 +94,8 @@ class IncidentService:
         self.on_refresh: list[Callable[[set[str]], None]] = []
         self._inflight: asyncio.Future[None] | None = None
         self.batches_committed = 0
+        # Replicas: the row versions the incidents in memory were read from.
+        self.held = HeldVersions()
         # Replicas: notification batches that change nothing skip the transaction.
         self.read_only_first = (
             ReadOnlyFirst(store) if store.shared and isinstance(store, ReadsUnderLock) else None
@@ -112,6 +115,7 @@ class IncidentService:
         closed = await self.store.load_closed_since(now - self.book.retention)
         reviews = await self.store.load_pending_reviews()
         self.book.reset(open_incidents, closed, reviews)
+        self.held.clear()
         for hook in self.on_restore:
             hook()
         return len(open_incidents)
@@ -222,11 +226,10 @@ class IncidentService:
         try:
             if any(p.sync for p in batch):
                 await self._reload()
-            async with self.store.locked(keys, ids, now - self.book.retention) as state:
+            known = self.held.known(self.book, keys, ids)
+            async with self.store.locked(keys, ids, now - self.book.retention, known) as state:
                 if self.store.shared:
-                    refreshed = self.book.refresh(
-                        state.keys, state.ids, state.incidents, state.recently_closed
-                    )
+                    refreshed = self.held.refresh(self.book, state)
                 numbering = self.book.numbering
                 if any(not self.book.has_open(k) for k in keys) or (keys and ids):
                     # The batch may open incidents: number them after the day's last
@@ -240,6 +243,7 @@ class IncidentService:
                 finally:
                     numbered = numbering.end()
                 all_changes = [c for _, changes in applied for c in changes]
+                self.held.forget(all_changes)
                 deliveries = [d for pending, _ in applied for d in pending.deliveries]
                 if all_changes or deliveries:
                     try:
@@ -282,12 +286,11 @@ class IncidentService:
         if any(p.ids or p.deliveries or p.sync for p in batch):
             return False
         try:
-            read = await tries.store.read_locked(keys, now - self.book.retention)
+            known = self.held.known(self.book, keys, ())
+            read = await tries.store.read_locked(keys, now - self.book.retention, known)
         except StoreUnavailable:
             return False  # the transaction will fail as well, and answer for it
-        self._refreshed(
-            self.book.refresh(read.keys, read.ids, read.incidents, read.recently_closed)
-        )
+        self._refreshed(self.held.refresh(self.book, read))
         if any(not self.book.has_open(k) for k in keys):
             return False  # it may open an incident: numbers are given under the lock
         outcomes: list[tuple[_Pending, list[Change], Exception | None]] = []
@@ -299,6 +302,7 @@ class IncidentService:
         changes = [c for _, cs, _ in outcomes for c in cs]
         tries.record(not changes)
         if changes:
+            self.held.forget(changes)
             for change in reversed(changes):
                 self.book.undo(change)
             return False

@@ -11,7 +11,7 @@ made while it was empty.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable, Collection
+from collections.abc import AsyncIterator, Callable, Collection, Mapping
 from contextlib import AbstractAsyncContextManager
 from typing import Any
 
@@ -25,7 +25,7 @@ from sidecar.config import Config
 from sidecar.readonly import LOOK_AGAIN, ReadOnlyFirst
 from sidecar.runtime import Components, build_components
 from sidecar.store import PostgresStore
-from sidecar.store.base import LockedState
+from sidecar.store.base import LockedState, Version
 from tests.payloads import alert, notification
 
 GROUP = '{}:{alertname="DBDown"}'
@@ -39,10 +39,14 @@ class CountingStore(PostgresStore):
         self.transactions = 0
 
     def locked(
-        self, keys: Collection[str], ids: Collection[str], closed_since: float
+        self,
+        keys: Collection[str],
+        ids: Collection[str],
+        closed_since: float,
+        known: Mapping[str, Version] = {},
     ) -> AbstractAsyncContextManager[LockedState]:
         self.transactions += 1
-        return super().locked(keys, ids, closed_since)
+        return super().locked(keys, ids, closed_since, known)
 
 
 def resend(*alerts: dict[str, Any]) -> Notification:
@@ -96,7 +100,13 @@ async def test_a_resend_that_changes_nothing_is_answered_without_a_transaction(
     assert tries is not None and (tries.answered, tries.rerun) == (1, 0)
     assert b_store.transactions == before
     # B read the incident A opened under the key's lock, and holds it now.
-    assert b.book.get_open(opened[0].incident.id) is not None
+    held = b.book.get_open(opened[0].incident.id)
+    assert held is not None
+    assert (b.service.held.kept, b.service.held.decoded) == (0, 1)
+    # The row has not changed since: the next read takes the incident in memory for it.
+    assert await submit(b, resend(first("3"))) == []
+    assert (b.service.held.kept, b.service.held.decoded) == (1, 1)
+    assert b.book.get_open(held.id) is held
 
 
 async def test_a_resend_that_changes_something_runs_again_under_the_lock_once(
@@ -140,8 +150,10 @@ async def test_a_replica_waiting_for_a_key_decides_on_what_the_holder_committed(
         finally:
             await con.close()
     assert await answer == []
+    # B held the row A has just replaced: it reads the new version, not its memory.
     seen = b.book.get_open(opened.id)
     assert seen is not None and seen.state == "acknowledged"
+    assert b.service.held.decoded == 2
 
 
 def test_tries_stop_while_most_batches_change_something_and_look_again_now_and_then() -> None:

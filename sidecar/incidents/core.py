@@ -219,6 +219,10 @@ class BookCore:
         """The open incident with that id, if any."""
         return self._by_id.get(incident_id)
 
+    def open_for(self, key: str) -> Incident | None:
+        """The open incident of that key, if any."""
+        return self._open.get(key)
+
     def has_open(self, key: str) -> bool:
         """Whether an incident of that key is open (a notification for it opens none)."""
         return key in self._open

@@ -6,9 +6,9 @@ The row types, their codec and the outbox's types live beside it (``rows``,
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Collection
+from collections.abc import Awaitable, Callable, Collection, Mapping
 from contextlib import AbstractAsyncContextManager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Protocol, runtime_checkable
 
 from sidecar.incidents import Incident, TimelineEvent
@@ -54,6 +54,7 @@ __all__ = [
     "RateBudget",
     "ReadsUnderLock",
     "Store",
+    "Version",
     "WriteBatch",
     "event_from_row",
     "event_row",
@@ -64,6 +65,11 @@ __all__ = [
 ]
 
 
+# What tells one stored version of an incident's row from another (PostgreSQL: the
+# row's xmin, the id of the transaction that wrote it, and its updated_at).
+Version = tuple[int, float]
+
+
 @dataclass(slots=True)
 class LockedRead:
     """The current rows of some keys and ids, as read while holding their locks."""
@@ -72,6 +78,11 @@ class LockedRead:
     ids: set[str]
     incidents: list[Incident]
     recently_closed: list[Incident]
+    # The version of each open row read, by incident id (empty where not kept).
+    versions: dict[str, Version] = field(default_factory=dict, kw_only=True)
+    # Rows read that are the version the caller said it holds (``known``): not
+    # decoded, and not in ``incidents``; each decodes on call, should it be needed.
+    unchanged: dict[str, Callable[[], Incident]] = field(default_factory=dict, kw_only=True)
 
 
 @dataclass(slots=True)
@@ -94,7 +105,9 @@ class LockedState(LockedRead):
 class ReadsUnderLock(Protocol):
     """A shared store that can read keys' rows under their locks without a transaction."""
 
-    async def read_locked(self, keys: Collection[str], closed_since: float) -> LockedRead:
+    async def read_locked(
+        self, keys: Collection[str], closed_since: float, known: Mapping[str, Version] = {}
+    ) -> LockedRead:
         """Wait for the keys' locks, read as :meth:`Store.locked` does, release them.
 
         One round trip. Nothing may be written on what it read: a batch that
@@ -126,13 +139,19 @@ class Store(Protocol):
     shared: bool
 
     def locked(
-        self, keys: Collection[str], ids: Collection[str], closed_since: float
+        self,
+        keys: Collection[str],
+        ids: Collection[str],
+        closed_since: float,
+        known: Mapping[str, Version] = {},
     ) -> AbstractAsyncContextManager[LockedState]:
         """A transaction that locks ``keys`` (and the keys of ``ids``) until it commits.
 
         It yields the open incidents of those keys and ids, and the latest
         incident of each key resolved since ``closed_since``; a single-process
         store may yield nothing and lock nothing, its memory being the truth.
+        An open row whose version is the one ``known`` gives for its id is
+        yielded as unchanged, not decoded.
         """
         ...
 

@@ -11,10 +11,10 @@ from __future__ import annotations
 import asyncio
 from abc import ABC, abstractmethod
 from collections import deque
-from collections.abc import AsyncIterator, Collection
+from collections.abc import AsyncIterator, Collection, Mapping
 from contextlib import asynccontextmanager
 
-from sidecar.store.base import LockedState
+from sidecar.store.base import LockedState, Version
 from sidecar.store.queue import Claim, Claimant, OutboxItem, take_within_budget
 from sidecar.store.rows import WriteBatch
 
@@ -49,7 +49,11 @@ class OneProcess(ABC):
 
     @asynccontextmanager
     async def locked(
-        self, keys: Collection[str], ids: Collection[str], closed_since: float
+        self,
+        keys: Collection[str],
+        ids: Collection[str],
+        closed_since: float,
+        known: Mapping[str, Version] = {},
     ) -> AsyncIterator[LockedState]:
         """No locks and no rows: writes go through :meth:`write` (see Store.locked)."""
         yield LockedState(set(keys), set(ids), [], [], self._write_numbered, self._last_number)

@@ -246,8 +246,10 @@ SCHEMA: tuple[Migration, ...] = (
         # and VOLATILE, so each statement in it takes a fresh snapshot: the rows are
         # read after the locks are held, never from a snapshot taken before the wait.
         # Locks go in the order of the array, which the caller sorts (the keys of
-        # ``ids`` are merged in in the same byte order). The columns are IncidentRow's,
-        # in order: a migration that adds one to incidents replaces this function.
+        # ``ids`` are merged in in the same byte order). The columns are the row's
+        # version (its xmin: every write of a row makes a version with its
+        # transaction's id), then IncidentRow's, in order: a migration that adds one
+        # to incidents replaces this function.
         # Generic plans: planning the queries anew for each call's arrays cost more
         # than running them. And index lookups only: a plan is kept for the session,
         # and one made while the table was small (a new database, statistics not yet
@@ -256,7 +258,7 @@ SCHEMA: tuple[Migration, ...] = (
         CREATE FUNCTION sidecar_lock_incidents(
             lock_keys text[], lock_ids text[], closed_since double precision
         ) RETURNS TABLE (
-            recent boolean, id text, key text, state text, severity text, team text,
+            recent boolean, version bigint, id text, key text, state text, severity text, team text,
             started_at double precision, triggered_at double precision,
             acknowledged_at double precision, resolved_at double precision,
             review_due_at double precision, review_done_at double precision,
@@ -279,25 +281,29 @@ SCHEMA: tuple[Migration, ...] = (
             -- Driven by the arrays, one index lookup per element: a plan that scans
             -- every incident is never the cheaper one, whatever the table's statistics.
             RETURN QUERY
-                SELECT false, i.id, i.key, i.state, i.severity, i.team, i.started_at,
-                    i.triggered_at, i.acknowledged_at, i.resolved_at, i.review_due_at,
-                    i.review_done_at, i.number, i.updated_at, i.data, i.alerts
+                SELECT false, i.xmin::text::bigint, i.id, i.key, i.state, i.severity,
+                    i.team, i.started_at, i.triggered_at, i.acknowledged_at, i.resolved_at,
+                    i.review_due_at, i.review_done_at, i.number, i.updated_at, i.data,
+                    i.alerts
                 FROM unnest(all_keys) AS k
                 JOIN incidents i ON i.key = k AND i.state <> 'resolved'
                 UNION ALL
                 -- An id's open incident is its key's, read above already. (state || ''
                 -- keeps the planner off the state index, which would read every
                 -- resolved incident.)
-                SELECT false, i.id, i.key, i.state, i.severity, i.team, i.started_at,
-                    i.triggered_at, i.acknowledged_at, i.resolved_at, i.review_due_at,
-                    i.review_done_at, i.number, i.updated_at, i.data, i.alerts
+                SELECT false, i.xmin::text::bigint, i.id, i.key, i.state, i.severity,
+                    i.team, i.started_at, i.triggered_at, i.acknowledged_at, i.resolved_at,
+                    i.review_due_at, i.review_done_at, i.number, i.updated_at, i.data,
+                    i.alerts
                 FROM (SELECT DISTINCT unnest(lock_ids) AS n) AS wanted
                 JOIN incidents i ON i.id = wanted.n AND i.state || '' = 'resolved'
                 UNION ALL
-                SELECT true, c.*
+                SELECT true, c.xmin::text::bigint, c.id, c.key, c.state, c.severity, c.team,
+                    c.started_at, c.triggered_at, c.acknowledged_at, c.resolved_at,
+                    c.review_due_at, c.review_done_at, c.number, c.updated_at, c.data, c.alerts
                 FROM unnest(all_keys) AS k
                 CROSS JOIN LATERAL (
-                    SELECT i.id, i.key, i.state, i.severity, i.team, i.started_at,
+                    SELECT i.xmin, i.id, i.key, i.state, i.severity, i.team, i.started_at,
                         i.triggered_at, i.acknowledged_at, i.resolved_at, i.review_due_at,
                         i.review_done_at, i.number, i.updated_at, i.data, i.alerts
                     FROM incidents i

@@ -28,19 +28,20 @@ everything after the last number read (:mod:`sidecar.follow`).
 from __future__ import annotations
 
 import asyncio
+import functools
 import secrets
-from collections.abc import AsyncIterator, Callable, Collection, Sequence
+from collections.abc import AsyncIterator, Callable, Collection, Mapping, Sequence
 from contextlib import asynccontextmanager
 from typing import Any, TypeVar
 
 import asyncpg  # type: ignore[import-untyped]
 
 from sidecar.errors import StoreUnavailable
-from sidecar.store.base import LockedRead, LockedState
+from sidecar.store.base import LockedRead, LockedState, Version
 from sidecar.store.codec import incident_from_row
 from sidecar.store.migrations import migrations
 from sidecar.store.queue import Claim, Claimant, outbox_item, take_within_budget
-from sidecar.store.rows import WriteBatch
+from sidecar.store.rows import IncidentRow, WriteBatch
 from sidecar.store.sql import POSTGRES, Statements
 from sidecar.store.sqlstore import SQLStore
 
@@ -74,6 +75,7 @@ _SQL = Statements(POSTGRES)
 # the open incidents of the keys and the incidents of the ids (recent false), the
 # latest incident of each key resolved since then (recent true). See migration 11.
 _LOCK_INCIDENTS = "SELECT * FROM sidecar_lock_incidents($1, $2, $3)"
+_UPDATED_AT = IncidentRow._fields.index("updated_at")
 
 # (day): the day's last number, its counter row locked until the transaction ends (an
 # upsert that changes nothing still locks the row it conflicts with).
@@ -223,28 +225,36 @@ class PostgresStore(SQLStore):
 
     @asynccontextmanager
     async def locked(
-        self, keys: Collection[str], ids: Collection[str], closed_since: float
+        self,
+        keys: Collection[str],
+        ids: Collection[str],
+        closed_since: float,
+        known: Mapping[str, Version] = {},
     ) -> AsyncIterator[LockedState]:
         """A transaction holding the keys' locks, with their current rows (see Store)."""
         async with self._connection() as con, con.transaction():
-            read = await _read_locked(con, keys, ids, closed_since)
+            read = await _read_locked(con, keys, ids, closed_since, known)
             yield LockedState(
                 read.keys,
                 read.ids,
                 read.incidents,
                 read.recently_closed,
+                versions=read.versions,
+                unchanged=read.unchanged,
                 write=lambda batch: _write(con, batch, self.origin),
                 last_number=lambda day: _reserve(con, day),
             )
 
-    async def read_locked(self, keys: Collection[str], closed_since: float) -> LockedRead:
+    async def read_locked(
+        self, keys: Collection[str], closed_since: float, known: Mapping[str, Version] = {}
+    ) -> LockedRead:
         """The keys' rows read under their locks, released at once (see ReadsUnderLock).
 
         No transaction around it: the statement is its own, so the locks are held
         while the function reads and let go when it returns.
         """
         async with self._connection() as con:
-            return await _read_locked(con, keys, (), closed_since)
+            return await _read_locked(con, keys, (), closed_since, known)
 
     # -- the change feed --------------------------------------------------
 
@@ -324,23 +334,31 @@ class PostgresStore(SQLStore):
 
 
 async def _read_locked(
-    con: Any, keys: Collection[str], ids: Collection[str], closed_since: float
+    con: Any,
+    keys: Collection[str],
+    ids: Collection[str],
+    closed_since: float,
+    known: Mapping[str, Version],
 ) -> LockedRead:
     # Sorted, so that two replicas locking overlapping keys cannot deadlock; the locks
     # and the reads after them in one round trip.
     rows = await con.fetch(_LOCK_INCIDENTS, sorted(keys), list(ids), closed_since)
-    open_rows = [r[1:] for r in rows if not r[0]]
-    locked = set(keys)
-    if ids:
-        # The keys of the ids are locked too (the function merges them in).
-        wanted = set(ids)
-        locked |= {r[1] for r in open_rows if r[0] in wanted}
-    return LockedRead(
-        keys=locked,
-        ids=set(ids),
-        incidents=[incident_from_row(r) for r in open_rows],
-        recently_closed=[incident_from_row(r[1:]) for r in rows if r[0]],
-    )
+    read = LockedRead(keys=set(keys), ids=set(ids), incidents=[], recently_closed=[])
+    wanted = set(ids)
+    for r in rows:
+        row = r[2:]
+        if r[0]:
+            read.recently_closed.append(incident_from_row(row))
+            continue
+        if row[0] in wanted:
+            read.keys.add(row[1])  # the keys of the ids are locked too
+        # A version is the transaction that wrote the row, and when it said it did.
+        version = read.versions[row[0]] = (r[1], row[_UPDATED_AT])
+        if known.get(row[0]) == version:
+            read.unchanged[row[0]] = functools.partial(incident_from_row, row)
+        else:
+            read.incidents.append(incident_from_row(row))
+    return read
 
 
 async def _reserve(con: Any, day: str) -> int:

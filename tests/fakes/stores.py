@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Collection
+from collections.abc import AsyncIterator, Collection, Mapping
 from contextlib import asynccontextmanager
 
 from sidecar.errors import StoreUnavailable
@@ -16,6 +16,7 @@ from sidecar.store.base import (
     OutboxItem,
     Outcome,
     Store,
+    Version,
     WriteBatch,
 )
 
@@ -47,10 +48,14 @@ class FlakyStore:
 
     @asynccontextmanager
     async def locked(
-        self, keys: Collection[str], ids: Collection[str], closed_since: float
+        self,
+        keys: Collection[str],
+        ids: Collection[str],
+        closed_since: float,
+        known: Mapping[str, Version] = {},
     ) -> AsyncIterator[LockedState]:
         self._check()
-        async with self.inner.locked(keys, ids, closed_since) as state:
+        async with self.inner.locked(keys, ids, closed_since, known) as state:
             if not self.inner.shared:
                 # Writes go through this fake's write (and a subclass's override).
                 state.write = self.write
