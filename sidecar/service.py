@@ -217,8 +217,11 @@ class IncidentService:
             self._last_expiry = now
         keys = {k for p in batch for k in p.keys}
         ids = {i for p in batch for i in p.ids}
-        if await self._read_only(batch, keys, now):
-            return
+        try:
+            if await self._read_only(batch, keys, now):
+                return
+        except Exception:  # a bug in the try must not stop the loop: the batch runs as ever
+            log.exception("a read-only try failed; the batch runs under the lock")
         applied: list[tuple[_Pending, list[Change]]] = []
         all_changes: list[Change] = []
         refreshed: set[str] = set()
