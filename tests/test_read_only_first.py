@@ -19,7 +19,7 @@ import asyncpg  # type: ignore[import-untyped]
 import pytest
 from prometheus_client import CollectorRegistry
 
-from sidecar.alertmanager import Notification
+from sidecar.alertmanager import Notification, notification_from
 from sidecar.clock import FakeClock
 from sidecar.config import Config
 from sidecar.readonly import LOOK_AGAIN, ReadOnlyFirst
@@ -50,7 +50,7 @@ class CountingStore(PostgresStore):
 
 
 def resend(*alerts: dict[str, Any]) -> Notification:
-    return Notification.model_validate(notification(*alerts, group_key=GROUP))
+    return notification_from(notification(*alerts, group_key=GROUP))
 
 
 def first(value: str = "1") -> dict[str, Any]:
