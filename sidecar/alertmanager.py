@@ -160,7 +160,8 @@ def _learn(text: str, field: str, problems: list[str], i: int) -> float:
 def _epoch(text: str, field: str) -> float:
     """Seconds since the epoch of a time in range (UTC if it names no zone), or ``_ZERO``."""
     try:
-        value = datetime.fromisoformat(text)
+        # RFC 3339 allows a lower-case "t" and "z"; fromisoformat does not.
+        value = datetime.fromisoformat(text.upper())
     except ValueError:
         raise ValueError(f"{field} is not an RFC 3339 time: {text[:40]!r}") from None
     if value.year <= _GO_ZERO_YEAR:

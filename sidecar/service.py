@@ -301,6 +301,7 @@ class IncidentService:
             try:
                 outcomes.append((pending, pending.command(now), None))
             except Exception as exc:  # a domain error, the caller's once this is the answer
+                self.held.clear()  # as in _apply
                 outcomes.append((pending, [], exc))
         changes = [c for _, cs, _ in outcomes for c in cs]
         tries.record(not changes)
@@ -334,6 +335,8 @@ class IncidentService:
             try:
                 changes = pending.command(now)
             except Exception as exc:  # a domain error belongs to its caller alone
+                # What it changed before failing is not what the rows say: read them again.
+                self.held.clear()
                 pending.future.set_exception(exc)
                 continue
             applied.append((pending, changes))

@@ -183,6 +183,7 @@ def test_null_or_missing_ends_at_is_none() -> None:
         ("2024-03-05T10:15:30Z", datetime(2024, 3, 5, 10, 15, 30, tzinfo=UTC)),
         ("2024-03-05T12:15:30+02:00", datetime(2024, 3, 5, 10, 15, 30, tzinfo=UTC)),
         ("2024-03-05T05:15:30-05:00", datetime(2024, 3, 5, 10, 15, 30, tzinfo=UTC)),
+        ("2024-03-05t10:15:30z", datetime(2024, 3, 5, 10, 15, 30, tzinfo=UTC)),
         # No zone at all: read as UTC, the zone Alertmanager works in.
         ("2024-03-05T10:15:30", datetime(2024, 3, 5, 10, 15, 30, tzinfo=UTC)),
     ],

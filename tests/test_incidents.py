@@ -214,6 +214,33 @@ def test_alert_mode_makes_one_incident_per_fingerprint(rules: RuleSet) -> None:
     assert len(book) == 1
 
 
+class _FailsOn:
+    """The rules, failing on an alert carrying ``boom``: a bug half-way through a notification."""
+
+    def __init__(self, rules: RuleSet) -> None:
+        self.rules = rules
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.rules, name)
+
+    def classify(self, labels: Any, annotations: Any) -> Any:
+        if "boom" in labels:
+            raise RuntimeError("a bug")
+        return self.rules.classify(labels, annotations)
+
+
+def test_alert_mode_undoes_the_alerts_applied_before_one_that_fails(rules: RuleSet) -> None:
+    book = IncidentBook(rules, key_mode="alert")
+    book.classifier = _FailsOn(rules)  # type: ignore[assignment]
+    a1 = alert("Err", fingerprint="00000000000000e1")
+    bad = alert("Err", fingerprint="00000000000000e2", labels={"boom": "1"})
+    with pytest.raises(RuntimeError):
+        book.apply_notification(n(a1, bad, group_key="g"), T0 + 10)
+    assert len(book) == 0  # nothing of it stays in memory, unwritten and never undone
+    book.classifier = rules
+    assert len(book.apply_notification(n(a1, group_key="g"), T0 + 20)) == 1
+
+
 def test_acknowledge_is_idempotent_and_measures_time_to_acknowledge(book: IncidentBook) -> None:
     inc = book.apply_notification(n(alert()), T0 + 10)[0].incident
     change = book.acknowledge(inc.id, actor="alice", source="api", now=T0 + 70)

@@ -217,3 +217,24 @@ async def test_the_locked_read_keeps_to_the_keys_rows_with_plans_made_on_an_empt
         assert read < 160, read
     finally:
         await store.close()
+
+
+async def test_a_command_that_fails_half_way_does_not_leave_its_changes_taken_for_the_row(
+    replicas: list[tuple[Components, CountingStore]],
+) -> None:
+    (a, a_store), (b, _) = replicas
+    opened = (await submit(a, resend(first())))[0].incident
+    assert await submit(b, resend(first("2"))) == []  # B holds the row's version now
+    book = b.book
+
+    def fails(now: float) -> list[Any]:
+        book.apply_notification(resend(first(), second()), now)  # changes it in memory,
+        raise RuntimeError("a bug after the change")  # then fails: nothing is written
+
+    with pytest.raises(RuntimeError):
+        await b.service.submit(fails, keys=[opened.key])
+    # The resend must be applied against the row, which never got the second alert.
+    changed = await submit(b, resend(first(), second()))
+    assert [c.incident.id for c in changed] == [opened.id]
+    stored = await a_store.get_incident(opened.id)
+    assert stored is not None and len(stored.alerts) == 2

@@ -48,11 +48,18 @@ class Grouping(Stepping):
         """Apply an Alertmanager notification; returns the changes (empty for a duplicate)."""
         if self.key_mode == "group":
             return self._apply(n.group_key, n.alerts, n, now, group_resolved=n.status == "resolved")
-        changes = []
-        for alert in n.alerts:
-            changes += self._apply(
-                alert.fingerprint, [alert], n, now, group_resolved=alert.status == "resolved"
-            )
+        changes: list[Change] = []
+        try:
+            for alert in n.alerts:
+                changes += self._apply(
+                    alert.fingerprint, [alert], n, now, group_resolved=alert.status == "resolved"
+                )
+        except Exception:
+            # One notification, one answer: the alerts applied before the one
+            # that failed must not stay in memory, never written nor undone.
+            for change in reversed(changes):
+                self.undo(change)
+            raise
         return changes
 
     def _apply(
