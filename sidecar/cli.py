@@ -18,17 +18,10 @@ from aiohttp import web
 from sidecar import __version__
 from sidecar.backtest.args import add_arguments as add_backtest_arguments
 from sidecar.config import Config, load_config, rules_file_of, split_listen
+from sidecar.config.integrations import TEMPLATE_PRESETS
 from sidecar.durations import format_duration
 from sidecar.errors import ConfigError
 from sidecar.logs import setup_logging
-from sidecar.notify.templates import (
-    PRESETS,
-    SAMPLE_EVENT,
-    SLACK_REPLIES,
-    TEMPLATE_NAMES,
-    MessageTemplates,
-    sample_context,
-)
 from sidecar.notify.wiring import integration_problems, templates_of
 from sidecar.routing import routing_problems, routing_warnings
 from sidecar.rules import DROP, FLOOR_LABEL, Classification, RuleSet, load_rules
@@ -283,6 +276,15 @@ def render_template(
     name: str | None, config_path: Path | None, preset: str | None, *, resolved: bool
 ) -> int:
     """Print a message template rendered against a sample incident (or list the templates)."""
+    # Here, not at the top: Jinja2 is no part of what serve imports (restart time).
+    from sidecar.notify.templates import (
+        SAMPLE_EVENT,
+        SLACK_REPLIES,
+        TEMPLATE_NAMES,
+        MessageTemplates,
+        sample_context,
+    )
+
     if config_path is not None:
         try:
             config, rules = _load(config_path, check_routing=False)
@@ -338,7 +340,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("template", nargs="?", help="e.g. slack/incident.txt.j2 (none: list them)")
     p.add_argument("--config", type=Path, help="use its preset and template overrides")
-    p.add_argument("--preset", choices=PRESETS, help="the package set to start from")
+    p.add_argument("--preset", choices=TEMPLATE_PRESETS, help="the package set to start from")
     p.add_argument("--resolved", action="store_true", help="the sample incident, resolved")
     p = sub.add_parser("test-plan", help="run plan test files (promtool-style scenarios)")
     p.add_argument("files", nargs="+", type=Path, metavar="FILE")

@@ -61,10 +61,8 @@ from __future__ import annotations
 import functools
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import UTC, datetime
-from typing import Any, Literal, NamedTuple
+from typing import TYPE_CHECKING, Any, Literal, NamedTuple
 from urllib.parse import quote
-
-import jinja2
 
 from sidecar.incidents import Incident, TimelineEvent, war_room
 from sidecar.incidents.people import attendees
@@ -77,6 +75,9 @@ from sidecar.sla.verdict import (
     SlaStatus,
     sla_report,
 )
+
+if TYPE_CHECKING:
+    import jinja2
 
 Template = Literal["llm-marketplace", "schema-registry", "generic"]
 
@@ -128,6 +129,8 @@ def render_postmortem(
 @functools.cache
 def _environment() -> jinja2.Environment:
     """The templates' environment, built on first use (the CLI rarely needs it)."""
+    import jinja2  # on first use too: serve starts without it (restart time)
+
     env = jinja2.Environment(
         loader=jinja2.PackageLoader("sidecar", "templates"),
         # Markdown, not HTML: the cell and inline filters escape what needs it.

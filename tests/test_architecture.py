@@ -1,4 +1,5 @@
-"""The package's shape: no import cycles, modules small enough to read in one sitting.
+"""The package's shape: no import cycles, modules small enough to read in one sitting, and
+serve's imports kept to what it needs.
 
 Read from the source with ``ast``, imports under ``TYPE_CHECKING`` included:
 a cycle that only the type checker sees still ties two modules together.
@@ -7,6 +8,8 @@ a cycle that only the type checker sees still ties two modules together.
 from __future__ import annotations
 
 import ast
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -97,3 +100,18 @@ def test_every_module_reads_in_one_sitting() -> None:
         if (n := len(path.read_text(encoding="utf-8").splitlines())) > MAX_LINES
     }
     assert long == {}
+
+
+def test_serve_imports_no_integration_it_is_not_configured_for() -> None:
+    # Restart time: each of these cost tens of milliseconds before loading could
+    # start, and serve needs them only once a section or page asks for them.
+    code = (
+        "import sys, sidecar.cli, sidecar.runtime, sidecar.web; "
+        "print(' '.join(sorted({m.split('.')[0] for m in sys.modules})))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=REPO
+    )
+    loaded = set(out.stdout.split())
+    assert "sidecar" in loaded
+    assert loaded & {"jinja2", "slack_sdk", "markdown_it"} == set()

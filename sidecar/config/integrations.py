@@ -35,6 +35,10 @@ LifecycleEvent = Literal[
 #: Every lifecycle event an outbound webhook can be sent (``events`` picks some).
 LIFECYCLE_EVENTS: tuple[LifecycleEvent, ...] = get_args(LifecycleEvent)
 
+TemplatePreset = Literal["generic", "llm-marketplace", "schema-registry"]
+#: The message template sets the package ships (``templates.preset``), one per preset.
+TEMPLATE_PRESETS: tuple[TemplatePreset, ...] = get_args(TemplatePreset)
+
 _NAME = re.compile(r"^[A-Za-z0-9_.:-]{1,64}$")
 
 
@@ -158,7 +162,7 @@ class TemplatesConfig(_Section):
     # Files here replace the package's of the same name (incident.txt.j2, ...).
     directory: Path | None = None
     # The package set to start from; by default the rules' preset (else generic).
-    preset: Literal["generic", "llm-marketplace", "schema-registry"] | None = None
+    preset: TemplatePreset | None = None
 
     @field_validator("directory", "preset", mode="before")
     @classmethod

@@ -23,6 +23,7 @@ from typing import Any
 
 import jinja2
 
+from sidecar.config.integrations import TEMPLATE_PRESETS
 from sidecar.errors import ConfigProblem
 from sidecar.incidents import AlertState, Incident
 from sidecar.notify.lifecycle import incident_data
@@ -30,7 +31,7 @@ from sidecar.sla import Target
 
 log = logging.getLogger("sidecar.notify")
 
-PRESETS = ("generic", "llm-marketplace", "schema-registry")
+PRESETS: tuple[str, ...] = TEMPLATE_PRESETS
 
 #: Every template, by what it renders.
 SLACK_HEAD = "slack/incident.txt.j2"

@@ -4,26 +4,32 @@ PagerDuty's are built by :mod:`sidecar.runtime` as before; Slack, outbound
 webhooks and Jira are built here, each only when its section is configured.
 Every worker is the one :class:`~sidecar.notify.outbox.OutboxWorker`, with
 the one retry policy; only the sender differs.
+
+Each integration's module (and slack_sdk, Jinja2 with it) is imported when its
+section is configured, not with this module: serve imports this, and a restart
+spent a quarter of its import time on integrations most configurations lack.
+Checking the templates still happens at start, whenever they are used.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from sidecar.clock import Clock
 from sidecar.config import Config
 from sidecar.errors import ConfigProblem
 from sidecar.incidents import Change
 from sidecar.metrics import Metrics
-from sidecar.notify import jira, slack, webhooks
 from sidecar.notify.outbox import OutboxWorker, Sender
 from sidecar.notify.pagerduty import Policies
 from sidecar.notify.retry import RetryPolicy
-from sidecar.notify.templates import MessageTemplates
 from sidecar.store.base import Store
 from sidecar.store.rows import JIRA, PAGERDUTY, SLACK, WEBHOOK
+
+if TYPE_CHECKING:
+    from sidecar.notify.templates import MessageTemplates
 
 
 class Planner(Protocol):
@@ -45,6 +51,8 @@ class Integrations:
 
 def templates_of(config: Config, preset: str) -> MessageTemplates:
     """The message templates: the configured preset (else the rules'), with overrides."""
+    from sidecar.notify.templates import MessageTemplates
+
     t = config.settings.templates
     directory = config.resolve(t.directory) if t.directory is not None else None
     return MessageTemplates(t.preset or preset, directory)
@@ -55,10 +63,14 @@ def notification_actions(config: Config) -> list[tuple[str, str]]:
     s = config.settings
     pairs = [(PAGERDUTY, a) for a in ("trigger", "acknowledge", "resolve")]
     if s.slack is not None:
+        from sidecar.notify import slack
+
         pairs += [(SLACK, a) for a in slack.ACTIONS]
     if s.webhooks:
         pairs += [(WEBHOOK, e) for e in sorted({e for w in s.webhooks for e in w.events})]
     if s.jira is not None:
+        from sidecar.notify import jira
+
         pairs += [(JIRA, a) for a in jira.ACTIONS]
     return pairs
 
@@ -90,11 +102,15 @@ def build_integrations(
         return OutboxWorker(store, clock, sender, retry=retry)
 
     if s.jira is not None and secrets.jira_api_token is not None:
+        from sidecar.notify import jira
+
         out.planners.append(jira.JiraPlanner(rules, s.jira, templates, external_url=url))
         out.workers.append(
             worker(jira.JiraSender(metrics, clock, config=s.jira, api_token=secrets.jira_api_token))
         )
     if s.slack is not None and secrets.slack_token is not None:
+        from sidecar.notify import slack
+
         out.planners.append(
             slack.SlackPlanner(rules, s.slack, templates, external_url=url, plan=preset)
         )
@@ -111,6 +127,8 @@ def build_integrations(
         )
         out.workers.append(worker(sender))
     if s.webhooks:
+        from sidecar.notify import webhooks
+
         out.planners.append(
             webhooks.WebhookPlanner(rules, s.webhooks, tickets=s.jira is None, external_url=url)
         )

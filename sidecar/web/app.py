@@ -18,7 +18,7 @@ from sidecar.errors import IncidentNotFound, InvalidRequest, InvalidTransition, 
 from sidecar.runtime import Components
 from sidecar.web import api, leading, ops, pages, runbooks, signin, webhooks
 from sidecar.web.answers import json_answer
-from sidecar.web.keys import COMPONENTS, RUNBOOKS
+from sidecar.web.keys import COMPONENTS
 
 log = logging.getLogger("sidecar.web")
 
@@ -144,7 +144,6 @@ def create_app(components: Components) -> web.Application:
     )
     app[COMPONENTS] = components
     signin.install(app)
-    app[RUNBOOKS] = runbooks.load_runbooks()
     app.cleanup_ctx.append(_lifecycle)
     for method, path, handler in ROUTES:
         app.router.add_route(method, path, handler)

@@ -11,10 +11,8 @@ import functools
 import urllib.parse
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import jinja2
-from markdown_it import MarkdownIt
 from markupsafe import Markup
 
 from sidecar.clock import to_datetime
@@ -22,6 +20,10 @@ from sidecar.incidents import AlertState, Incident, TimelineEvent
 from sidecar.incidents.people import ROLES
 from sidecar.rules import RuleSet
 from sidecar.sla.verdict import SlaResult, sla_report
+
+if TYPE_CHECKING:
+    import jinja2
+    from markdown_it import MarkdownIt
 
 SLA_TITLES = {
     "detect": "Time to detect",
@@ -149,6 +151,9 @@ def _quote_value(value: str) -> str:
 
 @functools.cache
 def _markdown() -> MarkdownIt:
+    # Imported on first use, as jinja2 below: serve starts without them (restart time).
+    from markdown_it import MarkdownIt
+
     # CommonMark with raw HTML off: an annotation's <script> shows as text.
     return MarkdownIt("commonmark", {"html": False}).enable("table")
 
@@ -161,6 +166,8 @@ def markdown_html(text: str) -> Markup:
 @functools.cache
 def environment() -> jinja2.Environment:
     """The pages' templates (package data), autoescaped."""
+    import jinja2
+
     env = jinja2.Environment(
         loader=jinja2.PackageLoader("sidecar", "templates/web"),
         autoescape=True,

@@ -5,7 +5,8 @@ The runbooks are Markdown files in the package (``sidecar/runbooks/<alert>.md``,
 user already runs and cannot drift from the version deployed. They are open like ``/metrics``:
 people follow these links from Prometheus, Alertmanager and PagerDuty.
 
-Every runbook is read and rendered once per process, when the first application is built; a
+Every runbook is read and rendered once per process, on the first request for one (not at
+start: markdown-it and the rendering were restart time spent on pages few ever open); a
 request only looks its name up in that table, so no part of the path ever reaches the
 filesystem. Rendering uses markdown-it's CommonMark with raw HTML off (escaped) and its link
 validation (no ``javascript:`` links), and answers carry a Content-Security-Policy that allows
@@ -22,9 +23,6 @@ from importlib.resources.abc import Traversable
 from types import MappingProxyType
 
 from aiohttp import web
-from markdown_it import MarkdownIt
-
-from sidecar.web.keys import RUNBOOKS
 
 _CSP = "default-src 'none'; style-src 'unsafe-inline'; img-src 'self'; base-uri 'none'"
 _PAGE = """<!DOCTYPE html>
@@ -46,6 +44,8 @@ line-height:1.5}}code{{background:#f3f3f3;padding:0 .2em}}</style>
 
 def render_runbooks(directory: Traversable) -> dict[str, str]:
     """Every ``<alert>.md`` of ``directory`` as an HTML page, by alert name."""
+    from markdown_it import MarkdownIt
+
     markdown = MarkdownIt("commonmark", {"html": False})
     pages = {}
     for entry in directory.iterdir():
@@ -74,7 +74,7 @@ def _html(text: str) -> web.Response:
 async def runbook(request: web.Request) -> web.Response:
     """``GET /runbooks/{alert}``: the alert's runbook as HTML; 404 for an alert without one."""
     alert = request.match_info["alert"]
-    page = request.app[RUNBOOKS].get(alert)
+    page = load_runbooks().get(alert)
     if page is None:
         raise web.HTTPNotFound(text=f"no runbook for alert {alert!r}")
     return _html(page)
@@ -82,7 +82,7 @@ async def runbook(request: web.Request) -> web.Response:
 
 async def index(request: web.Request) -> web.Response:
     """``GET /runbooks/``: the list of runbooks."""
-    pages = request.app[RUNBOOKS]
+    pages = load_runbooks()
     items = "".join(
         f'<li><a href="{escape(name)}">{escape(name)}</a></li>' for name in sorted(pages)
     )
