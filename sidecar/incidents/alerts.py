@@ -88,7 +88,7 @@ def decoded_alerts(alerts: Iterable[Mapping[str, Any]] | None) -> dict[str, Aler
             a["starts_at"],
             a["ends_at"],
             intern(a["severity"]),
-            dict(zip(map(intern, labels), map(intern, labels.values()), strict=True)),
+            {intern(k): intern(v) for k, v in labels.items()},
             # One Prometheus rule gives all its alerts the same generatorURL.
             intern(a.get("generator_url", "")),
         )
@@ -107,7 +107,9 @@ def interned(labels: Mapping[str, str]) -> dict[str, str]:
     values (alertname, service, job...): one string each instead of one per
     incident is most of what an open incident costs in memory.
     """
-    return dict(zip(map(intern, labels.keys()), map(intern, labels.values()), strict=True))
+    # A comprehension: for the few labels an incident has, several times faster than
+    # dict(zip(map(...), map(...))), and a restart interns every open incident's.
+    return {intern(k): intern(v) for k, v in labels.items()}
 
 
 def repeats(tracked: Mapping[str, AlertState], alerts: Iterable[Alert]) -> bool:

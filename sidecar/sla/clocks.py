@@ -208,13 +208,12 @@ def next_deadline(
     inc: Incident, policy: Policy, remind_before: float | None = None
 ) -> tuple[float, bool] | None:
     """The earliest pending deadline, and whether it is strict (see :func:`passed`)."""
-    best: tuple[float, bool] | None = None
-    for kind, at in pending_deadlines(inc, policy, remind_before):
-        # At one instant an escalation (not strict) comes before a breach.
-        candidate = (at, is_strict(kind))
-        if best is None or candidate < best:
-            best = candidate
-    return best
+    pending = pending_deadlines(inc, policy, remind_before)
+    if not pending:
+        return None
+    # At one instant an escalation (not strict: False) comes before a breach.
+    # One min() over a list: the scheduler asks this of every open incident at start.
+    return min([(at, is_strict(kind)) for kind, at in pending])
 
 
 def is_strict(kind: str) -> bool:
