@@ -87,9 +87,9 @@ class DeadlineScheduler:
 
     def rebuild(self) -> None:
         """Schedule every open incident and pending review (at start)."""
-        self._next.clear()
+        self._next = {i: (*deadline, i) for i, deadline in self.book.open_deadlines()}
         resolved = list(self.book.pending_reviews()) + list(self.book.watching())
-        for inc in list(self.book.open_incidents()) + resolved:
+        for inc in resolved:
             deadline = self.book.next_deadline(inc.id)
             if deadline is not None:
                 self._next[inc.id] = (*deadline, inc.id)

@@ -343,6 +343,18 @@ def test_restore_rebuilds_open_and_recently_closed(book: IncidentBook, rules: Ru
     assert fresh.apply_notification(late, T0 + 70) == []
 
 
+def test_open_deadlines_are_each_open_incidents_next_deadline(book: IncidentBook) -> None:
+    # The scheduler's one pass at start must agree with its lookups by id after.
+    for i, severity in enumerate(["critical", "warning", "info", "critical"]):
+        payload = n(alert(fingerprint=f"{i:016x}", labels={"severity": severity}), group_key=str(i))
+        book.apply_notification(payload, T0 + 10 * i)
+    first = next(iter(book.open_incidents()))
+    book.acknowledge(first.id, actor="alice", source="api", now=T0 + 100)
+    expected = {i.id: book.next_deadline(i.id) for i in book.open_incidents()}
+    assert len(set(expected.values())) == 4  # acknowledged, severities, times apart
+    assert dict(book.open_deadlines()) == expected
+
+
 def test_expired_closed_incidents_are_forgotten(rules: RuleSet) -> None:
     book = IncidentBook(rules, dedup_window=100)
     book.apply_notification(n(alert()), T0 + 10)
