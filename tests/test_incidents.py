@@ -7,6 +7,7 @@ from typing import Any, Literal
 
 import pytest
 
+from sidecar import sla
 from sidecar.alertmanager import Notification, notification_from
 from sidecar.errors import IncidentNotFound
 from sidecar.incidents import Incident, IncidentBook
@@ -343,16 +344,33 @@ def test_restore_rebuilds_open_and_recently_closed(book: IncidentBook, rules: Ru
     assert fresh.apply_notification(late, T0 + 70) == []
 
 
-def test_open_deadlines_are_each_open_incidents_next_deadline(book: IncidentBook) -> None:
-    # The scheduler's one pass at start must agree with its lookups by id after.
+def test_open_deadlines_are_each_open_incidents_next_deadline(tmp_path: Path) -> None:
+    # P0's step comes due with its acknowledgment deadline: the step goes first.
+    path = tmp_path / "rules.yaml"
+    path.write_text(
+        (DATA / "rules-mini.yaml")
+        .read_text()
+        .replace(
+            "postmortem: 24h}}",
+            "postmortem: 24h}, escalation: [{after: 5m, tier: vp, while: unacknowledged}]}",
+        )
+    )
+    book = IncidentBook(load_rules(path), routed_tiers={"vp"})
+    ids = []
     for i, severity in enumerate(["critical", "warning", "info", "critical"]):
         payload = n(alert(fingerprint=f"{i:016x}", labels={"severity": severity}), group_key=str(i))
-        book.apply_notification(payload, T0 + 10 * i)
-    first = next(iter(book.open_incidents()))
-    book.acknowledge(first.id, actor="alice", source="api", now=T0 + 100)
+        ids.append(book.apply_notification(payload, T0 + 10 * i)[0].incident.id)
+    book.acknowledge(ids[0], actor="alice", source="api", now=T0 + 100)
+    # The scheduler's one pass at start must agree with its lookups by id after.
     expected = {i.id: book.next_deadline(i.id) for i in book.open_incidents()}
-    assert len(set(expected.values())) == 4  # acknowledged, severities, times apart
+    assert expected[ids[0]] == (T0 + 900, True)  # acknowledged: its update is next
+    assert expected[ids[3]] == (T0 + 30 + 300, False)  # the step, at the ack's deadline
+    assert len(set(expected.values())) == 4
     assert dict(book.open_deadlines()) == expected
+    # ... and each is the earliest of its pending deadlines.
+    for inc in book.open_incidents():
+        pending = sla.pending_deadlines(inc, book.classifier.policy(inc.severity))
+        assert expected[inc.id] == min((at, sla.is_strict(kind)) for kind, at in pending)
 
 
 def test_expired_closed_incidents_are_forgotten(rules: RuleSet) -> None:

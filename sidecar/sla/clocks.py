@@ -172,48 +172,72 @@ def pending_deadlines(
     With ``remind_before``, the update window's reminder falls that long before
     its deadline, once per window (none when the window is shorter than that).
     """
-    if not inc.is_open:
-        return []
-    clocks = policy.clocks
-    triggered = inc.state == "triggered"
-    out: list[tuple[str, float | None]] = []
-    if clocks.acknowledge is not None and triggered and "acknowledge" not in inc.breaches:
-        out.append(("acknowledge", clocks.acknowledge.deadline(inc.triggered_at)))
-    if clocks.resolve is not None and "resolve" not in inc.breaches:
-        out.append(("resolve", clocks.resolve.deadline(inc.started_at)))
-    if clocks.update is not None:
-        start = update_gap_start(inc)
-        if inc.update_breached_gap != start:
-            deadline = clocks.update.deadline(start)
-            out.append(("update", deadline))
-            # The reminder, that long before the deadline (on the wall clock, also
-            # for a business-time target), unless the window is shorter than that.
-            if (
-                remind_before is not None
-                and deadline is not None
-                and remind_before > 0
-                and deadline - remind_before > start
-                and inc.update_reminded_gap != start
-            ):
-                out.append((REMINDER, deadline - remind_before))
-    for kind, tier, while_unacknowledged, after in clocks.escalation:
-        if tier in inc.escalated or (while_unacknowledged and not triggered):
-            continue
-        out.append((kind, after.deadline(inc.triggered_at, strict=False)))
-    # A calendar that never opens again sets no deadline.
-    return [(kind, at) for kind, at in out if at is not None]
+    return [(kind, at) for at, _, kind in _pending(inc, policy, remind_before)]
 
 
 def next_deadline(
     inc: Incident, policy: Policy, remind_before: float | None = None
 ) -> tuple[float, bool] | None:
     """The earliest pending deadline, and whether it is strict (see :func:`passed`)."""
-    pending = pending_deadlines(inc, policy, remind_before)
+    pending = _pending(inc, policy, remind_before)
     if not pending:
         return None
     # At one instant an escalation (not strict: False) comes before a breach.
-    # One min() over a list: the scheduler asks this of every open incident at start.
-    return min([(at, is_strict(kind)) for kind, at in pending])
+    at, strict, _ = min(pending)
+    return at, strict
+
+
+def _pending(
+    inc: Incident, policy: Policy, remind_before: float | None
+) -> list[tuple[float, bool, str]]:
+    """(deadline, strict, kind) of :func:`pending_deadlines`, in its order.
+
+    Strictness is known where each deadline is made (see :func:`is_strict`):
+    the scheduler asks every open incident's next deadline at start, where
+    naming and then classifying each kind showed.
+    """
+    if not inc.is_open:
+        return []
+    clocks = policy.clocks
+    triggered = inc.state == "triggered"
+    breaches = inc.breaches
+    out: list[tuple[float, bool, str]] = []
+    # A calendar that never opens again sets no deadline (None): none is added.
+    target = clocks.acknowledge
+    if (
+        target is not None
+        and triggered
+        and "acknowledge" not in breaches
+        and (at := target.deadline(inc.triggered_at)) is not None
+    ):
+        out.append((at, True, "acknowledge"))
+    target = clocks.resolve
+    if (
+        target is not None
+        and "resolve" not in breaches
+        and (at := target.deadline(inc.started_at)) is not None
+    ):
+        out.append((at, True, "resolve"))
+    target = clocks.update
+    if target is not None:
+        start = update_gap_start(inc)
+        if inc.update_breached_gap != start and (at := target.deadline(start)) is not None:
+            out.append((at, True, "update"))
+            # The reminder, that long before the deadline (on the wall clock, also
+            # for a business-time target), unless the window is shorter than that.
+            if (
+                remind_before is not None
+                and remind_before > 0
+                and at - remind_before > start
+                and inc.update_reminded_gap != start
+            ):
+                out.append((at - remind_before, False, REMINDER))
+    for kind, tier, while_unacknowledged, after in clocks.escalation:
+        if tier in inc.escalated or (while_unacknowledged and not triggered):
+            continue
+        if (at := after.deadline(inc.triggered_at, strict=False)) is not None:
+            out.append((at, False, kind))
+    return out
 
 
 def is_strict(kind: str) -> bool:
