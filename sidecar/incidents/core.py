@@ -239,8 +239,11 @@ class BookCore:
         """Load state from the store at start."""
         for inc in closed:
             self._remember_closed(inc)
-        for inc in open_incidents:
-            self._index(inc)
+        incs = list(open_incidents)  # indexed in bulk (what _index does): a restart has them all
+        self._open.update({inc.key: inc for inc in incs})
+        self._by_id.update({inc.id: inc for inc in incs})
+        self.open_counts.update((inc.severity, inc.state) for inc in incs)
+        self._breached.update((inc.id, inc) for inc in incs if inc.breaches)
         for inc in reviews:
             self._finish(inc)
 
