@@ -227,7 +227,6 @@ class Incident:
     @classmethod
     def from_columns(
         cls,
-        *,
         id: str,
         key: str,
         state: State,

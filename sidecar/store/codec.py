@@ -38,7 +38,8 @@ def row_alerts(row: IncidentRow) -> bytes:
 
 def incident_from_row(row: Iterable[Any]) -> Incident:
     """The incident a row of :class:`IncidentRow`'s columns, in order, stores."""
-    # Unpacked, not wrapped in an IncidentRow: a restart decodes every open incident.
+    # Unpacked, not wrapped in an IncidentRow, and passed on positionally (in
+    # from_columns' order, not the row's): a restart decodes every open incident.
     (
         id_,
         key,
@@ -57,20 +58,20 @@ def incident_from_row(row: Iterable[Any]) -> Incident:
         alerts,
     ) = row
     return Incident.from_columns(
-        id=id_,
-        key=key,
-        state=state,
-        severity=severity,
-        team=team,
-        started_at=started_at,
-        triggered_at=triggered_at,
-        acknowledged_at=acknowledged_at,
-        resolved_at=resolved_at,
-        data=orjson.loads(data),
-        review_due_at=review_due_at,
-        review_done_at=review_done_at,
-        number=number,
-        alerts_doc=alerts,
+        id_,
+        key,
+        state,
+        severity,
+        team,
+        started_at,
+        triggered_at,
+        acknowledged_at,
+        resolved_at,
+        orjson.loads(data),
+        review_due_at,
+        review_done_at,
+        number,
+        alerts,
     )
 
 
