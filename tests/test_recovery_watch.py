@@ -520,7 +520,13 @@ STEPS = st.lists(
 )
 
 
-@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(
+    max_examples=150,
+    deadline=None,
+    derandomize=True,
+    database=None,
+    suppress_health_check=[HealthCheck.too_slow],
+)
 @given(steps=STEPS)
 def test_any_sequence_keeps_one_incident_per_watch_and_measures_it_once(
     steps: list[tuple[str, int]],
@@ -630,6 +636,21 @@ def test_after_the_watch_a_copy_of_any_episode_it_covered_opens_nothing(
     assert book.check_deadlines(inc.id, T0 + 1500 + HOUR + 1) is not None
     assert book.apply_notification(firing(), T0 + 2 * HOUR) == []
     assert book.apply_notification(firing(start=T0 + 1200), T0 + 2 * HOUR) == []
+
+
+def test_a_copy_of_an_episode_before_the_newest_closed_one_opens_nothing(
+    book: IncidentBook,
+) -> None:
+    """Found by the sequence test: fire, resolve, fire after the watch, resolve, the
+    second watch ends, then a late copy of the very first firing."""
+    inc, _ = open_and_resolve(book)
+    assert book.check_deadlines(inc.id, T0 + 2 * HOUR) is not None  # the first watch ends
+    second = one(book.apply_notification(firing(start=T0 + 2 * HOUR), T0 + 2 * HOUR + 1))
+    assert second.incident.id != inc.id
+    one(book.apply_notification(resolved(T0 + 2 * HOUR, T0 + 2 * HOUR + 60), T0 + 2 * HOUR + 61))
+    assert book.check_deadlines(second.incident.id, T0 + 4 * HOUR) is not None
+    assert book.apply_notification(firing(), T0 + 4 * HOUR + 1) == []
+    assert len(book) == 0
 
 
 def test_a_copy_read_during_the_watch_cannot_write_it_back_open_once_it_closed(

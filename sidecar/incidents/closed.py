@@ -50,9 +50,24 @@ class ClosedLog:
             self._episodes[key] = episode
 
     def covers(self, key: str, instances: Collection[tuple[str, float]]) -> bool:
-        """Whether the newest closed episode of ``key`` covered all these alert instances."""
+        """Whether the newest closed episode of ``key`` covered all these alert instances.
+
+        An instance older than one the episode covered of the same alert is
+        covered too: Alertmanager never fires an alert again with an earlier
+        start, so it is a copy of an episode before the newest (a late retry
+        of a notification sent hours ago must not open an incident now).
+        """
         known = self._episodes.get(key)
-        return known is not None and set(instances) <= known.instances
+        if known is None:
+            return False
+        newest: dict[str, float] = {}
+        for fingerprint, starts in known.instances:
+            if starts > newest.get(fingerprint, starts - 1):
+                newest[fingerprint] = starts
+        return all(
+            instance in known.instances or instance[1] < newest.get(instance[0], instance[1])
+            for instance in instances
+        )
 
     def get(self, key: str) -> ClosedEpisode | None:
         """What is kept for ``key`` (to put back on undo)."""
