@@ -66,6 +66,34 @@ def fits_the_width(driver: Any) -> bool:
     return bool(width <= viewport)
 
 
+def shows(driver: Any, css: str, text: str | None = None) -> bool:
+    """Whether the element at ``css`` comes to be there (reading ``text``, if given) once the
+    page in flight has loaded.
+
+    Waits for the navigation a click started (generously: a loaded CI machine), not for time
+    to pass: it returns as soon as the new page shows the text, and False if it never does.
+    """
+    from selenium.common.exceptions import (
+        NoSuchElementException,
+        StaleElementReferenceException,
+        TimeoutException,
+    )
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.wait import WebDriverWait
+
+    def read(d: Any) -> bool:
+        try:
+            found = d.find_element(By.CSS_SELECTOR, css)
+            return text is None or bool(found.text == text)
+        except (NoSuchElementException, StaleElementReferenceException):
+            return False
+
+    try:
+        return bool(WebDriverWait(driver, 60, poll_frequency=0.05).until(read))
+    except TimeoutException:
+        return False
+
+
 def test_a_responder_signs_in_reads_and_acknowledges_from_a_phone(
     sidecar: SidecarProcess, tmp_path: Path
 ) -> None:
@@ -98,6 +126,7 @@ def test_a_responder_signs_in_reads_and_acknowledges_from_a_phone(
         assert fits_the_width(driver)
 
         open_table.find_element(By.PARTIAL_LINK_TEXT, "Checkout API").click()
+        assert shows(driver, "table.clocks")
         assert driver.current_url.endswith(f"/incidents/{incident_id}")
         driver.save_screenshot(str(shots / "incident.png"))
         clocks = driver.find_element(By.CSS_SELECTOR, "table.clocks").text
@@ -108,8 +137,9 @@ def test_a_responder_signs_in_reads_and_acknowledges_from_a_phone(
         assert links["In Alertmanager"].startswith("http://alertmanager.example:9093/#/alerts?")
 
         driver.find_element(By.XPATH, "//button[text()='Acknowledge']").click()
+        # The click returns before the form's answer has replaced the page.
+        assert shows(driver, ".facts .state", "acknowledged")
         assert driver.current_url.endswith(f"/incidents/{incident_id}")
-        assert driver.find_element(By.CSS_SELECTOR, ".facts .state").text == "acknowledged"
         # The same page by the plan's number, as the war room calls it.
         driver.get(f"{signed_in}/incidents/{number}")
         assert driver.find_element(By.CSS_SELECTOR, ".facts .number").text == number
@@ -119,10 +149,10 @@ def test_a_responder_signs_in_reads_and_acknowledges_from_a_phone(
         status.select_by_value("Identified")
         driver.find_element(By.ID, "message").send_keys("Rolled back the 14:02 deploy")
         driver.find_element(By.XPATH, "//button[text()='Post update']").click()
+        assert shows(driver, ".facts .status", "Identified")
         assert driver.current_url.endswith(f"/incidents/{incident_id}")
         timeline = driver.find_element(By.CSS_SELECTOR, "ol.timeline").text
         assert "Rolled back the 14:02 deploy" in timeline
-        assert driver.find_element(By.CSS_SELECTOR, ".facts .status").text == "Identified"
         driver.save_screenshot(str(shots / "acknowledged.png"))
 
     view = request(sidecar, "GET", f"/api/v1/incidents/{incident_id}", None, sidecar.api_token)
