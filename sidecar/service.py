@@ -296,25 +296,19 @@ class IncidentService:
         self._refreshed(self.held.refresh(self.book, read))
         if any(not self.book.has_open(k) for k in keys):
             return False  # it may open an incident: numbers are given under the lock
-        outcomes: list[tuple[_Pending, list[Change], Exception | None]] = []
-        for pending in batch:
-            try:
-                outcomes.append((pending, pending.command(now), None))
-            except Exception as exc:  # a domain error, the caller's once this is the answer
-                self.held.clear()  # as in _apply
-                outcomes.append((pending, [], exc))
-        changes = [c for _, cs, _ in outcomes for c in cs]
+        outcomes = [(pending, self._run(pending, now)) for pending in batch]
+        changes = [c for _, r in outcomes if not isinstance(r, Exception) for c in r]
         tries.record(not changes)
         if changes:
             self.held.forget(changes)
             for change in reversed(changes):
                 self.book.undo(change)
             return False
-        for pending, result, error in outcomes:
+        for pending, result in outcomes:
             if pending.future.done():
                 continue
-            if error is not None:
-                pending.future.set_exception(error)
+            if isinstance(result, Exception):
+                pending.future.set_exception(result)  # the caller's, since this is the answer
             else:
                 pending.future.set_result(result)
         return True
@@ -332,15 +326,21 @@ class IncidentService:
     def _apply(self, batch: list[_Pending], now: float) -> list[tuple[_Pending, list[Change]]]:
         applied = []
         for pending in batch:
-            try:
-                changes = pending.command(now)
-            except Exception as exc:  # a domain error belongs to its caller alone
-                # What it changed before failing is not what the rows say: read them again.
-                self.held.clear()
-                pending.future.set_exception(exc)
-                continue
-            applied.append((pending, changes))
+            result = self._run(pending, now)
+            if isinstance(result, Exception):
+                pending.future.set_exception(result)  # a domain error belongs to its caller alone
+            else:
+                applied.append((pending, result))
         return applied
+
+    def _run(self, pending: _Pending, now: float) -> list[Change] | Exception:
+        """The command's changes, or what it raised."""
+        try:
+            return pending.command(now)
+        except Exception as exc:
+            # What it changed before failing is not what the rows say: read them again.
+            self.held.clear()
+            return exc
 
     def _after_commit(self, changes: list[Change], write: WriteBatch) -> None:
         # Each step on its own: a failing one must not skip the others (a
