@@ -20,7 +20,7 @@ from tests.support.binaries import skip_or_fail
 SPEC_PATH = Path(__file__).parent.parent / "sidecar" / "web" / "openapi.yaml"
 METHODS = ("get", "put", "post", "delete", "options", "head", "patch", "trace")
 # aiohttp adds a HEAD route beside every GET (allow_head=True); it is not part of the API.
-IMPLICIT = {"HEAD"}
+IMPLICIT = {"HEAD", "*"}  # "*": the catch-all that answers 404 and 405 as JSON
 
 
 def load_spec() -> dict[str, Any]:

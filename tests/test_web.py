@@ -267,6 +267,24 @@ async def test_api_errors(client: Client, api_auth: dict[str, str], auth: dict[s
     assert resp.status == 400
 
 
+async def test_what_no_route_answers_is_json_behind_credentials(
+    client: Client, components: Components, api_auth: dict[str, str]
+) -> None:
+    resp = await client.get("/nowhere", headers={"Authorization": "Bearer wrong"})
+    assert resp.status == 401, "an unknown path tells nothing without credentials"
+    resp = await client.get("/nowhere")
+    assert (resp.status, resp.content_type) == (404, "application/json")
+    assert (await resp.json())["error"] == "Not Found"
+    resp = await client.delete("/api/v1/incidents", headers=api_auth)
+    assert (resp.status, resp.content_type) == (405, "application/json")
+    assert resp.headers["Allow"] == "GET"
+    resp = await client.get(HOOK)
+    assert resp.status == 405, "webhooks check their own credentials"
+    assert sample(
+        components, "incident_sla_webhook_requests_total", source="alertmanager", code="405"
+    )
+
+
 async def test_list_filters(client: Client, auth: dict[str, str], api_auth: dict[str, str]) -> None:
     await fire(client, auth, labels={"severity": "critical"})
     await client.post(

@@ -7,6 +7,7 @@ is JSON with a reason, so Alertmanager's logs and curl users see why.
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 
@@ -32,18 +33,24 @@ def _error(status: int, reason: str) -> web.Response:
     return json_answer({"error": reason}, status=status)
 
 
-@web.middleware
-async def answers_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Answer errors as JSON with a reason, and count every webhook answer.
+def _route(path: str, handler: Handler) -> Handler:
+    """``handler`` inside the layers every answer goes through, decided once per route.
 
-    One middleware, not two: each one is a layer every request goes through.
+    aiohttp's middlewares would add three coroutine layers (its own included) and
+    path tests to every request; on the webhook path that showed in the profiles.
     """
-    source = WEBHOOK_SOURCES.get(request.path)
+    source = WEBHOOK_SOURCES.get(path)
+    inner = signin.guarded(handler) if signin.protects(path) else handler
     if source is None:
-        return await _answer(request, handler)
+        return functools.partial(_answer, handler=inner)
+    return functools.partial(_counted, handler=inner, source=source)
+
+
+async def _counted(request: web.Request, *, handler: Handler, source: str) -> web.StreamResponse:
+    """Answer as ``_answer`` does, and count the answer in the webhook requests metric."""
     status = 500  # unless an answer or an HTTP error says otherwise
     try:
-        response = await _answer(request, handler)
+        response = await _answer(request, handler=handler)
         status = response.status
         return response
     except web.HTTPException as exc:
@@ -54,7 +61,28 @@ async def answers_middleware(request: web.Request, handler: Handler) -> web.Stre
         metrics.child(metrics.webhook_requests_total, source, str(status)).inc()
 
 
-async def _answer(request: web.Request, handler: Handler) -> web.StreamResponse:
+async def _unrouted(request: web.Request) -> web.StreamResponse:
+    """What no route answers: 405 with the methods a path has, else 404 (after credentials)."""
+    allowed: set[str] = set()
+    for resource in request.app.router.resources():
+        if resource is not request.match_info.route.resource:
+            _, methods = await resource.resolve(request)
+            allowed |= methods
+    if allowed:
+        raise web.HTTPMethodNotAllowed(request.method, allowed)
+    raise web.HTTPNotFound()
+
+
+async def _anywhere(request: web.Request) -> web.StreamResponse:
+    # Unknown paths are protected and counted as the paths they name would be.
+    source = WEBHOOK_SOURCES.get(request.path)
+    inner = signin.guarded(_unrouted) if signin.protects(request.path) else _unrouted
+    if source is None:
+        return await _answer(request, handler=inner)
+    return await _counted(request, handler=inner, source=source)
+
+
+async def _answer(request: web.Request, *, handler: Handler) -> web.StreamResponse:
     """Turn domain errors and aiohttp's own HTTP errors into JSON answers."""
     try:
         return await handler(request)
@@ -77,7 +105,7 @@ async def _answer(request: web.Request, handler: Handler) -> web.StreamResponse:
         # aiohttp's own errors (413, 405, 404) carry their detail in the text.
         text = exc.text or ""
         reason = text if text and not text.startswith(f"{exc.status}:") else exc.reason
-        headers = {k: v for k, v in exc.headers.items() if k == "WWW-Authenticate"}
+        headers = {k: v for k, v in exc.headers.items() if k in ("WWW-Authenticate", "Allow")}
         return json_answer({"error": reason}, status=exc.status, headers=headers)
 
 
@@ -137,14 +165,13 @@ ROUTES: tuple[tuple[str, str, Handler], ...] = (
 
 def create_app(components: Components) -> web.Application:
     """Build the application around already-built components."""
-    app = web.Application(
-        client_max_size=components.config.settings.server.max_body_size,
-        # Errors answered as JSON around everything, credentials checked inside that.
-        middlewares=[answers_middleware, signin.signin_middleware],
-    )
+    # No middlewares: each route is wrapped once in what they would do (see _route).
+    app = web.Application(client_max_size=components.config.settings.server.max_body_size)
     app[COMPONENTS] = components
     signin.install(app)
     app.cleanup_ctx.append(_lifecycle)
     for method, path, handler in ROUTES:
-        app.router.add_route(method, path, handler)
+        app.router.add_route(method, path, _route(path, handler))
+    # Last, so that it only answers what no route does, as JSON like every error.
+    app.router.add_route("*", "/{unrouted:.*}", _anywhere)
     return app

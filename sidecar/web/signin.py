@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import functools
 import hashlib
 import hmac
 import secrets
@@ -169,12 +170,17 @@ def identity(request: web.Request) -> str:
     return found
 
 
-@web.middleware
-async def signin_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """401 for any request without read credentials, except open paths and webhooks."""
-    path = request.path
-    if path in OPEN_PATHS or path.startswith(OPEN_PREFIXES):
-        return await handler(request)
+def protects(path: str) -> bool:
+    """Whether ``path`` (a route's or a request's) needs read credentials."""
+    return not (path in OPEN_PATHS or path.startswith(OPEN_PREFIXES))
+
+
+def guarded(handler: Handler) -> Handler:
+    """``handler`` behind read credentials: 401 without them."""
+    return functools.partial(_guarded, handler=handler)
+
+
+async def _guarded(request: web.Request, *, handler: Handler) -> web.StreamResponse:
     readers = request.app[READERS]
     who = await readers.identify(request)
     if who is None:
