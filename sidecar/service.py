@@ -19,6 +19,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 from sidecar.clock import Clock
+from sidecar.early import EarlyAnswers
 from sidecar.effects import publish
 from sidecar.errors import StoreUnavailable
 from sidecar.held import HeldVersions
@@ -30,8 +31,7 @@ from sidecar.store.base import (
     ReadsUnderLock,
     Store,
     WriteBatch,
-    event_row,
-    incident_row,
+    write_batch,
 )
 from sidecar.tasks import BackgroundTask
 
@@ -101,6 +101,8 @@ class IncidentService:
             ReadOnlyFirst(store) if store.shared and isinstance(store, ReadsUnderLock) else None
         )
         self._last_expiry = 0.0
+        # Alone on the store: notifications that change nothing skip the batch.
+        self.early = None if store.shared else EarlyAnswers()
 
     async def start(self) -> None:
         """Restore open incidents from the store and start the commit loop."""
@@ -168,15 +170,24 @@ class IncidentService:
         ids: Iterable[str] = (),
         deliveries: tuple[DeliveryRow, ...] = (),
         sync: bool = False,
+        unchanged: Callable[[], bool] | None = None,
     ) -> list[Change]:
         """Run ``command`` in the next batch; returns its changes once durably committed.
 
         ``deliveries`` are inbound webhook delivery ids committed with the change,
-        so a redelivery is recognised even across restarts.
+        so a redelivery is recognised even across restarts. ``unchanged`` says the
+        command would change nothing: no batch then, when that may be trusted
+        (see :mod:`sidecar.early`).
         """
         if not self._task.running:
             raise StoreUnavailable("incident service is not running")
-        pending = _Pending(command, deliveries, tuple(keys), tuple(ids), sync)
+        keys = tuple(keys)
+        early = self.early
+        if early is not None and unchanged is not None and early.unchanged(keys, unchanged):
+            return []
+        pending = _Pending(command, deliveries, keys, tuple(ids), sync)
+        if early is not None and keys:
+            early.hold(keys, pending.future)
         self._queue.put_nowait(pending)
         return await pending.future
 
@@ -250,7 +261,7 @@ class IncidentService:
                 deliveries = [d for pending, _ in applied for d in pending.deliveries]
                 if all_changes or deliveries:
                     try:
-                        write = self._batch(all_changes, deliveries, now)
+                        write = write_batch(all_changes, deliveries, now)
                     except Exception as exc:
                         raise _BuildError(exc) from exc
                     if numbered is not None:
@@ -360,24 +371,6 @@ class IncidentService:
         for change in changes:
             for effect in change.effects:
                 publish(self.metrics, effect, change.incident.number)
-
-    def _batch(
-        self, changes: list[Change], deliveries: list[DeliveryRow], now: float
-    ) -> WriteBatch:
-        write = WriteBatch(deliveries=deliveries)
-        seen: dict[str, int] = {}
-        for change in changes:
-            write.outbox.extend(change.outbox)
-            # An incident changed twice in one batch is written once, in its
-            # final state, at its first position (open-before-reopen order).
-            row = incident_row(change.incident, now)
-            if change.incident.id in seen:
-                write.incidents[seen[change.incident.id]] = row
-            else:
-                seen[change.incident.id] = len(write.incidents)
-                write.incidents.append(row)
-            write.events.extend(event_row(e) for e in change.events)
-        return write
 
     @staticmethod
     def _shelve(changes: list[Change], write: WriteBatch) -> None:

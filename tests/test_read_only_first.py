@@ -25,7 +25,7 @@ from sidecar.config import Config
 from sidecar.readonly import LOOK_AGAIN, ReadOnlyFirst
 from sidecar.runtime import Components, build_components
 from sidecar.store import PostgresStore
-from sidecar.store.base import LockedState, Version
+from sidecar.store.base import LockedState, Version, write_batch
 from tests.payloads import alert, notification
 
 GROUP = '{}:{alertname="DBDown"}'
@@ -137,7 +137,7 @@ async def test_a_replica_waiting_for_a_key_decides_on_what_the_holder_committed(
     # What A's service would write for an acknowledgment, written by hand under the lock.
     acknowledged = a.book.acknowledge(opened.id, actor="alice", source="api", now=a.clock.now())
     assert acknowledged is not None
-    row_batch = a.service._batch([acknowledged], [], a.clock.now())
+    row_batch = write_batch([acknowledged], [], a.clock.now())
     async with a_store.locked({opened.key}, (), 0.0) as held:
         await held.write(row_batch)
         answer = asyncio.ensure_future(submit(b, resend(first("3"))))

@@ -180,6 +180,79 @@ async def test_duplicates_answer_without_a_commit(running: tuple[Components, Gat
     assert store.attempts == 1
 
 
+def resend(book: IncidentBook, n: Notification) -> dict[str, Any]:
+    """What the webhook handler submits with ``n``: its command, keys and repeat check."""
+    return {
+        "command": notify(book, n),
+        "keys": book.keys_of(n),
+        "unchanged": lambda: book.repeats_open(n),
+    }
+
+
+def at_once(awaitable: Any) -> Any:
+    """The result of a coroutine that finishes without waiting for anything, else fail."""
+    try:
+        awaitable.send(None)
+    except StopIteration as done:
+        return done.value
+    awaitable.close()
+    raise AssertionError("it waited (for a batch)")
+
+
+async def test_a_repeat_of_committed_alerts_is_answered_at_once_while_a_batch_commits(
+    running: tuple[Components, GatedStore],
+) -> None:
+    components, store = running
+    svc, book = components.service, components.book
+    await svc.submit(**resend(book, group(1)))
+    await store.writing()  # (that commit's)
+    store.gate.clear()
+    blocker = asyncio.create_task(svc.submit(notify(book, group(2))))
+    await store.writing()  # another key's batch is held at the gate
+    refreshed = group(1, annotations={"value": "42"})
+    assert at_once(svc.submit(**resend(book, refreshed))) == []
+    assert svc.early is not None and svc.early.answered == 1
+    store.gate.set()
+    assert len(await blocker) == 1
+    assert store.attempts == 2, "the repeat wrote nothing"
+
+
+async def test_a_copy_of_a_notification_in_flight_waits_for_it_and_lands_if_it_fails(
+    running: tuple[Components, GatedStore],
+) -> None:
+    components, store = running
+    svc, book = components.service, components.book
+    await svc.submit(**resend(book, group(1)))
+    await store.writing()  # (that commit's)
+    joined = notification_from(
+        notification(
+            alert("Alert1", fingerprint=f"{1:016x}"),
+            alert("Alert1", fingerprint=f"{99:016x}", labels={"instance": "b"}),
+            group_key='{}:{alertname="Alert1"}',
+        )
+    )
+    store.gate.clear()
+    store.fail_writes = True
+    first = asyncio.create_task(svc.submit(**resend(book, joined)))
+    await store.writing()  # applied in memory, held before its commit
+    assert book.repeats_open(joined), "in memory, the copy repeats what the first applied"
+    copy = asyncio.create_task(svc.submit(**resend(book, joined)))
+    await asyncio.sleep(0)
+    assert not copy.done(), "a key with a batch in flight is never answered from memory"
+    held, store.gate = store.gate, asyncio.Event()  # the copy's batch waits at a new gate
+    held.set()
+    with pytest.raises(StoreUnavailable):
+        await first
+    assert not book.repeats_open(joined), "the failed batch was undone"
+    store.fail_writes = False
+    store.gate.set()
+    (change,) = await copy
+    assert sorted(change.incident.alerts) == [f"{1:016x}", f"{99:016x}"]
+    (stored,) = await store.load_open()
+    assert sorted(stored.alerts) == [f"{1:016x}", f"{99:016x}"]
+    assert svc.early is not None and svc.early.answered == 0
+
+
 async def test_an_incident_changed_twice_in_one_batch_is_stored_in_its_final_state(
     running: tuple[Components, GatedStore], clock: FakeClock
 ) -> None:

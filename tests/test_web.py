@@ -60,6 +60,19 @@ async def test_firing_notification_opens_an_incident_readable_through_the_api(
     )
 
 
+async def test_a_resend_with_refreshed_annotations_is_answered_without_a_batch(
+    client: Client, auth: dict[str, str], components: Components
+) -> None:
+    [opened] = (await fire(client, auth))["changed"]
+    committed = components.service.batches_committed
+    answer = await fire(client, auth, annotations={"summary": "still happening", "value": "7"})
+    assert answer == {"status": "ok", "changed": []}
+    assert components.service.early is not None and components.service.early.answered == 1
+    assert components.service.batches_committed == committed
+    [resolved] = (await fire(client, auth, status="resolved", ends=1_700_000_300.0))["changed"]
+    assert (resolved["id"], resolved["state"]) == (opened["id"], "resolved")
+
+
 @pytest.mark.parametrize(
     ("payload", "reason_part"),
     [

@@ -43,6 +43,18 @@ class Grouping(Stepping):
             return [notification.group_key]
         return [a.fingerprint for a in notification.alerts]
 
+    def repeats_open(self, n: Notification) -> bool:
+        """Whether applying ``n`` would change nothing, as it only repeats what the open
+        incidents of its keys hold (the first test of applying it, for each key)."""
+        if self.key_mode == "group":
+            inc = self._open.get(n.group_key)
+            return inc is not None and n.status == "firing" and repeats(inc.alerts, n.alerts)
+        for alert in n.alerts:
+            inc = self._open.get(alert.fingerprint)
+            if inc is None or alert.status != "firing" or not repeats(inc.alerts, (alert,)):
+                return False
+        return True
+
     @planned
     def apply_notification(self, n: Notification, now: float) -> list[Change]:
         """Apply an Alertmanager notification; returns the changes (empty for a duplicate)."""

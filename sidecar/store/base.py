@@ -18,6 +18,7 @@ from sidecar.store.codec import (
     incident_from_row,
     incident_row,
     row_alerts,
+    write_batch,
 )
 from sidecar.store.queue import (
     Claim,
@@ -62,6 +63,7 @@ __all__ = [
     "incident_row",
     "row_alerts",
     "take_within_budget",
+    "write_batch",
 ]
 
 

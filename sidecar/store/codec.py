@@ -12,8 +12,8 @@ from typing import Any
 
 import orjson
 
-from sidecar.incidents import Incident, TimelineEvent
-from sidecar.store.rows import EventRow, IncidentRow
+from sidecar.incidents import Change, Incident, TimelineEvent
+from sidecar.store.rows import DeliveryRow, EventRow, IncidentRow, WriteBatch
 
 # The columns an incident holds as attributes of the same names (id to
 # review_done_at), read in one call: one row is built per changed incident per
@@ -84,3 +84,21 @@ def event_from_row(row: Iterable[Any]) -> TimelineEvent:
     """The timeline event a row of :class:`EventRow`'s columns, in order, stores."""
     r = EventRow._make(row)
     return TimelineEvent(*r[:-1], data=orjson.loads(r.data))
+
+
+def write_batch(changes: list[Change], deliveries: list[DeliveryRow], now: float) -> WriteBatch:
+    """What a batch of changes writes: each changed incident once, its events, its outbox."""
+    write = WriteBatch(deliveries=deliveries)
+    seen: dict[str, int] = {}
+    for change in changes:
+        write.outbox.extend(change.outbox)
+        # An incident changed twice in one batch is written once, in its
+        # final state, at its first position (open-before-reopen order).
+        row = incident_row(change.incident, now)
+        if change.incident.id in seen:
+            write.incidents[seen[change.incident.id]] = row
+        else:
+            seen[change.incident.id] = len(write.incidents)
+            write.incidents.append(row)
+        write.events.extend(event_row(e) for e in change.events)
+    return write

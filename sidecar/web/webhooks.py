@@ -34,6 +34,7 @@ async def alertmanager(request: web.Request) -> web.Response:
     changes = await c.service.submit(
         lambda now: c.book.apply_notification(notification, now),
         keys=c.book.keys_of(notification),
+        unchanged=lambda: c.book.repeats_open(notification),
     )
     c.replays.add(digest, c.clock.now())
     return json_answer(
