@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 from pathlib import Path
 from typing import Any, Literal
 
@@ -11,6 +12,7 @@ from sidecar import sla
 from sidecar.alertmanager import Notification, notification_from
 from sidecar.errors import IncidentNotFound
 from sidecar.incidents import Incident, IncidentBook
+from sidecar.incidents.alerts import decode_alerts
 from sidecar.rules import RuleSet, load_rules
 from tests.conftest import DATA
 from tests.payloads import alert, notification
@@ -89,6 +91,31 @@ def test_an_opened_incident_holds_each_alert_as_reported(book: IncidentBook) -> 
     assert (inc.started_at, inc.severity) == (T0 + 1, "P0")
     # Stored and read back, the alerts are the same.
     assert Incident.from_columns(**_columns(inc)).alerts == inc.alerts
+
+
+def test_alert_states_stay_out_of_the_cyclic_collector(book: IncidentBook) -> None:
+    """An open incident's alert states, and the mapping of them, are never walked by
+    the cyclic GC: opened, merged, resolved or read back from the store. (Tracked, a
+    full collection walked every alert of every incident opened since the start.)"""
+    fingerprints = [f"{i:016x}" for i in range(1, 4)]
+    [opened] = book.apply_notification(
+        n(*(alert("A", fingerprint=fp, starts=T0) for fp in fingerprints)), T0 + 1
+    )
+    [merged] = book.apply_notification(
+        n(
+            alert("A", fingerprint=fingerprints[0], starts=T0, status="resolved", ends=T0 + 2),
+            alert("A", fingerprint="00000000000000ff", starts=T0 + 2),
+        ),
+        T0 + 3,
+    )
+    inc = merged.incident
+    assert inc is opened.incident and len(inc.alerts) == 4
+    assert inc.alerts[fingerprints[0]].status == "resolved"
+    decoded = decode_alerts(inc.alerts_json())
+    assert decoded == inc.alerts
+    for alerts in (inc.alerts, decoded):
+        assert not gc.is_tracked(alerts)
+        assert not any(gc.is_tracked(a) for a in alerts.values())
 
 
 def test_duplicate_and_repeat_notifications_change_nothing(book: IncidentBook) -> None:

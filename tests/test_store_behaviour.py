@@ -355,7 +355,8 @@ async def test_restored_alerts_decode_on_first_read_and_write_back_unchanged(
     assert incident_row(got, T0).alerts == stored
     assert got.alerts == inc.alerts
     assert got.alerts_doc is None
-    got.alerts["0123456789abcdef"].status = "resolved"
+    # Alert states are replaced, never changed in place (they are frozen).
+    got.alerts["0123456789abcdef"] = got.alerts["0123456789abcdef"].ended(T0 + 1)
     assert orjson.loads(incident_row(got, T0).alerts)[0]["status"] == "resolved"
 
 

@@ -7,19 +7,27 @@ gives a re-firing alert a new ``startsAt``.
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
 from functools import lru_cache
 from sys import intern
 from typing import Any, Literal
 
+import msgspec
 import orjson
 
 from sidecar.alertmanager import Alert
 
 
-@dataclass(slots=True)
-class AlertState:
-    """One alert instance within an incident, as last reported."""
+class AlertState(msgspec.Struct, frozen=True, gc=False):
+    """One alert instance within an incident, as last reported.
+
+    Out of the cyclic garbage collector's sight (``gc=False``): it holds only
+    text, numbers and a mapping of text, so it can never be part of a cycle,
+    and every open incident holds one per alert. Tracked, they were most of
+    what a full collection walked: with 1,000 incidents of 50 alerts opened
+    since the start, 50,000 of its 58,000 objects, 40-60 ms of CPU each time,
+    the tail of the latency. A mapping that holds only these is untracked too.
+    Frozen: a state is replaced, never changed in place (see ``ended``).
+    """
 
     fingerprint: str
     status: Literal["firing", "resolved"]
