@@ -18,6 +18,7 @@ from sidecar.store import SQLiteStore
 from sidecar.store.migrations import SCHEMA
 from sidecar.store.sql import POSTGRES, SQLITE
 from sidecar.store.sqlite import MIGRATIONS
+from tests.test_store_behaviour import batch, incident
 
 
 @pytest.fixture
@@ -92,3 +93,58 @@ async def test_synchronous_normal_when_configured(tmp_path: Path) -> None:
         assert _pragma(s._wcon, "synchronous") == 1  # NORMAL
     finally:
         await s.close()
+
+
+# -- checkpoints ------------------------------------------------------------
+
+# About 6 MB in batches of 200 KB: SQLite's own automatic checkpoint (1,000 pages,
+# 4 MB) would have run inside one of these commits.
+_BATCHES, _PER_BATCH, _TITLE = 30, 10, 20_000
+
+
+def _size(path: Path) -> int:
+    return path.stat().st_size
+
+
+async def _write_lots(store: SQLiteStore) -> int:
+    for b in range(_BATCHES):
+        incs = [incident(f"big-{b}-{i}") for i in range(_PER_BATCH)]
+        for inc in incs:
+            inc.title = "x" * _TITLE
+        await store.write(batch(*incs))
+    return _BATCHES * _PER_BATCH * _TITLE
+
+
+async def test_commits_leave_the_log_to_the_checkpoint_thread(db_path: Path) -> None:
+    """A commit never copies the log into the database (a stall for every request
+    waiting for its batch): with the thread off, nothing reaches the database file
+    below the backstop, and every commit is still there, from the log."""
+    store = SQLiteStore(db_path, checkpoint_every=None)
+    await store.open()
+    try:
+        written = await _write_lots(store)
+        assert _size(db_path.with_name(f"{db_path.name}-wal")) > written
+        assert _size(db_path) < written / 10
+        assert len(await store.load_open()) == _BATCHES * _PER_BATCH
+    finally:
+        await store.close()
+
+
+async def test_the_checkpoint_thread_copies_the_log_into_the_database(db_path: Path) -> None:
+    store = SQLiteStore(db_path, checkpoint_every=0.0)
+    await store.open()
+    try:
+        written = await _write_lots(store)
+        await store.checkpointed()
+        assert _size(db_path) > written
+        assert store._checkpointer is not None and store._checkpointer.last is not None
+        busy, frames, copied = store._checkpointer.last
+        assert busy == 0 and frames == copied > 0
+    finally:
+        await store.close()
+    reopened = SQLiteStore(db_path)
+    await reopened.open()
+    try:
+        assert len(await reopened.load_open()) == _BATCHES * _PER_BATCH
+    finally:
+        await reopened.close()

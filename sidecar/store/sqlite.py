@@ -3,7 +3,9 @@
 One writer thread owns the write connection, so SQLite never contends with
 itself; the service hands it whole batches (group commit), so one fsync covers
 every request that arrived while the previous batch was being written. Reads go
-through a second connection on another thread, which WAL lets run beside the writer.
+through a second connection on another thread, which WAL lets run beside the writer,
+and a third copies the log into the database (:mod:`sidecar.store.checkpoint`), so
+that no commit waits for a checkpoint.
 The statements are :mod:`sidecar.store.sql`'s; one process owns the file, so the
 outbox leases and the send budget live in its memory (:mod:`sidecar.store.local`).
 """
@@ -18,6 +20,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from sidecar.errors import StoreUnavailable
+from sidecar.store.checkpoint import BACKSTOP_PAGES, Checkpointer
 from sidecar.store.local import OneProcess
 from sidecar.store.migrations import migrations
 from sidecar.store.queue import OutboxItem, outbox_item
@@ -54,12 +57,18 @@ class SQLiteStore(OneProcess, SQLStore):
 
     sql = Statements(SQLITE)
 
-    def __init__(self, path: Path, *, synchronous: str = "full") -> None:
+    def __init__(
+        self, path: Path, *, synchronous: str = "full", checkpoint_every: float | None = 0.1
+    ) -> None:
+        """``checkpoint_every``: at most one checkpoint off the commit path per that many
+        seconds; None leaves them to the commits, at the backstop (tests)."""
         super().__init__()
         self.path = path
         self.synchronous = synchronous.upper()
         self._writer = ThreadPoolExecutor(1, thread_name_prefix="sqlite-writer")
         self._reader = ThreadPoolExecutor(1, thread_name_prefix="sqlite-reader")
+        every = checkpoint_every
+        self._checkpointer = None if every is None else Checkpointer(self._connect, every=every)
         self._wcon: sqlite3.Connection | None = None
         self._rcon: sqlite3.Connection | None = None
         self._closed = False
@@ -108,6 +117,16 @@ class SQLiteStore(OneProcess, SQLStore):
 
     async def _update(self, sql: str, params: Sequence[Any]) -> None:
         await self._run(self._writer, lambda: self._w().execute(sql, params))
+        self._wrote()
+
+    def _wrote(self) -> None:
+        if self._checkpointer is not None:
+            self._checkpointer.wrote()
+
+    async def checkpointed(self) -> None:
+        """Wait until a checkpoint begun after every commit so far has finished (tests)."""
+        if self._checkpointer is not None:
+            await asyncio.get_running_loop().run_in_executor(None, self._checkpointer.settle)
 
     async def _max_number(self, day: str) -> int:
         return int(await self._value(self.sql.last_number, (day,)))
@@ -124,9 +143,13 @@ class SQLiteStore(OneProcess, SQLStore):
         def go() -> None:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             self._wcon = self._connect()
+            # Checkpoints run on their own thread; the commits' own is only a backstop.
+            self._wcon.execute(f"PRAGMA wal_autocheckpoint = {BACKSTOP_PAGES}")
             _migrate(self._wcon)
 
         await self._run(self._writer, go)
+        if self._checkpointer is not None:
+            self._checkpointer.start()
 
         def go_read() -> None:
             self._rcon = self._connect()
@@ -148,6 +171,8 @@ class SQLiteStore(OneProcess, SQLStore):
 
         if self._closed:
             return
+        if self._checkpointer is not None:
+            self._checkpointer.stop()
         await self._run(self._writer, close_w)
         await self._run(self._reader, close_r)
         self._closed = True
@@ -172,6 +197,7 @@ class SQLiteStore(OneProcess, SQLStore):
                 raise
 
         await self._run(self._writer, go)
+        self._wrote()
 
 
 def _version(con: sqlite3.Connection) -> int:
