@@ -16,6 +16,7 @@ from aiohttp.http_exceptions import HttpProcessingError
 from aiohttp.web_protocol import RequestPayloadError
 
 from sidecar.errors import IncidentNotFound, InvalidRequest, InvalidTransition, StoreUnavailable
+from sidecar.metrics import Metrics
 from sidecar.runtime import Components
 from sidecar.web import api, leading, ops, pages, runbooks, signin, webhooks
 from sidecar.web.answers import json_answer
@@ -33,7 +34,7 @@ def _error(status: int, reason: str) -> web.Response:
     return json_answer({"error": reason}, status=status)
 
 
-def _route(path: str, handler: Handler) -> Handler:
+def _route(path: str, handler: Handler, metrics: Metrics) -> Handler:
     """``handler`` inside the layers every answer goes through, decided once per route.
 
     aiohttp's middlewares would add three coroutine layers (its own included) and
@@ -43,10 +44,12 @@ def _route(path: str, handler: Handler) -> Handler:
     inner = signin.guarded(handler) if signin.protects(path) else handler
     if source is None:
         return functools.partial(_answer, handler=inner)
-    return functools.partial(_counted, handler=inner, source=source)
+    return functools.partial(_counted, handler=inner, source=source, metrics=metrics)
 
 
-async def _counted(request: web.Request, *, handler: Handler, source: str) -> web.StreamResponse:
+async def _counted(
+    request: web.Request, *, handler: Handler, source: str, metrics: Metrics
+) -> web.StreamResponse:
     """Answer as ``_answer`` does, and count the answer in the webhook requests metric."""
     status = 500  # unless an answer or an HTTP error says otherwise
     try:
@@ -57,7 +60,6 @@ async def _counted(request: web.Request, *, handler: Handler, source: str) -> we
         status = exc.status
         raise
     finally:
-        metrics = request.app[COMPONENTS].metrics
         metrics.child(metrics.webhook_requests_total, source, str(status)).inc()
 
 
@@ -79,7 +81,8 @@ async def _anywhere(request: web.Request) -> web.StreamResponse:
     inner = signin.guarded(_unrouted) if signin.protects(request.path) else _unrouted
     if source is None:
         return await _answer(request, handler=inner)
-    return await _counted(request, handler=inner, source=source)
+    metrics = request.app[COMPONENTS].metrics
+    return await _counted(request, handler=inner, source=source, metrics=metrics)
 
 
 async def _answer(request: web.Request, *, handler: Handler) -> web.StreamResponse:
@@ -171,7 +174,7 @@ def create_app(components: Components) -> web.Application:
     signin.install(app)
     app.cleanup_ctx.append(_lifecycle)
     for method, path, handler in ROUTES:
-        app.router.add_route(method, path, _route(path, handler))
+        app.router.add_route(method, path, _route(path, handler, components.metrics))
     # Last, so that it only answers what no route does, as JSON like every error.
     app.router.add_route("*", "/{unrouted:.*}", _anywhere)
     return app

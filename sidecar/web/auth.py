@@ -12,6 +12,7 @@ import hmac
 
 from aiohttp import web
 
+from sidecar.config import Config
 from sidecar.web.keys import COMPONENTS
 
 
@@ -38,8 +39,10 @@ def check_credentials(request: web.Request, expected: str | None, *, allow_basic
     return False
 
 
-def _require(request: web.Request, expected: str | None, *, allow_basic: bool) -> None:
-    if request.app[COMPONENTS].config.settings.server.insecure_disable_auth:
+def _require(
+    request: web.Request, config: Config, expected: str | None, *, allow_basic: bool
+) -> None:
+    if config.settings.server.insecure_disable_auth:
         return
     if not check_credentials(request, expected, allow_basic=allow_basic):
         raise web.HTTPUnauthorized(
@@ -50,9 +53,11 @@ def _require(request: web.Request, expected: str | None, *, allow_basic: bool) -
 
 def require_webhook_token(request: web.Request) -> None:
     """401 unless Alertmanager's credentials (bearer or basic) are the webhook token."""
-    _require(request, request.app[COMPONENTS].config.secrets.webhook_token, allow_basic=True)
+    config = request.app[COMPONENTS].config
+    _require(request, config, config.secrets.webhook_token, allow_basic=True)
 
 
 def require_api_token(request: web.Request) -> None:
     """401 unless the bearer token is the API token."""
-    _require(request, request.app[COMPONENTS].config.secrets.api_token, allow_basic=False)
+    config = request.app[COMPONENTS].config
+    _require(request, config, config.secrets.api_token, allow_basic=False)

@@ -37,6 +37,8 @@ async def alertmanager(request: web.Request) -> web.Response:
         unchanged=lambda: c.book.repeats_open(notification),
     )
     c.replays.add(digest, c.clock.now())
+    if not changes:
+        return encoded_answer(_UNCHANGED)
     return json_answer(
         {
             "status": "ok",
