@@ -5,7 +5,8 @@ batch; decoding a row costs more than reading it (and a 50-alert document far
 more). So the service remembers, per open incident, the version of the row its
 memory was decoded from (PostgreSQL: the row's ``xmin``, the transaction that
 wrote it, with its ``updated_at``), and passes those to the locked read: a row
-still at that version is not decoded, the incident in memory stands for it.
+still at that version comes back without its documents and is not decoded, the
+incident in memory stands for it.
 
 Why the incident in memory is then the row: it was decoded from that version,
 and only commands change it. A command that changes it returns a change, and
@@ -48,14 +49,15 @@ class HeldVersions:
     def refresh(self, book: IncidentBook, read: LockedRead) -> set[str]:
         """Refresh the book from ``read``; the ids whose incident may have changed."""
         incidents = list(read.incidents)
-        same = set()
-        for incident_id, decode in read.unchanged.items():
+        for incident_id in read.unchanged:
             held = book.get_open(incident_id)
-            if held is None:  # not in memory after all: the row it is
-                incidents.append(decode())
-            else:
-                incidents.append(held)
-                same.add(incident_id)
+            if held is None:
+                # A bug: a version was passed for an incident not in memory, and the
+                # row came without its documents. Read everything again next time.
+                self.clear()
+                raise RuntimeError(f"incident {incident_id} held by version is not in memory")
+            incidents.append(held)
+        same = read.unchanged
         self.kept += len(same)
         self.decoded += len(incidents) - len(same)
         touched = book.refresh(read.keys, read.ids, incidents, read.recently_closed)

@@ -11,6 +11,7 @@ made while it was empty.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import AsyncIterator, Callable, Collection, Mapping
 from contextlib import AbstractAsyncContextManager
 from typing import Any
@@ -197,10 +198,12 @@ async def test_the_locked_read_keeps_to_the_keys_rows_with_plans_made_on_an_empt
             before = await own.fetchval(scans)
             await own.execute("SELECT pg_stat_force_next_flush()")
             rows = await own.fetch(
-                "SELECT * FROM sidecar_lock_incidents($1, $2, $3)",
+                "SELECT * FROM sidecar_lock_incidents($1, $2, $3, $4, $5)",
                 ["k1", "k2", "k3"],
                 ["i4", "i501"],
                 19000.0,
+                b'{"i1": [1, 0.0], "i2": [2, 1.0]}',
+                False,
             )
             await own.execute("SELECT pg_stat_force_next_flush()")
             read = await own.fetchval(scans) - before
@@ -238,3 +241,69 @@ async def test_a_command_that_fails_half_way_does_not_leave_its_changes_taken_fo
     assert [c.incident.id for c in changed] == [opened.id]
     stored = await a_store.get_incident(opened.id)
     assert stored is not None and len(stored.alerts) == 2
+
+
+async def test_a_row_at_the_version_held_comes_without_its_documents(
+    replicas: list[tuple[Components, CountingStore]],
+) -> None:
+    (a, a_store), _ = replicas
+    opened = (await submit(a, resend(first())))[0].incident
+    fresh = await a_store.read_locked([opened.key], 0.0)
+    [decoded] = fresh.incidents
+    assert decoded.id == opened.id and fresh.unchanged == set()
+    version = fresh.versions[opened.id]
+    held = await a_store.read_locked([opened.key], 0.0, {opened.id: version})
+    assert (held.incidents, held.unchanged) == ([], {opened.id})
+    assert held.versions == {opened.id: version}
+    # Left out by the database, not dropped after the fact.
+    async with a_store._connection() as con:
+        rows = await con.fetch(
+            "SELECT id, data, alerts FROM sidecar_lock_incidents($1, $2, $3, $4, $5)",
+            [opened.key],
+            [],
+            0.0,
+            f'{{"{opened.id}": [{version[0]}, {version[1]!r}]}}'.encode(),
+            True,
+        )
+    assert [tuple(r) for r in rows] == [(opened.id, None, None)]
+    # Another version of the row (same transaction id, another time; or another
+    # transaction) is sent and decoded.
+    for stale in ((version[0], version[1] + 0.001), (version[0] + 1, version[1])):
+        read = await a_store.read_locked([opened.key], 0.0, {opened.id: stale})
+        assert [i.id for i in read.incidents] == [opened.id] and read.unchanged == set()
+
+
+async def test_a_read_waits_for_the_keys_writers_but_not_for_other_reads(
+    replicas: list[tuple[Components, CountingStore]], postgres_database_dsn: str
+) -> None:
+    (a, a_store), _ = replicas
+    opened = (await submit(a, resend(first())))[0].incident
+    waiting = "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted"
+    reader = await asyncpg.connect(postgres_database_dsn)
+    watcher = await asyncpg.connect(postgres_database_dsn)
+    try:
+        # Another replica's read holding the key's lock (a transaction keeps it).
+        tx = reader.transaction()
+        await tx.start()
+        await reader.execute(
+            "SELECT * FROM sidecar_lock_incidents($1, '{}', 0, '{}', true)", [opened.key]
+        )
+        read = asyncio.ensure_future(a_store.read_locked([opened.key], 0.0))
+        while not read.done():
+            assert not await watcher.fetchval(waiting), "a read waited for a read"
+            await asyncio.sleep(0.01)
+        assert [i.id for i in (await read).incidents] == [opened.id]
+        # A writer of the key waits for the read to let go.
+        async with contextlib.AsyncExitStack() as stack:
+            locking = asyncio.ensure_future(
+                stack.enter_async_context(a_store.locked({opened.key}, (), 0.0))
+            )
+            while not await watcher.fetchval(waiting):
+                assert not locking.done()
+                await asyncio.sleep(0.01)
+            await tx.commit()
+            state = await locking
+            assert [i.id for i in state.incidents] == [opened.id]
+    finally:
+        await reader.close()
+        await watcher.close()

@@ -82,9 +82,10 @@ class LockedRead:
     recently_closed: list[Incident]
     # The version of each open row read, by incident id (empty where not kept).
     versions: dict[str, Version] = field(default_factory=dict, kw_only=True)
-    # Rows read that are the version the caller said it holds (``known``): not
-    # decoded, and not in ``incidents``; each decodes on call, should it be needed.
-    unchanged: dict[str, Callable[[], Incident]] = field(default_factory=dict, kw_only=True)
+    # Ids of the rows read that are at the version the caller said it holds
+    # (``known``): neither sent nor decoded, and not in ``incidents``; the
+    # caller's incident in memory stands for each.
+    unchanged: set[str] = field(default_factory=set, kw_only=True)
 
 
 @dataclass(slots=True)

@@ -28,13 +28,13 @@ everything after the last number read (:mod:`sidecar.follow`).
 from __future__ import annotations
 
 import asyncio
-import functools
 import secrets
 from collections.abc import AsyncIterator, Callable, Collection, Mapping, Sequence
 from contextlib import asynccontextmanager
 from typing import Any, TypeVar
 
 import asyncpg  # type: ignore[import-untyped]
+import orjson
 
 from sidecar.errors import StoreUnavailable
 from sidecar.store.base import LockedRead, LockedState, Version
@@ -71,11 +71,14 @@ _RECORD_CHANGES = (
 MIGRATIONS = migrations(POSTGRES)
 
 _SQL = Statements(POSTGRES)
-# (sorted keys, ids, closed since): the keys' locks, then (recent, *IncidentRow) rows:
-# the open incidents of the keys and the incidents of the ids (recent false), the
-# latest incident of each key resolved since then (recent true). See migration 11.
-_LOCK_INCIDENTS = "SELECT * FROM sidecar_lock_incidents($1, $2, $3)"
+# (sorted keys, ids, closed since, held versions, shared): the keys' locks, then
+# (recent, version, *IncidentRow) rows: the open incidents of the keys and the
+# incidents of the ids (recent false), the latest incident of each key resolved since
+# then (recent true); a row at the version held comes without its documents (data
+# NULL). See migrations 11 and 12.
+_LOCK_INCIDENTS = "SELECT * FROM sidecar_lock_incidents($1, $2, $3, $4, $5)"
 _UPDATED_AT = IncidentRow._fields.index("updated_at")
+_DATA = IncidentRow._fields.index("data")
 
 # (day): the day's last number, its counter row locked until the transaction ends (an
 # upsert that changes nothing still locks the row it conflicts with).
@@ -233,7 +236,7 @@ class PostgresStore(SQLStore):
     ) -> AsyncIterator[LockedState]:
         """A transaction holding the keys' locks, with their current rows (see Store)."""
         async with self._connection() as con, con.transaction():
-            read = await _read_locked(con, keys, ids, closed_since, known)
+            read = await _read_locked(con, keys, ids, closed_since, known, shared=False)
             yield LockedState(
                 read.keys,
                 read.ids,
@@ -251,10 +254,11 @@ class PostgresStore(SQLStore):
         """The keys' rows read under their locks, released at once (see ReadsUnderLock).
 
         No transaction around it: the statement is its own, so the locks are held
-        while the function reads and let go when it returns.
+        while the function reads and let go when it returns. They are taken shared:
+        the read waits for every writer of the keys to commit, not for other reads.
         """
         async with self._connection() as con:
-            return await _read_locked(con, keys, (), closed_since, known)
+            return await _read_locked(con, keys, (), closed_since, known, shared=True)
 
     # -- the change feed --------------------------------------------------
 
@@ -339,10 +343,13 @@ async def _read_locked(
     ids: Collection[str],
     closed_since: float,
     known: Mapping[str, Version],
+    *,
+    shared: bool,
 ) -> LockedRead:
     # Sorted, so that two replicas locking overlapping keys cannot deadlock; the locks
     # and the reads after them in one round trip.
-    rows = await con.fetch(_LOCK_INCIDENTS, sorted(keys), list(ids), closed_since)
+    held = orjson.dumps(known)  # {id: [xmin, updated_at]}: floats round-trip exactly
+    rows = await con.fetch(_LOCK_INCIDENTS, sorted(keys), list(ids), closed_since, held, shared)
     read = LockedRead(keys=set(keys), ids=set(ids), incidents=[], recently_closed=[])
     wanted = set(ids)
     for r in rows:
@@ -353,9 +360,9 @@ async def _read_locked(
         if row[0] in wanted:
             read.keys.add(row[1])  # the keys of the ids are locked too
         # A version is the transaction that wrote the row, and when it said it did.
-        version = read.versions[row[0]] = (r[1], row[_UPDATED_AT])
-        if known.get(row[0]) == version:
-            read.unchanged[row[0]] = functools.partial(incident_from_row, row)
+        read.versions[row[0]] = (r[1], row[_UPDATED_AT])
+        if row[_DATA] is None:  # at the version known: the documents were left out
+            read.unchanged.add(row[0])
         else:
             read.incidents.append(incident_from_row(row))
     return read
