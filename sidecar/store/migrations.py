@@ -18,6 +18,7 @@ from __future__ import annotations
 
 from typing import NamedTuple
 
+from sidecar.store.lockread import LOCK_INCIDENTS_12
 from sidecar.store.sql import Dialect
 
 TYPES: dict[str, dict[str, str]] = {
@@ -320,93 +321,9 @@ SCHEMA: tuple[Migration, ...] = (
     Migration(
         12,
         "the locked read leaves out the documents of rows the caller holds",
-        # Migration 11's function with two more arguments. ``known`` maps an incident
-        # id to the version of its row the caller holds in memory ([xmin, updated_at]):
-        # such a row comes back with its data and alerts NULL (both NOT NULL in the
-        # table), so neither is read from TOAST, sent, or received; with 50 alerts the
-        # documents were most of what a read cost on both sides. ``shared`` takes the
-        # keys' locks shared: a read that writes nothing still waits for every writer
-        # of the keys to commit, but no longer for other readers (replicas answering
-        # resends of the same groups). Migration 11's function stays for replicas of
-        # the previous release during a rolling upgrade.
-        postgresql="""
-        CREATE FUNCTION sidecar_lock_incidents(
-            lock_keys text[], lock_ids text[], closed_since double precision, known json,
-            shared boolean
-        ) RETURNS TABLE (
-            recent boolean, version bigint, id text, key text, state text, severity text, team text,
-            started_at double precision, triggered_at double precision,
-            acknowledged_at double precision, resolved_at double precision,
-            review_due_at double precision, review_done_at double precision,
-            number text, updated_at double precision, data json, alerts json
-        ) LANGUAGE plpgsql VOLATILE
-        SET plan_cache_mode = force_generic_plan SET enable_seqscan = off
-        SET enable_hashjoin = off SET enable_mergejoin = off SET enable_material = off AS $fn$
-        #variable_conflict use_column
-        DECLARE
-            all_keys text[] := lock_keys;
-            -- Parsed once; each row's lookup in it is then a binary search.
-            held jsonb := known::jsonb;
-        BEGIN
-            IF cardinality(lock_ids) > 0 THEN
-                SELECT array_agg(k ORDER BY k COLLATE "C") INTO all_keys FROM (
-                    SELECT unnest(lock_keys) AS k
-                    UNION SELECT i.key FROM incidents i WHERE i.id = ANY(lock_ids)
-                ) AS both_keys;
-            END IF;
-            IF shared THEN
-                PERFORM pg_advisory_xact_lock_shared(hashtextextended(k, 0))
-                    FROM unnest(all_keys) AS k;
-            ELSE
-                PERFORM pg_advisory_xact_lock(hashtextextended(k, 0))
-                    FROM unnest(all_keys) AS k;
-            END IF;
-            RETURN QUERY
-                SELECT false, v.version, i.id, i.key, i.state, i.severity,
-                    i.team, i.started_at, i.triggered_at, i.acknowledged_at, i.resolved_at,
-                    i.review_due_at, i.review_done_at, i.number, i.updated_at,
-                    CASE WHEN v.same THEN NULL ELSE i.data END,
-                    CASE WHEN v.same THEN NULL ELSE i.alerts END
-                FROM unnest(all_keys) AS k
-                JOIN incidents i ON i.key = k AND i.state <> 'resolved'
-                CROSS JOIN LATERAL (
-                    SELECT i.xmin::text::bigint AS version,
-                        coalesce((held -> i.id ->> 0)::bigint = i.xmin::text::bigint
-                            AND (held -> i.id ->> 1)::double precision = i.updated_at,
-                            false) AS same
-                ) AS v
-                UNION ALL
-                SELECT false, v.version, i.id, i.key, i.state, i.severity,
-                    i.team, i.started_at, i.triggered_at, i.acknowledged_at, i.resolved_at,
-                    i.review_due_at, i.review_done_at, i.number, i.updated_at,
-                    CASE WHEN v.same THEN NULL ELSE i.data END,
-                    CASE WHEN v.same THEN NULL ELSE i.alerts END
-                FROM (SELECT DISTINCT unnest(lock_ids) AS n) AS wanted
-                JOIN incidents i ON i.id = wanted.n AND i.state || '' = 'resolved'
-                CROSS JOIN LATERAL (
-                    SELECT i.xmin::text::bigint AS version,
-                        coalesce((held -> i.id ->> 0)::bigint = i.xmin::text::bigint
-                            AND (held -> i.id ->> 1)::double precision = i.updated_at,
-                            false) AS same
-                ) AS v
-                UNION ALL
-                SELECT true, c.xmin::text::bigint, c.id, c.key, c.state, c.severity, c.team,
-                    c.started_at, c.triggered_at, c.acknowledged_at, c.resolved_at,
-                    c.review_due_at, c.review_done_at, c.number, c.updated_at, c.data, c.alerts
-                FROM unnest(all_keys) AS k
-                CROSS JOIN LATERAL (
-                    SELECT i.xmin, i.id, i.key, i.state, i.severity, i.team, i.started_at,
-                        i.triggered_at, i.acknowledged_at, i.resolved_at, i.review_due_at,
-                        i.review_done_at, i.number, i.updated_at, i.data, i.alerts
-                    FROM incidents i
-                    WHERE i.key = k AND i.resolved_at >= closed_since
-                        AND i.state || '' = 'resolved'
-                    ORDER BY i.resolved_at DESC
-                    LIMIT 1
-                ) AS c;
-        END
-        $fn$;
-        """,
+        # Migration 11's function with the versions the caller holds and a shared mode
+        # (see sidecar.store.lockread).
+        postgresql=LOCK_INCIDENTS_12,
     ),
 )
 

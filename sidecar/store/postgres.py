@@ -34,14 +34,13 @@ from contextlib import asynccontextmanager
 from typing import Any, TypeVar
 
 import asyncpg  # type: ignore[import-untyped]
-import orjson
 
 from sidecar.errors import StoreUnavailable
 from sidecar.store.base import LockedRead, LockedState, Version
-from sidecar.store.codec import incident_from_row
+from sidecar.store.lockread import lock_and_read
 from sidecar.store.migrations import migrations
 from sidecar.store.queue import Claim, Claimant, outbox_item, take_within_budget
-from sidecar.store.rows import IncidentRow, WriteBatch
+from sidecar.store.rows import WriteBatch
 from sidecar.store.sql import POSTGRES, Statements
 from sidecar.store.sqlstore import SQLStore
 
@@ -71,15 +70,6 @@ _RECORD_CHANGES = (
 MIGRATIONS = migrations(POSTGRES)
 
 _SQL = Statements(POSTGRES)
-# (sorted keys, ids, closed since, held versions, shared): the keys' locks, then
-# (recent, version, *IncidentRow) rows: the open incidents of the keys and the
-# incidents of the ids (recent false), the latest incident of each key resolved since
-# then (recent true); a row at the version held comes without its documents (data
-# NULL). See migrations 11 and 12.
-_LOCK_INCIDENTS = "SELECT * FROM sidecar_lock_incidents($1, $2, $3, $4, $5)"
-_UPDATED_AT = IncidentRow._fields.index("updated_at")
-_DATA = IncidentRow._fields.index("data")
-
 # (day): the day's last number, its counter row locked until the transaction ends (an
 # upsert that changes nothing still locks the row it conflicts with).
 _RESERVE_NUMBER = (
@@ -236,7 +226,7 @@ class PostgresStore(SQLStore):
     ) -> AsyncIterator[LockedState]:
         """A transaction holding the keys' locks, with their current rows (see Store)."""
         async with self._connection() as con, con.transaction():
-            read = await _read_locked(con, keys, ids, closed_since, known, shared=False)
+            read = await lock_and_read(con, keys, ids, closed_since, known, False)
             yield LockedState(
                 read.keys,
                 read.ids,
@@ -258,7 +248,7 @@ class PostgresStore(SQLStore):
         the read waits for every writer of the keys to commit, not for other reads.
         """
         async with self._connection() as con:
-            return await _read_locked(con, keys, (), closed_since, known, shared=True)
+            return await lock_and_read(con, keys, (), closed_since, known, True)
 
     # -- the change feed --------------------------------------------------
 
@@ -335,37 +325,6 @@ class PostgresStore(SQLStore):
                     [(integration, bucket, now) for bucket in buckets if bucket is not None],
                 )
         return claim
-
-
-async def _read_locked(
-    con: Any,
-    keys: Collection[str],
-    ids: Collection[str],
-    closed_since: float,
-    known: Mapping[str, Version],
-    *,
-    shared: bool,
-) -> LockedRead:
-    # Sorted, so that two replicas locking overlapping keys cannot deadlock; the locks
-    # and the reads after them in one round trip.
-    held = orjson.dumps(known)  # {id: [xmin, updated_at]}: floats round-trip exactly
-    rows = await con.fetch(_LOCK_INCIDENTS, sorted(keys), list(ids), closed_since, held, shared)
-    read = LockedRead(keys=set(keys), ids=set(ids), incidents=[], recently_closed=[])
-    wanted = set(ids)
-    for r in rows:
-        row = r[2:]
-        if r[0]:
-            read.recently_closed.append(incident_from_row(row))
-            continue
-        if row[0] in wanted:
-            read.keys.add(row[1])  # the keys of the ids are locked too
-        # A version is the transaction that wrote the row, and when it said it did.
-        read.versions[row[0]] = (r[1], row[_UPDATED_AT])
-        if row[_DATA] is None:  # at the version known: the documents were left out
-            read.unchanged.add(row[0])
-        else:
-            read.incidents.append(incident_from_row(row))
-    return read
 
 
 async def _reserve(con: Any, day: str) -> int:
