@@ -68,33 +68,28 @@ LOCK_INCIDENTS_12 = """
                     FROM unnest(all_keys) AS k;
             END IF;
             RETURN QUERY
-                SELECT false, v.version, i.id, i.key, i.state, i.severity,
+                SELECT false, i.xmin::text::bigint, i.id, i.key, i.state, i.severity,
                     i.team, i.started_at, i.triggered_at, i.acknowledged_at, i.resolved_at,
                     i.review_due_at, i.review_done_at, i.number, i.updated_at,
-                    CASE WHEN v.same THEN NULL ELSE i.data END,
-                    CASE WHEN v.same THEN NULL ELSE i.alerts END
+                    -- NULL (not held: no such key) is not true: the documents go.
+                    CASE WHEN (held -> i.id ->> 0)::bigint = i.xmin::text::bigint
+                        AND (held -> i.id ->> 1)::double precision = i.updated_at
+                        THEN NULL ELSE i.data END,
+                    CASE WHEN (held -> i.id ->> 0)::bigint = i.xmin::text::bigint
+                        AND (held -> i.id ->> 1)::double precision = i.updated_at
+                        THEN NULL ELSE i.alerts END
                 FROM unnest(all_keys) AS k
                 JOIN incidents i ON i.key = k AND i.state <> 'resolved'
-                CROSS JOIN LATERAL (
-                    SELECT i.xmin::text::bigint AS version,
-                        coalesce((held -> i.id ->> 0)::bigint = i.xmin::text::bigint
-                            AND (held -> i.id ->> 1)::double precision = i.updated_at,
-                            false) AS same
-                ) AS v
                 UNION ALL
-                SELECT false, v.version, i.id, i.key, i.state, i.severity,
+                -- An id's open incident is its key's, read above already; a resolved
+                -- one is never held. (state || '' keeps the planner off the state
+                -- index, which would read every resolved incident.)
+                SELECT false, i.xmin::text::bigint, i.id, i.key, i.state, i.severity,
                     i.team, i.started_at, i.triggered_at, i.acknowledged_at, i.resolved_at,
-                    i.review_due_at, i.review_done_at, i.number, i.updated_at,
-                    CASE WHEN v.same THEN NULL ELSE i.data END,
-                    CASE WHEN v.same THEN NULL ELSE i.alerts END
+                    i.review_due_at, i.review_done_at, i.number, i.updated_at, i.data,
+                    i.alerts
                 FROM (SELECT DISTINCT unnest(lock_ids) AS n) AS wanted
                 JOIN incidents i ON i.id = wanted.n AND i.state || '' = 'resolved'
-                CROSS JOIN LATERAL (
-                    SELECT i.xmin::text::bigint AS version,
-                        coalesce((held -> i.id ->> 0)::bigint = i.xmin::text::bigint
-                            AND (held -> i.id ->> 1)::double precision = i.updated_at,
-                            false) AS same
-                ) AS v
                 UNION ALL
                 SELECT true, c.xmin::text::bigint, c.id, c.key, c.state, c.severity, c.team,
                     c.started_at, c.triggered_at, c.acknowledged_at, c.resolved_at,
