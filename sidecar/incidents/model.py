@@ -17,33 +17,48 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from sys import intern
-from types import MappingProxyType, MemberDescriptorType
-from typing import TYPE_CHECKING, Any, Literal, cast
+from types import MemberDescriptorType
+from typing import TYPE_CHECKING, Any, Literal
 
 import orjson
 
 from sidecar.incidents.alerts import AlertState as AlertState
 from sidecar.incidents.alerts import decode_alerts as decode_alerts
-from sidecar.incidents.alerts import decoded_alerts, shared
 from sidecar.incidents.alerts import interned as interned
 from sidecar.incidents.closed import ClosedEpisode
+from sidecar.incidents.stored import COLD, NO_ANNOTATIONS, restore, unshelve
+from sidecar.incidents.stored import NO_OUTCOMES as _NO_OUTCOMES
+from sidecar.incidents.stored import NOTHING as NOTHING
 
 if TYPE_CHECKING:
     from sidecar.store.rows import OutboxRow
-
-NOTHING: Mapping[str, float] = MappingProxyType({})
 
 State = Literal["triggered", "acknowledged", "resolved"]
 
 EscalationOutcome = Literal["paged", "recorded", "unrouted"]
 ESCALATION_OUTCOMES: tuple[EscalationOutcome, ...] = ("paged", "recorded", "unrouted")
+NO_OUTCOMES: Mapping[str, EscalationOutcome] = _NO_OUTCOMES
 """What a due escalation step did: paged its tier's routing key; was recorded
 only, as its ``record_only`` step declares; or reached nobody, the tier having
 no routing key (only possible without any PagerDuty configuration: with one,
 such a step is refused at start, see :mod:`sidecar.routing`)."""
-NO_OUTCOMES: Mapping[str, EscalationOutcome] = MappingProxyType({})
-NO_ANNOTATIONS: Mapping[str, str] = MappingProxyType({})
+
+
+# The data document's fields written only when not None (see ``Incident.data_json``).
+_UNLESS_NONE = (
+    "acknowledged_by",
+    "acknowledge_source",
+    "resolved_by",
+    "resolve_source",
+    "last_update_at",
+    "paged_dedup_key",
+    "update_breached_gap",
+    "update_reminded_gap",
+    "review_done_by",
+    "status",
+    "status_at",
+    "severity_set_by",
+)
 
 
 @dataclass(slots=True)
@@ -117,6 +132,9 @@ class Incident:
     # The stored alerts document of a restored or committed incident, until
     # ``alerts`` is next read (see ``shelve_alerts`` and ``__getattr__``).
     alerts_doc: bytes | None = field(default=None, repr=False, compare=False)
+    # The stored data document of a restored incident, until one of its cold
+    # fields (``stored.COLD``) is first read (see ``sidecar.incidents.stored``).
+    data_doc: bytes | None = field(default=None, repr=False, compare=False)
 
     if not TYPE_CHECKING:  # keeps mypy from taking every attribute as valid
 
@@ -126,6 +144,9 @@ class Incident:
             # hundred thousand incidents are restored, most are never touched
             # before they resolve, and their alerts are most of what decoding
             # them costs, in time and in memory. The next read decodes them.
+            if name in COLD and self.data_doc is not None:
+                unshelve(self, self.data_doc)  # the same for the data's cold fields
+                return getattr(self, name)
             if name != "alerts" or self.alerts_doc is None:
                 raise AttributeError(name)
             self.alerts = decode_alerts(self.alerts_doc)
@@ -192,22 +213,18 @@ class Incident:
             "title": self.title,
             "labels": self.labels,
             "external_url": self.external_url,
-            "acknowledged_by": self.acknowledged_by,
-            "acknowledge_source": self.acknowledge_source,
-            "resolved_by": self.resolved_by,
-            "resolve_source": self.resolve_source,
-            "last_update_at": self.last_update_at,
             "seq": self.seq,
-            "paged_dedup_key": self.paged_dedup_key,
-            "breaches": dict(self.breaches),
-            "update_breached_gap": self.update_breached_gap,
-            "escalated": dict(self.escalated),
-            "review_done_by": self.review_done_by,
         }
-        # Only once set, as escalation_outcomes: every row written pays for every key.
-        for name in ("status", "status_at", "severity_set_by"):
-            if getattr(self, name) is not None:
-                data[name] = getattr(self, name)
+        # The rest only once set: every row written pays for every key, and a
+        # restart decodes at once only the documents that name a field it reads
+        # (sidecar.incidents.stored). Readers default what is left out.
+        for name in _UNLESS_NONE:
+            if (value := getattr(self, name)) is not None:
+                data[name] = value
+        if self.breaches:
+            data["breaches"] = dict(self.breaches)
+        if self.escalated:
+            data["escalated"] = dict(self.escalated)
         if self.roles:
             data["roles"] = dict(self.roles)
         if self.escalation_outcomes:
@@ -216,8 +233,6 @@ class Incident:
             data["escalation_outcomes"] = dict(self.escalation_outcomes)
         if self.annotations:
             data["annotations"] = dict(self.annotations)
-        if self.update_reminded_gap is not None:
-            data["update_reminded_gap"] = self.update_reminded_gap
         # The same for the recovery watch: open incidents have none of these.
         for name in ("watch_until", "closed_at", "reopened_at", "reopens", "reacknowledged_at"):
             if value := getattr(self, name):
@@ -236,7 +251,7 @@ class Incident:
         triggered_at: float,
         acknowledged_at: float | None,
         resolved_at: float | None,
-        data: Mapping[str, Any],
+        data: Mapping[str, Any] | bytes,
         review_due_at: float | None = None,
         review_done_at: float | None = None,
         number: str | None = None,
@@ -244,63 +259,27 @@ class Incident:
     ) -> Incident:
         """Rebuild an incident from its stored columns and JSON documents (``data`` is taken over).
 
-        ``alerts_doc`` is decoded when the alerts are first read. Rows written
-        before the alerts had their own column carry them in ``data``.
+        ``alerts_doc`` is decoded when the alerts are first read, and so is a
+        ``data`` document's cold part, given as bytes (see :mod:`~sidecar.incidents.stored`).
+        Rows written before the alerts had their own column carry them in ``data``.
         """
-        # Positional, no copies (test_store_codec sets every field): halves decoding at restart.
-        get = data.get
-        legacy = get("alerts")
-        group_key = get("group_key", "")
-        inc = cls(
+        return restore(
+            cls,
             id,
             key,
-            # In group mode the two are equal: hold one string, not two.
-            key if group_key == key else group_key,
-            intern(get("receiver", "")),
-            intern(state),  # type: ignore[arg-type]
-            intern(severity),
-            intern(team),
-            intern(get("title", "")),
-            interned(get("labels") or {}),
-            intern(get("external_url", "")),
+            state,
+            severity,
+            team,
             started_at,
             triggered_at,
             acknowledged_at,
-            get("acknowledged_by"),
-            get("acknowledge_source"),
             resolved_at,
-            get("resolved_by"),
-            get("resolve_source"),
-            get("last_update_at"),
-            {} if legacy is None else decoded_alerts(legacy),
-            get("seq", 0),
-            get("paged_dedup_key"),
-            get("breaches") or NOTHING,
-            get("update_breached_gap"),
-            get("update_reminded_gap"),
-            get("escalated") or NOTHING,
-            _outcomes(get("escalation_outcomes")),
             review_due_at,
             review_done_at,
-            get("review_done_by"),
             number,
-            # A handful of values shared by every restored incident: one string each.
-            intern(status) if (status := get("status")) else None,
-            # Set when the incident opened, mostly: then one float for both.
-            triggered_at if (status_at := get("status_at")) == triggered_at else status_at,
-            get("roles") or NOTHING,
-            get("severity_set_by"),
-            shared(annotations) if (annotations := get("annotations")) else NO_ANNOTATIONS,
-            get("watch_until"),
-            get("closed_at"),
-            get("reopened_at"),
-            get("reopens", 0),
-            get("reacknowledged_at"),
+            data,
+            alerts_doc,
         )
-        if legacy is None and alerts_doc is not None:
-            del inc.alerts  # shelved, as shelve_alerts does
-            inc.alerts_doc = alerts_doc
-        return inc
 
 
 def escalation_outcome(record_only: bool, routed: bool) -> EscalationOutcome:
@@ -308,12 +287,6 @@ def escalation_outcome(record_only: bool, routed: bool) -> EscalationOutcome:
     if record_only:
         return "recorded"
     return "paged" if routed else "unrouted"
-
-
-def _outcomes(stored: Mapping[str, str] | None) -> Mapping[str, EscalationOutcome]:
-    if not stored:
-        return NO_OUTCOMES
-    return {tier: cast("EscalationOutcome", intern(o)) for tier, o in stored.items()}
 
 
 # The slot's own descriptor: reading through it never decodes.

@@ -13,6 +13,7 @@ from typing import Any
 import orjson
 
 from sidecar.incidents import Change, Incident, TimelineEvent
+from sidecar.incidents.stored import restore
 from sidecar.store.rows import DeliveryRow, EventRow, IncidentRow, WriteBatch
 
 # The columns an incident holds as attributes of the same names (id to
@@ -39,7 +40,8 @@ def row_alerts(row: IncidentRow) -> bytes:
 def incident_from_row(row: Iterable[Any]) -> Incident:
     """The incident a row of :class:`IncidentRow`'s columns, in order, stores."""
     # Unpacked, not wrapped in an IncidentRow, and passed on positionally (in
-    # from_columns' order, not the row's): a restart decodes every open incident.
+    # restore's order, not the row's): a restart decodes every open incident.
+    # The data document goes as its bytes: restore decodes what it must of it.
     (
         id_,
         key,
@@ -57,7 +59,8 @@ def incident_from_row(row: Iterable[Any]) -> Incident:
         data,
         alerts,
     ) = row
-    return Incident.from_columns(
+    return restore(
+        Incident,
         id_,
         key,
         state,
@@ -67,10 +70,10 @@ def incident_from_row(row: Iterable[Any]) -> Incident:
         triggered_at,
         acknowledged_at,
         resolved_at,
-        orjson.loads(data),
         review_due_at,
         review_done_at,
         number,
+        data,
         alerts,
     )
 
