@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 from typing import Any
 
 import orjson
+import pytest
 
 from sidecar.incidents import AlertState, Incident
 from sidecar.store.codec import incident_from_row, incident_row
+from sidecar.store.rows import IncidentRow
 
 T0 = 1_700_000_000.0
 
@@ -92,3 +95,148 @@ def test_a_round_trip_of_defaults_keeps_them() -> None:
     other = incident_from_row(incident_row(original, T0))
     restored.alerts["f"] = EVERY_FIELD["alerts"]["f1"]
     assert other.alerts == {}
+
+
+def _old_format_data(inc: Incident) -> dict[str, Any]:
+    """The data document as versions before the slim one wrote it: every key, nulls too."""
+    data = inc.data_json()
+    for name in (
+        "acknowledged_by",
+        "acknowledge_source",
+        "resolved_by",
+        "resolve_source",
+        "last_update_at",
+        "paged_dedup_key",
+        "update_breached_gap",
+        "review_done_by",
+    ):
+        data.setdefault(name, getattr(inc, name))
+    data.setdefault("breaches", dict(inc.breaches))
+    data.setdefault("escalated", dict(inc.escalated))
+    return data
+
+
+def _fresh() -> Incident:
+    """An incident as it opens: nothing acknowledged, breached, escalated or updated."""
+    return Incident(
+        "inc-3",
+        "key-3",
+        "group-3",
+        "receiver-3",
+        "triggered",
+        "P2",
+        "payments",
+        "title-3",
+        {"alertname": "Err", "service": "api"},
+        "http://am.example:9093",
+        T0,
+        T0 + 1,
+        seq=1,
+        status="Investigating",
+        status_at=T0 + 1,
+        annotations={"summary": "it broke"},
+        alerts={},
+    )
+
+
+def test_only_the_fields_that_are_set_are_written() -> None:
+    data = orjson.loads(incident_row(_fresh(), T0).data)
+    assert set(data) == {
+        "group_key",
+        "receiver",
+        "title",
+        "labels",
+        "external_url",
+        "seq",
+        "status",
+        "status_at",
+        "annotations",
+    }
+
+
+@pytest.mark.parametrize("fields", [{}, EVERY_FIELD])
+def test_a_row_in_the_old_format_with_every_key_reads_as_the_same_incident(
+    fields: dict[str, Any],
+) -> None:
+    original = Incident(**fields) if fields else _fresh()
+    row = incident_row(original, T0 + 20)
+    old = row._replace(data=orjson.dumps(_old_format_data(original)))
+    if not fields:
+        assert len(old.data) > len(row.data)
+    restored = incident_from_row(old)
+    assert restored.data_doc is None  # names the scheduler's fields: decoded at once
+    assert restored == original
+    for field in dataclasses.fields(Incident):
+        if field.compare:
+            assert getattr(restored, field.name) == getattr(original, field.name), field.name
+
+
+def test_a_fresh_incident_keeps_its_cold_fields_undecoded_until_one_is_read() -> None:
+    original = _fresh()
+    restored = incident_from_row(incident_row(original, T0))
+    assert restored.data_doc is not None
+    # What restoring and the scheduler read is there without decoding.
+    assert (restored.breaches, restored.escalated, restored.last_update_at) == ({}, {}, None)
+    assert restored.update_breached_gap is None and restored.reopened_at is None
+    assert restored.data_doc is not None
+    assert restored.labels == {"alertname": "Err", "service": "api"}
+    assert restored.data_doc is None
+    assert restored == original
+    assert restored.status_at is restored.triggered_at  # one float held, as before
+
+
+def test_a_cold_field_set_before_the_first_read_is_kept() -> None:
+    restored = incident_from_row(incident_row(_fresh(), T0))
+    restored.acknowledged_by = "alice"
+    restored.seq = 5
+    assert restored.data_doc is not None
+    assert restored.title == "title-3"  # decodes the rest, around what was set
+    assert (restored.acknowledged_by, restored.seq) == ("alice", 5)
+    assert restored.labels == {"alertname": "Err", "service": "api"}
+
+
+def test_a_name_of_a_restored_field_in_a_label_only_costs_a_decode() -> None:
+    original = _fresh()
+    original.labels = {"breaches": "escalated", "x": "reopened_at"}
+    restored = incident_from_row(incident_row(original, T0))
+    assert restored.data_doc is None
+    assert restored == original
+
+
+def test_a_copy_of_a_shelved_incident_has_every_field() -> None:
+    original = _fresh()
+    restored = incident_from_row(incident_row(original, T0))
+    assert copy.copy(restored) == original
+
+
+def test_a_row_the_previous_version_wrote_reads_as_it_did() -> None:
+    # Copied from a store the previous version seeded: every key, nulls and empties too.
+    data = (
+        b'{"group_key":"{}:{bench_group=\\"seed-0\\"}","receiver":"incident-sla-sidecar",'
+        b'"title":"HighErrorRate: Error rate above 5% on consumption-0","labels":{"bench_group":'
+        b'"seed-0"},"external_url":"http://alertmanager.example:9093","acknowledged_by":null,'
+        b'"acknowledge_source":null,"resolved_by":null,"resolve_source":null,"last_update_at":'
+        b'null,"seq":1,"paged_dedup_key":null,"breaches":{},"update_breached_gap":null,'
+        b'"escalated":{},"review_done_by":null,"status":"Investigating","status_at":'
+        b'1796036913.3092325,"annotations":{"summary":"Error rate above 5% on consumption-0"}}'
+    )
+    key = '{}:{bench_group="seed-0"}'
+    t = 1796036913.3092325
+    row = IncidentRow(
+        "01a22c24689dc35103bc", key, "triggered", "P2", "publishing", t - 60, t,
+        None, None, None, None, None, t, data, b"[]",
+    )  # fmt: skip
+    restored = incident_from_row(row)
+    assert restored.data_doc is None
+    expected = Incident(
+        "01a22c24689dc35103bc", key, key, "incident-sla-sidecar", "triggered", "P2",
+        "publishing", "HighErrorRate: Error rate above 5% on consumption-0",
+        {"bench_group": "seed-0"}, "http://alertmanager.example:9093", t - 60, t, seq=1,
+        status="Investigating", status_at=t,
+        annotations={"summary": "Error rate above 5% on consumption-0"},
+    )  # fmt: skip
+    assert restored == expected
+    # Written again, it is the slim document, and reads back the same without decoding.
+    again = incident_from_row(incident_row(restored, t))
+    assert again.data_doc is not None
+    assert again == expected
