@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+from collections.abc import Mapping
 from typing import Any
 
 import orjson
@@ -98,22 +99,30 @@ def test_a_round_trip_of_defaults_keeps_them() -> None:
 
 
 def _old_format_data(inc: Incident) -> dict[str, Any]:
-    """The data document as versions before the slim one wrote it: every key, nulls too."""
-    data = inc.data_json()
-    for name in (
-        "acknowledged_by",
-        "acknowledge_source",
-        "resolved_by",
-        "resolve_source",
-        "last_update_at",
-        "paged_dedup_key",
-        "update_breached_gap",
-        "review_done_by",
-    ):
-        data.setdefault(name, getattr(inc, name))
-    data.setdefault("breaches", dict(inc.breaches))
-    data.setdefault("escalated", dict(inc.escalated))
-    return data
+    """The data document as versions before the slim one wrote it: these keys first, in
+    this order, nulls and empties too, then the ones written only once set."""
+    data: dict[str, Any] = {
+        name: (dict(v) if isinstance(v := getattr(inc, name), Mapping) else v)
+        for name in (
+            "group_key",
+            "receiver",
+            "title",
+            "labels",
+            "external_url",
+            "acknowledged_by",
+            "acknowledge_source",
+            "resolved_by",
+            "resolve_source",
+            "last_update_at",
+            "seq",
+            "paged_dedup_key",
+            "breaches",
+            "update_breached_gap",
+            "escalated",
+            "review_done_by",
+        )
+    }
+    return {**data, **inc.data_json()}
 
 
 def _fresh() -> Incident:
@@ -195,11 +204,35 @@ def test_a_cold_field_set_before_the_first_read_is_kept() -> None:
     assert restored.labels == {"alertname": "Err", "service": "api"}
 
 
-def test_a_name_of_a_restored_field_in_a_label_only_costs_a_decode() -> None:
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [
+        ("breaches", {"acknowledge": T0 + 6}),
+        ("escalated", {"lead": T0 + 9}),
+        ("last_update_at", T0 + 5),
+        ("update_breached_gap", T0 + 7),
+        ("update_reminded_gap", T0 + 8),
+        ("reopened_at", T0 + 15),
+    ],
+)
+def test_a_document_naming_a_field_restoring_reads_is_decoded_at_once(
+    name: str, value: Any
+) -> None:
     original = _fresh()
-    original.labels = {"breaches": "escalated", "x": "reopened_at"}
+    setattr(original, name, value)
     restored = incident_from_row(incident_row(original, T0))
     assert restored.data_doc is None
+    assert getattr(restored, name) == value
+    assert restored == original
+
+
+def test_names_of_those_fields_elsewhere_in_the_document_change_nothing() -> None:
+    original = _fresh()
+    original.labels = {"breaches": "escalated", "seq": '{"seq":'}
+    original.title = '{"seq":1,"breaches":{}}'
+    restored = incident_from_row(incident_row(original, T0))
+    assert restored.data_doc is not None
+    assert (restored.breaches, restored.escalated) == ({}, {})
     assert restored == original
 
 

@@ -50,10 +50,7 @@ _UNLESS_NONE = (
     "acknowledge_source",
     "resolved_by",
     "resolve_source",
-    "last_update_at",
     "paged_dedup_key",
-    "update_breached_gap",
-    "update_reminded_gap",
     "review_done_by",
     "status",
     "status_at",
@@ -207,34 +204,38 @@ class Incident:
 
     def data_json(self) -> dict[str, Any]:
         """The fields stored as a JSON document beside the indexed columns and the alerts."""
-        data: dict[str, Any] = {
-            "group_key": self.group_key,
-            "receiver": self.receiver,
-            "title": self.title,
-            "labels": self.labels,
-            "external_url": self.external_url,
-            "seq": self.seq,
-        }
-        # The rest only once set: every row written pays for every key, and a
-        # restart decodes at once only the documents that name a field it reads
-        # (sidecar.incidents.stored). Readers default what is left out.
-        for name in _UNLESS_NONE:
-            if (value := getattr(self, name)) is not None:
-                data[name] = value
+        data: dict[str, Any] = {}
+        # What a restart reads of every open incident first, and only once set:
+        # a document that starts with ``seq`` names none of it, and restoring
+        # keeps the rest undecoded until read (sidecar.incidents.stored).
         if self.breaches:
             data["breaches"] = dict(self.breaches)
         if self.escalated:
             data["escalated"] = dict(self.escalated)
+        for name in ("last_update_at", "update_breached_gap", "update_reminded_gap"):
+            if (value := getattr(self, name)) is not None:
+                data[name] = value
+        if self.reopened_at:
+            data["reopened_at"] = self.reopened_at
+        data["seq"] = self.seq
+        data["group_key"] = self.group_key
+        data["receiver"] = self.receiver
+        data["title"] = self.title
+        data["labels"] = self.labels
+        data["external_url"] = self.external_url
+        # The rest only once set too: every row written pays for every key.
+        # Readers default what is left out.
+        for name in _UNLESS_NONE:
+            if (value := getattr(self, name)) is not None:
+                data[name] = value
         if self.roles:
             data["roles"] = dict(self.roles)
         if self.escalation_outcomes:
-            # Only once there is one: most incidents never escalate, and every
-            # row written pays for every key.
             data["escalation_outcomes"] = dict(self.escalation_outcomes)
         if self.annotations:
             data["annotations"] = dict(self.annotations)
         # The same for the recovery watch: open incidents have none of these.
-        for name in ("watch_until", "closed_at", "reopened_at", "reopens", "reacknowledged_at"):
+        for name in ("watch_until", "closed_at", "reopens", "reacknowledged_at"):
             if value := getattr(self, name):
                 data[name] = value
         return data

@@ -7,16 +7,16 @@ restart needs. The rest of the document (title, labels, annotations, who did
 what...) is kept as its stored bytes and decoded when one of those fields is
 first read (``Incident.__getattr__``), as the alerts are.
 
-The writer leaves a field out of the document while it holds its default
-(``Incident.data_json``), so a document without any hot field's name holds
-their defaults: the incident is built without decoding it. A document that
-names one (or is of an earlier version, which wrote every field) is decoded at
-once, as before. Either way the incident read is the one written.
+The writer leaves a field out of the document while it holds its default, and
+writes the hot ones first (``Incident.data_json``): a document that starts with
+another field holds their defaults, and the incident is built without decoding
+it. A document that starts with one (or is of an earlier version, which wrote
+every field) is decoded at once, as before. Either way the incident read is the
+one written.
 """
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable, Mapping
 from sys import intern
 from types import MappingProxyType, MemberDescriptorType
@@ -35,14 +35,11 @@ NO_OUTCOMES: Mapping[str, Any] = MappingProxyType({})
 NO_ANNOTATIONS: Mapping[str, str] = MappingProxyType({})
 
 # The data document's fields that restoring reads for every open incident (the
-# scheduler's clocks, the book's breached index), and ``alerts``, where rows
-# from before the alerts column keep them. A name that appears anywhere in the
-# document, as a key or as a string value, sends it to be decoded at once: a
-# false alarm costs a decode, and a key the document holds always matches.
-_HOT = re.compile(
-    rb'"(?:breaches|escalated|last_update_at|update_breached_gap|update_reminded_gap'
-    rb'|reopened_at|alerts)"'
-)
+# scheduler's clocks, the book's breached index) are written first, and only
+# once set, then ``seq``, always written: a document that starts with ``seq``
+# names none of them. Documents of earlier versions start with ``group_key``,
+# and those before the alerts column also hold the alerts: decoded at once.
+_LAZY = b'{"seq":'
 # The other fields of the data document, set by ``_fill_cold``.
 COLD = (
     "group_key",
@@ -109,7 +106,7 @@ def restore(
     inc.number = number
     inc.alerts_doc = None
     legacy = None
-    if isinstance(doc, bytes) and _HOT.search(doc) is None:
+    if isinstance(doc, bytes) and doc.startswith(_LAZY):
         inc.last_update_at = None
         inc.breaches = NOTHING
         inc.update_breached_gap = None
