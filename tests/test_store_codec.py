@@ -11,6 +11,7 @@ import orjson
 import pytest
 
 from sidecar.incidents import AlertState, Incident
+from sidecar.incidents.model import decode_alerts
 from sidecar.store.codec import incident_from_row, incident_row
 from sidecar.store.rows import IncidentRow
 
@@ -273,3 +274,16 @@ def test_a_row_the_previous_version_wrote_reads_as_it_did() -> None:
     again = incident_from_row(incident_row(restored, t))
     assert again.data_doc is not None
     assert again == expected
+
+
+def test_the_alerts_document_is_each_alert_state_as_json_in_order() -> None:
+    # Rows written before the alerts were encoded as structs hold the same
+    # document: one JSON object per alert, AlertState.to_json's keys in order.
+    inc = Incident(**EVERY_FIELD)
+    inc.alerts = {
+        "f1": AlertState("f1", "firing", T0, None, "P1", {"alertname": "Err"}, "http://prom/g"),
+        "f2": AlertState("f2", "resolved", T0 + 0.25, T0 + 60.5, "P3", {}, ""),
+    }
+    expected = orjson.dumps([a.to_json() for a in inc.alerts.values()])
+    assert inc.alerts_json() == expected
+    assert decode_alerts(inc.alerts_json()) == inc.alerts

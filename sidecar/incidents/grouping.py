@@ -98,8 +98,11 @@ class Grouping(Stepping):
             # in the same group would keep the others' incident open for ever.
             group_resolved = all(a.status == "resolved" for a in kept)
         if inc is None:
-            firing = [a for a in kept if a.status == "firing"]
-            if self.closed.covers(key, [_instance(a) for a in firing or kept]):
+            # Only a key with a closed episode can have a late copy: most new
+            # groups have none, and the list of instances is then not built.
+            if self.closed.get(key) is not None and self.closed.covers(
+                key, [_instance(a) for a in [a for a in kept if a.status == "firing"] or kept]
+            ):
                 # A late duplicate of a notification for an incident already closed.
                 return []
             return self._no_open_incident(key, kept, classes, n, now, group_resolved)
@@ -128,15 +131,22 @@ class Grouping(Stepping):
         joined under the rules of the time, and must stay to resolve the
         incident even if reloaded rules now drop it.
         """
-        known = inc.alerts if inc is not None else {}
         kept = []
         classes: dict[str, ClassificationLike] = {}
+        classify = self.classifier.classify
+        if inc is None:
+            # A new incident: every alert is a new instance (the usual case of
+            # a notification that classifies at all, with fifty alerts or more).
+            for alert in alerts:
+                cls = classes[alert.fingerprint] = classify(alert.labels, alert.annotations)
+                if not cls.dropped:
+                    kept.append(alert)
+            return kept, classes
+        known = inc.alerts
         for alert in alerts:
             tracked = known.get(alert.fingerprint)
             if tracked is None or tracked.starts_at != alert.starts_at:
-                cls = classes[alert.fingerprint] = self.classifier.classify(
-                    alert.labels, alert.annotations
-                )
+                cls = classes[alert.fingerprint] = classify(alert.labels, alert.annotations)
                 if cls.dropped:
                     continue
             kept.append(alert)

@@ -20,9 +20,8 @@ from dataclasses import dataclass, field
 from types import MemberDescriptorType
 from typing import TYPE_CHECKING, Any, Literal
 
-import orjson
-
 from sidecar.incidents.alerts import AlertState as AlertState
+from sidecar.incidents.alerts import alerts_document, decoded_alerts, shared
 from sidecar.incidents.alerts import decode_alerts as decode_alerts
 from sidecar.incidents.alerts import interned as interned
 from sidecar.incidents.closed import ClosedEpisode
@@ -200,7 +199,7 @@ class Incident:
             if self.alerts_doc is not None:
                 return self.alerts_doc
             raise
-        return orjson.dumps([a.to_json() for a in alerts.values()])
+        return alerts_document(alerts.values())
 
     def data_json(self) -> dict[str, Any]:
         """The fields stored as a JSON document beside the indexed columns and the alerts."""

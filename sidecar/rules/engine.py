@@ -9,10 +9,9 @@ says ``below_floor: true``; a dropping rule goes below any floor.
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Literal, TypeVar
 
 from sidecar.errors import ConfigProblem
 from sidecar.matchers import Matcher, parse_matchers
@@ -27,6 +26,9 @@ from sidecar.rules.model import (
 from sidecar.yamlfile import Position, format_loc, problem_at
 
 _CACHE_SIZE = 4096
+
+K = TypeVar("K")
+V = TypeVar("V")
 
 DROP = "drop"
 """What ``Classification.raised_from`` holds when a floor kept an alert a rule dropped."""
@@ -101,6 +103,14 @@ class _CompiledRule:
             and all(m.matches(annotations) for m in self.annotation_matchers)
             and all(c.holds(labels, annotations) for c in self.conditions)
         )
+
+
+def _remember(cache: dict[K, V], key: K, value: V) -> None:
+    """Keep ``value`` for ``key``; bounded: a flood of distinct values must not grow
+    the cache for ever, and starting over costs a few misses (the rules are pure)."""
+    if len(cache) >= _CACHE_SIZE:
+        cache.clear()
+    cache[key] = value
 
 
 def _compile(
@@ -188,7 +198,7 @@ class RuleSet:
         )
         # Keyed only on the values the rules read, so label sets that differ in
         # irrelevant labels (instance, pod) share one entry.
-        self._classify_cached = functools.lru_cache(maxsize=_CACHE_SIZE)(self._classify_key)
+        self._classified: dict[tuple[str | None, ...], Classification] = {}
         esc = self._escalation_rules
         self._escalation_label_keys = tuple(
             sorted(
@@ -204,15 +214,20 @@ class RuleSet:
         )
         # The same for escalation rules: every new firing alert asks, and the
         # alerts of one group mostly differ only in labels no rule reads.
-        self._escalations_cached = functools.lru_cache(maxsize=_CACHE_SIZE)(self._escalations_key)
+        self._escalations_of: dict[tuple[str | None, ...], tuple[RuleEscalation, ...]] = {}
 
     def classify(self, labels: Mapping[str, str], annotations: Mapping[str, str]) -> Classification:
         """Severity and team of an alert with these labels and annotations."""
-        # map() over dict.get: this runs for every alert of every new notification.
-        return self._classify_cached(
-            tuple(map(labels.get, self._label_keys)),
-            tuple(map(annotations.get, self._annotation_keys)),
-        )
+        # This runs for every alert of every new notification: one tuple of the
+        # values the rules read and one dict lookup (lru_cache's bookkeeping
+        # and its key of two tuples cost more than the lookup itself).
+        key = (*map(labels.get, self._label_keys), *map(annotations.get, self._annotation_keys))
+        found = self._classified.get(key)
+        if found is None:
+            n = len(self._label_keys)
+            found = self._classify_key(key[:n], key[n:])
+            _remember(self._classified, key, found)
+        return found
 
     def _classify_key(
         self, label_values: tuple[str | None, ...], annotation_values: tuple[str | None, ...]
@@ -261,10 +276,16 @@ class RuleSet:
         """Every escalation rule that matches an alert (each pages its tier)."""
         if not self._escalation_rules:
             return ()
-        return self._escalations_cached(
-            tuple(map(labels.get, self._escalation_label_keys)),
-            tuple(map(annotations.get, self._escalation_annotation_keys)),
+        key = (
+            *map(labels.get, self._escalation_label_keys),
+            *map(annotations.get, self._escalation_annotation_keys),
         )
+        found = self._escalations_of.get(key)
+        if found is None:
+            n = len(self._escalation_label_keys)
+            found = self._escalations_key(key[:n], key[n:])
+            _remember(self._escalations_of, key, found)
+        return found
 
     def _escalations_key(
         self, label_values: tuple[str | None, ...], annotation_values: tuple[str | None, ...]
