@@ -721,3 +721,18 @@ def test_escalation_rules_match_labels_annotations_and_conditions(
     # which must not confuse it with the first answer of another alert.
     noisy = rules.escalations({**labels, "pod": "p-1"}, {**annotations, "summary": "s"})
     assert [(h.rule, h.tier, h.record_only) for h in noisy] == expected
+
+
+def test_escalations_each_asks_once_per_distinct_alert_in_order(tmp_path: Path) -> None:
+    rules = load_rules(write(tmp_path, ESCALATING))
+    alerts = [(labels, notes) for labels, notes, _ in ESCALATION_CASES]
+    # Each case twice, the second time with labels no rule reads: the same answer.
+    alerts += [({**labels, "pod": "p-2"}, notes) for labels, notes in alerts]
+    each = rules.escalations_each(alerts)
+    expected: list[tuple[object, ...]] = []
+    for labels, notes in alerts:
+        hits = rules.escalations(labels, notes)
+        if hits and hits not in expected:
+            expected.append(hits)
+    assert each == expected
+    assert len(each) < len([a for a in alerts if rules.escalations(*a)])

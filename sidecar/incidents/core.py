@@ -63,9 +63,9 @@ class Classifier(Protocol):
 
     def longest_recovery_watch(self) -> float: ...
 
-    def escalations(
-        self, labels: Mapping[str, str], annotations: Mapping[str, str]
-    ) -> Sequence[RuleEscalation]: ...
+    def escalations_each(
+        self, alerts: Iterable[tuple[Mapping[str, str], Mapping[str, str]]]
+    ) -> Sequence[Sequence[RuleEscalation]]: ...
 
 
 class Planner(Protocol):

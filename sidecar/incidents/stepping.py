@@ -190,8 +190,10 @@ class Stepping(BookCore):
 
         ``alerts`` are the new firing alerts' labels and annotations.
         """
-        for labels, notes in alerts:
-            for hit in self.classifier.escalations(labels, notes):
+        # Alerts that the rules read alike are asked about once: a second one
+        # would find every tier it matches escalated already by the first.
+        for hits in self.classifier.escalations_each(alerts):
+            for hit in hits:
                 if hit.tier in inc.escalated:
                     continue  # each tier once per incident, by ladder or by rule
                 outcome = escalation_outcome(hit.record_only, hit.tier in self.routed_tiers)

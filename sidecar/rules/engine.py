@@ -287,6 +287,34 @@ class RuleSet:
             _remember(self._escalations_of, key, found)
         return found
 
+    def escalations_each(
+        self, alerts: Iterable[tuple[Mapping[str, str], Mapping[str, str]]]
+    ) -> list[tuple[RuleEscalation, ...]]:
+        """:meth:`escalations` of each (labels, annotations), once per distinct set of the
+        values the rules read, in the order first seen, leaving out those that match none.
+
+        A new incident asks for every firing alert of it, and its alerts mostly
+        differ only in labels no rule reads: one call, not one per alert.
+        """
+        if not self._escalation_rules:
+            return []
+        label_keys, annotation_keys = self._escalation_label_keys, self._escalation_annotation_keys
+        keys = dict.fromkeys(
+            (*map(labels.get, label_keys), *map(notes.get, annotation_keys))
+            for labels, notes in alerts
+        )
+        out = []
+        cache = self._escalations_of
+        n = len(label_keys)
+        for key in keys:
+            found = cache.get(key)
+            if found is None:
+                found = self._escalations_key(key[:n], key[n:])
+                _remember(cache, key, found)
+            if found:
+                out.append(found)
+        return out
+
     def _escalations_key(
         self, label_values: tuple[str | None, ...], annotation_values: tuple[str | None, ...]
     ) -> tuple[RuleEscalation, ...]:
