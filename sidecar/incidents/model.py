@@ -21,7 +21,7 @@ from types import MemberDescriptorType
 from typing import TYPE_CHECKING, Any, Literal
 
 from sidecar.incidents.alerts import AlertState as AlertState
-from sidecar.incidents.alerts import alerts_document, decoded_alerts, shared
+from sidecar.incidents.alerts import alerts_document
 from sidecar.incidents.alerts import decode_alerts as decode_alerts
 from sidecar.incidents.alerts import interned as interned
 from sidecar.incidents.closed import ClosedEpisode
