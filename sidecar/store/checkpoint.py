@@ -52,8 +52,10 @@ class Checkpointer:
         self._thread = threading.Thread(target=self._run, name="sqlite-checkpoint", daemon=True)
 
     def start(self) -> None:
-        """Start the thread (after the database exists and is migrated)."""
-        self._thread.start()
+        """Start the thread (after the database exists and is migrated); once, however
+        often the store is opened."""
+        if self._thread.ident is None:
+            self._thread.start()
 
     def wrote(self) -> None:
         """A commit happened: checkpoint soon (many commits, one checkpoint)."""
