@@ -5,10 +5,11 @@ Most of what Alertmanager sends for an open group says nothing new: a
 it changes nothing, so there is nothing to commit, and queueing it behind the
 batch in flight only makes it wait for that batch's fsync. It is answered at
 once when the check holds on state that is committed: no queued or in-flight
-batch has any of its keys. A batch's uncommitted changes to a key can only come
-from a notification with that key (commands by incident id close or annotate
-incidents, which makes the check fail, and an undo returns to committed state),
-so keys free of batches are keys whose open incidents the store holds as they are.
+command has any of its keys, and no command by incident id is queued or in
+flight at all (a PagerDuty reopening, a silence resolving alerts, a scheduler
+step: any of them can change what the check reads of a key, without naming it).
+A command counts until its batch is committed or undone, whatever its caller
+does meanwhile.
 
 Only for a store of this process alone: with replicas, another one may have
 changed a key since (see :mod:`sidecar.readonly` for their way).
@@ -30,12 +31,16 @@ class EarlyAnswers:
 
     def __init__(self) -> None:
         self._busy: dict[str, int] = {}
+        # Commands that name no key (by incident id, or none): while any is
+        # queued or in flight, no key is known to be as committed.
+        self._others = 0
         self.answered = 0
 
     def unchanged(self, keys: tuple[str, ...], check: Callable[[], bool]) -> bool:
-        """True when no batch holds ``keys`` and ``check`` says applying changes nothing."""
+        """True when no command may hold ``keys`` uncommitted and ``check`` says applying
+        changes nothing."""
         busy = self._busy
-        if not keys or any(k in busy for k in keys):
+        if not keys or self._others or any(k in busy for k in keys):
             return False
         try:
             if not check():
@@ -46,14 +51,25 @@ class EarlyAnswers:
         self.answered += 1
         return True
 
-    def hold(self, keys: tuple[str, ...], future: asyncio.Future[Any]) -> None:
-        """Count ``keys`` busy until ``future`` is done (committed, or rejected and undone)."""
+    def hold(self, keys: tuple[str, ...], by_id: bool, future: asyncio.Future[Any]) -> None:
+        """Count a command's ``keys`` busy (all keys, when it acts ``by_id`` or names none)
+        until ``future`` is done: committed, or rejected and undone. The service never
+        cancels it (callers wait on it shielded)."""
+        if by_id or not keys:
+            self._others += 1
+            future.add_done_callback(self._release_other)
+            return
         busy = self._busy
         for k in keys:
             busy[k] = busy.get(k, 0) + 1
         future.add_done_callback(functools.partial(self._release, keys))
 
-    def _release(self, keys: tuple[str, ...], _future: asyncio.Future[Any]) -> None:
+    def _release_other(self, future: asyncio.Future[Any]) -> None:
+        self._others -= 1
+        _retrieved(future)
+
+    def _release(self, keys: tuple[str, ...], future: asyncio.Future[Any]) -> None:
+        _retrieved(future)
         busy = self._busy
         for k in keys:
             left = busy[k] - 1
@@ -61,3 +77,10 @@ class EarlyAnswers:
                 busy[k] = left
             else:
                 del busy[k]
+
+
+def _retrieved(future: asyncio.Future[Any]) -> None:
+    # A caller cancelled while it waited no longer reads its answer: mark the
+    # error read, so that asyncio does not log it as never retrieved.
+    if not future.cancelled():
+        future.exception()

@@ -186,10 +186,12 @@ class IncidentService:
         if early is not None and unchanged is not None and early.unchanged(keys, unchanged):
             return []
         pending = _Pending(command, deliveries, keys, tuple(ids), sync)
-        if early is not None and keys:
-            early.hold(keys, pending.future)
+        if early is not None:
+            early.hold(keys, bool(pending.ids), pending.future)
         self._queue.put_nowait(pending)
-        return await pending.future
+        # Shielded: a caller cancelled (a handler at shutdown) leaves its command
+        # in the batch, answered and counted there, committed or undone.
+        return await asyncio.shield(pending.future)
 
     async def _loop(self) -> None:
         batch: list[_Pending] = []

@@ -207,7 +207,7 @@ async def test_a_repeat_of_committed_alerts_is_answered_at_once_while_a_batch_co
     await svc.submit(**resend(book, group(1)))
     await store.writing()  # (that commit's)
     store.gate.clear()
-    blocker = asyncio.create_task(svc.submit(notify(book, group(2))))
+    blocker = asyncio.create_task(svc.submit(**resend(book, group(2))))
     await store.writing()  # another key's batch is held at the gate
     refreshed = group(1, annotations={"value": "42"})
     assert at_once(svc.submit(**resend(book, refreshed))) == []
@@ -251,6 +251,78 @@ async def test_a_copy_of_a_notification_in_flight_waits_for_it_and_lands_if_it_f
     (stored,) = await store.load_open()
     assert sorted(stored.alerts) == [f"{1:016x}", f"{99:016x}"]
     assert svc.early is not None and svc.early.answered == 0
+
+
+def pair(first_status: str = "firing", ends: float | None = None) -> Notification:
+    """Group 1 with two alerts; the first one may be resolved."""
+    return notification_from(
+        notification(
+            alert("Alert1", fingerprint=f"{1:016x}", status=first_status, ends=ends),
+            alert("Alert1", fingerprint=f"{99:016x}", labels={"instance": "b"}),
+            group_key='{}:{alertname="Alert1"}',
+        )
+    )
+
+
+async def test_a_command_by_id_in_flight_keeps_every_notification_on_the_batch_path(
+    running: tuple[Components, GatedStore],
+) -> None:
+    components, store = running
+    svc, book = components.service, components.book
+    (opened,) = await svc.submit(**resend(book, pair()))
+    await store.writing()  # (that commit's)
+    store.gate.clear()
+    store.fail_writes = True
+
+    def silence_resolves_the_first(now: float) -> list[Change]:
+        change = book.resolve_alerts(
+            opened.incident.id, {f"{1:016x}": T0 + 100}, now=now, source="silence", message="m"
+        )
+        return [change] if change else []
+
+    # A silence resolves the first alert by incident id: no key is named.
+    by_id = asyncio.create_task(svc.submit(silence_resolves_the_first, ids=[opened.incident.id]))
+    await store.writing()  # applied in memory, held before its commit
+    resolved_first = pair("resolved", ends=T0 + 100)
+    assert book.repeats_open(resolved_first), "in memory, it repeats the uncommitted change"
+    answer = asyncio.create_task(svc.submit(**resend(book, resolved_first)))
+    await asyncio.sleep(0)
+    assert not answer.done(), "never answered from a change a command by id has not committed"
+    held, store.gate = store.gate, asyncio.Event()
+    held.set()
+    with pytest.raises(StoreUnavailable):
+        await by_id
+    store.fail_writes = False
+    store.gate.set()
+    (change,) = await answer
+    assert [e.kind for e in change.events] == ["alert_resolved"]
+    assert svc.early is not None and svc.early.answered == 0
+
+
+async def test_a_cancelled_caller_keeps_its_keys_busy_until_its_batch_ends(
+    running: tuple[Components, GatedStore],
+) -> None:
+    components, store = running
+    svc, book = components.service, components.book
+    store.gate.clear()
+    store.fail_writes = True
+    first = asyncio.create_task(svc.submit(**resend(book, pair())))
+    await store.writing()  # opened in memory, held before its commit
+    first.cancel()  # aiohttp cancelling a handler at shutdown
+    with pytest.raises(asyncio.CancelledError):
+        await first
+    copy = asyncio.create_task(svc.submit(**resend(book, pair())))
+    await asyncio.sleep(0)
+    assert not copy.done(), "the cancelled caller's command is still in flight"
+    held, store.gate = store.gate, asyncio.Event()
+    held.set()
+    await store.writing()  # the first batch failed; the copy's is at the new gate
+    assert book.repeats_open(pair()), "the copy's batch opened the incident again"
+    store.fail_writes = False
+    store.gate.set()
+    (change,) = await copy
+    assert change.incident.state == "triggered", "the copy opens what the failed batch undid"
+    assert len(await store.load_open()) == 1
 
 
 async def test_an_incident_changed_twice_in_one_batch_is_stored_in_its_final_state(

@@ -172,7 +172,8 @@ class SQLiteStore(OneProcess, SQLStore):
         if self._closed:
             return
         if self._checkpointer is not None:
-            self._checkpointer.stop()
+            # Off the loop: a checkpoint under way finishes first.
+            await asyncio.get_running_loop().run_in_executor(None, self._checkpointer.stop)
         await self._run(self._writer, close_w)
         await self._run(self._reader, close_r)
         self._closed = True

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Collection, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Mapping
 from contextlib import asynccontextmanager
 
 from sidecar.errors import StoreUnavailable
@@ -30,6 +30,7 @@ class FlakyStore:
         self.down = False
         self.fail_writes = False
         self.writes = 0
+        self._through: Callable[[WriteBatch], Awaitable[None]] | None = None
 
     def _check(self, write: bool = False) -> None:
         if self.down or (write and self.fail_writes):
@@ -43,7 +44,7 @@ class FlakyStore:
 
     async def write(self, batch: WriteBatch) -> None:
         self._check(write=True)
-        await self.inner.write(batch)
+        await (self._through or self.inner.write)(batch)
         self.writes += 1
 
     @asynccontextmanager
@@ -57,8 +58,18 @@ class FlakyStore:
         self._check()
         async with self.inner.locked(keys, ids, closed_since, known) as state:
             if not self.inner.shared:
-                # Writes go through this fake's write (and a subclass's override).
-                state.write = self.write
+                # Writes go through this fake's write (and a subclass's override),
+                # and then the locked state's own (which also keeps the numbers).
+                through = state.write
+
+                async def write_through(batch: WriteBatch) -> None:
+                    self._through = through
+                    try:
+                        await self.write(batch)
+                    finally:
+                        self._through = None
+
+                state.write = write_through
             else:
                 inner_write = state.write
 
