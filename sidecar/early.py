@@ -11,8 +11,19 @@ step: any of them can change what the check reads of a key, without naming it).
 A command counts until its batch is committed or undone, whatever its caller
 does meanwhile.
 
-Only for a store of this process alone: with replicas, another one may have
-changed a key since (see :mod:`sidecar.readonly` for their way).
+With replicas (PostgreSQL), what this one holds may lag what another committed
+by the time its notification takes to arrive. The ``gate`` is the follower's word
+that none is known to be on its way (it listens, and has re-read every change it
+was told of; see :mod:`sidecar.follow`); else the batch decides, on a read under
+the keys' locks (:mod:`sidecar.readonly`). Within that lag, a notification that
+repeats an open incident's alert instances is a no-op on whatever another
+replica made of the incident: acknowledged, escalated, resolved (its instances
+are then a late copy of the closed episode, or of the watch), reopened by a newer
+instance, joined by others. It carries nothing the replicas had not applied
+already, which is what the replay cache's answer to a byte-identical body rests
+on too. The one difference: when a new incident opened on the key meanwhile, the
+locked read would add the old episode's instances to it; the early answer leaves
+them out, as it would a late copy with no incident open.
 """
 
 from __future__ import annotations
@@ -29,7 +40,9 @@ log = logging.getLogger("sidecar.incidents")
 class EarlyAnswers:
     """The keys of queued and in-flight batches, and answers for keys free of them."""
 
-    def __init__(self) -> None:
+    def __init__(self, gate: Callable[[], bool] | None = None) -> None:
+        """``gate``: False while the committed state may be ahead of this process's."""
+        self.gate = gate
         self._busy: dict[str, int] = {}
         # Commands that name no key (by incident id, or none): while any is
         # queued or in flight, no key is known to be as committed.
@@ -41,6 +54,9 @@ class EarlyAnswers:
         changes nothing."""
         busy = self._busy
         if not keys or self._others or any(k in busy for k in keys):
+            return False
+        gate = self.gate
+        if gate is not None and not gate():
             return False
         try:
             if not check():

@@ -90,6 +90,10 @@ class ReplicaFollower:
         self._caught_up = monotonic()
         self._pruned = 0.0
         self._wake = asyncio.Event()
+        # Wake-ups counted, and the count the last complete read started from:
+        # equal while nothing was notified since (see ``current``).
+        self._woken = 0
+        self._read_through = -1
         self._listening: Listening | None = None
         self._task = BackgroundTask("replica-follow", self._loop)
 
@@ -97,6 +101,24 @@ class ReplicaFollower:
     def tasks(self) -> tuple[BackgroundTask, ...]:
         """The loop this runs (for liveness)."""
         return (self._task,)
+
+    def current(self) -> bool:
+        """True while every change another replica was known to commit is read and
+        re-read into memory: it listens, and nothing was notified since its last read.
+
+        What it cannot know is a change whose notification is still on its way;
+        :mod:`sidecar.early` says why answering a repeat meanwhile is safe.
+        """
+        listening = self._listening
+        return (
+            listening is not None
+            and not listening.is_closed()
+            and self._read_through == self._woken
+        )
+
+    def _notified(self) -> None:
+        self._woken += 1
+        self._wake.set()
 
     async def prime(self) -> None:
         """Take the feed's position; call right before the service loads the store.
@@ -146,11 +168,13 @@ class ReplicaFollower:
             try:
                 if self._listening is None or self._listening.is_closed():
                     await self._unlisten()
-                    self._listening = await self.feed.listen(self._wake.set)
-                    self._wake.set()  # whatever was notified while nobody listened
+                    self._listening = await self.feed.listen(self._notified)
+                    self._notified()  # whatever was notified while nobody listened
                 await wait_event(self._wake, self.poll_interval)
                 self._wake.clear()
+                reading = self._woken
                 await self.catch_up()
+                self._read_through = reading
                 await self._prune()
                 await asyncio.sleep(self.coalesce)
             except StoreUnavailable as exc:

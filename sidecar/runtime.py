@@ -218,6 +218,7 @@ def build_components(
     follower = None
     if store.shared and isinstance(store, ChangeFeed):
         follower = ReplicaFollower(store, service)
+        service.answer_early_while(follower.current)
     outbox = None
     if pager.enabled:
         outbox = pagerduty_outbox(

@@ -101,7 +101,8 @@ class IncidentService:
             ReadOnlyFirst(store) if store.shared and isinstance(store, ReadsUnderLock) else None
         )
         self._last_expiry = 0.0
-        # Alone on the store: notifications that change nothing skip the batch.
+        # Notifications that change nothing skip the batch: alone on the store at
+        # once, with replicas once a follower vouches for memory (answer_early_while).
         self.early = None if store.shared else EarlyAnswers()
 
     async def start(self) -> None:
@@ -121,6 +122,11 @@ class IncidentService:
         for hook in self.on_restore:
             hook()
         return len(open_incidents)
+
+    def answer_early_while(self, current: Callable[[], bool]) -> None:
+        """With replicas: answer notifications that change nothing without a batch while
+        ``current()`` says no other replica's change is known to be unread."""
+        self.early = EarlyAnswers(gate=current)
 
     async def refresh(self, ids: Iterable[str]) -> None:
         """Re-read these incidents from the store in the next batch (another replica
