@@ -21,9 +21,15 @@ replica made of the incident: acknowledged, escalated, resolved (its instances
 are then a late copy of the closed episode, or of the watch), reopened by a newer
 instance, joined by others. It carries nothing the replicas had not applied
 already, which is what the replay cache's answer to a byte-identical body rests
-on too. The one difference: when a new incident opened on the key meanwhile, the
-locked read would add the old episode's instances to it; the early answer leaves
-them out, as it would a late copy with no incident open.
+on too. The one difference: when a new incident opened on the key meanwhile (or
+opened and closed), the locked read would add the old episode's instances to it,
+which may raise its severity or escalate it, or open another for them; the early
+answer leaves them out, as it would a late copy with no incident open.
+
+A batch that failed on a shared store may have committed all the same (its
+COMMIT's answer lost): memory was undone, the store was not, and the follower
+skips this process's own changes. Its keys are in doubt until a read under their
+locks re-reads them.
 """
 
 from __future__ import annotations
@@ -31,7 +37,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 log = logging.getLogger("sidecar.incidents")
@@ -44,6 +50,7 @@ class EarlyAnswers:
         """``gate``: False while the committed state may be ahead of this process's."""
         self.gate = gate
         self._busy: dict[str, int] = {}
+        self._doubted: set[str] = set()
         # Commands that name no key (by incident id, or none): while any is
         # queued or in flight, no key is known to be as committed.
         self._others = 0
@@ -54,6 +61,9 @@ class EarlyAnswers:
         changes nothing."""
         busy = self._busy
         if not keys or self._others or any(k in busy for k in keys):
+            return False
+        doubted = self._doubted
+        if doubted and any(k in doubted for k in keys):
             return False
         gate = self.gate
         if gate is not None and not gate():
@@ -66,6 +76,15 @@ class EarlyAnswers:
             return False
         self.answered += 1
         return True
+
+    def doubt(self, keys: Iterable[str]) -> None:
+        """These keys' memory may differ from the store (a batch failed, maybe committed)."""
+        self._doubted.update(keys)
+
+    def trust(self, keys: Iterable[str]) -> None:
+        """These keys were just re-read from the store under their locks."""
+        if self._doubted:
+            self._doubted.difference_update(keys)
 
     def hold(self, keys: tuple[str, ...], by_id: bool, future: asyncio.Future[Any]) -> None:
         """Count a command's ``keys`` busy (all keys, when it acts ``by_id`` or names none)

@@ -94,6 +94,10 @@ class ReplicaFollower:
         # equal while nothing was notified since (see ``current``).
         self._woken = 0
         self._read_through = -1
+        # A change found by polling that no notification announced: notifications
+        # are not arriving (a half-open connection, a pooler that drops them), so
+        # memory is not vouched for until one is heard again.
+        self._deaf = False
         self._listening: Listening | None = None
         self._task = BackgroundTask("replica-follow", self._loop)
 
@@ -113,12 +117,17 @@ class ReplicaFollower:
         return (
             listening is not None
             and not listening.is_closed()
+            and not self._deaf
             and self._read_through == self._woken
         )
 
     def _notified(self) -> None:
         self._woken += 1
         self._wake.set()
+
+    def _heard(self) -> None:
+        self._deaf = False
+        self._notified()
 
     async def prime(self) -> None:
         """Take the feed's position; call right before the service loads the store.
@@ -168,12 +177,23 @@ class ReplicaFollower:
             try:
                 if self._listening is None or self._listening.is_closed():
                     await self._unlisten()
-                    self._listening = await self.feed.listen(self._notified)
+                    self._listening = await self.feed.listen(self._heard)
                     self._notified()  # whatever was notified while nobody listened
                 await wait_event(self._wake, self.poll_interval)
                 self._wake.clear()
                 reading = self._woken
-                await self.catch_up()
+                told = reading != self._read_through
+                try:
+                    found = await self.catch_up()
+                except BaseException:
+                    self._read_through = -1
+                    raise
+                if found and not told and not self._deaf:
+                    self._deaf = True
+                    log.warning(
+                        "another replica's change was found by polling, not notified: "
+                        "resends go through the store until a notification arrives"
+                    )
                 self._read_through = reading
                 await self._prune()
                 await asyncio.sleep(self.coalesce)

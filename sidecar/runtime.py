@@ -11,6 +11,7 @@ from prometheus_client import CollectorRegistry
 
 from sidecar.clock import Clock, SystemClock
 from sidecar.config import Config
+from sidecar.early import EarlyAnswers
 from sidecar.errors import ConfigError, ConfigProblem
 from sidecar.follow import ChangeFeed, ReplicaFollower
 from sidecar.incidents import IncidentBook, Numbering, escalation_outcome
@@ -218,7 +219,7 @@ def build_components(
     follower = None
     if store.shared and isinstance(store, ChangeFeed):
         follower = ReplicaFollower(store, service)
-        service.answer_early_while(follower.current)
+        service.early = EarlyAnswers(gate=follower.current)
     outbox = None
     if pager.enabled:
         outbox = pagerduty_outbox(

@@ -102,8 +102,8 @@ class IncidentService:
         )
         self._last_expiry = 0.0
         # Notifications that change nothing skip the batch: alone on the store at
-        # once, with replicas once a follower vouches for memory (answer_early_while).
-        self.early = None if store.shared else EarlyAnswers()
+        # once; with replicas, gated by the follower (sidecar.runtime).
+        self.early: EarlyAnswers | None = None if store.shared else EarlyAnswers()
 
     async def start(self) -> None:
         """Restore open incidents from the store and start the commit loop."""
@@ -122,11 +122,6 @@ class IncidentService:
         for hook in self.on_restore:
             hook()
         return len(open_incidents)
-
-    def answer_early_while(self, current: Callable[[], bool]) -> None:
-        """With replicas: answer notifications that change nothing without a batch while
-        ``current()`` says no other replica's change is known to be unread."""
-        self.early = EarlyAnswers(gate=current)
 
     async def refresh(self, ids: Iterable[str]) -> None:
         """Re-read these incidents from the store in the next batch (another replica
@@ -252,6 +247,7 @@ class IncidentService:
             async with self.store.locked(keys, ids, now - self.book.retention, known) as state:
                 if self.store.shared:
                     refreshed = self.held.refresh(self.book, state)
+                    self._trust(keys)
                 numbering = self.book.numbering
                 if any(not self.book.has_open(k) for k in keys) or (keys and ids):
                     # The batch may open incidents: number them after the day's last
@@ -287,6 +283,9 @@ class IncidentService:
             log.error("store write failed; batch rejected", extra={"error": str(exc)})
             self._reject(batch, all_changes, StoreUnavailable(str(exc)))
             self._refreshed(refreshed)
+            if self.store.shared and self.early is not None:
+                # Unless the COMMIT went through and only its answer was lost.
+                self.early.doubt(keys | {i.key for i in map(self.book.get_open, ids) if i})
             return
         self._refreshed(refreshed)
         if written:
@@ -313,6 +312,7 @@ class IncidentService:
         except StoreUnavailable:
             return False  # the transaction will fail as well, and answer for it
         self._refreshed(self.held.refresh(self.book, read))
+        self._trust(keys)
         if any(not self.book.has_open(k) for k in keys):
             return False  # it may open an incident: numbers are given under the lock
         outcomes = [(pending, self._run(pending, now)) for pending in batch]
@@ -331,6 +331,10 @@ class IncidentService:
             else:
                 pending.future.set_result(result)
         return True
+
+    def _trust(self, keys: set[str]) -> None:
+        if self.early is not None:
+            self.early.trust(keys)
 
     def _refreshed(self, ids: set[str]) -> None:
         # What was re-read is the store's truth whether or not this batch committed.

@@ -23,6 +23,7 @@ from sidecar.alertmanager import Notification, notification_from
 from sidecar.clock import FakeClock
 from sidecar.config import Config
 from sidecar.early import EarlyAnswers
+from sidecar.errors import StoreUnavailable
 from sidecar.follow import ReplicaFollower
 from sidecar.runtime import Components, build_components
 from sidecar.store import PostgresStore
@@ -69,11 +70,14 @@ class FakeFeed:
     def __init__(self) -> None:
         self.changes: list[tuple[int, str, str]] = []
         self.listening: FakeListening | None = None
+        self.failing = False
 
     async def change_position(self) -> int:
         return self.changes[-1][0] if self.changes else 0
 
     async def changes_since(self, position: int, limit: int) -> list[tuple[int, str, str]]:
+        if self.failing:
+            raise StoreUnavailable("postgresql: connection refused")
         return [c for c in self.changes if c[0] > position][:limit]
 
     async def prune_changes(self, older_than: float) -> None:
@@ -83,10 +87,12 @@ class FakeFeed:
         self.listening = FakeListening(wake)
         return self.listening
 
-    def commit(self, incident_id: str, origin: str = "another-replica") -> None:
+    def commit(
+        self, incident_id: str, origin: str = "another-replica", *, notify: bool = True
+    ) -> None:
         """Another replica commits a change, and the feed notifies the listener."""
         self.changes.append((len(self.changes) + 1, incident_id, origin))
-        if self.listening is not None and not self.listening.closed:
+        if notify and self.listening is not None and not self.listening.closed:
             self.listening.wake()
 
 
@@ -166,6 +172,55 @@ async def test_the_follower_vouches_only_while_it_listens_and_has_read_what_it_w
         await follower.stop()
 
 
+async def test_the_follower_stops_vouching_when_its_connection_or_its_notifications_fail() -> None:
+    feed, service = FakeFeed(), HeldRefreshes()
+    follower = ReplicaFollower(
+        feed,  # type: ignore[arg-type]
+        service,  # type: ignore[arg-type]
+        poll_interval=0.05,
+        coalesce=0,
+        retry_after=0.01,
+    )
+    await follower.prime()
+    await follower.start()
+    try:
+        await until(follower.current)
+        # A connection that reads as closed vouches for nothing, called back or not.
+        assert feed.listening is not None
+        feed.listening.closed = True
+        assert not follower.current()
+        await follower.stop()
+        follower = ReplicaFollower(
+            feed,  # type: ignore[arg-type]
+            service,  # type: ignore[arg-type]
+            poll_interval=0.05,
+            coalesce=0,
+            retry_after=0.01,
+        )
+        await follower.prime()
+        await follower.start()
+        await until(follower.current)
+        # A change that polling finds, with no notification: notifications are not
+        # arriving, so it stops vouching until one does.
+        feed.commit("quiet", notify=False)
+        await until(lambda: {"quiet"} in service.refreshed)
+        assert not follower.current()
+        feed.commit("heard")
+        await until(follower.current)
+        assert {"heard"} in service.refreshed
+        # The store unreachable while it reads: not current until it has read again.
+        feed.failing = True
+        listening = feed.listening
+        feed.commit("while-down")
+        await until(lambda: listening is not None and listening.closed)
+        assert not follower.current()
+        feed.failing = False
+        await until(follower.current)
+        assert {"while-down"} in service.refreshed
+    finally:
+        await follower.stop()
+
+
 def test_a_closed_gate_keeps_a_repeat_from_an_early_answer() -> None:
     open_gate = [True]
     early = EarlyAnswers(gate=lambda: open_gate[0])
@@ -188,6 +243,8 @@ class FeedGatedStore(PostgresStore):
         self.gate = asyncio.Event()
         self.gate.set()
         self.feed_reads_waiting = 0
+        # The next transaction commits, then reports a failure (its answer lost).
+        self.lose_commit_answer = False
 
     def locked(
         self,
@@ -197,7 +254,11 @@ class FeedGatedStore(PostgresStore):
         known: Mapping[str, Version] = {},
     ) -> AbstractAsyncContextManager[LockedState]:
         self.transactions += 1
-        return super().locked(keys, ids, closed_since, known)
+        inner = super().locked(keys, ids, closed_since, known)
+        if not self.lose_commit_answer:
+            return inner
+        self.lose_commit_answer = False
+        return _AnswerLost(inner)
 
     async def read_locked(self, keys: Collection[str], closed_since: float, **kw: Any) -> Any:
         self.transactions += 1
@@ -210,6 +271,20 @@ class FeedGatedStore(PostgresStore):
         finally:
             self.feed_reads_waiting -= 1
         return await super().changes_since(position, limit)
+
+
+class _AnswerLost:
+    """A transaction that commits, after which its caller is told it failed."""
+
+    def __init__(self, inner: AbstractAsyncContextManager[LockedState]) -> None:
+        self.inner = inner
+
+    async def __aenter__(self) -> LockedState:
+        return await self.inner.__aenter__()
+
+    async def __aexit__(self, *exc: Any) -> None:
+        await self.inner.__aexit__(*exc)
+        raise ConnectionResetError("connection lost waiting for the COMMIT's answer")
 
 
 @pytest.fixture
@@ -303,3 +378,36 @@ async def test_a_replica_answers_a_repeat_from_memory_only_once_it_has_read_the_
     await until(b.follower.current)
     assert at_once(submit(b, resend("4"))) == []
     assert early.answered == 2
+
+
+async def test_keys_of_a_batch_that_may_have_committed_wait_for_a_read_under_their_locks(
+    replicas: list[tuple[Components, FeedGatedStore]],
+) -> None:
+    (a, _), (b, b_store) = replicas
+    assert b.follower is not None
+    (opened,) = await submit(a, resend("1"))
+    incident_id = opened.incident.id
+    await until(lambda: b.book.get_open(incident_id) is not None)
+    await until(b.follower.current)
+    # B resolves it: the COMMIT goes through, B hears it failed and undoes its memory.
+    b_store.lose_commit_answer = True
+    with pytest.raises(StoreUnavailable):
+        await b.service.submit(
+            lambda now: [b.book.resolve(incident_id, actor="bob", source="api", now=now)],
+            ids=[incident_id],
+        )
+    assert b.book.get_open(incident_id) is not None, "undone in memory"
+    stored = await b_store.get_incident(incident_id)
+    assert stored is not None and stored.state == "resolved", "committed in the store"
+    # Its own change is not re-read by its follower, which vouches again.
+    await until(b.follower.current)
+    early = b.service.early
+    assert early is not None
+    before = b_store.transactions
+    assert await submit(b, resend("2")) == []
+    assert early.answered == 0, "the key is in doubt: read under its lock"
+    assert b_store.transactions == before + 1
+    assert b.book.get_open(incident_id) is None, "the read brought the resolution"
+    # Re-read: no longer in doubt (the next resend finds no open incident to repeat,
+    # so it is decided by the store again, and changes nothing).
+    assert await submit(b, resend("3")) == []
