@@ -16,6 +16,7 @@ from typing import Literal, TypeVar
 from sidecar.errors import ConfigProblem
 from sidecar.matchers import Matcher, parse_matchers
 from sidecar.rules.checks import semantic_problems
+from sidecar.rules.keys import key_reader
 from sidecar.rules.model import (
     DEFAULT_RULE,
     FLOOR_LABEL,
@@ -199,6 +200,7 @@ class RuleSet:
         # Keyed only on the values the rules read, so label sets that differ in
         # irrelevant labels (instance, pod) share one entry.
         self._classified: dict[tuple[str | None, ...], Classification] = {}
+        self._class_key = key_reader(self._label_keys, self._annotation_keys)
         esc = self._escalation_rules
         self._escalation_label_keys = tuple(
             sorted(
@@ -215,13 +217,16 @@ class RuleSet:
         # The same for escalation rules: every new firing alert asks, and the
         # alerts of one group mostly differ only in labels no rule reads.
         self._escalations_of: dict[tuple[str | None, ...], tuple[RuleEscalation, ...]] = {}
+        self._escalation_key = key_reader(
+            self._escalation_label_keys, self._escalation_annotation_keys
+        )
 
     def classify(self, labels: Mapping[str, str], annotations: Mapping[str, str]) -> Classification:
         """Severity and team of an alert with these labels and annotations."""
         # This runs for every alert of every new notification: one tuple of the
-        # values the rules read and one dict lookup (lru_cache's bookkeeping
-        # and its key of two tuples cost more than the lookup itself).
-        key = (*map(labels.get, self._label_keys), *map(annotations.get, self._annotation_keys))
+        # values the rules read (sidecar.rules.keys) and one dict lookup
+        # (lru_cache's bookkeeping and its key of two tuples cost more).
+        key = self._class_key(labels, annotations)
         found = self._classified.get(key)
         if found is None:
             n = len(self._label_keys)
@@ -276,10 +281,7 @@ class RuleSet:
         """Every escalation rule that matches an alert (each pages its tier)."""
         if not self._escalation_rules:
             return ()
-        key = (
-            *map(labels.get, self._escalation_label_keys),
-            *map(annotations.get, self._escalation_annotation_keys),
-        )
+        key = self._escalation_key(labels, annotations)
         found = self._escalations_of.get(key)
         if found is None:
             n = len(self._escalation_label_keys)
@@ -298,14 +300,11 @@ class RuleSet:
         """
         if not self._escalation_rules:
             return []
-        label_keys, annotation_keys = self._escalation_label_keys, self._escalation_annotation_keys
-        keys = dict.fromkeys(
-            (*map(labels.get, label_keys), *map(notes.get, annotation_keys))
-            for labels, notes in alerts
-        )
+        read = self._escalation_key
+        keys = dict.fromkeys([read(labels, notes) for labels, notes in alerts])
         out = []
         cache = self._escalations_of
-        n = len(label_keys)
+        n = len(self._escalation_label_keys)
         for key in keys:
             found = cache.get(key)
             if found is None:
