@@ -188,7 +188,9 @@ class ReplicaFollower:
                 except BaseException:
                     self._read_through = -1
                     raise
-                if found and not told and not self._deaf:
+                # Found by polling with nothing heard before or during the read (a
+                # notification that came while it read was that change's, late).
+                if found and not told and self._woken == reading and not self._deaf:
                     self._deaf = True
                     log.warning(
                         "another replica's change was found by polling, not notified: "

@@ -71,6 +71,8 @@ class FakeFeed:
         self.changes: list[tuple[int, str, str]] = []
         self.listening: FakeListening | None = None
         self.failing = False
+        # The next read hears a notification while it reads (one sent late).
+        self.heard_while_reading = False
 
     async def change_position(self) -> int:
         return self.changes[-1][0] if self.changes else 0
@@ -78,6 +80,9 @@ class FakeFeed:
     async def changes_since(self, position: int, limit: int) -> list[tuple[int, str, str]]:
         if self.failing:
             raise StoreUnavailable("postgresql: connection refused")
+        if self.heard_while_reading and self.listening is not None:
+            self.heard_while_reading = False
+            self.listening.wake()
         return [c for c in self.changes if c[0] > position][:limit]
 
     async def prune_changes(self, older_than: float) -> None:
@@ -208,6 +213,11 @@ async def test_the_follower_stops_vouching_when_its_connection_or_its_notificati
         feed.commit("heard")
         await until(follower.current)
         assert {"heard"} in service.refreshed
+        # Found by polling, but its notification arrives while it reads: only late.
+        feed.heard_while_reading = True
+        feed.commit("late", notify=False)
+        await until(lambda: {"late"} in service.refreshed)
+        await until(follower.current)
         # The store unreachable while it reads: not current until it has read again.
         feed.failing = True
         listening = feed.listening
