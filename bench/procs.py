@@ -12,7 +12,7 @@ import subprocess
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -70,6 +70,28 @@ def others_on_core(pid: int) -> Callable[[], float]:
         return max(0.0, (core_busy_seconds() - core0) - (cpu_seconds(pid) - own0))
 
     return stop
+
+
+@contextlib.contextmanager
+def paused(pids: Iterable[int]) -> Iterator[None]:
+    """Stop these processes (SIGSTOP) for the duration, then let them go on.
+
+    The servers of a step share the server core; one measured while another
+    catches up on what its own run left (Alertmanager flushes its aggregation
+    groups ``group_wait`` after they appear, the sidecar checkpoints its WAL)
+    would be measured against that neighbour, not alone.
+    """
+    stopped = []
+    try:
+        for pid in pids:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGSTOP)
+                stopped.append(pid)
+        yield
+    finally:
+        for pid in stopped:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGCONT)
 
 
 def http_get(url: str, timeout: float = 10.0) -> tuple[int, bytes]:

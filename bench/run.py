@@ -293,11 +293,13 @@ def ingest_body(
     for mix, mode in MIXES:
         cell[mix] = {target: {"runs": []} for target, *_ in targets}
         for rep in range(p.repeats):
-            # Interleaved, so a neighbour's burst of load hits every target alike.
+            # Interleaved, so a neighbour's burst of load hits every target alike;
+            # each alone on the core while measured (the others stopped).
             for target, url, file, token, pid in targets:
-                others = procs.others_on_core(pid)
-                r = load(run, url, file, token, prefix=target[:2], mode=mode)
-                r["others_on_server_cpu_s"] = others()
+                with procs.paused(other for *_, other in targets if other != pid):
+                    others = procs.others_on_core(pid)
+                    r = load(run, url, file, token, prefix=target[:2], mode=mode)
+                    r["others_on_server_cpu_s"] = others()
                 r["load_after"] = os.getloadavg()[0]
                 cell[mix][target]["runs"].append(r)
                 run.log(
@@ -311,9 +313,10 @@ def ingest_body(
             cell[mix][target]["errors"] = sum(r["errors"] for r in runs)
         if mix == HEADLINE:
             peak = cell[mix]["sidecar"]["rps"]["median"]
-            cell["latency"] = latency(run, body, hook, files["webhook"], sc_proc, peak)
-            if p.profile_seconds:
-                cell["profile"] = profile(run, sc_proc.pid, sc_url, files["webhook"], body)
+            with procs.paused(pid for *_, pid in targets if pid != sc_proc.pid):
+                cell["latency"] = latency(run, body, hook, files["webhook"], sc_proc, peak)
+                if p.profile_seconds:
+                    cell["profile"] = profile(run, sc_proc.pid, sc_url, files["webhook"], body)
     return cell
 
 
