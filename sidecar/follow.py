@@ -55,8 +55,8 @@ class ChangeFeed(Protocol):
     async def prune_changes(self, older_than: float) -> None:
         """Forget changes older than ``older_than`` seconds."""
 
-    async def listen(self, wake: Callable[[], None]) -> Listening:
-        """Call ``wake`` on every committed change and when the connection is lost."""
+    async def listen(self, heard: Callable[[], None], lost: Callable[[], None]) -> Listening:
+        """Call ``heard`` on every committed change, ``lost`` when the connection is lost."""
         ...
 
 
@@ -177,7 +177,7 @@ class ReplicaFollower:
             try:
                 if self._listening is None or self._listening.is_closed():
                     await self._unlisten()
-                    self._listening = await self.feed.listen(self._heard)
+                    self._listening = await self.feed.listen(self._heard, self._notified)
                     self._notified()  # whatever was notified while nobody listened
                 await wait_event(self._wake, self.poll_interval)
                 self._wake.clear()
@@ -194,8 +194,11 @@ class ReplicaFollower:
                     self._deaf = True
                     log.warning(
                         "another replica's change was found by polling, not notified: "
-                        "resends go through the store until a notification arrives"
+                        "listening again; resends go through the store until a "
+                        "notification arrives"
                     )
+                    # A half-open connection never says so: a new one may hear.
+                    await self._unlisten()
                 self._read_through = reading
                 await self._prune()
                 await asyncio.sleep(self.coalesce)

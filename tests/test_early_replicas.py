@@ -47,20 +47,22 @@ async def until(check: Callable[[], bool], limit: float = 30.0) -> None:
 class FakeListening:
     """A listening connection the test can cut."""
 
-    def __init__(self, wake: Callable[[], None]) -> None:
-        self.wake = wake
+    def __init__(self, heard: Callable[[], None], lost: Callable[[], None]) -> None:
+        self.heard, self.lost = heard, lost
         self.closed = False
 
     def is_closed(self) -> bool:
         return self.closed
 
     async def close(self) -> None:
+        # As asyncpg does: closing calls the termination listeners, soon after.
         self.closed = True
+        asyncio.get_running_loop().call_soon(self.lost)
 
     def lose(self) -> None:
-        """The connection drops: closed, and the listener called (as asyncpg does)."""
+        """The connection drops: closed, and the listener told."""
         self.closed = True
-        self.wake()
+        self.lost()
 
 
 class FakeFeed:
@@ -72,6 +74,7 @@ class FakeFeed:
         self.changes: list[tuple[int, str, str]] = []
         self.listening: FakeListening | None = None
         self.failing = False
+        self.broken = False  # reads fail with a bug rather than the store
         # The next read hears a notification while it reads (one sent late).
         self.heard_while_reading = False
 
@@ -81,16 +84,18 @@ class FakeFeed:
     async def changes_since(self, position: int, limit: int) -> list[tuple[int, str, str]]:
         if self.failing:
             raise StoreUnavailable("postgresql: connection refused")
+        if self.broken:
+            raise RuntimeError("a bug in reading the feed")
         if self.heard_while_reading and self.listening is not None:
             self.heard_while_reading = False
-            self.listening.wake()
+            self.listening.heard()
         return [c for c in self.changes if c[0] > position][:limit]
 
     async def prune_changes(self, older_than: float) -> None:
         return None
 
-    async def listen(self, wake: Callable[[], None]) -> FakeListening:
-        self.listening = FakeListening(wake)
+    async def listen(self, heard: Callable[[], None], lost: Callable[[], None]) -> FakeListening:
+        self.listening = FakeListening(heard, lost)
         return self.listening
 
     def commit(
@@ -99,7 +104,7 @@ class FakeFeed:
         """Another replica commits a change, and the feed notifies the listener."""
         self.changes.append((len(self.changes) + 1, incident_id, origin))
         if notify and self.listening is not None and not self.listening.closed:
-            self.listening.wake()
+            self.listening.heard()
 
 
 class HeldRefreshes:
@@ -197,9 +202,20 @@ async def test_the_follower_stops_vouching_when_its_connection_or_its_notificati
         assert not follower.current()
         await until(follower.current)  # its next poll listens again
         # A change that polling finds, with no notification: notifications are not
-        # arriving, so it stops vouching until one does.
+        # arriving, so it stops vouching, and listens on a new connection (a
+        # half-open one would never say so), until a notification is heard.
+        deaf_on = feed.listening
         feed.commit("quiet", notify=False)
         await until(lambda: {"quiet"} in service.refreshed)
+        assert not follower.current()
+        await until(lambda: feed.listening is not deaf_on)
+        assert deaf_on is not None and deaf_on.closed
+        again = feed.listening
+        assert again is not None
+        feed.commit("missed", notify=False)
+        again.lose()  # losing that one does not make it hear either
+        await until(lambda: {"missed"} in service.refreshed)  # read since it listens again
+        assert feed.listening is not again
         assert not follower.current()
         feed.commit("heard")
         await until(follower.current)
@@ -218,6 +234,29 @@ async def test_the_follower_stops_vouching_when_its_connection_or_its_notificati
         feed.failing = False
         await until(follower.current)
         assert {"while-down"} in service.refreshed
+    finally:
+        await follower.stop()
+
+
+async def test_a_follower_whose_read_fails_with_a_bug_vouches_for_nothing() -> None:
+    feed, service = FakeFeed(), HeldRefreshes()
+    follower = ReplicaFollower(
+        feed,  # type: ignore[arg-type]
+        service,  # type: ignore[arg-type]
+        poll_interval=0.05,
+        coalesce=0,
+    )
+    await follower.prime()
+    await follower.start()
+    try:
+        await until(follower.current)
+        # Nothing notified: its poll reads, and the read fails.
+        feed.broken = True
+        feed.commit("unread", notify=False)
+        (loop,) = follower.tasks
+        await until(lambda: loop.died)
+        assert feed.listening is not None and not feed.listening.closed
+        assert not follower.current(), "its loop died with the change unread"
     finally:
         await follower.stop()
 
@@ -380,16 +419,17 @@ async def test_keys_of_a_batch_that_may_have_committed_wait_for_a_read_under_the
     incident_id = opened.incident.id
     await until(lambda: b.book.get_open(incident_id) is not None)
     await until(b.follower.current)
-    # B resolves it: the COMMIT goes through, B hears it failed and undoes its memory.
+    # B acknowledges it: the COMMIT goes through, B hears it failed and undoes its memory.
     b_store.lose_commit_answer = True
     with pytest.raises(StoreUnavailable):
         await b.service.submit(
-            lambda now: [b.book.resolve(incident_id, actor="bob", source="api", now=now)],
+            lambda now: [b.book.acknowledge(incident_id, actor="bob", source="api", now=now)],
             ids=[incident_id],
         )
-    assert b.book.get_open(incident_id) is not None, "undone in memory"
+    held = b.book.get_open(incident_id)
+    assert held is not None and held.state == "triggered", "undone in memory"
     stored = await b_store.get_incident(incident_id)
-    assert stored is not None and stored.state == "resolved", "committed in the store"
+    assert stored is not None and stored.state == "acknowledged", "committed in the store"
     # Its own change is not re-read by its follower, which vouches again.
     await until(b.follower.current)
     early = b.service.early
@@ -398,7 +438,9 @@ async def test_keys_of_a_batch_that_may_have_committed_wait_for_a_read_under_the
     assert await submit(b, resend("2")) == []
     assert early.answered == 0, "the key is in doubt: read under its lock"
     assert b_store.transactions == before + 1
-    assert b.book.get_open(incident_id) is None, "the read brought the resolution"
-    # Re-read: no longer in doubt (the next resend finds no open incident to repeat,
-    # so it is decided by the store again, and changes nothing).
-    assert await submit(b, resend("3")) == []
+    held = b.book.get_open(incident_id)
+    assert held is not None and held.state == "acknowledged", "the read brought the change"
+    # Re-read under its lock: trusted again, the next resend is answered from memory.
+    assert at_once(submit(b, resend("3"))) == []
+    assert early.answered == 1
+    assert b_store.transactions == before + 1

@@ -266,17 +266,15 @@ class PostgresStore(SQLStore):
         sql = "DELETE FROM changes WHERE at < now() - make_interval(secs => $1)"
         await self._update(sql, (older_than,))
 
-    async def listen(self, wake: Callable[[], None]) -> Any:
-        """A connection of its own on which every committed change calls ``wake``.
-
-        ``wake`` is called too when the connection is lost (then ``is_closed``).
-        """
+    async def listen(self, heard: Callable[[], None], lost: Callable[[], None]) -> Any:
+        """A connection of its own on which every committed change calls ``heard``;
+        ``lost`` is called when the connection ends (then ``is_closed``)."""
         self._check_open()
         con = None
         try:
             con = await asyncpg.connect(self.dsn, timeout=self.connect_timeout)
-            con.add_termination_listener(lambda _con: wake())
-            await con.add_listener(CHANNEL, lambda *_args: wake())
+            con.add_termination_listener(lambda _con: lost())
+            await con.add_listener(CHANNEL, lambda *_args: heard())
         except _DATABASE_ERRORS as exc:
             if con is not None:
                 con.terminate()
