@@ -90,8 +90,27 @@ def paused(pids: Iterable[int]) -> Iterator[None]:
         yield
     finally:
         for pid in stopped:
-            with contextlib.suppress(ProcessLookupError):
+            with contextlib.suppress(OSError):
                 os.kill(pid, signal.SIGCONT)
+
+
+def settle(pid: int, *, quiet: float = 0.02, every: float = 0.2, limit: float = 5.0) -> float:
+    """Wait until ``pid`` uses under ``quiet`` of the core over ``every`` seconds (at most
+    ``limit``); the seconds waited.
+
+    What a run leaves behind (the commits of requests wrk gave up on, a WAL
+    checkpoint) is the server's own work: it finishes before the server is
+    stopped for another's run, rather than at the start of its own next one.
+    """
+    start = time.monotonic()
+    last = cpu_seconds(pid)
+    while time.monotonic() - start < limit:
+        time.sleep(every)
+        now = cpu_seconds(pid)
+        if now - last < quiet * every:
+            break
+        last = now
+    return time.monotonic() - start
 
 
 def http_get(url: str, timeout: float = 10.0) -> tuple[int, bytes]:
@@ -159,6 +178,8 @@ class Proc:
         if self.popen.poll() is None:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(self.popen.pid, signal.SIGTERM)
+                # A process stopped by ``paused`` acts on SIGTERM once continued.
+                os.killpg(self.popen.pid, signal.SIGCONT)
             try:
                 self.popen.wait(timeout)
             except subprocess.TimeoutExpired:

@@ -18,6 +18,7 @@ import platform
 import re
 import secrets
 import shutil
+import signal
 import statistics
 import subprocess
 import sys
@@ -300,6 +301,7 @@ def ingest_body(
                     others = procs.others_on_core(pid)
                     r = load(run, url, file, token, prefix=target[:2], mode=mode)
                     r["others_on_server_cpu_s"] = others()
+                    r["settled_s"] = procs.settle(pid)
                 r["load_after"] = os.getloadavg()[0]
                 cell[mix][target]["runs"].append(r)
                 run.log(
@@ -756,6 +758,9 @@ def main(argv: list[str] | None = None) -> int:
         "--only", choices=["ingest", "scale", "postgres"], help="run one group of steps"
     )
     args = ap.parse_args(args_list)
+    # Killed politely, unwind: servers stopped for another's run are continued and
+    # every server started is stopped (the context managers' finally blocks).
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     if args.self_test:
         if args.out is None:
             print("--self-test needs --out (it must not replace bench/results)", file=sys.stderr)
