@@ -12,6 +12,7 @@ for it and is decided by a batch on what was committed.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Mapping
 from contextlib import AbstractAsyncContextManager
 from typing import Any
@@ -132,69 +133,75 @@ class HeldRefreshes:
         raise AssertionError("nothing here is old enough to need a reload")
 
 
-async def test_the_follower_vouches_only_while_it_listens_and_has_read_what_it_was_told() -> None:
-    feed, service = FakeFeed(), HeldRefreshes()
-    follower = ReplicaFollower(
+def follower_on(feed: FakeFeed, service: HeldRefreshes, poll_interval: float) -> ReplicaFollower:
+    """A follower of the in-memory feed; reads as soon as it is told (no coalescing)."""
+    return ReplicaFollower(
         feed,  # type: ignore[arg-type]
         service,  # type: ignore[arg-type]
-        poll_interval=3600,  # only notifications wake it here
+        poll_interval=poll_interval,
         coalesce=0,
+        retry_after=0.01,
     )
+
+
+@contextlib.asynccontextmanager
+async def running(follower: ReplicaFollower) -> AsyncIterator[ReplicaFollower]:
+    """The follower primed and started, stopped at the end."""
     await follower.prime()
-    assert not follower.current(), "not before it listens and has read once"
     await follower.start()
     try:
-        await until(follower.current)
-        # Told of a change: not current from that moment until the change is re-read.
-        service.held = True
-        feed.commit("i-1")
-        assert not follower.current()
-        await until(lambda: len(service.pending) == 1)
-        assert not follower.current(), "the re-read is not committed yet"
-        # Told of another while it re-reads the first: that read does not vouch for it.
-        feed.commit("i-2")
-        service.pending[0].set()
-        await until(lambda: len(service.pending) == 2)
-        assert service.refreshed == [{"i-1"}]
-        assert not follower.current(), "i-2 was told of after the read began"
-        service.release()
-        await until(follower.current)
-        assert service.refreshed == [{"i-1"}, {"i-2"}]
-        # Its own commits are read too (and skipped), before it vouches again.
-        feed.commit("mine", origin=feed.origin)
-        assert not follower.current()
-        await until(follower.current)
-        assert service.refreshed == [{"i-1"}, {"i-2"}]
-        # A lost connection hears nothing: not current until it listens and reads again.
-        assert feed.listening is not None
-        lost = feed.listening
-        service.held = True
-        feed.changes.append((len(feed.changes) + 1, "i-3", "another-replica"))  # unheard
-        lost.lose()
-        assert not follower.current()
-        await until(lambda: len(service.pending) == 1)
-        assert not follower.current()
-        service.release()
-        await until(follower.current)
-        assert feed.listening is not lost and not feed.listening.closed, "it listens again"
-        assert service.refreshed == [{"i-1"}, {"i-2"}, {"i-3"}]
+        yield follower
     finally:
-        service.release()
         await follower.stop()
+
+
+async def test_the_follower_vouches_only_while_it_listens_and_has_read_what_it_was_told() -> None:
+    feed, service = FakeFeed(), HeldRefreshes()
+    follower = follower_on(feed, service, poll_interval=3600)  # only notifications wake it
+    assert not follower.current(), "not before it listens and has read once"
+    async with running(follower):
+        try:
+            await until(follower.current)
+            # Told of a change: not current from that moment until the change is re-read.
+            service.held = True
+            feed.commit("i-1")
+            assert not follower.current()
+            await until(lambda: len(service.pending) == 1)
+            assert not follower.current(), "the re-read is not committed yet"
+            # Told of another while it re-reads the first: that read does not vouch for it.
+            feed.commit("i-2")
+            service.pending[0].set()
+            await until(lambda: len(service.pending) == 2)
+            assert service.refreshed == [{"i-1"}]
+            assert not follower.current(), "i-2 was told of after the read began"
+            service.release()
+            await until(follower.current)
+            assert service.refreshed == [{"i-1"}, {"i-2"}]
+            # Its own commits are read too (and skipped), before it vouches again.
+            feed.commit("mine", origin=feed.origin)
+            assert not follower.current()
+            await until(follower.current)
+            assert service.refreshed == [{"i-1"}, {"i-2"}]
+            # A lost connection hears nothing: not current until it listens and reads again.
+            assert feed.listening is not None
+            lost = feed.listening
+            service.held = True
+            feed.changes.append((len(feed.changes) + 1, "i-3", "another-replica"))  # unheard
+            lost.lose()
+            assert not follower.current()
+            await until(lambda: len(service.pending) == 1)
+            assert not follower.current()
+            service.release()
+            await until(follower.current)
+            assert feed.listening is not lost and not feed.listening.closed, "it listens again"
+            assert service.refreshed == [{"i-1"}, {"i-2"}, {"i-3"}]
+        finally:
+            service.release()
 
 
 async def test_the_follower_stops_vouching_when_its_connection_or_its_notifications_fail() -> None:
     feed, service = FakeFeed(), HeldRefreshes()
-    follower = ReplicaFollower(
-        feed,  # type: ignore[arg-type]
-        service,  # type: ignore[arg-type]
-        poll_interval=0.05,
-        coalesce=0,
-        retry_after=0.01,
-    )
-    await follower.prime()
-    await follower.start()
-    try:
+    async with running(follower_on(feed, service, poll_interval=0.05)) as follower:
         await until(follower.current)
         # A connection that reads as closed vouches for nothing, called back or not.
         assert feed.listening is not None
@@ -234,21 +241,11 @@ async def test_the_follower_stops_vouching_when_its_connection_or_its_notificati
         feed.failing = False
         await until(follower.current)
         assert {"while-down"} in service.refreshed
-    finally:
-        await follower.stop()
 
 
 async def test_a_follower_whose_read_fails_with_a_bug_vouches_for_nothing() -> None:
     feed, service = FakeFeed(), HeldRefreshes()
-    follower = ReplicaFollower(
-        feed,  # type: ignore[arg-type]
-        service,  # type: ignore[arg-type]
-        poll_interval=0.05,
-        coalesce=0,
-    )
-    await follower.prime()
-    await follower.start()
-    try:
+    async with running(follower_on(feed, service, poll_interval=0.05)) as follower:
         await until(follower.current)
         # Nothing notified: its poll reads, and the read fails.
         feed.broken = True
@@ -257,8 +254,6 @@ async def test_a_follower_whose_read_fails_with_a_bug_vouches_for_nothing() -> N
         await until(lambda: loop.died)
         assert feed.listening is not None and not feed.listening.closed
         assert not follower.current(), "its loop died with the change unread"
-    finally:
-        await follower.stop()
 
 
 def test_a_closed_gate_keeps_a_repeat_from_an_early_answer() -> None:
