@@ -230,6 +230,7 @@ class IncidentService:
             self.book.expire_closed(now)
             self._last_expiry = now
         keys = {k for p in batch for k in p.keys}
+        twice = len(keys) < sum(len(p.keys) for p in batch)  # a key in two commands
         ids = {i for p in batch for i in p.ids}
         try:
             if await self._read_only(batch, keys, now):
@@ -249,11 +250,11 @@ class IncidentService:
                     refreshed = self.held.refresh(self.book, state)
                     self._trust(keys)
                 numbering = self.book.numbering
-                if any(not self.book.has_open(k) for k in keys) or (keys and ids):
+                if any(not self.book.has_open(k) for k in keys) or (keys and ids) or twice:
                     # The batch may open incidents: number them after the day's last
                     # (with replicas, its counter stays locked until this commit).
-                    # With ids too, a command may close a key's incident before a
-                    # notification in the same batch opens a new one there.
+                    # With ids too, or two commands on a key, one may close a key's
+                    # incident before a notification in the batch opens a new one there.
                     day = numbering.day(now)
                     numbering.begin(day, await state.last_number(day))
                 try:
@@ -291,8 +292,7 @@ class IncidentService:
         if written:
             self.batches_committed += 1
             if all_changes:
-                # Committed is committed: callers get their answer whatever a
-                # metric, log or hook does wrong after it.
+                # Committed: callers get their answer whatever a metric, log or hook does.
                 self._after_commit(all_changes, write)
         for pending, changes in applied:
             if not pending.future.done():
@@ -359,10 +359,10 @@ class IncidentService:
     def _run(self, pending: _Pending, now: float) -> list[Change] | Exception:
         """The command's changes, or what it raised."""
         try:
-            return pending.command(now)
+            with self.book.all_or_nothing():  # what it began is put back if it raises
+                return pending.command(now)
         except Exception as exc:
-            # What it changed before failing is not what the rows say: read them again.
-            self.held.clear()
+            self.held.clear()  # and the rows held are read again, should anything be amiss
             return exc
 
     def _after_commit(self, changes: list[Change], write: WriteBatch) -> None:

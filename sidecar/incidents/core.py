@@ -6,7 +6,8 @@ resolved incidents whose review is pending or whose recovery watch runs, and
 the log of closed episodes.
 Every command begins with :meth:`BookCore._begin` (a copy to undo with) and
 ends with :meth:`BookCore._finish` (re-indexed as it now is); the service
-undoes the changes of a batch whose commit failed. The commands themselves
+undoes the changes of a batch whose commit failed, and runs each command
+within :meth:`BookCore.all_or_nothing`, so one that raises midway leaves nothing. The commands themselves
 live beside it: :mod:`~sidecar.incidents.grouping` (Alertmanager
 notifications), :mod:`~sidecar.incidents.stepping` (deadlines) and
 :mod:`~sidecar.incidents.commands` (people and integrations).
@@ -14,17 +15,20 @@ notifications), :mod:`~sidecar.incidents.stepping` (deadlines) and
 
 from __future__ import annotations
 
+import contextlib
 import copy
-import functools
-import inspect
 from collections import Counter
-from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
-from typing import TYPE_CHECKING, Any, Literal, Protocol, TypeVar
+from collections.abc import Collection, Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Literal, Protocol
 
 from sidecar.errors import IncidentNotFound, InvalidTransition
 from sidecar.incidents.closed import ClosedEpisode, ClosedLog
 from sidecar.incidents.model import Change, Incident, Undo, timeline_event
 from sidecar.incidents.numbers import Numbering
+from sidecar.incidents.planning import CommandFailed as CommandFailed
+from sidecar.incidents.planning import Planner as Planner
+from sidecar.incidents.planning import planned as planned
 
 if TYPE_CHECKING:
     from sidecar.rules import RuleEscalation, SeverityPolicy
@@ -68,56 +72,10 @@ class Classifier(Protocol):
     ) -> Sequence[Sequence[RuleEscalation]]: ...
 
 
-class Planner(Protocol):
-    """An integration planning what a change sends (``sidecar.notify.pagerduty.Pager``)."""
-
-    def plan(self, change: Change, now: float) -> None:
-        """Add the change's outbox rows (and the timeline events that say so)."""
-
-
-C = TypeVar("C", bound="Change | list[Change] | None")
-
-
-def planned(command: Callable[..., C]) -> Callable[..., C]:
-    """Make a book command plan the notifications of the changes it returns.
-
-    Right after the command, while each incident is as the command left it (a
-    later command of the same batch may resolve the incident this one opened,
-    and both its trigger and its resolve must go out, in order), and inside the
-    command, so the service only persists what it is handed. A planner that
-    fails is a bug, not the caller's input: the command's changes are undone
-    and it raises :class:`CommandFailed`.
-    """
-
-    # Where ``now`` is among the positional arguments (self excluded).
-    at = list(inspect.signature(command).parameters).index("now") - 1
-
-    @functools.wraps(command)
-    def run(self: BookCore, *args: Any, **kwargs: Any) -> C:
-        self._depth += 1
-        try:
-            result = command(self, *args, **kwargs)
-        finally:
-            self._depth -= 1
-        if not self.planners or self._depth or result is None:
-            return result  # a command run by another plans with it, once
-        changes = [result] if isinstance(result, Change) else result
-        now = kwargs["now"] if "now" in kwargs else args[at]
-        try:
-            for change in changes:
-                for planner in self.planners:
-                    planner.plan(change, now)
-        except Exception as exc:
-            for change in reversed(changes):
-                self.undo(change)
-            raise CommandFailed(f"internal error: {exc}") from exc
-        return result
-
-    return run
-
-
-class CommandFailed(RuntimeError):
-    """A command's notifications could not be planned (a bug); its changes were undone."""
+@dataclass(slots=True)
+class _Begun:
+    undo: Undo
+    incident_id: str | None  # None until a new incident is finished
 
 
 class BookCore:
@@ -144,6 +102,8 @@ class BookCore:
         # pager), run by every command before it returns: see ``planned``.
         self.planners = list(planners)
         self._depth = 0
+        # Every incident begun inside ``all_or_nothing``, to put back if it raises.
+        self._begun: list[_Begun] | None = None
         self.key_mode = key_mode
         self.dedup_window = dedup_window
         # Escalation tiers with a PagerDuty routing key: a due step's outcome
@@ -350,9 +310,18 @@ class BookCore:
             before.labels = dict(inc.labels)
             if inc.is_open:
                 self._unindex(inc)
-        return Undo(key, before, self.closed.get(key))
+        undo = Undo(key, before, self.closed.get(key))
+        if self._begun is not None:
+            self._begun.append(_Begun(undo, None if before is None else before.id))
+        return undo
 
     def _finish(self, inc: Incident) -> None:
+        if self._begun is not None:
+            # A new incident's id is known only now.
+            for begun in reversed(self._begun):
+                if begun.incident_id is None and begun.undo.key == inc.key:
+                    begun.incident_id = inc.id
+                    break
         if inc.is_open:
             self._watch(inc)  # a reopened incident leaves its watch
             self._index(inc)
@@ -376,21 +345,45 @@ class BookCore:
         self.closed.remember(inc.key, episode)
         self._watch(inc)
 
+    @contextlib.contextmanager
+    def all_or_nothing(self) -> Iterator[None]:
+        """A command run within it that raises leaves memory as it found it.
+
+        Every incident it began is put back, in reverse order: a bug midway (a
+        rule, a planner, the third of several deadlines) must not leave an
+        incident out of the index while the store still holds it open, nor
+        changes in memory that no batch writes.
+        """
+        self._begun = []
+        try:
+            yield
+        except BaseException:
+            for begun in reversed(self._begun):
+                self._revert(begun.undo, begun.incident_id)
+            raise
+        finally:
+            self._begun = None
+
     def undo(self, change: Change) -> None:
         """Revert a change that could not be committed (apply in reverse order)."""
-        current = self._open.get(change.undo.key)
-        if current is not None and current.id == change.incident.id:
-            self._unindex(current)
-        before = change.undo.before
-        self._reviews.pop(change.incident.id, None)
-        self._unwatch(change.incident.id)
+        self._revert(change.undo, change.incident.id)
+
+    def _revert(self, undo: Undo, incident_id: str | None) -> None:
+        # ``incident_id`` None: a new incident the command never finished (never indexed).
+        if incident_id is not None:
+            current = self._open.get(undo.key)
+            if current is not None and current.id == incident_id:
+                self._unindex(current)
+            self._reviews.pop(incident_id, None)
+            self._unwatch(incident_id)
+        before = undo.before
         if before is not None:
             self._watch(before)  # back in its watch, if it was
             if before.is_open:
                 self._index(before)
             elif before.review_due_at is not None and before.review_done_at is None:
                 self._reviews[before.id] = before
-        self.closed.put_back(change.undo.key, change.undo.closed_before)
+        self.closed.put_back(undo.key, undo.closed_before)
 
     def expire_closed(self, now: float) -> int:
         """Forget resolved incidents older than the dedup window; returns how many."""
