@@ -48,6 +48,10 @@ class ReplayCache:
         self._seen.move_to_end(digest)
         return True
 
+    def clear(self) -> None:
+        """Forget every body: what one changes depends on the rules (a rules reload)."""
+        self._seen.clear()
+
     def add(self, digest: bytes, now: float) -> None:
         """Remember a committed body."""
         self._seen[digest] = now

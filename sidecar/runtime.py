@@ -272,5 +272,7 @@ def build_components(
         pager.set_rules,
         *(planner.set_rules for planner in integrations.planners),
         lambda _rules: scheduler.rebuild(),
+        # A body that changed nothing may change something now (an alert no longer dropped).
+        lambda _rules: components.replays.clear(),
     ]
     return components

@@ -73,6 +73,25 @@ async def test_a_resend_with_refreshed_annotations_is_answered_without_a_batch(
     assert (resolved["id"], resolved["state"]) == (opened["id"], "resolved")
 
 
+async def test_a_body_the_old_rules_dropped_is_applied_again_after_a_reload(
+    client: Client, auth: dict[str, str], components: Components
+) -> None:
+    dropped = body(notification(alert(labels={"severity": "none"})))
+    for _ in range(2):  # the second answered from the replay cache
+        resp = await client.post(HOOK, data=dropped, headers=auth)
+        assert (await resp.json())["changed"] == []
+    path = components.config.rules_file
+    text = path.read_text()
+    rule = "  - {name: drop-none, match: ['severity=\"none\"'], drop: true}\n"
+    assert rule in text
+    path.write_text(text.replace(rule, ""))
+    assert components.reload_rules()
+    # Alertmanager resends the same bytes: under the new rules they open an incident.
+    resp = await client.post(HOOK, data=dropped, headers=auth)
+    [opened] = (await resp.json())["changed"]
+    assert opened["state"] == "triggered"
+
+
 @pytest.mark.parametrize(
     ("payload", "reason_part"),
     [

@@ -7,8 +7,8 @@ the log of closed episodes.
 Every command begins with :meth:`BookCore._begin` (a copy to undo with) and
 ends with :meth:`BookCore._finish` (re-indexed as it now is); the service
 undoes the changes of a batch whose commit failed, and runs each command
-within :meth:`BookCore.all_or_nothing`, so one that raises midway leaves nothing. The commands themselves
-live beside it: :mod:`~sidecar.incidents.grouping` (Alertmanager
+within :meth:`BookCore.all_or_nothing`, so one that raises midway leaves
+nothing. The commands themselves live beside it: :mod:`~sidecar.incidents.grouping` (Alertmanager
 notifications), :mod:`~sidecar.incidents.stepping` (deadlines) and
 :mod:`~sidecar.incidents.commands` (people and integrations).
 """
