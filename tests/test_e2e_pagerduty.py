@@ -402,9 +402,14 @@ async def test_acknowledged_in_pagerduty_reaches_the_sidecar_process(
     assert view["state"] == "acknowledged"
     assert view["acknowledge_source"] == "pagerduty"
     assert view["acknowledged_by"] == "Primary On-call"
-    # What PagerDuty did is not echoed back: no acknowledge was even queued for it.
-    assert [e["action"] for e in view["pagerduty"]["events"]] == ["trigger"]
-    assert actions(pd, dedup_key(key)) == ["trigger"]
+    # The acknowledgment goes to every page of the incident, here only the one
+    # acknowledged: PagerDuty takes it and changes nothing, so nothing comes back.
+    assert [e["action"] for e in view["pagerduty"]["events"]] == ["trigger", "acknowledge"]
+    await pd.wait_for_events(2)
+    assert actions(pd, dedup_key(key)) == ["trigger", "acknowledge"]
+    assert pd.incidents[pd_incident.id].status == "acknowledged"
+    await pd.drain_webhooks()
+    assert len(subscription.attempts) == 1
     # The fake's incident_key is null: the sidecar mapped it back through the REST API.
     lookups = [r for r in pd.requests if r.api == "rest"]
     assert [(r.path.partition("?")[0], r.status) for r in lookups] == [

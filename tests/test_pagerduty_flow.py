@@ -221,8 +221,14 @@ async def test_pagerduty_acknowledgment_and_resolution_flow_back(
     kinds = [e["kind"] for e in view["timeline"]]
     assert kinds[-3:] == ["acknowledged", "status_update", "resolved"]
     await drained(components)
-    # What PagerDuty itself did is not echoed back to it.
-    assert actions(pd) == ["trigger"]
+    # What PagerDuty did goes to every page of the incident (here only the
+    # team's, the one acted on: PagerDuty takes the events and changes nothing,
+    # so no webhook comes back and the timeline stays as it was).
+    assert actions(pd) == ["trigger", "acknowledge", "resolve"]
+    await pd.drain_webhooks()
+    view = await (await client.get(f"/api/v1/incidents/{incident_id}")).json()
+    assert [e["kind"] for e in view["timeline"]] == kinds
+    assert [i.status for i in pd.incidents_for(DEDUP)] == ["resolved"]
     # The incident was mapped through the REST API: the fake's incident_key is null.
     assert any("/alerts" in r.path for r in pd.requests)
 
@@ -580,5 +586,63 @@ async def test_pagerduty_events_of_the_old_incident_leave_the_reopened_one_open(
     over = alert(labels=critical, starts=restart, status="resolved", ends=time.time())
     await post(client, notification(over, group_key=GROUP))
     await drained(components)
-    assert actions(pd) == ["trigger", "resolve", "trigger", "resolve"]
+    # Each acknowledgment in PagerDuty went to the incident's pages (the team's
+    # only here), on the PagerDuty incident it was made on.
+    assert actions(pd) == ["trigger", "acknowledge", "resolve", "trigger", "acknowledge", "resolve"]
     assert pd.incidents[new.id].status == "resolved"
+
+
+# -- what a responder does in PagerDuty reaches every page of the incident ----------
+
+
+@pytest.mark.parametrize("acted_on", ["team", "tier"])
+@pytest.mark.parametrize(
+    ("act", "action", "status"),
+    [
+        ("resolve_incident", "resolve", "resolved"),
+        ("acknowledge_incident", "acknowledge", "acknowledged"),
+    ],
+)
+async def test_acting_on_one_page_in_pagerduty_acts_on_every_page_of_the_incident(
+    aiohttp_client: Callable[..., Any],
+    config_factory: Callable[..., Config],
+    pd: FakePagerDuty,
+    tmp_path: Path,
+    acted_on: str,
+    act: str,
+    action: str,
+    status: str,
+) -> None:
+    pagerduty = {
+        "events_url": pd.events_url,
+        "api_url": pd.api_url,
+        "api_token": pd.api_token,
+        "webhook_secret": SECRET,
+        "routing_key": ROUTING_KEY,
+        "tier_routing_keys": {"vp": {"key": VP_KEY}},
+        "timeout": "1s",
+    }
+    client, components = await ladder_sidecar(aiohttp_client, config_factory, tmp_path, pagerduty)
+    pd.subscribe(f"{client.make_url('/webhook/pagerduty')}", SECRET)
+    firing = notification(alert(labels={"severity": "critical"}), group_key=GROUP)
+    incident_id = (await post(client, firing))["changed"][0]["id"]
+    await drained(components)
+    await pd.drain_webhooks()
+    team, tier = pd.open_incident(DEDUP, ROUTING_KEY), pd.open_incident(f"{DEDUP}:vp", VP_KEY)
+    assert team is not None and tier is not None
+    pages = {"team": team, "tier": tier}
+    # A responder acts on one page in PagerDuty's web app.
+    getattr(pd, act)(pages[acted_on].id)
+    # Until quiet: the sidecar's events to PagerDuty cause webhooks, which must
+    # cause nothing more (no loop).
+    for _ in range(3):
+        await pd.drain_webhooks()
+        await drained(components)
+    view = await (await client.get(f"/api/v1/incidents/{incident_id}")).json()
+    assert (view["state"], view[f"{action}_source"]) == (status, "pagerduty")
+    # The other page follows: PagerDuty stops escalating it for a handled incident.
+    assert {name: p.status for name, p in pages.items()} == {"team": status, "tier": status}
+    # One event to each page, nothing echoed back and forth.
+    assert actions(pd) == ["trigger", action]
+    assert actions(pd, f"{DEDUP}:vp") == ["trigger", action]
+    assert [e["kind"] for e in view["timeline"]].count(status) == 1

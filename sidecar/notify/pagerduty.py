@@ -4,14 +4,15 @@ Policies: ``page`` and ``notify`` send a trigger (with the severity's PagerDuty
 severity: critical/error wake someone, warning/info do not); ``ticket`` sends
 nothing and records a ticket on the timeline; ``none`` records nothing. A
 trigger goes out when an incident opens, reopens within its recovery watch
-(on the same dedup key), or its severity rises; acknowledge and
-resolve follow from any source but PagerDuty itself, and only for incidents
-that were paged. An escalation step pages its tier's key only when the
-incident book recorded its outcome as ``paged`` (the book decides, with the
-change). The events are written to the outbox in the same transaction as the
-change that causes them, planned by the command itself (the book runs its
-planners before a command returns), so a page is never lost and never sent
-for a change that was not committed.
+(on the same dedup key), or its severity rises; acknowledge and resolve follow
+from any source, PagerDuty included, to every page of an incident that was
+paged (a responder in PagerDuty acts on one page, the team's or an escalation
+tier's, and the others must stop escalating too). An escalation step pages its
+tier's key only when the incident book recorded its outcome as ``paged`` (the
+book decides, with the change). The events are written to the outbox in the
+same transaction as the change that causes them, planned by the command itself
+(the book runs its planners before a command returns), so a page is never lost
+and never sent for a change that was not committed.
 """
 
 from __future__ import annotations
@@ -150,14 +151,16 @@ class Pager:
                 # The book decided the outcome with the change; only a paged
                 # step sends anything.
                 out += self._escalate(change, now, effect.detail)
-            elif (
-                effect.kind in ("acknowledged", "resolved")
-                and effect.source != "pagerduty"
-                and not flapped
-            ):
+            elif effect.kind in ("acknowledged", "resolved") and not flapped:
                 action = "acknowledge" if effect.kind == "acknowledged" else "resolve"
                 build = build_acknowledge if action == "acknowledge" else build_resolve
-                # The team's page and every escalation tier's page follow.
+                # The team's page and every escalation tier's page follow, also
+                # when a responder acted in PagerDuty: that was on one page, and
+                # PagerDuty would go on escalating the others. The effect does
+                # not say which page it was, so that one gets the event too,
+                # which PagerDuty takes without changing it; the webhooks the
+                # others' events cause find the incident acknowledged or
+                # resolved already, change nothing and so plan nothing.
                 for dedup, routing in self._pages(inc):
                     out.append(OutboxEvent(inc.id, dedup, routing, action, build(dedup)))
         return out
