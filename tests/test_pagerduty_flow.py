@@ -18,6 +18,7 @@ import pytest
 from aiohttp.test_utils import TestClient
 from prometheus_client import CollectorRegistry
 
+from sidecar.alertmanager import notification_from
 from sidecar.clock import SystemClock
 from sidecar.config import Config
 from sidecar.incidents import Incident, IncidentBook
@@ -646,3 +647,43 @@ async def test_acting_on_one_page_in_pagerduty_acts_on_every_page_of_the_inciden
     assert actions(pd) == ["trigger", action]
     assert actions(pd, f"{DEDUP}:vp") == ["trigger", action]
     assert [e["kind"] for e in view["timeline"]].count(status) == 1
+
+
+async def test_a_page_queued_for_a_team_key_removed_since_goes_to_the_default_key(
+    config_factory: Callable[..., Config], pd: FakePagerDuty
+) -> None:
+    team_key = "T3AMKEYT3AMKEYT3AMKEYT3AMKEY0000"
+    settings: dict[str, Any] = {
+        "events_url": pd.events_url,
+        "routing_key": ROUTING_KEY,
+        "team_routing_keys": {"sre": {"key": team_key}},
+        "timeout": "1s",
+    }
+    # Queued while the team had its own key; not sent before the restart.
+    before = build_components(
+        config_factory({"pagerduty": settings}), clock=SystemClock(), registry=CollectorRegistry()
+    )
+    await before.store.open()
+    await before.service.start()
+    await before.service.submit(
+        lambda now: before.book.apply_notification(
+            notification_from(notification(alert(), group_key=GROUP)), now
+        )
+    )
+    await before.service.stop()
+    await before.store.close()
+    # Restarted with the team's key removed: its page still goes out, to the default.
+    del settings["team_routing_keys"]
+    after = build_components(
+        config_factory({"pagerduty": settings}), clock=SystemClock(), registry=CollectorRegistry()
+    )
+    await after.store.open()
+    assert after.outbox is not None
+    await after.outbox.start()
+    try:
+        await drained(after)
+    finally:
+        await after.outbox.stop()
+        await after.store.close()
+    [trigger] = pd.events_for(DEDUP)
+    assert (trigger.event_action, trigger.routing_key) == ("trigger", ROUTING_KEY)

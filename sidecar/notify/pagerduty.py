@@ -39,7 +39,7 @@ from sidecar.pagerduty.events import (
     dedup_key_for_alert,
     dedup_key_for_group,
 )
-from sidecar.routing import routing_for_team, tier_routing
+from sidecar.routing import DEFAULT, routing_for_team, team_routing, tier_routing
 from sidecar.store.base import OutboxItem, RateBudget, Store
 from sidecar.store.rows import PAGERDUTY, OutboxRow
 
@@ -315,6 +315,10 @@ class PagerDutySender:
         """POST the item's body with its routing key (looked up now, never stored)."""
         assert self._client is not None, "open() first"
         key = self.routing_keys.get(item.routing)
+        if key is None and item.routing.startswith(team_routing("")):
+            # The team's own key was removed from the configuration since this was
+            # queued: its page goes where the team's pages go now, never nowhere.
+            key = self.routing_keys.get(DEFAULT)
         if key is None:
             # The routing key was removed from the configuration since.
             reason = f"no routing key named {item.routing!r} configured"
