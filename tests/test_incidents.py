@@ -15,7 +15,7 @@ from sidecar.incidents import Incident, IncidentBook
 from sidecar.incidents.alerts import decode_alerts
 from sidecar.rules import RuleSet, load_rules
 from tests.conftest import DATA
-from tests.payloads import alert, notification
+from tests.payloads import alert, notification, ts
 
 T0 = 1_700_000_000.0
 
@@ -207,17 +207,93 @@ def test_alerts_join_and_leave_a_group(book: IncidentBook) -> None:
     assert inc.started_at == T0
 
 
-def test_truncated_resolved_notification_resolves_alerts_it_left_out(book: IncidentBook) -> None:
-    a1 = alert("Err", fingerprint="00000000000000c1")
-    a2 = alert("Err", fingerprint="00000000000000c2")
-    book.apply_notification(n(a1, a2, group_key="g"), T0 + 10)
-    a1r = alert("Err", fingerprint="00000000000000c1", status="resolved", ends=T0 + 70)
-    changes = book.apply_notification(
-        n(a1r, group_key="g", truncated=1, status="resolved"), T0 + 80
+@pytest.mark.parametrize("truncated", [1, 0], ids=["truncated", "muted"])
+def test_a_resolved_notification_leaves_the_tracked_alerts_it_does_not_list_firing(
+    book: IncidentBook, truncated: int
+) -> None:
+    """Alertmanager computes a notification's status from the alerts it lists: those left
+    after its mute stage dropped the silenced and inhibited ones (leaving no trace), and
+    after ``max_alerts`` truncated the rest (``truncatedAlerts``). "resolved" says nothing
+    of the alerts left out: they may still fire."""
+    a1 = alert("Err", fingerprint="00000000000000c1", labels={"instance": "i1"})
+    a2 = alert("Err", fingerprint="00000000000000c2", labels={"instance": "i2"})
+    inc = book.apply_notification(n(a1, a2, group_key="g"), T0 + 10)[0].incident
+    a1r = alert(
+        "Err",
+        fingerprint="00000000000000c1",
+        labels={"instance": "i1"},
+        status="resolved",
+        ends=T0 + 70,
     )
-    inc = changes[0].incident
-    assert inc.state == "resolved"
-    assert all(a.status == "resolved" for a in inc.alerts.values())
+    payload = n(a1r, group_key="g", truncated=truncated)
+    assert payload.status == "resolved"
+    assert kinds(book, payload, T0 + 80) == ["alert_resolved"]
+    assert inc.state == "triggered"
+    assert [a.fingerprint for a in inc.firing()] == ["00000000000000c2"]
+    # a2 is sent again, firing (repeat_interval, or its silence expired): a repeat.
+    assert book.apply_notification(n(a2, group_key="g"), T0 + 4 * 3600) == []
+    assert book.open_for("g") is inc
+    # Its own resolution, when it comes, resolves the incident at its endsAt.
+    a2r = {**a2, "status": "resolved", "endsAt": ts(T0 + 5 * 3600)}
+    done = kinds(book, n(a2r, group_key="g"), T0 + 5 * 3600 + 10)
+    assert (done[0], done[-1]) == ("alert_resolved", "resolved")  # SLA breaches between
+    assert (inc.state, inc.resolved_at) == ("resolved", T0 + 5 * 3600)
+
+
+def test_a_tracked_alert_truncated_out_of_a_resolved_notification_still_fires(
+    book: IncidentBook,
+) -> None:
+    """What Alertmanager 0.25 sends with ``max_alerts: 2``: alerts sorted by instance, so one
+    that joins sorting first pushes a tracked one out; once the first two resolve, the
+    notification lists just them, "resolved", with ``truncatedAlerts: 1``."""
+
+    def err(instance: str, **kw: Any) -> dict[str, Any]:
+        return alert(
+            "Err", fingerprint=f"00000000000000{instance}", labels={"instance": instance}, **kw
+        )
+
+    inc = book.apply_notification(n(err("a2"), err("a3"), group_key="g"), T0 + 10)[0].incident
+    book.apply_notification(
+        n(err("a1", starts=T0 + 100), err("a2"), group_key="g", truncated=1), T0 + 110
+    )
+    resolved = n(
+        err("a1", starts=T0 + 100, status="resolved", ends=T0 + 200),
+        err("a2", status="resolved", ends=T0 + 200),
+        group_key="g",
+        truncated=1,
+    )
+    assert kinds(book, resolved, T0 + 210) == ["alert_resolved", "alert_resolved"]
+    assert [a.fingerprint for a in inc.firing()] == ["00000000000000a3"]
+    # Alertmanager deleted a1 and a2; a3, still firing, is sent again at repeat_interval.
+    assert book.apply_notification(n(err("a3"), group_key="g"), T0 + 4 * 3600) == []
+    assert len(book) == 1 and inc.state == "triggered"
+
+
+def test_an_untracked_alert_truncated_out_opens_an_incident_when_it_is_listed(
+    book: IncidentBook,
+) -> None:
+    """An incident resolves when every alert it tracks has: alerts it never saw are not
+    covered by its closed episode, and open a new incident once Alertmanager lists them."""
+    a1 = alert("Err", fingerprint="00000000000000d1", labels={"instance": "i1"})
+    a3 = alert("Err", fingerprint="00000000000000d3", labels={"instance": "i3"})
+    first = book.apply_notification(n(a1, group_key="g", truncated=1), T0 + 10)[0].incident
+    a1r = {**a1, "status": "resolved", "endsAt": "2023-11-14T22:20:00Z"}
+    assert kinds(book, n(a1r, group_key="g", truncated=1), T0 + 80) == [
+        "alert_resolved",
+        "resolved",
+    ]
+    [opened] = book.apply_notification(n(a3, group_key="g"), T0 + 4 * 3600)
+    assert opened.incident.id != first.id and opened.incident.state == "triggered"
+
+
+def test_a_listed_alert_that_fires_is_never_taken_as_resolved(book: IncidentBook) -> None:
+    """Whatever the status says: the incident it opens is triggered, and its firing
+    alert is no closed episode's, so a copy of it is no late copy."""
+    a1 = alert("Err", fingerprint="00000000000000e1")
+    [change] = book.apply_notification(n(a1, group_key="g", status="resolved"), T0 + 10)
+    assert change.incident.state == "triggered"
+    assert change.events[0].data["firing_notification_missed"] is False
+    assert book.closed.get("g") is None
 
 
 def test_out_of_order_firing_after_resolved_is_ignored(book: IncidentBook) -> None:
@@ -467,16 +543,17 @@ def test_a_dropped_alert_firing_on_does_not_keep_the_incident_open(book: Inciden
     assert len(book) == 0
 
 
-def test_with_truncated_alerts_the_group_status_still_decides(book: IncidentBook) -> None:
-    """Alerts left out of the payload may still fire: only Alertmanager's status can tell."""
+def test_truncated_alerts_do_not_count_in_the_group_status(book: IncidentBook) -> None:
+    """Alertmanager computes the status from the alerts left after truncating to
+    ``max_alerts``: here the Watchdog's "firing" alone. Every alert tracked resolved."""
     db = alert("DBDown", fingerprint="00000000000000f1")
     book.apply_notification(n(db, watchdog(), group_key="g"), T0 + 10)
     db_resolved = alert("DBDown", fingerprint="00000000000000f1", status="resolved", ends=T0 + 50)
-    changes = book.apply_notification(
-        n(db_resolved, watchdog(), group_key="g", truncated=3), T0 + 60
-    )
-    assert [e.kind for e in changes[0].events] == ["alert_resolved"]
-    assert len(book) == 1
+    payload = n(db_resolved, watchdog(), group_key="g", truncated=3)
+    assert payload.status == "firing"
+    changes = book.apply_notification(payload, T0 + 60)
+    assert [e.kind for e in changes[0].events] == ["alert_resolved", "resolved"]
+    assert len(book) == 0
 
 
 def test_a_tracked_alert_the_reloaded_rules_drop_still_resolves_its_incident(

@@ -136,6 +136,47 @@ async def test_a_p0_pages_once_and_resolves_with_alertmanagers_dedup_key(
     )
 
 
+@pytest.mark.parametrize("truncated", [1, 0], ids=["truncated", "muted"])
+async def test_a_resolved_notification_leaving_out_a_firing_alert_keeps_the_page_open(
+    sidecar: tuple[Client, Components], pd: FakePagerDuty, truncated: int
+) -> None:
+    """Alertmanager 0.25 computes the status from the alerts it lists, after its mute
+    stage left out silenced or inhibited ones and ``max_alerts`` truncated the rest:
+    "resolved" while db-2, left out, still fires. PagerDuty's incident stays triggered,
+    and db-2 sent again firing is the open incident's, not a late copy of a closed one."""
+    client, components = sidecar
+    start = time.time() - 60
+
+    def db(instance: str, **kw: Any) -> dict[str, Any]:
+        labels = {"severity": "critical", "instance": instance}
+        return alert(
+            fingerprint=f"00000000000000{instance[-1]}0", labels=labels, starts=start, **kw
+        )
+
+    opened = await post(client, notification(db("db-1"), db("db-2"), group_key=GROUP))
+    incident_id = opened["changed"][0]["id"]
+    left_out = notification(
+        db("db-1", status="resolved", ends=time.time()), group_key=GROUP, truncated=truncated
+    )
+    assert left_out["status"] == "resolved"
+    await post(client, left_out)
+    assert (await post(client, notification(db("db-2"), group_key=GROUP)))["changed"] == []
+    await drained(components)  # nothing else may follow
+    assert actions(pd) == ["trigger"]
+    view = await (await client.get(f"/api/v1/incidents/{incident_id}")).json()
+    assert view["state"] == "triggered"
+    assert {a["fingerprint"]: a["status"] for a in view["alerts"]} == {
+        "0000000000000010": "resolved",
+        "0000000000000020": "firing",
+    }
+    # db-2's own resolution closes the incident and the page.
+    await post(
+        client, notification(db("db-2", status="resolved", ends=time.time()), group_key=GROUP)
+    )
+    await drained(components)
+    assert actions(pd) == ["trigger", "resolve"]
+
+
 @pytest.mark.parametrize(
     ("labels", "expected"),
     [

@@ -4,12 +4,16 @@ Alertmanager delivers at least once and its HA peers send duplicates by
 design, some of them long after the group resolved. Each incident key keeps
 its newest resolved episode (the alert instances it covered) for the dedup
 window: a notification whose alert instances that episode already covered is
-a late copy, and opens nothing. Only the newest episode matters, since a late
-copy can only repeat what was sent last; finishing an older one (its review
-done, or restored after the newer one) never replaces it. The log is asked
-first, also for a key whose incident is in its recovery watch: a copy of what
-the incident covered never reopens it (see :mod:`~sidecar.incidents.watch`,
-which also treats an instance older than the one it tracks as a copy).
+a late copy, and opens nothing. Alertmanager closes an episode only once each
+of its instances was reported resolved, none inferred from an alert being left
+out of a resolved notification (see :mod:`~sidecar.incidents.grouping`): an
+alert still firing is never taken for a copy of itself. Only the newest
+episode matters, since a late copy can only repeat what was sent last;
+finishing an older one (its review done, or restored after the newer one)
+never replaces it. The log is asked first, also for a key whose incident is
+in its recovery watch: a copy of what the incident covered never reopens it
+(see :mod:`~sidecar.incidents.watch`, which also treats an instance older
+than the one it tracks as a copy).
 """
 
 from __future__ import annotations

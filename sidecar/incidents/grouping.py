@@ -1,7 +1,11 @@
 """Grouping: how an Alertmanager notification opens, merges into or resolves an incident.
 
 By default one incident is one alert group episode (``groupKey``);
-``incidents.key: alert`` makes one per alert fingerprint. A notification
+``incidents.key: alert`` makes one per alert fingerprint. An incident
+resolves when every alert instance it tracks has resolved: a resolved
+notification resolves the alerts it lists and no others, since Alertmanager
+leaves silenced, inhibited and truncated (``max_alerts``) alerts out of it,
+still firing or not, and computes its status from the rest. A notification
 whose alert instances a closed episode of its key already covered is a late
 copy and opens nothing (see :mod:`~sidecar.incidents.closed`). Alerts the rules drop
 (``severity="none"``: Watchdog, InfoInhibitor) are left out of every
@@ -93,9 +97,11 @@ class Grouping(Stepping):
         kept, classes = self._keep(alerts, inc)
         if not kept:
             return []  # only dropped alerts, firing or resolved: no incident to touch
-        if len(kept) < len(alerts) and not group_resolved and not n.truncated_alerts:
+        if len(kept) < len(alerts) and not group_resolved:
             # Alertmanager's status counts the dropped alerts too: a Watchdog
             # in the same group would keep the others' incident open for ever.
+            # Alerts truncated out of the payload do not count in it (it is
+            # computed from the alerts listed), so truncation changes nothing.
             group_resolved = all(a.status == "resolved" for a in kept)
         if inc is None:
             # Only a key with a closed episode can have a late copy: most new
@@ -119,7 +125,7 @@ class Grouping(Stepping):
         group_resolved: bool,
     ) -> list[Change]:
         """What alerts of a key with no open incident do: open one (the watch may reopen one)."""
-        change = self._open_new(key, alerts, classes, n, now, group_resolved=group_resolved)
+        change = self._open_new(key, alerts, classes, n, now)
         return [change] if change else []
 
     def _keep(
@@ -159,8 +165,6 @@ class Grouping(Stepping):
         classes: Mapping[str, ClassificationLike],
         n: Notification,
         now: float,
-        *,
-        group_resolved: bool,
     ) -> Change | None:
         firing = [a for a in alerts if a.status == "firing"]
         undo = self._begin(key, None)
@@ -191,7 +195,9 @@ class Grouping(Stepping):
         # No firing alert: the firing notification never reached us (sidecar
         # down, or the group resolved within group_wait). Keep the incident,
         # already resolved, rather than lose it; its detection time is unknown.
-        missed = group_resolved or not firing
+        # Decided by the alerts, not the group's status: a listed alert that
+        # fires is never taken as resolved (see ``_merge``).
+        missed = all(st.status == "resolved" for st in states.values())
         what = "recorded from a resolved notification" if missed else "opened"
         events = [
             self.event(
@@ -218,9 +224,6 @@ class Grouping(Stepping):
             self._escalate_by_rules(inc, _firing_pairs(firing), now, events, effects)
             self._settle(inc, now, events, effects)
         if missed:
-            for fp, st in list(inc.alerts.items()):
-                if st.status == "firing":
-                    inc.alerts[fp] = st.ended(st.ends_at or now)
             self._close_by_alertmanager(inc, resolution_time(inc, now), now, events, effects)
         effects += _unmatched_effects(inc, unmatched)
         self._finish(inc)
@@ -321,16 +324,13 @@ class Grouping(Stepping):
         # A late copy of an earlier episode's resolved notification (every
         # instance older than the one tracked) says nothing about this one.
         late_copy = stale == len(alerts)
-        if (
-            group_resolved
-            and not late_copy
-            and (self.key_mode == "alert" or not firing or n.status == "resolved")
-        ):
+        if group_resolved and not late_copy and not firing:
+            # Every alert tracked has resolved. A resolved notification is no
+            # word on the alerts it does not list: Alertmanager computes its
+            # status from the alerts left after truncating to max_alerts, and
+            # its mute stage leaves silenced and inhibited alerts out before
+            # that, so a tracked alert missing from it may well still fire.
             ends = resolution_time(inc, now)
-            for st in firing:
-                # Alertmanager says the whole group resolved; alerts we track but
-                # that were truncated out of this payload resolved with it.
-                inc.alerts[st.fingerprint] = st.ended(st.ends_at or ends)
             self._close_by_alertmanager(inc, ends, now, events, effects)
         if inc.is_open and events:
             self._escalate_by_rules(inc, _firing_pairs(new_firing), now, events, effects)
