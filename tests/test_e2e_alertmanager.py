@@ -157,6 +157,60 @@ async def test_alerts_become_incidents_and_resolve_with_ends_at(
     )
 
 
+async def test_a_firing_alert_truncated_out_of_a_resolved_notification_keeps_it_open(
+    sidecar: SidecarProcess, alertmanager_factory: AlertmanagerFactory
+) -> None:
+    """Alertmanager 0.25 sorts a group's alerts by instance and truncates to ``max_alerts``
+    before computing the status: with i1 and i2 resolved and i3 firing it sends
+    ``status: resolved``, ``truncatedAlerts: 1`` and only i1 and i2."""
+    am = alertmanager_factory(sidecar.webhook_url, bearer_token=sidecar.webhook_token, max_alerts=2)
+    starts = datetime.now(UTC).replace(microsecond=0) - timedelta(minutes=1)
+    outage = {"alertname": "ServiceDown", "service": "publishing", "scope": "total"}
+
+    def instance(name: str, **kw: Any) -> dict[str, Any]:
+        return make_alert({**outage, "instance": name}, starts_at=starts, **kw)
+
+    async def alerts_of(incident_id: str) -> dict[str, str]:
+        view = await get_json(f"{sidecar.url}/api/v1/incidents/{incident_id}")
+        return {a["labels"]["instance"]: a["status"] for a in view["alerts"]}
+
+    await am.post_alerts([instance("i2"), instance("i3")])
+
+    async def opened() -> dict[str, Any] | None:
+        found = (await get_json(f"{sidecar.url}/api/v1/incidents?state=open"))["incidents"]
+        return found[0] if found else None
+
+    incident_id = (await wait_for(opened))["id"]
+    # i1 sorts first: Alertmanager lists i1 and i2, i3 is truncated (tracked already).
+    await am.post_alerts([instance("i1")])
+
+    async def three() -> dict[str, str] | None:
+        found = await alerts_of(incident_id)
+        return found if len(found) == 3 else None
+
+    await wait_for(three)
+    ends = datetime.now(UTC)
+    await am.post_alerts([instance("i1", ends_at=ends), instance("i2", ends_at=ends)])
+
+    async def two_resolved() -> dict[str, str] | None:
+        found = await alerts_of(incident_id)
+        return found if found["i1"] == found["i2"] == "resolved" else None
+
+    assert await wait_for(two_resolved) == {"i1": "resolved", "i2": "resolved", "i3": "firing"}
+    view = await get_json(f"{sidecar.url}/api/v1/incidents/{incident_id}")
+    assert view["state"] == "triggered"
+    # i3's own resolution reaches the sidecar (Alertmanager's notification log still
+    # holds it as firing) and closes the incident.
+    await am.post_alerts([instance("i3", ends_at=datetime.now(UTC))])
+
+    async def resolved() -> dict[str, Any] | None:
+        inc = await get_json(f"{sidecar.url}/api/v1/incidents/{incident_id}")
+        return inc if inc["state"] == "resolved" else None
+
+    inc = await wait_for(resolved)
+    assert {a["status"] for a in inc["alerts"]} == {"resolved"}
+
+
 async def test_wrong_token_is_refused_and_alertmanager_gets_401(
     tmp_path: Path, alertmanager_factory: AlertmanagerFactory
 ) -> None:
