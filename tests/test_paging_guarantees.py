@@ -151,6 +151,34 @@ async def test_a_silenced_alerts_end_is_tried_again_after_the_store_failed(
         await store.close()
 
 
+async def test_an_alert_left_out_of_a_resolved_notification_under_a_silence_resolves_at_its_end(
+    config_factory: Callable[..., Config], clock: FakeClock
+) -> None:
+    """The mute stage leaves the silenced a2 out of the group's notification, "resolved"
+    with a1 alone: the incident stays open until a2 ends under its silence."""
+    config = config_factory({"alertmanager": {"url": "http://127.0.0.1:9"}})
+    components, store = await start(config, clock)
+    try:
+        watcher, book, svc = components.silences, components.book, components.service
+        assert watcher is not None
+        a1 = alert(fingerprint="00000000000000a1", labels={"instance": "i1"})
+        a2 = alert(fingerprint="00000000000000a2", labels={"instance": "i2"})
+        [opened] = await svc.submit(lambda now: book.apply_notification(n(a1, a2), now))
+        silence = GettableSilence(id="s1", createdBy="ana", status=SilenceStatus(state="active"))
+        firing = GettableAlert(fingerprint="00000000000000a1", status=AlertStatus(state="active"))
+        await watcher.apply([firing, _silenced("00000000000000a2")], {"s1": silence})
+        a1r = {**a1, "status": "resolved", "endsAt": "2023-11-14T22:15:00Z"}
+        await svc.submit(lambda now: book.apply_notification(n(a1r), now))
+        inc = opened.incident
+        assert inc.state == "triggered"  # a2 still fires, silenced
+        # a2 ends under its silence: gone from Alertmanager's list, no notification.
+        assert await watcher.apply([], {"s1": silence}) == 1
+        assert inc.state == "resolved" and len(book) == 0
+    finally:
+        await components.service.stop()
+        await store.close()
+
+
 # -- c. a reload is a lifecycle step -------------------------------------------
 
 
