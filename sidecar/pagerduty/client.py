@@ -23,6 +23,7 @@ Neither the routing key nor the API token ever appears in a message.
 from __future__ import annotations
 
 from collections.abc import Mapping
+from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import quote
 
@@ -189,10 +190,19 @@ class RestClient:
 
     async def incident_alert_keys(self, incident_id: str) -> list[str]:
         """The ``alert_key`` (our dedup key) of every alert of a PagerDuty incident."""
+        return list(await self.incident_alerts(incident_id))
+
+    async def incident_alerts(self, incident_id: str) -> dict[str, datetime | None]:
+        """Each ``alert_key`` of a PagerDuty incident, and when its newest alert was created.
+
+        With alert grouping an incident holds alerts created after it was, and
+        may hold two alerts of one key (an episode's alert resolved, the next
+        episode's grouped into the same incident). Unreadable times are None.
+        """
         if not incident_id:
             raise ValueError("incident id is empty")
         path = f"/incidents/{quote(incident_id, safe='')}/alerts"
-        keys: dict[str, None] = {}  # ordered and without duplicates
+        keys: dict[str, datetime | None] = {}  # ordered and without duplicates
         offset = 0
         for _ in range(REST_MAX_PAGES):
             page = await self._get(path, {"limit": REST_PAGE_LIMIT, "offset": offset})
@@ -200,11 +210,15 @@ class RestClient:
             if not isinstance(alerts, list):
                 raise ApiProtocolError(f"GET {path}: the answer has no 'alerts' list", 200)
             for alert in alerts:
-                key = alert.get("alert_key") if isinstance(alert, dict) else None
+                if not isinstance(alert, dict):
+                    continue
+                key = alert.get("alert_key")
                 if isinstance(key, str) and key:
-                    keys[key] = None
+                    created = _created_at(alert.get("created_at"))
+                    known = keys.get(key)
+                    keys[key] = created if known is None else max(known, created or known)
             if page.get("more") is not True or not alerts:
-                return list(keys)
+                return keys
             offset += len(alerts)
         raise ApiProtocolError(f"GET {path}: more than {REST_MAX_PAGES} pages of alerts", 200)
 
@@ -251,3 +265,14 @@ def _rest_reason(answer: Mapping[str, Any]) -> str:
     if code is not None:
         reason += f" (code {code})"
     return f": {reason}" if reason else ""
+
+
+def _created_at(value: Any) -> datetime | None:
+    """An ISO 8601 time of the REST API (``2015-10-06T21:30:42Z``), in UTC; None if unreadable."""
+    if not isinstance(value, str):
+        return None
+    try:
+        when = datetime.fromisoformat(value)
+    except ValueError:
+        return None
+    return when.replace(tzinfo=UTC) if when.tzinfo is None else when

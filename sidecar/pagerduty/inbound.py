@@ -19,7 +19,8 @@ stored on the incident, so every replica decides the same way.
 from __future__ import annotations
 
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime
 
 import aiohttp
@@ -27,7 +28,7 @@ import aiohttp
 from sidecar.incidents import Change, Incident, IncidentBook
 from sidecar.pagerduty.client import RestClient
 from sidecar.pagerduty.webhooks import WebhookEvent
-from sidecar.store.base import Store
+from sidecar.store.base import KeyPage, Store
 
 SOURCE = "pagerduty"
 DELIVERY_MEMORY = 100_000  # ids remembered in memory; older ones are still in the store
@@ -69,44 +70,96 @@ class PagerDutyInbound:
         while len(self._seen) > DELIVERY_MEMORY:
             self._seen.popitem(last=False)
 
-    async def dedup_keys(self, event: WebhookEvent) -> list[str]:
-        """Our dedup keys for the PagerDuty incident of ``event``."""
+    async def alert_keys(self, event: WebhookEvent) -> dict[str, datetime | None]:
+        """Our dedup keys behind the PagerDuty incident of ``event``, each with its alert's birth.
+
+        The time is when PagerDuty created the alert of the key (from the REST
+        API), or the incident (from the webhook, for its ``incident_key``); None
+        when unknown.
+        """
         if event.incident_key:
-            return [event.incident_key]
+            return {event.incident_key: event.pd_created_at}
         if not event.pd_incident_id or not self.api_token:
-            return []
+            return {}
         if self._session is None:
             self._session = aiohttp.ClientSession()
         client = RestClient(self._session, self.api_url, self.api_token)
-        return await client.incident_alert_keys(event.pd_incident_id)
+        return await client.incident_alerts(event.pd_incident_id)
 
-    async def find_incident(self, event: WebhookEvent) -> Incident | None:
-        """Our incident the event is about, if any."""
-        for key in await self.dedup_keys(event):
-            incident_id = await self.store.incident_for_dedup_key(key)
-            if incident_id is None:
-                continue
-            inc = self.book.get_open(incident_id) or await self.store.get_incident(incident_id)
-            if inc is None:
-                continue
-            # The same dedup key pages every episode of a group: an event older
-            # than our incident belongs to an earlier episode.
-            if event.occurred_at.timestamp() < inc.triggered_at - 1.0:
-                continue
-            return inc
-        return None
+    async def dedup_keys(self, event: WebhookEvent) -> list[str]:
+        """Our dedup keys for the PagerDuty incident of ``event``."""
+        return list(await self.alert_keys(event))
 
-    def command(self, event: WebhookEvent, incident: Incident) -> Callable[[float], list[Change]]:
-        """The incident-book command for ``event``; unknown types only go on the timeline."""
+    async def find_incidents(self, event: WebhookEvent) -> list[Target]:
+        """Our incidents the event is about: one per incident behind its PagerDuty incident.
+
+        With alert grouping, one PagerDuty incident holds the pages of several
+        of ours, and acknowledging or resolving it is about each of them.
+        """
+        targets: dict[str, Target] = {}
+        for key, created in (await self.alert_keys(event)).items():
+            target = await self._target(event, key, created)
+            if target is None:
+                continue
+            known = targets.get(target.incident.id)
+            # Through any key that pages it now, the incident is the event's.
+            if known is None or (known.earlier is not None and target.earlier is None):
+                targets[target.incident.id] = target
+        return list(targets.values())
+
+    async def _target(
+        self, event: WebhookEvent, key: str, created: datetime | None
+    ) -> Target | None:
+        """The incident paged last with ``key``, and whether the event is an earlier episode's."""
+        page = await self.store.latest_page(key)
+        incident_id = (
+            page.incident_id if page is not None else await self.store.incident_for_dedup_key(key)
+        )
+        if incident_id is None:
+            return None
+        inc = self.book.get_open(incident_id) or await self.store.get_incident(incident_id)
+        if inc is None:
+            return None
+        return Target(inc, earlier_episode(event, inc, created, page))
+
+    def command(
+        self, event: WebhookEvent, targets: Sequence[Target]
+    ) -> Callable[[float], list[Change]]:
+        """One command for every target, run together; unknown types only go on the timeline."""
+        runs = [self._command(event, target) for target in targets]
+        book = self.book
+
+        def run(now: float) -> list[Change]:
+            changes: list[Change] = []
+            try:
+                for one in runs:
+                    changes.extend(one(now))
+            except Exception:
+                # None or all: what the earlier targets changed is not committed.
+                for change in reversed(changes):
+                    book.undo(change)
+                raise
+            return changes
+
+        return run
+
+    def _command(self, event: WebhookEvent, target: Target) -> Callable[[float], list[Change]]:
+        """The incident-book command for ``event`` on one target."""
         book, actor = self.book, event.agent
         kind = event.event_type
+        incident = target.incident
         incident_id = incident.id
 
         def run(now: float) -> list[Change]:
             change: Change | None
             open_inc = book.get_open(incident_id)
-            stale = None if open_inc is None else before_reopening(event, open_inc)
-            if kind in STATE_EVENTS and stale is not None:
+            stale = target.earlier
+            if stale is None and kind in STATE_EVENTS and open_inc is not None:
+                stale = before_reopening(event, open_inc)
+            if stale is not None:
+                # An earlier episode's PagerDuty incident changes nothing of this one.
+                if open_inc is None:
+                    return []
                 change = book.note(
                     incident_id,
                     kind="pagerduty_ignored",
@@ -153,6 +206,46 @@ class PagerDutyInbound:
             return [change] if change else []
 
         return run
+
+
+@dataclass(frozen=True, slots=True)
+class Target:
+    """One of our incidents a webhook event is about."""
+
+    incident: Incident
+    # Why the event's PagerDuty incident is an earlier episode's, not this
+    # incident's page; None when it may be its.
+    earlier: str | None = None
+
+
+def earlier_episode(
+    event: WebhookEvent, inc: Incident, created: datetime | None, page: KeyPage | None
+) -> str | None:
+    """Why ``event`` is about a PagerDuty incident of an episode before ``inc``; None if not.
+
+    ``created`` is when PagerDuty created the alert on the key, ``page`` how
+    ``inc`` was paged there (from the outbox). PagerDuty writes ``created_at``
+    in whole seconds: the alert was created within the second it names, so it
+    is an earlier page's only when ``inc``'s page cannot have gone out before
+    that second ended. Decided from stored rows, so every replica agrees.
+    """
+    pd_incident = event.pd_incident_id or "?"
+    triggered = datetime.fromtimestamp(inc.triggered_at, UTC)
+    if event.occurred_at.timestamp() < inc.triggered_at - 1.0:
+        return (
+            f"it happened at {event.occurred_at.isoformat()} on PagerDuty incident "
+            f"{pd_incident}, before this incident was triggered at {triggered.isoformat()}"
+        )
+    if created is None or page is None or not page.follows or page.incident_id != inc.id:
+        return None
+    if page.sent_from < int(created.timestamp()) + 1:
+        return None
+    sent_from = datetime.fromtimestamp(page.sent_from, UTC)
+    return (
+        f"PagerDuty incident {pd_incident} was created at {created.isoformat()}, before "
+        f"this incident's page went out (at {sent_from.isoformat()} or later): it is an "
+        "earlier episode's"
+    )
 
 
 def before_reopening(event: WebhookEvent, inc: Incident) -> str | None:

@@ -23,6 +23,7 @@ from sidecar.store.codec import (
 from sidecar.store.queue import (
     Claim,
     Claimant,
+    KeyPage,
     OutboxItem,
     Outcome,
     RateBudget,
@@ -47,6 +48,7 @@ __all__ = [
     "EventRow",
     "IncidentQuery",
     "IncidentRow",
+    "KeyPage",
     "LockedRead",
     "LockedState",
     "OutboxItem",
@@ -229,6 +231,10 @@ class Store(Protocol):
         self, dedup_key: str, integration: str = PAGERDUTY
     ) -> str | None:
         """The latest incident notified with ``dedup_key`` (PagerDuty's alert_key)."""
+        ...
+
+    async def latest_page(self, dedup_key: str, integration: str = PAGERDUTY) -> KeyPage | None:
+        """The incident notified last with ``dedup_key``, as paged there; None if not triggered."""
         ...
 
     async def known_deliveries(self, source: str, since: float) -> list[str]:

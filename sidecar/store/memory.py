@@ -20,7 +20,7 @@ from sidecar.incidents import Incident, TimelineEvent
 from sidecar.store.base import IncidentQuery
 from sidecar.store.codec import event_from_row, incident_from_row
 from sidecar.store.local import OneProcess
-from sidecar.store.queue import OutboxItem, Outcome
+from sidecar.store.queue import KeyPage, OutboxItem, Outcome
 from sidecar.store.rows import PAGERDUTY, EventRow, IncidentRow, WriteBatch
 
 
@@ -227,6 +227,25 @@ class MemoryStore(OneProcess):
             if item.dedup_key == dedup_key and item.integration == integration:
                 return item.incident_id
         return None
+
+    async def latest_page(self, dedup_key: str, integration: str = PAGERDUTY) -> KeyPage | None:
+        """The incident notified last with ``dedup_key``, as paged there."""
+        items = [
+            i
+            for i in self._t().outbox.values()
+            if i.dedup_key == dedup_key and i.integration == integration
+        ]
+        if not items:
+            return None
+        latest = max(items, key=lambda i: i.id).incident_id
+        triggers = [i for i in items if i.action == "trigger" and i.incident_id == latest]
+        if not triggers:
+            return None
+        first = min(triggers, key=lambda i: i.id)
+        before = [i for i in items if i.id < first.id]
+        done = [i.done_at for i in before if i.done_at is not None]
+        follows = any(i.action == "trigger" and i.incident_id != latest for i in before)
+        return KeyPage(latest, max([first.created_at, *done]), follows)
 
 
 def _upserted(

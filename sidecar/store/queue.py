@@ -32,6 +32,23 @@ class OutboxItem(OutboxRow):
     receipt: str | None = None
 
 
+@dataclass(frozen=True, slots=True)
+class KeyPage:
+    """The incident paged last on a dedup key, and when its page there can have gone out.
+
+    A dedup key pages every episode of a group, and PagerDuty opens an incident
+    for each episode's trigger: what PagerDuty created before ``sent_from`` was
+    not created by this incident's page.
+    """
+
+    incident_id: str
+    # No send of its first trigger on the key began before this: it was queued
+    # then, and the key's earlier events were done (a key's events go in order).
+    sent_from: float
+    # True when another incident was paged on the key before it.
+    follows: bool
+
+
 def outbox_item(row: Iterable[Any]) -> OutboxItem:
     """The item a row of :class:`OutboxItem`'s columns, in order, holds."""
     return OutboxItem(*row)

@@ -180,6 +180,21 @@ class Statements:
             f"SELECT incident_id FROM outbox WHERE dedup_key = {p(1)} AND integration = {p(2)} "
             "ORDER BY id DESC LIMIT 1"
         )
+        # (dedup_key, integration): the first trigger on the key of the incident that
+        # was notified last with it, the latest time an earlier event of the key was
+        # done (its trigger went only after), and whether another incident was
+        # triggered on the key before.
+        self.latest_page = (
+            "SELECT f.incident_id, f.created_at, (SELECT max(p.done_at) FROM outbox p "
+            "WHERE p.integration = f.integration AND p.dedup_key = f.dedup_key AND p.id < f.id), "
+            "EXISTS (SELECT 1 FROM outbox q WHERE q.integration = f.integration "
+            "AND q.dedup_key = f.dedup_key AND q.id < f.id AND q.action = 'trigger' "
+            "AND q.incident_id <> f.incident_id) "
+            f"FROM outbox f WHERE f.dedup_key = {p(1)} AND f.integration = {p(2)} "
+            "AND f.action = 'trigger' AND f.incident_id = (SELECT incident_id FROM outbox "
+            f"WHERE dedup_key = {p(1)} AND integration = {p(2)} ORDER BY id DESC LIMIT 1) "
+            "ORDER BY f.id LIMIT 1"
+        )
         # (source, since)
         self.known_deliveries = (
             f"SELECT id FROM deliveries WHERE source = {p(1)} AND received_at >= {p(2)}"

@@ -14,7 +14,7 @@ from typing import Any, ClassVar, TypeVar
 from sidecar.incidents import Incident, TimelineEvent
 from sidecar.store.base import IncidentQuery
 from sidecar.store.codec import event_from_row, incident_from_row
-from sidecar.store.queue import OutboxItem, Outcome, outbox_item
+from sidecar.store.queue import KeyPage, OutboxItem, Outcome, outbox_item
 from sidecar.store.rows import PAGERDUTY
 from sidecar.store.sql import Statements
 
@@ -125,6 +125,11 @@ class SQLStore(ABC):
         value = await self._value(self.sql.incident_for_dedup_key, (dedup_key, integration))
         return None if value is None else str(value)
 
+    async def latest_page(self, dedup_key: str, integration: str = PAGERDUTY) -> KeyPage | None:
+        """The incident notified last with ``dedup_key``, as paged there."""
+        rows = await self._rows(self.sql.latest_page, (dedup_key, integration), _key_page)
+        return rows[0] if rows else None
+
     async def known_deliveries(self, source: str, since: float) -> list[str]:
         """Delivery ids of ``source`` received since ``since``."""
         return await self._rows(self.sql.known_deliveries, (source, since), _first)
@@ -132,3 +137,9 @@ class SQLStore(ABC):
 
 def _first(row: Sequence[Any]) -> str:
     return str(row[0])
+
+
+def _key_page(row: Sequence[Any]) -> KeyPage:
+    incident_id, queued, earlier_done, follows = row
+    sent_from = float(queued) if earlier_done is None else max(float(queued), float(earlier_done))
+    return KeyPage(str(incident_id), sent_from, bool(follows))

@@ -69,23 +69,26 @@ async def pagerduty(request: web.Request) -> web.Response:
     if inbound.seen(delivery_id):
         return json_answer({"status": "duplicate", "delivery": delivery_id})
     try:
-        incident = await inbound.find_incident(event)
+        targets = await inbound.find_incidents(event)
     except PagerDutyApiError as exc:
         # PagerDuty retries a delivery that fails; the lookup may work then.
         return json_answer({"error": f"PagerDuty REST lookup failed: {exc}"}, status=503)
     now = c.clock.now()
     delivery = (DeliveryRow(delivery_id, "pagerduty", now),)
-    if incident is None:
+    if not targets:
         await c.service.submit(lambda _now: [], deliveries=delivery)
         inbound.remember(delivery_id)
         return json_answer({"status": "ignored", "reason": "no matching incident"})
-    command = inbound.command(event, incident)
-    changes = await c.service.submit(command, ids=[incident.id], deliveries=delivery)
+    # One submit for every incident behind the PagerDuty incident (alert
+    # grouping): committed together, with the one delivery row.
+    ids = [t.incident.id for t in targets]
+    changes = await c.service.submit(inbound.command(event, targets), ids=ids, deliveries=delivery)
     inbound.remember(delivery_id)
     return json_answer(
         {
             "status": "ok",
-            "incident_id": incident.id,
+            "incident_id": ids[0],
+            "incident_ids": ids,
             "changed": [{"id": ch.incident.id, "state": ch.incident.state} for ch in changes],
         }
     )

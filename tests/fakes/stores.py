@@ -12,6 +12,7 @@ from sidecar.store.base import (
     Claim,
     Claimant,
     IncidentQuery,
+    KeyPage,
     LockedState,
     OutboxItem,
     Outcome,
@@ -139,6 +140,10 @@ class FlakyStore:
     ) -> str | None:
         self._check()
         return await self.inner.incident_for_dedup_key(dedup_key, integration)
+
+    async def latest_page(self, dedup_key: str, integration: str = PAGERDUTY) -> KeyPage | None:
+        self._check()
+        return await self.inner.latest_page(dedup_key, integration)
 
     async def known_deliveries(self, source: str, since: float) -> list[str]:
         self._check()
