@@ -37,6 +37,7 @@ from sidecar.store.base import (
     PAGERDUTY,
     Claimant,
     DeliveryRow,
+    KeyPage,
     OutboxItem,
     OutboxRow,
     Outcome,
@@ -723,6 +724,43 @@ async def test_incident_for_dedup_key_is_the_latest_incident_paged(store: Store)
     )
     assert await store.incident_for_dedup_key("same") == "new"
     assert await store.incident_for_dedup_key("other") is None
+
+
+async def test_latest_page_tells_when_its_first_trigger_on_the_key_can_have_gone_out(
+    store: Store,
+) -> None:
+    old = incident("old", key="k", state="resolved")
+    new = incident("new", key="k", triggered_at=T0 + 5)
+    assert await store.latest_page("same") is None
+    old_rows = [
+        outbox_row(old, "trigger", at=T0, dedup_key="same"),
+        outbox_row(old, "resolve", at=T0 + 1, dedup_key="same"),
+    ]
+    await store.write(batch(old, outbox=old_rows))
+    # The first incident on the key follows none; it was queued at T0.
+    assert await store.latest_page("same") == KeyPage("old", T0, follows=False)
+    await store.write(batch(new, outbox=[outbox_row(new, "trigger", at=T0 + 5, dedup_key="same")]))
+    # The key's earlier events are not done: queued is all that is known.
+    assert await store.latest_page("same") == KeyPage("new", T0 + 5, follows=True)
+    trigger, resolve = await store.outbox_for_incident("old")
+    await store.finish_outbox(trigger.id, Outcome("delivered", 1, T0 + 1, None, at=T0 + 1))
+    await store.finish_outbox(resolve.id, Outcome("pending", 1, T0 + 9, "503: down", at=T0 + 2))
+    assert await store.latest_page("same") == KeyPage("new", T0 + 5, follows=True)
+    # A key sends its events in order: the new trigger went after the old resolve.
+    await store.finish_outbox(resolve.id, Outcome("delivered", 2, T0 + 30, None, at=T0 + 30))
+    assert await store.latest_page("same") == KeyPage("new", T0 + 30, follows=True)
+    # Its later events (a reopening's trigger, an acknowledgment), other integrations'
+    # rows and other keys' leave its first page as it was.
+    later = [
+        outbox_row(new, "acknowledge", at=T0 + 40, dedup_key="same"),
+        outbox_row(new, "trigger", at=T0 + 50, dedup_key="same"),
+        outbox_row(old, "post", at=T0 + 60, dedup_key="same", integration="slack"),
+        outbox_row(old, "trigger", at=T0 + 70, dedup_key="other"),
+    ]
+    await store.write(batch(new, outbox=later))
+    assert await store.latest_page("same") == KeyPage("new", T0 + 30, follows=True)
+    assert await store.latest_page("same", "slack") is None  # not triggered there
+    assert await store.latest_page("other") == KeyPage("old", T0 + 70, follows=False)
 
 
 # -- deliveries -------------------------------------------------------------
