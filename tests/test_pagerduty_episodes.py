@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import math
 from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime
 from typing import Any
@@ -305,6 +306,9 @@ def test_a_pagerduty_alert_is_an_earlier_pages_only_when_the_new_page_went_out_a
     # B's page cannot have gone out before the second PagerDuty created the alert ended.
     reason = earlier_episode(event, inc, created, page(1_700_000_601.0))
     assert reason is not None and "POLD" in reason and "earlier episode" in reason
+    # B's page waits behind the key's earlier events: it has not gone out.
+    reason = earlier_episode(event, inc, created, page(math.inf))
+    assert reason is not None and "has not yet" in reason
     # It may have gone out within that second: it may be B's own.
     assert earlier_episode(event, inc, created, page(1_700_000_600.999)) is None
     assert earlier_episode(event, inc, created, page(1_700_000_590.0)) is None

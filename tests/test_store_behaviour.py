@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
 import sqlite3
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
@@ -735,32 +736,39 @@ async def test_latest_page_tells_when_its_first_trigger_on_the_key_can_have_gone
     old_rows = [
         outbox_row(old, "trigger", at=T0, dedup_key="same"),
         outbox_row(old, "resolve", at=T0 + 1, dedup_key="same"),
+        outbox_row(old, "trigger", at=T0, dedup_key="early"),
     ]
     await store.write(batch(old, outbox=old_rows))
     # The first incident on the key follows none; it was queued at T0.
     assert await store.latest_page("same") == KeyPage("old", T0, follows=False)
-    await store.write(batch(new, outbox=[outbox_row(new, "trigger", at=T0 + 5, dedup_key="same")]))
-    # The key's earlier events are not done: queued is all that is known.
-    assert await store.latest_page("same") == KeyPage("new", T0 + 5, follows=True)
-    trigger, resolve = await store.outbox_for_incident("old")
+    new_rows = [
+        outbox_row(new, "trigger", at=T0 + 5, dedup_key="same"),
+        outbox_row(new, "trigger", at=T0 + 5, dedup_key="early"),
+    ]
+    await store.write(batch(new, outbox=new_rows))
+    # The key's earlier events wait: its trigger has not gone out.
+    assert await store.latest_page("same") == KeyPage("new", math.inf, follows=True)
+    trigger, resolve, early = await store.outbox_for_incident("old")
     await store.finish_outbox(trigger.id, Outcome("delivered", 1, T0 + 1, None, at=T0 + 1))
     await store.finish_outbox(resolve.id, Outcome("pending", 1, T0 + 9, "503: down", at=T0 + 2))
-    assert await store.latest_page("same") == KeyPage("new", T0 + 5, follows=True)
-    # A key sends its events in order: the new trigger went after the old resolve.
+    assert await store.latest_page("same") == KeyPage("new", math.inf, follows=True)
+    # A key sends its events in order: the new trigger went after the old ones were done.
     await store.finish_outbox(resolve.id, Outcome("delivered", 2, T0 + 30, None, at=T0 + 30))
     assert await store.latest_page("same") == KeyPage("new", T0 + 30, follows=True)
-    # Its later events (a reopening's trigger, an acknowledgment), other integrations'
-    # rows and other keys' leave its first page as it was.
+    # Done (dead, here) before it was queued: queued is when it could go.
+    await store.finish_outbox(early.id, Outcome("dead", 1, T0 + 3, "400: bad", at=T0 + 3))
+    assert await store.latest_page("early") == KeyPage("new", T0 + 5, follows=True)
+    # Its later events (an acknowledgment, a reopening's trigger) and other
+    # integrations' rows leave its first page as it was.
     later = [
         outbox_row(new, "acknowledge", at=T0 + 40, dedup_key="same"),
         outbox_row(new, "trigger", at=T0 + 50, dedup_key="same"),
         outbox_row(old, "post", at=T0 + 60, dedup_key="same", integration="slack"),
-        outbox_row(old, "trigger", at=T0 + 70, dedup_key="other"),
     ]
     await store.write(batch(new, outbox=later))
     assert await store.latest_page("same") == KeyPage("new", T0 + 30, follows=True)
     assert await store.latest_page("same", "slack") is None  # not triggered there
-    assert await store.latest_page("other") == KeyPage("old", T0 + 70, follows=False)
+    assert await store.latest_page("other") is None
 
 
 # -- deliveries -------------------------------------------------------------

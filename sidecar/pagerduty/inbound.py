@@ -18,6 +18,7 @@ stored on the incident, so every replica decides the same way.
 
 from __future__ import annotations
 
+import math
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -240,11 +241,14 @@ def earlier_episode(
         return None
     if page.sent_from < int(created.timestamp()) + 1:
         return None
-    sent_from = datetime.fromtimestamp(page.sent_from, UTC)
+    went = (
+        "it has not yet"
+        if math.isinf(page.sent_from)
+        else f"at {datetime.fromtimestamp(page.sent_from, UTC).isoformat()} or later"
+    )
     return (
         f"PagerDuty incident {pd_incident} was created at {created.isoformat()}, before "
-        f"this incident's page went out (at {sent_from.isoformat()} or later): it is an "
-        "earlier episode's"
+        f"this incident's page went out ({went}): it is an earlier episode's"
     )
 
 

@@ -11,6 +11,7 @@ store: a new store on the same tables is a restart on the same database.
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -244,8 +245,10 @@ class MemoryStore(OneProcess):
         first = min(triggers, key=lambda i: i.id)
         before = [i for i in items if i.id < first.id]
         done = [i.done_at for i in before if i.done_at is not None]
+        waiting = any(i.state == "pending" for i in before)
         follows = any(i.action == "trigger" and i.incident_id != latest for i in before)
-        return KeyPage(latest, max([first.created_at, *done]), follows)
+        sent_from = math.inf if waiting else max([first.created_at, *done])
+        return KeyPage(latest, sent_from, follows)
 
 
 def _upserted(

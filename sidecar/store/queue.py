@@ -43,7 +43,8 @@ class KeyPage:
 
     incident_id: str
     # No send of its first trigger on the key began before this: it was queued
-    # then, and the key's earlier events were done (a key's events go in order).
+    # then, and the key's earlier events were done (a key's events go in order);
+    # infinity while one of them still waits, as the trigger has not gone out.
     sent_from: float
     # True when another incident was paged on the key before it.
     follows: bool

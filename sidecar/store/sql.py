@@ -181,12 +181,14 @@ class Statements:
             "ORDER BY id DESC LIMIT 1"
         )
         # (dedup_key, integration): the first trigger on the key of the incident that
-        # was notified last with it, the latest time an earlier event of the key was
-        # done (its trigger went only after), and whether another incident was
-        # triggered on the key before.
+        # was notified last with it; the latest time an earlier event of the key was
+        # done, and whether one is still pending (the trigger goes only after them);
+        # whether another incident was triggered on the key before.
+        earlier = "p.integration = f.integration AND p.dedup_key = f.dedup_key AND p.id < f.id"
         self.latest_page = (
-            "SELECT f.incident_id, f.created_at, (SELECT max(p.done_at) FROM outbox p "
-            "WHERE p.integration = f.integration AND p.dedup_key = f.dedup_key AND p.id < f.id), "
+            f"SELECT f.incident_id, f.created_at, (SELECT max(p.done_at) FROM outbox p "
+            f"WHERE {earlier}), EXISTS (SELECT 1 FROM outbox p WHERE {earlier} "
+            "AND p.state = 'pending'), "
             "EXISTS (SELECT 1 FROM outbox q WHERE q.integration = f.integration "
             "AND q.dedup_key = f.dedup_key AND q.id < f.id AND q.action = 'trigger' "
             "AND q.incident_id <> f.incident_id) "

@@ -7,6 +7,7 @@ connections, its locking, its writes and its migrations.
 
 from __future__ import annotations
 
+import math
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Collection, Sequence
 from typing import Any, ClassVar, TypeVar
@@ -140,6 +141,6 @@ def _first(row: Sequence[Any]) -> str:
 
 
 def _key_page(row: Sequence[Any]) -> KeyPage:
-    incident_id, queued, earlier_done, follows = row
+    incident_id, queued, earlier_done, waiting, follows = row
     sent_from = float(queued) if earlier_done is None else max(float(queued), float(earlier_done))
-    return KeyPage(str(incident_id), sent_from, bool(follows))
+    return KeyPage(str(incident_id), math.inf if waiting else sent_from, bool(follows))
