@@ -1,10 +1,30 @@
-"""Inbound PagerDuty webhooks v3: map an event to our incident and to a command on it.
+"""Inbound PagerDuty webhooks v3: map an event to our incidents and to a command on each.
 
 PagerDuty delivers at least once: a delivery id (``X-Webhook-Id``) is committed
 with the change it causes and remembered, so a redelivery changes nothing,
 even after a restart. Incidents created through the Events API may carry a
 null ``incident_key``; then the REST API tells the alert keys, which are our
-dedup keys.
+dedup keys, and when each alert was created. With alert grouping one PagerDuty
+incident holds several alerts, so several of our pages: the event is about
+every incident behind them, and their commands run in one submit.
+
+Every episode of a group pages on the same dedup key (``sha256(groupKey)``, as
+Alertmanager's own integration), and PagerDuty opens an incident for each
+episode's trigger. The newest incident on the key is the one paged last
+there; a PagerDuty alert on the key created before that incident's first
+trigger there can have gone out is an earlier episode's (typically the echo
+of the previous episode's resolve, sent late after an outage): the event goes
+on the newest incident's timeline as ``pagerduty_ignored`` and changes
+nothing. So does an event that happened more than a second before the newest
+incident was triggered (all there is to go by for a status update, which
+carries no creation time). The outbox rows tell when a trigger can have gone out at the
+earliest: when it was queued, and when the key's earlier events were done,
+as a key's events go in order; while one of those still waits, it has not
+gone out at all. PagerDuty writes ``created_at`` in whole seconds, so an alert
+created in the second the page went out may be its own and counts as such.
+Only when the previous episode's events and the new trigger all went out
+within the second PagerDuty created the old alert can the two not be told
+apart; the event then acts on the newest incident, as before.
 
 A reopened incident (recovery watch) pages again on the same dedup key, and
 PagerDuty opens a new incident for it, so one dedup key then names two
@@ -13,7 +33,8 @@ happened before the reopening, or that is about a PagerDuty incident created
 before it (the echo of our own resolve, delivered late or again, or a hand on
 the old incident), is not about the page the reopening sent: it goes on the
 timeline as ``pagerduty_ignored`` and changes nothing. The reopening time is
-stored on the incident, so every replica decides the same way.
+stored on the incident, and the outbox rows in the store, so every replica
+decides the same way.
 """
 
 from __future__ import annotations
