@@ -182,11 +182,11 @@ async def test_a_late_echo_of_the_previous_episodes_resolve_leaves_the_new_incid
     shared_clock.advance(1)
     await post(client, over(T0 + 2, T0 + 13))
     assert await send(components) == 0
-    # (PagerDuty's own acknowledgment is not sent back to it.)
     assert [e.event_action for e in pd.events_for(DEDUP)] == [
         "trigger",
         "resolve",
         "trigger",
+        "acknowledge",
         "resolve",
     ]
     assert pd.incidents[second.id].status == "resolved"
@@ -265,9 +265,14 @@ async def test_an_acknowledgment_of_a_grouped_pagerduty_incident_reaches_every_p
         for incident_id in (x, y):
             seen = await view(client, incident_id)
             assert (seen["state"], seen["resolve_source"]) == ("resolved", "pagerduty")
-        # Resolved from PagerDuty: nothing goes back to it.
+        # Each page follows what was done in PagerDuty; that changes nothing there.
+        emitted = len(pd.webhook_events)
         assert await send(components) == 0
-        assert [e.event_action for e in pd.events] == ["trigger", "trigger"]
+        for group in (GROUP, OTHER_GROUP):
+            dedup = hashlib.sha256(group.encode()).hexdigest()
+            actions = [e.event_action for e in pd.events_for(dedup)]
+            assert actions == ["trigger", "acknowledge", "resolve"]
+        assert len(pd.webhook_events) == emitted
 
 
 def test_a_pagerduty_alert_is_an_earlier_pages_only_when_the_new_page_went_out_a_later_second() -> (

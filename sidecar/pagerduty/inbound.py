@@ -149,19 +149,11 @@ class PagerDutyInbound:
     ) -> Callable[[float], list[Change]]:
         """One command for every target, run together; unknown types only go on the timeline."""
         runs = [self._command(event, target) for target in targets]
-        book = self.book
 
         def run(now: float) -> list[Change]:
-            changes: list[Change] = []
-            try:
-                for one in runs:
-                    changes.extend(one(now))
-            except Exception:
-                # None or all: what the earlier targets changed is not committed.
-                for change in reversed(changes):
-                    book.undo(change)
-                raise
-            return changes
+            # One command: should one target's raise, the service puts back what
+            # the others began (BookCore.all_or_nothing) and nothing is committed.
+            return [change for one in runs for change in one(now)]
 
         return run
 
