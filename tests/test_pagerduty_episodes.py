@@ -231,12 +231,16 @@ async def test_the_previous_episodes_page_delivered_after_the_new_incident_opene
     assert (await view(client, b))["state"] == "acknowledged"
 
 
+@pytest.mark.parametrize("incident_key", [False, True], ids=["null-incident-key", "incident-key"])
 async def test_an_acknowledgment_of_a_grouped_pagerduty_incident_reaches_every_page_in_it(
     aiohttp_client: Callable[..., Any],
     config_factory: Callable[..., Config],
     shared_clock: FakeClock,
+    incident_key: bool,
 ) -> None:
-    async with pagerduty(shared_clock, alert_grouping=True) as pd:
+    """With or without ``incident_key`` (it names only the alert that opened the incident)."""
+    options = {"alert_grouping": True, "incident_key_is_dedup_key": incident_key}
+    async with pagerduty(shared_clock, **options) as pd:
         client, components = await start(aiohttp_client, config_factory, shared_clock, pd)
         db = notification(alert("DBDown", labels={"severity": "critical"}), group_key=GROUP)
         api_down = alert("APIDown", fingerprint="fedcba9876543210", labels={"severity": "critical"})
@@ -273,6 +277,24 @@ async def test_an_acknowledgment_of_a_grouped_pagerduty_incident_reaches_every_p
             actions = [e.event_action for e in pd.events_for(dedup)]
             assert actions == ["trigger", "acknowledge", "resolve"]
         assert len(pd.webhook_events) == emitted
+
+
+async def test_without_the_rest_api_the_incident_key_still_maps_the_event(
+    aiohttp_client: Callable[..., Any],
+    config_factory: Callable[..., Config],
+    shared_clock: FakeClock,
+) -> None:
+    async with pagerduty(shared_clock, incident_key_is_dedup_key=True) as pd:
+        client, components = await start(aiohttp_client, config_factory, shared_clock, pd)
+        incident_id = (await post(client, firing(T0 - 60)))["changed"][0]["id"]
+        assert await send(components) == 0
+        pd_incident = pd.open_incident(DEDUP)
+        assert pd_incident is not None
+        pd.fail_next(api="rest")
+        answer = await webhook(client, pd.acknowledge_incident(pd_incident.id), "ack")
+        assert pd.pending_faults("rest") == 0  # the REST API was asked, and failed
+        assert answer["incident_ids"] == [incident_id]
+        assert (await view(client, incident_id))["state"] == "acknowledged"
 
 
 def test_a_pagerduty_alert_is_an_earlier_pages_only_when_the_new_page_went_out_a_later_second() -> (

@@ -39,6 +39,7 @@ decides the same way.
 
 from __future__ import annotations
 
+import logging
 import math
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
@@ -48,9 +49,11 @@ from datetime import UTC, datetime
 import aiohttp
 
 from sidecar.incidents import Change, Incident, IncidentBook
-from sidecar.pagerduty.client import RestClient
+from sidecar.pagerduty.client import PagerDutyApiError, RestClient
 from sidecar.pagerduty.webhooks import WebhookEvent
 from sidecar.store.base import KeyPage, Store
+
+log = logging.getLogger("sidecar.pagerduty")
 
 SOURCE = "pagerduty"
 DELIVERY_MEMORY = 100_000  # ids remembered in memory; older ones are still in the store
@@ -97,16 +100,28 @@ class PagerDutyInbound:
 
         The time is when PagerDuty created the alert of the key (from the REST
         API), or the incident (from the webhook, for its ``incident_key``); None
-        when unknown.
+        when unknown. The REST API is asked whenever there is a token, even when
+        the event carries an ``incident_key``: that names the alert that opened
+        the incident, and alert grouping may have added others. Should it fail
+        then, the ``incident_key`` still serves.
         """
-        if event.incident_key:
-            return {event.incident_key: event.pd_created_at}
+        known = {event.incident_key: event.pd_created_at} if event.incident_key else {}
         if not event.pd_incident_id or not self.api_token:
-            return {}
+            return known
         if self._session is None:
             self._session = aiohttp.ClientSession()
         client = RestClient(self._session, self.api_url, self.api_token)
-        return await client.incident_alerts(event.pd_incident_id)
+        try:
+            keys = await client.incident_alerts(event.pd_incident_id)
+        except PagerDutyApiError as exc:
+            if not known:
+                raise
+            log.warning(
+                "PagerDuty alerts lookup failed; mapping by incident_key alone",
+                extra={"pd_incident_id": event.pd_incident_id, "error": str(exc)},
+            )
+            return known
+        return {**known, **keys}
 
     async def dedup_keys(self, event: WebhookEvent) -> list[str]:
         """Our dedup keys for the PagerDuty incident of ``event``."""
