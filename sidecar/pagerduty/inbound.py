@@ -4,9 +4,9 @@ PagerDuty delivers at least once: a delivery id (``X-Webhook-Id``) is committed
 with the change it causes and remembered, so a redelivery changes nothing,
 even after a restart. The REST API tells the PagerDuty incident's alert keys,
 which are our dedup keys, and when each alert was created; the event's
-``incident_key`` (null on incidents the Events API created, by some accounts)
-names only the alert that opened it, and serves when there is no API token or
-the REST API fails. With alert grouping one PagerDuty incident holds several
+``incident_key`` (which PagerDuty may leave null on incidents the Events API
+created) names only the alert that opened it, and serves when there is no API
+token or the REST API fails. With alert grouping one PagerDuty incident holds several
 alerts, so several of our pages: the event is about every incident behind
 them, and their commands run in one submit.
 
