@@ -8,10 +8,19 @@ Decoded with msgspec straight into frozen structs: every webhook takes this
 path, and msgspec decodes a body in about half the instructions pydantic took.
 msgspec stops at the first problem of a body's shape; the times, checked in
 one pass afterwards, are all reported.
+
+Text is settled here too, once for every store: a NUL character (``\\u0000``) in
+any label, annotation or URL becomes U+FFFD, since PostgreSQL text cannot hold
+NUL and an alert must not be lost for one (see :func:`parse_notification`).
+The fingerprint and the group key, an alert's and a group's identity, are never
+rewritten: Alertmanager quotes the label values it puts in a group key, so a NUL
+there is not Alertmanager's, and is refused. An over-long group key is kept as
+sent, and the incident it opens is keyed on its hash (:func:`incident_key`).
 """
 
 from __future__ import annotations
 
+import hashlib
 import re
 from collections.abc import Mapping
 from datetime import UTC, datetime
@@ -63,6 +72,36 @@ class Notification(msgspec.Struct, frozen=True, gc=False, rename="camel"):
     common_annotations: _Labels = msgspec.field(default_factory=dict)
     external_url: str = msgspec.field(default="", name="externalURL")
 
+    @property
+    def incident_key(self) -> str:
+        """The key of the group's incident (see :func:`incident_key`)."""
+        return incident_key(self.group_key)
+
+
+# The longest group key, in UTF-8 bytes, that keys its incident as it is. PostgreSQL's
+# btree indexes on incidents.key hold entries of up to 2,704 bytes (with the
+# resolution time beside the key); a longer key failed every write, a 503 that
+# Alertmanager retried for ever. Far above any group key of a usual route.
+MAX_KEY_BYTES = 2048
+HASHED_KEY_PREFIX = "sha256:"
+
+
+def incident_key(group_key: str) -> str:
+    """The incident key of a group key: itself, or ``sha256:`` and the hex digest of
+    its UTF-8 bytes when these are over :data:`MAX_KEY_BYTES`.
+
+    The same on every store, so that SQLite and PostgreSQL (and migration 13, which
+    rewrites the keys of incidents stored before it) agree. The incident keeps the
+    group key itself for display and PagerDuty's dedup key.
+    """
+    # At most 4 bytes a character: most keys are settled without encoding them.
+    if len(group_key) * 4 <= MAX_KEY_BYTES:
+        return group_key
+    raw = group_key.encode()
+    if len(raw) <= MAX_KEY_BYTES:
+        return group_key
+    return HASHED_KEY_PREFIX + hashlib.sha256(raw).hexdigest()
+
 
 # Times arrive as RFC 3339 text, settled into epoch seconds by ``_settle``.
 # ``datetime.fromisoformat`` truncates nanoseconds to microseconds, as the
@@ -96,7 +135,12 @@ def parse_notification(body: bytes) -> Notification:
         raise InvalidPayload([_reason(str(exc), body)]) from exc
     except msgspec.DecodeError as exc:
         raise InvalidPayload([f"malformed JSON: {exc}"]) from exc
-    return _settle(wire)
+    notification = _settle(wire)
+    # JSON text holds a NUL only escaped (a raw one is malformed): a body without
+    # the escape has none, and costs one scan of its bytes.
+    if b"\\u0000" in body:
+        _replace_nul(notification)
+    return notification
 
 
 def notification_from(data: Mapping[str, Any]) -> Notification:
@@ -133,6 +177,34 @@ def _settle(wire: _WireNotification) -> Notification:
 
 
 _HEX = "0123456789abcdefABCDEF"
+
+
+def _replace_nul(n: Notification) -> None:
+    """Replace NUL with U+FFFD in every text of ``n`` but its fingerprints and group key.
+
+    PostgreSQL text refuses NUL, and it reaches text columns (timeline messages
+    are made of the alertname and summary): the write failed, a 503 retried for
+    ever. Refusing the notification (400) would lose the alert for a stray byte;
+    U+FFFD keeps it, and shows where the byte was. Done here, once, for every
+    store, so that SQLite and PostgreSQL, and replicas, hold the same text. No
+    identity changes: alerts are known by fingerprint, groups by group key.
+    """
+    for name in ("receiver", "external_url"):
+        force_setattr(n, name, _text(getattr(n, name)))
+    for name in ("group_labels", "common_labels", "common_annotations"):
+        force_setattr(n, name, _texts(getattr(n, name)))
+    for alert in n.alerts:
+        force_setattr(alert, "labels", _texts(alert.labels))
+        force_setattr(alert, "annotations", _texts(alert.annotations))
+        force_setattr(alert, "generator_url", _text(alert.generator_url))
+
+
+def _text(value: str) -> str:
+    return value.replace("\x00", "\ufffd")
+
+
+def _texts(values: _Labels) -> _Labels:
+    return {_text(k): _text(v) for k, v in values.items()}
 
 # Time text -> epoch seconds. Alertmanager resends the same instants again and
 # again (an alert keeps its startsAt while it fires, and the alerts of one rule

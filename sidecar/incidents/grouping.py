@@ -1,6 +1,7 @@
 """Grouping: how an Alertmanager notification opens, merges into or resolves an incident.
 
-By default one incident is one alert group episode (``groupKey``);
+By default one incident is one alert group episode (``groupKey``, hashed when
+over-long: see :func:`~sidecar.alertmanager.incident_key`);
 ``incidents.key: alert`` makes one per alert fingerprint. An incident
 resolves when every alert instance it tracks has resolved: a resolved
 notification resolves the alerts it lists and no others, since Alertmanager
@@ -44,14 +45,14 @@ class Grouping(Stepping):
     def keys_of(self, notification: Notification) -> list[str]:
         """The incident keys a notification touches (its group, or each alert)."""
         if self.key_mode == "group":
-            return [notification.group_key]
+            return [notification.incident_key]
         return [a.fingerprint for a in notification.alerts]
 
     def repeats_open(self, n: Notification) -> bool:
         """Whether applying ``n`` would change nothing, as it only repeats what the open
         incidents of its keys hold (the first test of applying it, for each key)."""
         if self.key_mode == "group":
-            inc = self._open.get(n.group_key)
+            inc = self._open.get(n.incident_key)
             return inc is not None and n.status == "firing" and repeats(inc.alerts, n.alerts)
         for alert in n.alerts:
             inc = self._open.get(alert.fingerprint)
@@ -63,7 +64,9 @@ class Grouping(Stepping):
     def apply_notification(self, n: Notification, now: float) -> list[Change]:
         """Apply an Alertmanager notification; returns the changes (empty for a duplicate)."""
         if self.key_mode == "group":
-            return self._apply(n.group_key, n.alerts, n, now, group_resolved=n.status == "resolved")
+            return self._apply(
+                n.incident_key, n.alerts, n, now, group_resolved=n.status == "resolved"
+            )
         changes: list[Change] = []
         try:
             for alert in n.alerts:

@@ -325,6 +325,24 @@ SCHEMA: tuple[Migration, ...] = (
         # (see sidecar.store.lockread).
         postgresql=LOCK_INCIDENTS_12,
     ),
+    Migration(
+        13,
+        "over-long group keys key their incidents by hash",
+        # sidecar.alertmanager.incident_key: a group key over 2,048 bytes (UTF-8) keys
+        # its incident as "sha256:" and its digest, which PostgreSQL's indexes on key
+        # can hold. Incidents stored before keep matching their groups: their keys are
+        # rewritten the same way (no PostgreSQL row can hold one beyond about 2.7 KB,
+        # unless it compressed well; SQLite any). The group key stays in ``data``.
+        sqlite="""
+        UPDATE incidents SET key = sidecar_incident_key(key)
+            WHERE length(CAST(key AS BLOB)) > 2048;
+        """,
+        postgresql="""
+        UPDATE incidents
+            SET key = 'sha256:' || encode(sha256(convert_to(key, 'UTF8')), 'hex')
+            WHERE octet_length(key) > 2048;
+        """,
+    ),
 )
 
 

@@ -1,0 +1,255 @@
+"""Notifications whose text a store could not hold as sent are kept, never retried for ever.
+
+A NUL character in an alert's text (PostgreSQL text refuses it) and a group key longer
+than PostgreSQL's btree entries (about 2.7 KB) each made every write of their batch
+fail: a 503 that Alertmanager retries for ever, failing the notifications batched with
+them. Both are settled when the payload is parsed, the same for SQLite and PostgreSQL,
+so that both stores (and a restart reading either) hold the same incident.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import secrets
+import sqlite3
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from typing import Any
+
+import asyncpg  # type: ignore[import-untyped]
+import pytest
+from prometheus_client import CollectorRegistry
+
+from sidecar.alertmanager import MAX_KEY_BYTES, incident_key
+from sidecar.clock import FakeClock
+from sidecar.config import Config
+from sidecar.incidents import Incident
+from sidecar.pagerduty.events import dedup_key_for_group
+from sidecar.runtime import Components, build_components
+from sidecar.store import PostgresStore, SQLiteStore, Store
+from sidecar.store.base import IncidentQuery
+from sidecar.web.app import create_app
+from tests.payloads import alert, body, notification
+
+WEBHOOK = "/webhook/alertmanager"
+NUL = "\u0000"
+REPLACED = "\ufffd"
+# A group key over the bound, as ``group_by: ['...']`` makes of alerts with long labels:
+# random, so that PostgreSQL cannot compress it into its index.
+LONG_KEY = '{}:{alertname="QueryFailed", query="' + secrets.token_hex(2000) + '"}'
+
+
+class Backend:
+    """A fresh database of one store, opened as many times as asked."""
+
+    def __init__(self, name: str, make: Callable[[], Store]) -> None:
+        self.name = name
+        self.make = make
+        self.opened: list[Store] = []
+
+    async def reopened(self) -> Store:
+        """The database opened anew, as a restart (or a replica) reads it."""
+        store = self.make()
+        self.opened.append(store)
+        await store.open()
+        return store
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+async def backend(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Backend]:
+    if request.param == "sqlite":
+        path = tmp_path / "sidecar.db"
+        b = Backend("sqlite", lambda: SQLiteStore(path))
+        b.dsn = str(path)  # type: ignore[attr-defined]
+    else:
+        dsn = request.getfixturevalue("postgres_database_dsn")
+        b = Backend("postgresql", lambda: PostgresStore(dsn, max_size=4))
+        b.dsn = dsn  # type: ignore[attr-defined]
+    yield b
+    for store in b.opened:
+        await store.close()
+
+
+@pytest.fixture
+async def sidecar(
+    backend: Backend,
+    config_factory: Callable[..., Config],
+    clock: FakeClock,
+    aiohttp_client: Callable[..., Any],
+) -> tuple[Components, Any]:
+    """The sidecar in process on the backend, and an HTTP client of it."""
+    store = backend.make()
+    c = build_components(config_factory(), clock=clock, registry=CollectorRegistry(), store=store)
+    return c, await aiohttp_client(create_app(c))
+
+
+async def post(client: Any, auth: dict[str, str], payload: dict[str, Any]) -> None:
+    resp = await client.post(WEBHOOK, data=body(payload), headers=auth)
+    assert resp.status == 200, await resp.text()
+
+
+async def only_incident(backend: Backend) -> tuple[Incident, list[str]]:
+    """The one incident the database holds, as a restart reads it, and its timeline."""
+    store = await backend.reopened()
+    [inc] = await store.list_incidents(_every())
+    full = await store.get_incident(inc.id)
+    assert full is not None
+    return full, [e.message for e in await store.timeline(inc.id)]
+
+
+def _every() -> IncidentQuery:
+    return IncidentQuery(limit=10)
+
+
+# -- NUL characters ------------------------------------------------------------
+
+
+def nul_alert(name: str, fingerprint: str) -> dict[str, Any]:
+    """An alert with a NUL in its name, a label's name and value, summary and URL."""
+    a = alert(
+        f"Disk{NUL}Full{name}",
+        fingerprint=fingerprint,
+        labels={"device": f"/dev/sda{NUL}1", f"odd{NUL}name": "x"},
+        annotations={"summary": f"disk {NUL} full", "runbook_url": f"http://r/{NUL}"},
+    )
+    a["generatorURL"] = f"http://prometheus/graph?g0.expr={NUL}"
+    return a
+
+
+async def test_a_nul_in_an_alerts_text_is_stored_as_a_replacement_character(
+    backend: Backend, sidecar: tuple[Components, Any], auth: dict[str, str]
+) -> None:
+    _, client = sidecar
+    payload = notification(nul_alert("", "00000000000000b1"), group_key="{}:{group=\"b\"}")
+    payload["commonAnnotations"] = {"summary": f"disk {NUL} full"}
+    payload["externalURL"] = f"http://alertmanager/{NUL}"
+    payload["receiver"] = f"sidecar{NUL}"
+    await post(client, auth, payload)
+
+    inc, timeline = await only_incident(backend)
+    assert inc.title == f"Disk{REPLACED}Full: disk {REPLACED} full"
+    assert timeline == [f"P2 incident opened: Disk{REPLACED}Full: disk {REPLACED} full"]
+    assert inc.labels["alertname"] == f"Disk{REPLACED}Full"
+    assert inc.external_url == f"http://alertmanager/{REPLACED}"
+    assert inc.receiver == f"sidecar{REPLACED}"
+    [state] = inc.alerts.values()
+    # The alert's identity is Alertmanager's fingerprint, kept as sent.
+    assert state.fingerprint == "00000000000000b1"
+    assert state.labels == {
+        "alertname": f"Disk{REPLACED}Full",
+        "device": f"/dev/sda{REPLACED}1",
+        f"odd{REPLACED}name": "x",
+    }
+    assert state.generator_url == f"http://prometheus/graph?g0.expr={REPLACED}"
+    assert NUL not in repr((inc, timeline))
+
+
+async def test_a_resend_with_the_nul_matches_the_incident_it_opened(
+    backend: Backend, sidecar: tuple[Components, Any], auth: dict[str, str]
+) -> None:
+    _, client = sidecar
+    firing = nul_alert("", "00000000000000b1")
+    await post(client, auth, notification(firing, group_key="g"))
+    await post(client, auth, notification(firing, group_key="g"))
+    resolved = {**firing, "status": "resolved", "endsAt": "2023-11-14T22:20:00Z"}
+    await post(client, auth, notification(resolved, group_key="g"))
+    inc, _ = await only_incident(backend)
+    assert inc.state == "resolved"
+
+
+async def test_a_notification_with_a_nul_does_not_fail_its_batch(
+    backend: Backend, sidecar: tuple[Components, Any], auth: dict[str, str]
+) -> None:
+    _, client = sidecar
+    bad = notification(nul_alert("", "00000000000000b1"), group_key="bad")
+    good = notification(alert("Other", fingerprint="00000000000000b2"), group_key="good")
+    answers = await asyncio.gather(
+        *(client.post(WEBHOOK, data=body(p), headers=auth) for p in (bad, good, bad))
+    )
+    assert [a.status for a in answers] == [200, 200, 200], [await a.text() for a in answers]
+    store = await backend.reopened()
+    assert sorted(i.key for i in await store.list_incidents(_every())) == ["bad", "good"]
+
+
+# -- over-long group keys -----------------------------------------------------
+
+
+async def test_an_over_long_group_key_keys_its_incident_by_hash(
+    backend: Backend, sidecar: tuple[Components, Any], auth: dict[str, str]
+) -> None:
+    _, client = sidecar
+    firing = alert("QueryFailed", fingerprint="00000000000000e1")
+    await post(client, auth, notification(firing, group_key=LONG_KEY))
+    hashed = "sha256:" + hashlib.sha256(LONG_KEY.encode()).hexdigest()
+    inc, _ = await only_incident(backend)
+    assert (inc.key, inc.group_key) == (hashed, LONG_KEY)
+    # PagerDuty's dedup key is the group key's, as for every group.
+    assert dedup_key_for_group(inc.group_key) == hashlib.sha256(LONG_KEY.encode()).hexdigest()
+    # The group's later notifications find it.
+    resolved = {**firing, "status": "resolved", "endsAt": "2023-11-14T22:20:00Z"}
+    await post(client, auth, notification(resolved, group_key=LONG_KEY))
+    inc, _ = await only_incident(backend)
+    assert (inc.key, inc.state) == (hashed, "resolved")
+
+
+@pytest.mark.parametrize(
+    ("key", "kept"),
+    [
+        ("a" * MAX_KEY_BYTES, True),
+        ("a" * (MAX_KEY_BYTES + 1), False),
+        # Counted in UTF-8 bytes: 682 characters of three bytes each, and one of two.
+        ("€" * 682 + "é", True),
+        ("€" * 683, False),
+        ("€" * 512, True),
+    ],
+)
+def test_group_keys_up_to_the_bound_key_their_incidents_as_they_are(key: str, kept: bool) -> None:
+    hashed = "sha256:" + hashlib.sha256(key.encode()).hexdigest()
+    assert incident_key(key) == (key if kept else hashed)
+
+
+async def as_the_previous_release_left_it(backend: Backend, group_key: str) -> None:
+    """Key the incidents by their group key as it is, and unapply migration 13."""
+    if backend.name == "sqlite":
+        with contextlib.closing(sqlite3.connect(backend.dsn)) as con, con:  # type: ignore[attr-defined]
+            con.execute("UPDATE incidents SET key = ?", (group_key,))
+            con.execute("DELETE FROM schema_migrations WHERE version = 13")
+        return
+    con = await asyncpg.connect(backend.dsn)  # type: ignore[attr-defined]
+    try:
+        await con.execute("UPDATE incidents SET key = $1", group_key)
+        await con.execute("DELETE FROM schema_migrations WHERE version = 13")
+    finally:
+        await con.close()
+
+
+@pytest.mark.parametrize("long", [True, False])
+async def test_incidents_stored_before_keep_matching_their_groups(
+    backend: Backend,
+    config_factory: Callable[..., Config],
+    clock: FakeClock,
+    aiohttp_client: Callable[..., Any],
+    auth: dict[str, str],
+    long: bool,
+) -> None:
+    # PostgreSQL compresses index entries: a long key of few distinct bytes fitted.
+    key = '{}:{alertname="QueryFailed", query="' + "x" * 6000 + '"}' if long else "{}:{a=\"b\"}"
+    firing = alert("QueryFailed", fingerprint="00000000000000e1")
+    resolved = {**firing, "status": "resolved", "endsAt": "2023-11-14T22:20:00Z"}
+    for payload in (firing, resolved):
+        store = backend.make()
+        c = build_components(
+            config_factory(), clock=clock, registry=CollectorRegistry(), store=store
+        )
+        client = await aiohttp_client(create_app(c))
+        await post(client, auth, notification(payload, group_key=key))
+        await client.close()
+        if payload is firing:
+            await as_the_previous_release_left_it(backend, key)
+    # The group resolved the incident it opened before the upgrade, and opened none.
+    reopened = await backend.reopened()
+    [inc] = await reopened.list_incidents(_every())
+    assert (inc.key, inc.group_key, inc.state) == (incident_key(key), key, "resolved")
+    assert await reopened.schema_version() == 13
