@@ -206,6 +206,7 @@ def _text(value: str) -> str:
 def _texts(values: _Labels) -> _Labels:
     return {_text(k): _text(v) for k, v in values.items()}
 
+
 # Time text -> epoch seconds. Alertmanager resends the same instants again and
 # again (an alert keeps its startsAt while it fires, and the alerts of one rule
 # evaluation share it), so most of a body's times are known. Bounded: a flood

@@ -1,4 +1,4 @@
-"""A committed change's effects, as metrics and log lines.
+"""A committed change's effects, as metrics and log lines, and its incidents' shelved alerts.
 
 Called by the service after the commit, never before: a metric or a log line
 says what the store holds.
@@ -8,11 +8,27 @@ from __future__ import annotations
 
 import logging
 
-from sidecar.incidents import Effect, war_room
+from sidecar.incidents import Change, Effect, war_room
 from sidecar.metrics import Metrics
+from sidecar.store.rows import WriteBatch
 
 # The service's logger: incident lines have always been written under this name.
 log = logging.getLogger("sidecar.incidents")
+
+
+def publish_all(m: Metrics, changes: list[Change]) -> None:
+    """Publish every effect of the committed changes."""
+    for change in changes:
+        for effect in change.effects:
+            publish(m, effect, change.incident.number)
+
+
+def shelve(changes: list[Change], write: WriteBatch) -> None:
+    """Hold each changed incident's alerts as the document committed (see shelve_alerts)."""
+    # Committed: each changed incident's alerts are in the store as written.
+    docs = {row.id: row.alerts for row in write.incidents}
+    for change in changes:
+        change.incident.shelve_alerts(docs[change.incident.id])
 
 
 def publish(m: Metrics, effect: Effect, number: str | None = None) -> None:

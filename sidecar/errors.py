@@ -6,6 +6,8 @@ Exception hierarchy::
     ├── ConfigError          configuration or rules are invalid (fatal at start,
     │                        logged and ignored on reload)
     ├── StoreUnavailable     the store cannot commit or read right now (HTTP 503)
+    │   └── StoreRefused     the store refused a value of the batch: the same
+    │                        batch fails again (its commands are retried alone)
     ├── IncidentNotFound     no incident with that id or number (HTTP 404)
     ├── InvalidTransition    the incident cannot make that change (HTTP 409)
     └── InvalidRequest       the request names what the plan does not have: a status,
@@ -54,6 +56,10 @@ class ConfigError(SidecarError):
 
 class StoreUnavailable(SidecarError):
     """The store could not commit or read; the caller should retry later."""
+
+
+class StoreRefused(StoreUnavailable):
+    """The store refused what a batch holds (a value it cannot store), not the connection."""
 
 
 class IncidentNotFound(SidecarError):

@@ -5,9 +5,11 @@ loop takes everything queued, applies it to the in-memory :class:`IncidentBook`,
 writes all resulting changes in one transaction and only then answers the
 callers and publishes metrics and logs. When the commit fails, the changes are
 undone in reverse order and every caller in the batch gets StoreUnavailable
-(503, so Alertmanager retries). One batch is in flight at a time, so changes
-never interleave with an uncommitted one, and requests that arrive during a
-commit form the next batch: durability costs one fsync per batch, not per request.
+(503, so Alertmanager retries); when the store refused a value of the batch, its
+commands run again one by one, so that only the one it refuses fails. One batch
+is in flight at a time, so changes never interleave with an uncommitted one, and
+requests that arrive during a commit form the next batch: durability costs one
+fsync per batch, not per request.
 """
 
 from __future__ import annotations
@@ -20,8 +22,8 @@ from dataclasses import dataclass, field
 
 from sidecar.clock import Clock
 from sidecar.early import EarlyAnswers
-from sidecar.effects import publish
-from sidecar.errors import StoreUnavailable
+from sidecar.effects import publish_all, shelve
+from sidecar.errors import StoreRefused, StoreUnavailable
 from sidecar.held import HeldVersions
 from sidecar.incidents import Change, IncidentBook
 from sidecar.metrics import Metrics
@@ -281,6 +283,17 @@ class IncidentService:
             self._refreshed(refreshed)
             return
         except Exception as exc:  # whatever failed, nothing of this batch is committed
+            if isinstance(exc, StoreRefused) and len(batch) > 1:
+                # The store refused a value: this batch would fail again as it is, but
+                # not each of its commands. Each runs again alone, so that the one it
+                # refuses fails, and none other.
+                log.warning("batch refused; its commands run alone", extra={"error": str(exc)})
+                self._reject([], all_changes, exc)
+                self._refreshed(refreshed)
+                for pending in batch:
+                    if not pending.future.done():
+                        await self._commit([pending])
+                return
             log.error("store write failed; batch rejected", extra={"error": str(exc)})
             self._reject(batch, all_changes, StoreUnavailable(str(exc)))
             self._refreshed(refreshed)
@@ -368,29 +381,16 @@ class IncidentService:
     def _after_commit(self, changes: list[Change], write: WriteBatch) -> None:
         # Each step on its own: a failing one must not skip the others (a
         # broken metric must not keep the scheduler from the new deadlines).
-        steps: list[Callable[[], None]] = [functools.partial(self._shelve, changes, write)]
+        steps: list[Callable[[], None]] = [functools.partial(shelve, changes, write)]
         if write.outbox:
             steps.append(self.on_outbox)
-        steps.append(lambda: self._publish_all(changes))
+        steps.append(lambda: publish_all(self.metrics, changes))
         steps += [functools.partial(hook, changes) for hook in self.on_commit]
         for step in steps:
             try:
                 step()
             except Exception:
                 log.exception("a step after the commit failed; the batch stays committed")
-
-    def _publish_all(self, changes: list[Change]) -> None:
-        for change in changes:
-            for effect in change.effects:
-                publish(self.metrics, effect, change.incident.number)
-
-    @staticmethod
-    def _shelve(changes: list[Change], write: WriteBatch) -> None:
-        # Committed: each changed incident's alerts are in the store as written,
-        # and are held as that document until next read (see shelve_alerts).
-        docs = {row.id: row.alerts for row in write.incidents}
-        for change in changes:
-            change.incident.shelve_alerts(docs[change.incident.id])
 
     def _reject(self, batch: list[_Pending], changes: list[Change], error: Exception) -> None:
         for change in reversed(changes):

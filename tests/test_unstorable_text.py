@@ -22,9 +22,10 @@ import asyncpg  # type: ignore[import-untyped]
 import pytest
 from prometheus_client import CollectorRegistry
 
-from sidecar.alertmanager import MAX_KEY_BYTES, incident_key
+from sidecar.alertmanager import MAX_KEY_BYTES, incident_key, notification_from
 from sidecar.clock import FakeClock
 from sidecar.config import Config
+from sidecar.errors import StoreUnavailable
 from sidecar.incidents import Incident
 from sidecar.pagerduty.events import dedup_key_for_group
 from sidecar.runtime import Components, build_components
@@ -122,7 +123,7 @@ async def test_a_nul_in_an_alerts_text_is_stored_as_a_replacement_character(
     backend: Backend, sidecar: tuple[Components, Any], auth: dict[str, str]
 ) -> None:
     _, client = sidecar
-    payload = notification(nul_alert("", "00000000000000b1"), group_key="{}:{group=\"b\"}")
+    payload = notification(nul_alert("", "00000000000000b1"), group_key='{}:{group="b"}')
     payload["commonAnnotations"] = {"summary": f"disk {NUL} full"}
     payload["externalURL"] = f"http://alertmanager/{NUL}"
     payload["receiver"] = f"sidecar{NUL}"
@@ -235,7 +236,7 @@ async def test_incidents_stored_before_keep_matching_their_groups(
     long: bool,
 ) -> None:
     # PostgreSQL compresses index entries: a long key of few distinct bytes fitted.
-    key = '{}:{alertname="QueryFailed", query="' + "x" * 6000 + '"}' if long else "{}:{a=\"b\"}"
+    key = '{}:{alertname="QueryFailed", query="' + "x" * 6000 + '"}' if long else '{}:{a="b"}'
     firing = alert("QueryFailed", fingerprint="00000000000000e1")
     resolved = {**firing, "status": "resolved", "endsAt": "2023-11-14T22:20:00Z"}
     for payload in (firing, resolved):
@@ -253,3 +254,62 @@ async def test_incidents_stored_before_keep_matching_their_groups(
     [inc] = await reopened.list_incidents(_every())
     assert (inc.key, inc.group_key, inc.state) == (incident_key(key), key, "resolved")
     assert await reopened.schema_version() == 13
+
+
+# -- a batch the store refuses ------------------------------------------------
+
+# PostgreSQL refusing a timeline message, as it refused NUL (SQLSTATE 22021,
+# character_not_in_repertoire), for any other text the sidecar may yet let through.
+REFUSE_POISON = """
+CREATE FUNCTION refuse_poison() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    IF NEW.message LIKE '%poison%' THEN
+        RAISE EXCEPTION 'refused' USING ERRCODE = '22021';
+    END IF;
+    RETURN NEW;
+END $$;
+CREATE TRIGGER refuse_poison BEFORE INSERT ON events
+    FOR EACH ROW EXECUTE FUNCTION refuse_poison();
+"""
+
+
+async def test_a_value_the_store_refuses_fails_its_own_notification_alone(
+    config_factory: Callable[..., Config],
+    clock: FakeClock,
+    postgres_database_dsn: str,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    store = PostgresStore(postgres_database_dsn, max_size=4)
+    c = build_components(config_factory(), clock=clock, registry=CollectorRegistry(), store=store)
+    await store.open()
+    con = await asyncpg.connect(postgres_database_dsn)
+    try:
+        await con.execute(REFUSE_POISON)
+    finally:
+        await con.close()
+    await c.service.start()
+    try:
+
+        def submit(name: str) -> Any:
+            n = notification_from(
+                notification(alert(name, fingerprint="00000000000000c1"), group_key=name)
+            )
+            return c.service.submit(
+                lambda now: c.book.apply_notification(n, now), keys=c.book.keys_of(n)
+            )
+
+        # Queued together: one batch.
+        answers = await asyncio.gather(
+            submit("Good1"), submit("poison"), submit("Good2"), return_exceptions=True
+        )
+        good1, poisoned, good2 = answers
+        assert isinstance(poisoned, StoreUnavailable)  # a 503: retried, maybe by a fixed version
+        assert isinstance(good1, list) and isinstance(good2, list)
+        assert "batch refused; its commands run alone" in caplog.text
+        stored = await store.list_incidents(_every())
+        assert sorted(i.key for i in stored) == ["Good1", "Good2"]
+        # Nothing of the refused one stayed in memory.
+        assert not c.book.has_open("poison")
+    finally:
+        await c.service.stop()
+        await store.close()

@@ -35,7 +35,7 @@ from typing import Any, TypeVar
 
 import asyncpg  # type: ignore[import-untyped]
 
-from sidecar.errors import StoreUnavailable
+from sidecar.errors import StoreRefused, StoreUnavailable
 from sidecar.store.base import LockedRead, LockedState, Version
 from sidecar.store.lockread import lock_and_read
 from sidecar.store.migrations import migrations
@@ -90,6 +90,16 @@ _DATABASE_ERRORS = (
     asyncpg.InterfaceError,
     asyncpg.exceptions.InternalClientError,
     OSError,
+)
+
+# What the database refuses of the rows themselves, whichever connection sends them:
+# a value its type cannot hold (class 22: NUL in text), a row over its limits (54: an
+# index entry too long), a constraint (23). The batch fails again as it is; its
+# commands may not (sidecar.service retries them one by one).
+_REFUSALS = (
+    asyncpg.DataError,
+    asyncpg.ProgramLimitExceededError,
+    asyncpg.IntegrityConstraintViolationError,
 )
 
 
@@ -155,6 +165,8 @@ class PostgresStore(SQLStore):
         try:
             async with self._pool.acquire(timeout=self.connect_timeout) as con:
                 yield con
+        except _REFUSALS as exc:
+            raise StoreRefused(f"postgresql: {type(exc).__name__}: {exc}") from exc
         except _DATABASE_ERRORS as exc:
             raise StoreUnavailable(f"postgresql: {type(exc).__name__}: {exc}") from exc
 
