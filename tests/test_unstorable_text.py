@@ -258,35 +258,45 @@ async def test_incidents_stored_before_keep_matching_their_groups(
 
 # -- a batch the store refuses ------------------------------------------------
 
-# PostgreSQL refusing a timeline message, as it refused NUL (SQLSTATE 22021,
+# The store refusing a timeline message, as PostgreSQL refused NUL (SQLSTATE 22021,
 # character_not_in_repertoire), for any other text the sidecar may yet let through.
-REFUSE_POISON = """
-CREATE FUNCTION refuse_poison() RETURNS trigger LANGUAGE plpgsql AS $$
-BEGIN
-    IF NEW.message LIKE '%poison%' THEN
-        RAISE EXCEPTION 'refused' USING ERRCODE = '22021';
-    END IF;
-    RETURN NEW;
-END $$;
-CREATE TRIGGER refuse_poison BEFORE INSERT ON events
-    FOR EACH ROW EXECUTE FUNCTION refuse_poison();
-"""
+REFUSE_POISON = {
+    "postgresql": """
+        CREATE FUNCTION refuse_poison() RETURNS trigger LANGUAGE plpgsql AS $$
+        BEGIN
+            IF NEW.message LIKE '%poison%' THEN
+                RAISE EXCEPTION 'refused' USING ERRCODE = '22021';
+            END IF;
+            RETURN NEW;
+        END $$;
+        CREATE TRIGGER refuse_poison BEFORE INSERT ON events
+            FOR EACH ROW EXECUTE FUNCTION refuse_poison();
+    """,
+    "sqlite": """
+        CREATE TRIGGER refuse_poison BEFORE INSERT ON events
+            WHEN NEW.message LIKE '%poison%' BEGIN SELECT RAISE(ABORT, 'refused'); END;
+    """,
+}
 
 
 async def test_a_value_the_store_refuses_fails_its_own_notification_alone(
+    backend: Backend,
     config_factory: Callable[..., Config],
     clock: FakeClock,
-    postgres_database_dsn: str,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    store = PostgresStore(postgres_database_dsn, max_size=4)
+    store = backend.make()
     c = build_components(config_factory(), clock=clock, registry=CollectorRegistry(), store=store)
     await store.open()
-    con = await asyncpg.connect(postgres_database_dsn)
-    try:
-        await con.execute(REFUSE_POISON)
-    finally:
-        await con.close()
+    if backend.name == "sqlite":
+        with contextlib.closing(sqlite3.connect(backend.dsn)) as lite, lite:  # type: ignore[attr-defined]
+            lite.executescript(REFUSE_POISON["sqlite"])
+    else:
+        con = await asyncpg.connect(backend.dsn)  # type: ignore[attr-defined]
+        try:
+            await con.execute(REFUSE_POISON["postgresql"])
+        finally:
+            await con.close()
     await c.service.start()
     try:
 

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from sidecar.alertmanager import incident_key
-from sidecar.errors import StoreUnavailable
+from sidecar.errors import StoreRefused, StoreUnavailable
 from sidecar.store.checkpoint import BACKSTOP_PAGES, Checkpointer
 from sidecar.store.local import OneProcess
 from sidecar.store.migrations import migrations
@@ -88,6 +88,9 @@ class SQLiteStore(OneProcess, SQLStore):
             raise StoreUnavailable("store is closed")
         try:
             return await asyncio.get_running_loop().run_in_executor(pool, fn)
+        except (sqlite3.IntegrityError, sqlite3.DataError) as exc:
+            # The rows themselves (a constraint, a value too big): see PostgreSQL's _REFUSALS.
+            raise StoreRefused(f"sqlite {self.path}: {exc}") from exc
         except (sqlite3.Error, OSError) as exc:
             raise StoreUnavailable(f"sqlite {self.path}: {exc}") from exc
 
