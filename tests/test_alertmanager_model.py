@@ -10,6 +10,7 @@ initialises every label and annotation map, so they are ``{}``, never ``null``.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
@@ -314,6 +315,58 @@ def test_a_nul_in_the_group_key_is_refused() -> None:
     payload = real()
     payload["groupKey"] = "a\x00b"
     with pytest.raises(InvalidPayload, match="NUL"):
+        parse_notification(encode(payload))
+
+
+@pytest.mark.parametrize(
+    ("path", "read"),
+    [
+        (("receiver",), lambda n: n.receiver),
+        (("externalURL",), lambda n: n.external_url),
+        (("groupLabels", "alertname"), lambda n: n.group_labels["alertname"]),
+        (("commonLabels", "namespace"), lambda n: n.common_labels["namespace"]),
+        (("commonAnnotations", "summary"), lambda n: n.common_annotations["summary"]),
+        (("alerts", 0, "labels", "alertname"), lambda n: n.alerts[0].labels["alertname"]),
+        (("alerts", 1, "labels", "pod"), lambda n: n.alerts[1].labels["pod"]),
+        (("alerts", 0, "annotations", "summary"), lambda n: n.alerts[0].annotations["summary"]),
+        (("alerts", 1, "generatorURL"), lambda n: n.alerts[1].generator_url),
+    ],
+)
+def test_a_nul_in_any_text_becomes_a_replacement_character(
+    path: tuple[Any, ...], read: Callable[[Any], str]
+) -> None:
+    # PostgreSQL text cannot hold NUL: the alert is kept, the character shown replaced.
+    payload = real()
+    node = payload
+    for part in path[:-1]:
+        node = node[part]
+    node[path[-1]] = "before\x00after"
+    n = parse_notification(encode(payload))
+    assert read(n) == "before\ufffdafter"
+    # Nothing else changed, and the identities least of all.
+    node[path[-1]] = "before\ufffdafter"
+    assert n == parse_notification(encode(payload))
+
+
+def test_a_nul_in_a_label_name_becomes_a_replacement_character() -> None:
+    payload = real()
+    payload["alerts"][0]["labels"]["odd\x00name"] = "x"
+    n = parse_notification(encode(payload))
+    assert n.alerts[0].labels["odd\ufffdname"] == "x"
+    assert "\x00" not in repr(n)
+
+
+def test_an_escaped_backslash_before_u0000_is_text_not_a_nul() -> None:
+    payload = real()
+    payload["alerts"][0]["annotations"]["summary"] = "C:\\u0000"
+    n = parse_notification(encode(payload))
+    assert n.alerts[0].annotations["summary"] == "C:\\u0000"
+
+
+def test_a_nul_in_a_fingerprint_is_refused_as_any_other_non_hex_digit() -> None:
+    payload = real()
+    payload["alerts"][0]["fingerprint"] = "0123\x00"
+    with pytest.raises(InvalidPayload, match=r"alerts\.0\.fingerprint: must be hexadecimal"):
         parse_notification(encode(payload))
 
 
