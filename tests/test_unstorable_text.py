@@ -15,9 +15,11 @@ import hashlib
 import secrets
 import sqlite3
 from collections.abc import AsyncIterator, Callable
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import asyncpg  # type: ignore[import-untyped]
 import pytest
 from prometheus_client import CollectorRegistry
@@ -33,6 +35,10 @@ from sidecar.store import PostgresStore, SQLiteStore, Store
 from sidecar.store.base import IncidentQuery
 from sidecar.web.app import create_app
 from tests.payloads import alert, body, notification
+from tests.sidecar_process import SidecarProcess
+from tests.support.alertmanager import make_alert
+from tests.support.fixtures import AlertmanagerFactory
+from tests.support.readers import READ_HEADERS
 
 WEBHOOK = "/webhook/alertmanager"
 NUL = "\u0000"
@@ -323,3 +329,54 @@ async def test_a_value_the_store_refuses_fails_its_own_notification_alone(
     finally:
         await c.service.stop()
         await store.close()
+
+
+# -- from a real Alertmanager -------------------------------------------------
+
+
+@pytest.mark.e2e
+async def test_alertmanager_groups_with_a_nul_and_an_over_long_key_become_incidents(
+    tmp_path: Path, postgres_database_dsn: str, alertmanager_factory: AlertmanagerFactory
+) -> None:
+    proc = SidecarProcess(tmp_path / "sidecar", overrides={"store": {"url": postgres_database_dsn}})
+    proc.start()
+    try:
+        # group_by ['...']: every label is in the group key, a long query too.
+        am = alertmanager_factory(
+            proc.webhook_url, bearer_token=proc.webhook_token, group_by=["..."]
+        )
+        starts = datetime.now(UTC).replace(microsecond=0) - timedelta(minutes=3)
+        labels = {
+            "alertname": "QueryFailed",
+            "device": f"sda{NUL}1",
+            "query": secrets.token_hex(1500),
+        }
+        summary = {"summary": f"disk {NUL} full"}
+        await am.post_alerts([make_alert(labels, annotations=summary, starts_at=starts)])
+        [inc] = await listed(proc, "open")
+        assert inc["key"].startswith("sha256:")
+        assert inc["key"] == incident_key(inc["group_key"])
+        # Alertmanager quotes label values in the group key: the NUL arrives as text.
+        assert 'device="sda\\x001"' in inc["group_key"]
+        assert inc["title"] == f"QueryFailed: disk {REPLACED} full"
+
+        ends = starts + timedelta(minutes=2)
+        await am.post_alerts([make_alert(labels, starts_at=starts, ends_at=ends)])
+        [done] = await listed(proc, "resolved")
+        assert done["id"] == inc["id"]
+    finally:
+        proc.stop()
+
+
+async def listed(proc: SidecarProcess, state: str) -> list[dict[str, Any]]:
+    """The incidents in ``state``, once there are some (Alertmanager sends when it will)."""
+    url = f"{proc.url}/api/v1/incidents?state={state}"
+    async with aiohttp.ClientSession(headers=READ_HEADERS) as http:
+        for _ in range(150):
+            async with http.get(url) as resp:
+                assert resp.status == 200, await resp.text()
+                found: list[dict[str, Any]] = (await resp.json())["incidents"]
+            if found:
+                return found
+            await asyncio.sleep(0.2)
+    raise AssertionError(f"no {state} incident in time")
