@@ -29,7 +29,6 @@ from sidecar.clock import FakeClock
 from sidecar.config import Config
 from sidecar.errors import StoreUnavailable
 from sidecar.incidents import Incident
-from sidecar.pagerduty.events import dedup_key_for_group
 from sidecar.runtime import Components, build_components
 from sidecar.store import PostgresStore, SQLiteStore, Store
 from sidecar.store.base import IncidentQuery
@@ -45,14 +44,16 @@ NUL = "\u0000"
 REPLACED = "\ufffd"
 # A group key over the bound, as ``group_by: ['...']`` makes of alerts with long labels:
 # random, so that PostgreSQL cannot compress it into its index.
+EVERY = IncidentQuery(limit=10)
 LONG_KEY = '{}:{alertname="QueryFailed", query="' + secrets.token_hex(2000) + '"}'
 
 
 class Backend:
     """A fresh database of one store, opened as many times as asked."""
 
-    def __init__(self, name: str, make: Callable[[], Store]) -> None:
+    def __init__(self, name: str, dsn: str, make: Callable[[], Store]) -> None:
         self.name = name
+        self.dsn = dsn  # the SQLite file's path, or PostgreSQL's DSN
         self.make = make
         self.opened: list[Store] = []
 
@@ -68,12 +69,10 @@ class Backend:
 async def backend(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Backend]:
     if request.param == "sqlite":
         path = tmp_path / "sidecar.db"
-        b = Backend("sqlite", lambda: SQLiteStore(path))
-        b.dsn = str(path)  # type: ignore[attr-defined]
+        b = Backend("sqlite", str(path), lambda: SQLiteStore(path))
     else:
         dsn = request.getfixturevalue("postgres_database_dsn")
-        b = Backend("postgresql", lambda: PostgresStore(dsn, max_size=4))
-        b.dsn = dsn  # type: ignore[attr-defined]
+        b = Backend("postgresql", dsn, lambda: PostgresStore(dsn, max_size=4))
     yield b
     for store in b.opened:
         await store.close()
@@ -100,23 +99,19 @@ async def post(client: Any, auth: dict[str, str], payload: dict[str, Any]) -> No
 async def only_incident(backend: Backend) -> tuple[Incident, list[str]]:
     """The one incident the database holds, as a restart reads it, and its timeline."""
     store = await backend.reopened()
-    [inc] = await store.list_incidents(_every())
+    [inc] = await store.list_incidents(EVERY)
     full = await store.get_incident(inc.id)
     assert full is not None
     return full, [e.message for e in await store.timeline(inc.id)]
 
 
-def _every() -> IncidentQuery:
-    return IncidentQuery(limit=10)
-
-
 # -- NUL characters ------------------------------------------------------------
 
 
-def nul_alert(name: str, fingerprint: str) -> dict[str, Any]:
+def nul_alert(fingerprint: str) -> dict[str, Any]:
     """An alert with a NUL in its name, a label's name and value, summary and URL."""
     a = alert(
-        f"Disk{NUL}Full{name}",
+        f"Disk{NUL}Full",
         fingerprint=fingerprint,
         labels={"device": f"/dev/sda{NUL}1", f"odd{NUL}name": "x"},
         annotations={"summary": f"disk {NUL} full", "runbook_url": f"http://r/{NUL}"},
@@ -129,7 +124,7 @@ async def test_a_nul_in_an_alerts_text_is_stored_as_a_replacement_character(
     backend: Backend, sidecar: tuple[Components, Any], auth: dict[str, str]
 ) -> None:
     _, client = sidecar
-    payload = notification(nul_alert("", "00000000000000b1"), group_key='{}:{group="b"}')
+    payload = notification(nul_alert("00000000000000b1"), group_key='{}:{group="b"}')
     payload["commonAnnotations"] = {"summary": f"disk {NUL} full"}
     payload["externalURL"] = f"http://alertmanager/{NUL}"
     payload["receiver"] = f"sidecar{NUL}"
@@ -157,7 +152,7 @@ async def test_a_resend_with_the_nul_matches_the_incident_it_opened(
     backend: Backend, sidecar: tuple[Components, Any], auth: dict[str, str]
 ) -> None:
     _, client = sidecar
-    firing = nul_alert("", "00000000000000b1")
+    firing = nul_alert("00000000000000b1")
     await post(client, auth, notification(firing, group_key="g"))
     await post(client, auth, notification(firing, group_key="g"))
     resolved = {**firing, "status": "resolved", "endsAt": "2023-11-14T22:20:00Z"}
@@ -170,35 +165,48 @@ async def test_a_notification_with_a_nul_does_not_fail_its_batch(
     backend: Backend, sidecar: tuple[Components, Any], auth: dict[str, str]
 ) -> None:
     _, client = sidecar
-    bad = notification(nul_alert("", "00000000000000b1"), group_key="bad")
+    bad = notification(nul_alert("00000000000000b1"), group_key="bad")
     good = notification(alert("Other", fingerprint="00000000000000b2"), group_key="good")
     answers = await asyncio.gather(
         *(client.post(WEBHOOK, data=body(p), headers=auth) for p in (bad, good, bad))
     )
     assert [a.status for a in answers] == [200, 200, 200], [await a.text() for a in answers]
     store = await backend.reopened()
-    assert sorted(i.key for i in await store.list_incidents(_every())) == ["bad", "good"]
+    assert sorted(i.key for i in await store.list_incidents(EVERY)) == ["bad", "good"]
 
 
 # -- over-long group keys -----------------------------------------------------
 
 
 async def test_an_over_long_group_key_keys_its_incident_by_hash(
-    backend: Backend, sidecar: tuple[Components, Any], auth: dict[str, str]
+    backend: Backend,
+    config_factory: Callable[..., Config],
+    clock: FakeClock,
+    aiohttp_client: Callable[..., Any],
+    auth: dict[str, str],
 ) -> None:
-    _, client = sidecar
+    # Paged (nothing listens on port 9 of loopback: the event stays queued).
+    pd = {"routing_key": "R0UT1NGKEYR0UT1NGKEYR0UT1NGKEY00", "events_url": "http://127.0.0.1:9/"}
+    c = build_components(
+        config_factory({"pagerduty": pd}),
+        clock=clock,
+        registry=CollectorRegistry(),
+        store=backend.make(),
+    )
+    client = await aiohttp_client(create_app(c))
     firing = alert("QueryFailed", fingerprint="00000000000000e1")
     await post(client, auth, notification(firing, group_key=LONG_KEY))
-    hashed = "sha256:" + hashlib.sha256(LONG_KEY.encode()).hexdigest()
+    digest = hashlib.sha256(LONG_KEY.encode()).hexdigest()
     inc, _ = await only_incident(backend)
-    assert (inc.key, inc.group_key) == (hashed, LONG_KEY)
-    # PagerDuty's dedup key is the group key's, as for every group.
-    assert dedup_key_for_group(inc.group_key) == hashlib.sha256(LONG_KEY.encode()).hexdigest()
+    assert (inc.key, inc.group_key) == ("sha256:" + digest, LONG_KEY)
+    # PagerDuty's dedup key is the group key's digest, as for every group.
+    [trigger] = await c.store.outbox_for_incident(inc.id)
+    assert trigger.dedup_key == digest
     # The group's later notifications find it.
     resolved = {**firing, "status": "resolved", "endsAt": "2023-11-14T22:20:00Z"}
     await post(client, auth, notification(resolved, group_key=LONG_KEY))
     inc, _ = await only_incident(backend)
-    assert (inc.key, inc.state) == (hashed, "resolved")
+    assert (inc.key, inc.state) == ("sha256:" + digest, "resolved")
 
 
 @pytest.mark.parametrize(
@@ -220,11 +228,11 @@ def test_group_keys_up_to_the_bound_key_their_incidents_as_they_are(key: str, ke
 async def as_the_previous_release_left_it(backend: Backend, group_key: str) -> None:
     """Key the incidents by their group key as it is, and unapply migration 13."""
     if backend.name == "sqlite":
-        with contextlib.closing(sqlite3.connect(backend.dsn)) as con, con:  # type: ignore[attr-defined]
+        with contextlib.closing(sqlite3.connect(backend.dsn)) as con, con:
             con.execute("UPDATE incidents SET key = ?", (group_key,))
             con.execute("DELETE FROM schema_migrations WHERE version = 13")
         return
-    con = await asyncpg.connect(backend.dsn)  # type: ignore[attr-defined]
+    con = await asyncpg.connect(backend.dsn)
     try:
         await con.execute("UPDATE incidents SET key = $1", group_key)
         await con.execute("DELETE FROM schema_migrations WHERE version = 13")
@@ -257,7 +265,7 @@ async def test_incidents_stored_before_keep_matching_their_groups(
             await as_the_previous_release_left_it(backend, key)
     # The group resolved the incident it opened before the upgrade, and opened none.
     reopened = await backend.reopened()
-    [inc] = await reopened.list_incidents(_every())
+    [inc] = await reopened.list_incidents(EVERY)
     assert (inc.key, inc.group_key, inc.state) == (incident_key(key), key, "resolved")
     assert await reopened.schema_version() == 13
 
@@ -295,10 +303,10 @@ async def test_a_value_the_store_refuses_fails_its_own_notification_alone(
     c = build_components(config_factory(), clock=clock, registry=CollectorRegistry(), store=store)
     await store.open()
     if backend.name == "sqlite":
-        with contextlib.closing(sqlite3.connect(backend.dsn)) as lite, lite:  # type: ignore[attr-defined]
+        with contextlib.closing(sqlite3.connect(backend.dsn)) as lite, lite:
             lite.executescript(REFUSE_POISON["sqlite"])
     else:
-        con = await asyncpg.connect(backend.dsn)  # type: ignore[attr-defined]
+        con = await asyncpg.connect(backend.dsn)
         try:
             await con.execute(REFUSE_POISON["postgresql"])
         finally:
@@ -322,7 +330,7 @@ async def test_a_value_the_store_refuses_fails_its_own_notification_alone(
         assert isinstance(poisoned, StoreUnavailable)  # a 503: retried, maybe by a fixed version
         assert isinstance(good1, list) and isinstance(good2, list)
         assert "batch refused; its commands run alone" in caplog.text
-        stored = await store.list_incidents(_every())
+        stored = await store.list_incidents(EVERY)
         assert sorted(i.key for i in stored) == ["Good1", "Good2"]
         # Nothing of the refused one stayed in memory.
         assert not c.book.has_open("poison")
