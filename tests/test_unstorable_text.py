@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+import re
 import secrets
 import sqlite3
 from collections.abc import AsyncIterator, Callable
@@ -173,6 +174,38 @@ async def test_a_notification_with_a_nul_does_not_fail_its_batch(
     assert [a.status for a in answers] == [200, 200, 200], [await a.text() for a in answers]
     store = await backend.reopened()
     assert sorted(i.key for i in await store.list_incidents(EVERY)) == ["bad", "good"]
+
+
+async def test_people_are_told_to_leave_out_nul_rather_than_get_a_503(
+    backend: Backend,
+    sidecar: tuple[Components, Any],
+    auth: dict[str, str],
+    api_auth: dict[str, str],
+) -> None:
+    # What people write is refused with the reason (they see it and send it again);
+    # only an alert, which nobody resends by hand, is kept with U+FFFD instead.
+    _, client = sidecar
+    await post(client, auth, notification(alert("DBDown"), group_key="g"))
+    [inc] = await (await backend.reopened()).list_incidents(EVERY)
+    api = f"/api/v1/incidents/{inc.id}"
+    for path, payload in [
+        ("updates", {"message": f"failing {NUL} over"}),
+        ("acknowledge", {"actor": f"b{NUL}ob"}),
+        ("roles", {"roles": {"incident_commander": f"b{NUL}ob"}}),
+    ]:
+        resp = await client.post(f"{api}/{path}", json=payload, headers=api_auth)
+        assert (resp.status, "NUL" in await resp.text()) == (400, True), path
+    page = await (await client.get(f"/incidents/{inc.id}")).text()
+    token = re.search(r'name="csrf" value="([0-9a-f]+)"', page)
+    assert token is not None
+    form = {"csrf": token[1], "message": f"failing {NUL} over"}
+    resp = await client.post(f"/incidents/{inc.id}/update", data=form)
+    assert (resp.status, "NUL" in await resp.text()) == (400, True)
+    # Text that only reads like an escape is text.
+    resp = await client.post(f"{api}/updates", json={"message": "C:\\u0000"}, headers=api_auth)
+    assert resp.status == 200, await resp.text()
+    _, timeline = await only_incident(backend)
+    assert timeline[-1].endswith("C:\\u0000"), timeline
 
 
 # -- over-long group keys -----------------------------------------------------

@@ -223,13 +223,29 @@ async def read_body(request: web.Request) -> dict[str, Any]:
     """The request's JSON object (empty without a body); 400 for anything else."""
     if not request.can_read_body:
         return {}
+    raw = await request.read()
     try:
-        body = orjson.loads(await request.read())
+        body = orjson.loads(raw)
     except orjson.JSONDecodeError:
         raise bad('body must be JSON: {"actor": "...", "message": "..."}') from None
     if not isinstance(body, dict):
         raise bad("body must be a JSON object")
+    # PostgreSQL text cannot hold NUL, and what people write reaches the timeline:
+    # refused here (the writer sees why and can send it again) rather than a 503 at
+    # the store. Alertmanager's alerts are kept instead (sidecar.alertmanager).
+    if b"\\u0000" in raw and _holds_nul(body):
+        raise bad("text must not contain NUL characters (\\u0000)")
     return body
+
+
+def _holds_nul(value: Any) -> bool:
+    if isinstance(value, str):
+        return "\x00" in value
+    if isinstance(value, dict):
+        return any(_holds_nul(k) or _holds_nul(v) for k, v in value.items())
+    if isinstance(value, list):
+        return any(_holds_nul(v) for v in value)
+    return False
 
 
 async def _actor(request: web.Request) -> tuple[str, str]:

@@ -237,6 +237,8 @@ async def _form_action(request: web.Request, action: str) -> web.StreamResponse:
     message = form.get("message", "")
     if not isinstance(message, str) or len(message) > MAX_MESSAGE:
         raise _bad(f"message must be text of at most {MAX_MESSAGE} characters")
+    if "\x00" in message:  # PostgreSQL text cannot hold it (see api.read_body)
+        raise _bad("message must not contain NUL characters")
     message = message.strip()
     status = _status(request, form.get("status", "")) if action == "update" else None
     if action == "update" and not message:
