@@ -34,6 +34,7 @@ from sidecar.runtime import Components, build_components
 from sidecar.store import PostgresStore, SQLiteStore, Store
 from sidecar.store.base import IncidentQuery
 from sidecar.web.app import create_app
+from tests.fakes.pagerduty import FakePagerDuty, encode_event, signature_header
 from tests.payloads import alert, body, notification
 from tests.sidecar_process import SidecarProcess
 from tests.support.alertmanager import make_alert
@@ -206,6 +207,50 @@ async def test_people_are_told_to_leave_out_nul_rather_than_get_a_503(
     assert resp.status == 200, await resp.text()
     _, timeline = await only_incident(backend)
     assert timeline[-1].endswith("C:\\u0000"), timeline
+
+
+async def test_a_nul_in_what_pagerduty_says_a_person_did_is_kept_replaced(
+    backend: Backend,
+    config_factory: Callable[..., Config],
+    clock: FakeClock,
+    aiohttp_client: Callable[..., Any],
+    auth: dict[str, str],
+) -> None:
+    async with FakePagerDuty() as pd:
+        config = config_factory(
+            {
+                "pagerduty": {
+                    "events_url": pd.events_url,
+                    "api_url": pd.api_url,
+                    "api_token": pd.api_token,
+                    "webhook_secret": "s3cret",
+                    "routing_key": "R0UT1NGKEYR0UT1NGKEYR0UT1NGKEY00",
+                }
+            }
+        )
+        store = backend.make()
+        c = build_components(config, clock=clock, registry=CollectorRegistry(), store=store)
+        client = await aiohttp_client(create_app(c))
+        group = '{}:{alertname="DBDown"}'
+        await post(client, auth, notification(alert("DBDown"), group_key=group))
+        await pd.wait_for_events(1)
+        pd_incident = pd.open_incident(hashlib.sha256(group.encode()).hexdigest())
+        assert pd_incident is not None
+        for event_type, extra in [
+            ("incident.status_update_published", {"message": f"failing {NUL} over"}),
+            ("incident.acknowledged", {"agent": {"id": "PUSER1", "summary": f"B{NUL}ob"}}),
+        ]:
+            raw = encode_event(pd.webhook_event(event_type, pd_incident.id, **extra))
+            headers = {
+                "Content-Type": "application/json",
+                "X-PagerDuty-Signature": signature_header(raw, "s3cret"),
+            }
+            resp = await client.post("/webhook/pagerduty", data=raw, headers=headers)
+            assert resp.status == 200, await resp.text()
+        inc, timeline = await only_incident(backend)
+        assert inc.acknowledged_by == f"B{REPLACED}ob"
+        assert any(f"failing {REPLACED} over" in m for m in timeline), timeline
+        assert NUL not in repr((inc, timeline))
 
 
 # -- over-long group keys -----------------------------------------------------

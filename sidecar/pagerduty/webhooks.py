@@ -15,6 +15,7 @@ occurred_at, agent, client, data}}``. Incident events carry an ``incident`` in
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import hmac
 import re
@@ -177,7 +178,7 @@ def parse_webhook(body: bytes) -> WebhookEvent:
         raise InvalidWebhook(_reasons(exc)) from None
     event = envelope.event
     fields = _incident_fields(event)
-    return WebhookEvent(
+    parsed = WebhookEvent(
         event_id=event.id,
         event_type=event.event_type,
         resource_type=event.resource_type,
@@ -191,6 +192,31 @@ def parse_webhook(body: bytes) -> WebhookEvent:
         pd_created_at=fields.get("pd_created_at"),
         pd_reopened_at=fields.get("pd_reopened_at"),
     )
+    # JSON holds a NUL only escaped: most bodies are settled by this one scan.
+    return _without_nul(parsed) if b"\\u0000" in body else parsed
+
+
+# PostgreSQL text cannot hold NUL (a 503 on every delivery). PagerDuty's ids never hold
+# one: refused. What people wrote (a name, an update) is kept, the NUL shown as U+FFFD,
+# as the Alertmanager payload's text (sidecar.alertmanager).
+_ID_FIELDS = ("event_id", "pd_incident_id", "incident_key")
+_TEXT_FIELDS = ("agent", "message", "pd_incident_url")
+
+
+def _without_nul(event: WebhookEvent) -> WebhookEvent:
+    wrong = [
+        f"{name}: must not contain NUL"
+        for name in _ID_FIELDS
+        if "\x00" in (getattr(event, name) or "")
+    ]
+    if wrong:
+        raise InvalidWebhook(wrong)
+    texts = {
+        name: value.replace("\x00", "\ufffd")
+        for name in _TEXT_FIELDS
+        if (value := getattr(event, name)) is not None
+    }
+    return dataclasses.replace(event, **texts)
 
 
 def _utc(when: datetime) -> datetime:
