@@ -521,3 +521,12 @@ def test_events_about_the_pagerduty_incident_before_a_reopening_are_told_apart()
     # An old incident that someone reopened in PagerDuty after ours is live again.
     assert before_reopening(resolved_event(later, REOPENED - minute, later), inc) is None
     assert before_reopening(resolved_event(later, None), inc) is None
+
+
+def test_a_nul_in_an_id_is_refused_and_in_a_name_replaced() -> None:
+    # PostgreSQL text cannot hold NUL. PagerDuty's ids never hold one; names may.
+    body = envelope(id="evt\u00001", agent={"id": "PUSER1", "summary": "B\u0000ob"})
+    with pytest.raises(InvalidWebhook, match="event_id: must not contain NUL"):
+        parse_webhook(json.dumps(body).encode())
+    body["event"]["id"] = "evt-1"
+    assert parse_webhook(json.dumps(body).encode()).agent == "B\ufffdob"
