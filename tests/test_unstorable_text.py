@@ -35,10 +35,12 @@ from sidecar.store import PostgresStore, SQLiteStore, Store
 from sidecar.store.base import IncidentQuery
 from sidecar.web.app import create_app
 from tests.fakes.pagerduty import FakePagerDuty, encode_event, signature_header
+from tests.fakes.receiver import WebhookReceiver
 from tests.payloads import alert, body, notification
 from tests.sidecar_process import SidecarProcess
 from tests.support.alertmanager import make_alert
 from tests.support.fixtures import AlertmanagerFactory
+from tests.support.outboxes import drain_all
 from tests.support.readers import READ_HEADERS
 
 WEBHOOK = "/webhook/alertmanager"
@@ -251,6 +253,30 @@ async def test_a_nul_in_what_pagerduty_says_a_person_did_is_kept_replaced(
         assert inc.acknowledged_by == f"B{REPLACED}ob"
         assert any(f"failing {REPLACED} over" in m for m in timeline), timeline
         assert NUL not in repr((inc, timeline))
+
+
+async def test_a_nul_in_what_a_notified_service_answered_is_recorded_replaced(
+    backend: Backend,
+    config_factory: Callable[..., Config],
+    clock: FakeClock,
+    aiohttp_client: Callable[..., Any],
+    auth: dict[str, str],
+) -> None:
+    # The answer is a dead letter's error text: had it failed to be written, the
+    # send would have been repeated at every lease's end, for ever.
+    async with WebhookReceiver("s3cret") as receiver:
+        receiver.fail_next(400, text=f"proxy {NUL} error")
+        endpoint = {"name": "status-page", "url": receiver.url, "secret": "s3cret"}
+        config = config_factory({"webhooks": [endpoint]})
+        store = backend.make()
+        c = build_components(config, clock=clock, registry=CollectorRegistry(), store=store)
+        client = await aiohttp_client(create_app(c))
+        await post(client, auth, notification(alert("DBDown"), group_key="g"))
+        await drain_all(c, limit=10)
+        inc, _ = await only_incident(backend)
+        [item] = await store.outbox_for_incident(inc.id)
+        assert (item.state, item.last_error) == ("dead", f"HTTP 400: proxy {REPLACED} error")
+        assert len(receiver.deliveries) == 1
 
 
 # -- over-long group keys -----------------------------------------------------

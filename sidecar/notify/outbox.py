@@ -274,9 +274,11 @@ class OutboxWorker:
             state,
             attempts=item.attempts if attempts is None else attempts,
             next_attempt_at=now,
-            error=error[:1000] if error else None,
+            # A service's own words: PostgreSQL text cannot hold a NUL in them,
+            # and a record that fails to be written is a send repeated for ever.
+            error=error[:1000].replace("\x00", "\ufffd") if error else None,
             at=now,
             server_failures=item.server_failures,
-            receipt=receipt,
+            receipt=receipt.replace("\x00", "\ufffd") if receipt else receipt,
         )
         await self.store.finish_outbox(item.id, outcome)

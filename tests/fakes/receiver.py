@@ -40,7 +40,7 @@ class WebhookReceiver(LoopbackServer):
         super().__init__()
         self.secret = secret
         self.deliveries: list[Delivery] = []
-        self._faults: deque[tuple[int, dict[str, str]]] = deque()
+        self._faults: deque[tuple[int, dict[str, str], str]] = deque()
         self.app.router.add_post("/hook", self._hook)
 
     @property
@@ -48,10 +48,12 @@ class WebhookReceiver(LoopbackServer):
         """Where the sidecar's webhook must post."""
         return f"{self.base_url}/hook"
 
-    def fail_next(self, status: int, *, retry_after: int | None = None, times: int = 1) -> None:
-        """Answer the next ``times`` deliveries with ``status``."""
+    def fail_next(
+        self, status: int, *, retry_after: int | None = None, times: int = 1, text: str = "nope"
+    ) -> None:
+        """Answer the next ``times`` deliveries with ``status`` and ``text``."""
         headers = {} if retry_after is None else {"Retry-After": str(retry_after)}
-        self._faults.extend((status, headers) for _ in range(times))
+        self._faults.extend((status, headers, text) for _ in range(times))
 
     @property
     def accepted(self) -> list[Delivery]:
@@ -63,8 +65,8 @@ class WebhookReceiver(LoopbackServer):
         expected = "v1=" + hmac.new(self.secret.encode(), body, hashlib.sha256).hexdigest()
         given = request.headers.get("X-Incident-SLA-Signature", "")
         signed = any(hmac.compare_digest(expected, g.strip()) for g in given.split(","))
-        status, headers = (401, {}) if not signed else (204, {})
+        status, headers, text = (401, {}, "nope") if not signed else (204, {}, "")
         if signed and self._faults:
-            status, headers = self._faults.popleft()
+            status, headers, text = self._faults.popleft()
         self.deliveries.append(Delivery(dict(request.headers), body, signed, status))
-        return web.Response(status=status, headers=headers, text="" if status < 300 else "nope")
+        return web.Response(status=status, headers=headers, text="" if status < 300 else text)
