@@ -4,7 +4,10 @@ A NUL character in an alert's text (PostgreSQL text refuses it) and a group key 
 than PostgreSQL's btree entries (about 2.7 KB) each made every write of their batch
 fail: a 503 that Alertmanager retries for ever, failing the notifications batched with
 them. Both are settled when the payload is parsed, the same for SQLite and PostgreSQL,
-so that both stores (and a restart reading either) hold the same incident.
+so that both stores (and a restart reading either) hold the same incident. The other
+ways in settle NUL at their own edge (PagerDuty's webhooks, a notified service's
+answer) or refuse it with the reason (people, through the API and the forms); a value
+a store still refuses fails its own command alone, not its batch.
 """
 
 from __future__ import annotations
