@@ -275,4 +275,27 @@ def build_components(
         # A body that changed nothing may change something now (an alert no longer dropped).
         lambda _rules: components.replays.clear(),
     ]
+    forget = _replays_forgetter(book, components.replays)
+    service.on_commit.append(forget)
+    service.on_refresh.append(forget)  # another replica's (incidents.closed counts it too)
+    service.on_restore.append(forget)
     return components
+
+
+def _replays_forgetter(book: IncidentBook, replays: ReplayCache) -> Callable[..., None]:
+    """A hook that forgets the bodies applied once an incident closed with alerts firing.
+
+    A person resolved it while they fired: Alertmanager's next resend of them,
+    byte for byte a body applied before, now opens an incident and pages (see
+    ``incidents.closed``), so it must not be answered as a repeat. Rare enough
+    that the whole cache goes.
+    """
+    seen = book.closed.closed_firing
+
+    def forget(*_args: object) -> None:
+        nonlocal seen
+        if book.closed.closed_firing != seen:
+            seen = book.closed.closed_firing
+            replays.clear()
+
+    return forget

@@ -14,6 +14,7 @@ from sidecar.errors import IncidentNotFound
 from sidecar.incidents import Incident, IncidentBook
 from sidecar.incidents.alerts import decode_alerts
 from sidecar.rules import RuleSet, load_rules
+from sidecar.store.codec import incident_from_row, incident_row
 from tests.conftest import DATA
 from tests.payloads import alert, notification, ts
 
@@ -430,6 +431,80 @@ def test_undo_of_an_opening_forgets_the_incident(book: IncidentBook) -> None:
     assert len(book) == 0
     assert sum(book.open_counts.values()) == 0
     assert len(book.apply_notification(n(alert()), T0 + 20)) == 1
+
+
+def test_a_resend_of_an_alert_firing_at_a_manual_resolve_opens_a_new_incident(
+    book: IncidentBook, rules: RuleSet
+) -> None:
+    """Alertmanager's own pagerduty_configs triggers again on its next notification
+    after a person resolved the PagerDuty incident while the alert fired: so must the
+    sidecar. What the incident saw resolved stays covered, whichever book asks."""
+    db1, db2 = "00000000000000d1", "00000000000000d2"
+    both = n(alert(fingerprint=db1), alert(fingerprint=db2))
+    first = one_incident(book, both, T0 + 10)
+    one_resolved = n(
+        alert(fingerprint=db1), alert(fingerprint=db2, status="resolved", ends=T0 + 50)
+    )
+    assert len(book.apply_notification(one_resolved, T0 + 60)) == 1
+    book.resolve(first.id, actor="bob", source="api", now=T0 + 100)
+    assert [a.status for a in first.alerts.values()] == ["firing", "resolved"]
+    restored = IncidentBook(rules)  # a restart, or another replica: from the stored alerts
+    restored.restore([], [incident_from_row(incident_row(first, T0 + 100))])
+    for each in (book, restored):
+        # db2, reported resolved: its late firing copy is still a copy.
+        assert each.apply_notification(n(alert(fingerprint=db2)), T0 + 200) == []
+        # Alertmanager's resend of the group (db1 still fires) opens a new incident.
+        second = one_incident(each, one_resolved, T0 + 300)
+        assert second.id != first.id
+        assert (second.state, second.started_at) == ("triggered", T0)
+        assert each.apply_notification(one_resolved, T0 + 301) == []  # its HA copy
+        ended = n(
+            alert(fingerprint=db1, status="resolved", ends=T0 + 900),
+            alert(fingerprint=db2, status="resolved", ends=T0 + 50),
+        )
+        [closed] = each.apply_notification(ended, T0 + 960)
+        assert (closed.incident.id, closed.incident.state) == (second.id, "resolved")
+        assert each.apply_notification(ended, T0 + 961) == []  # its HA copy
+        assert each.apply_notification(one_resolved, T0 + 962) == []  # a late copy
+        assert len(each) == 0
+
+
+def test_the_end_of_an_alert_firing_at_a_manual_resolve_opens_nothing(rules: RuleSet) -> None:
+    """The resolved notification of an alert still firing when a person resolved its
+    incident ends that episode: no phantom incident, recorded or paged."""
+    modes: tuple[Literal["group", "alert"], ...] = ("group", "alert")
+    for mode in modes:
+        book = IncidentBook(rules, key_mode=mode)
+        inc = one_incident(book, n(alert()), T0 + 10)
+        book.resolve(inc.id, actor="bob", source="api", now=T0 + 100)
+        restored = IncidentBook(rules, key_mode=mode)
+        restored.restore([], [incident_from_row(incident_row(inc, T0 + 100))])
+        ended = n(alert(status="resolved", ends=T0 + 600))
+        for each in (book, restored):
+            assert each.apply_notification(ended, T0 + 660) == []
+            assert each.apply_notification(ended, T0 + 661) == []  # an HA copy
+            assert len(each) == 0
+
+
+def test_an_incident_resolved_by_hand_with_every_alert_resolved_covers_their_copies(
+    book: IncidentBook,
+) -> None:
+    firing = n(alert())
+    resolved = n(alert(status="resolved", ends=T0 + 600))
+    inc = one_incident(book, firing, T0 + 10)
+    book.apply_notification(resolved, T0 + 620)
+    # Reopened in PagerDuty, then resolved there again: nothing fires any more.
+    assert book.reopen(inc, actor="pd", source="pagerduty", now=T0 + 700) is not None
+    book.resolve(inc.id, actor="bob", source="pagerduty", now=T0 + 800)
+    assert book.apply_notification(firing, T0 + 900) == []
+    assert book.apply_notification(resolved, T0 + 901) == []
+    assert len(book) == 0
+
+
+def one_incident(book: IncidentBook, payload: Notification, now: float) -> Incident:
+    [change] = book.apply_notification(payload, now)
+    assert change.effects[0].kind == "opened"
+    return change.incident
 
 
 def test_restore_rebuilds_open_and_recently_closed(book: IncidentBook, rules: RuleSet) -> None:

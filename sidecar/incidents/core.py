@@ -338,10 +338,14 @@ class BookCore:
         Only the newest episode of a key matters: a late HA duplicate can only
         repeat what was sent last. Finishing an older episode (its review done,
         or restored after the newer one) must not make the newer one forgettable.
+        Alerts still firing (resolved by hand) are told apart: sent firing
+        again, they page again (see :mod:`~sidecar.incidents.closed`).
         """
         if inc.resolved_at is None:
             return
-        episode = ClosedEpisode(inc.instances(), inc.resolved_at, inc.triggered_at)
+        episode = ClosedEpisode(
+            inc.instances(), inc.resolved_at, inc.triggered_at, inc.firing_instances()
+        )
         self.closed.remember(inc.key, episode)
         self._watch(inc)
 

@@ -8,10 +8,11 @@ notification resolves the alerts it lists and no others, since Alertmanager
 leaves silenced, inhibited and truncated (``max_alerts``) alerts out of it,
 still firing or not, and computes its status from the rest. A notification
 whose alert instances a closed episode of its key already covered is a late
-copy and opens nothing (see :mod:`~sidecar.incidents.closed`). Alerts the rules drop
-(``severity="none"``: Watchdog, InfoInhibitor) are left out of every
-notification before anything else: they never open or join an incident, and
-do not keep a group's incident open.
+copy and opens nothing (see :mod:`~sidecar.incidents.closed`: one still firing
+when a person resolved it pages again). Alerts the rules drop (``severity="none"``:
+Watchdog, InfoInhibitor) are left out of every notification before anything
+else: they never open or join an incident, and do not keep a group's incident
+open.
 """
 
 from __future__ import annotations
@@ -109,11 +110,13 @@ class Grouping(Stepping):
         if inc is None:
             # Only a key with a closed episode can have a late copy: most new
             # groups have none, and the list of instances is then not built.
-            if self.closed.get(key) is not None and self.closed.covers(
-                key, [_instance(a) for a in [a for a in kept if a.status == "firing"] or kept]
-            ):
-                # A late duplicate of a notification for an incident already closed.
-                return []
+            if self.closed.get(key) is not None:
+                firing = [a for a in kept if a.status == "firing"]
+                if self.closed.covers(
+                    key, [_instance(a) for a in firing or kept], firing=bool(firing)
+                ):
+                    # A late duplicate of a notification for an incident already closed.
+                    return []
             return self._no_open_incident(key, kept, classes, n, now, group_resolved)
         change = self._merge(inc, kept, classes, n, now, group_resolved=group_resolved)
         return [change] if change else []

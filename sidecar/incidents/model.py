@@ -24,6 +24,7 @@ from sidecar.incidents.alerts import AlertState as AlertState
 from sidecar.incidents.alerts import alerts_document
 from sidecar.incidents.alerts import decode_alerts as decode_alerts
 from sidecar.incidents.alerts import interned as interned
+from sidecar.incidents.closed import NONE as NO_INSTANCES
 from sidecar.incidents.closed import ClosedEpisode
 from sidecar.incidents.stored import COLD, NO_ANNOTATIONS, restore, unshelve
 from sidecar.incidents.stored import NO_OUTCOMES as _NO_OUTCOMES
@@ -185,6 +186,13 @@ class Incident:
     def instances(self) -> frozenset[tuple[str, float]]:
         """The alert instances this incident covers."""
         return frozenset((a.fingerprint, a.starts_at) for a in self.alerts.values())
+
+    def firing_instances(self) -> frozenset[tuple[str, float]]:
+        """The alert instances still firing (resolved by hand); nearly always the shared none."""
+        firing = [
+            (a.fingerprint, a.starts_at) for a in self.alerts.values() if a.status == "firing"
+        ]
+        return frozenset(firing) if firing else NO_INSTANCES
 
     def firing(self) -> list[AlertState]:
         """Alerts still firing."""

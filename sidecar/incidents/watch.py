@@ -15,7 +15,9 @@ Late duplicates are told apart first, as ever, by the closed log
 (:mod:`~sidecar.incidents.closed`): an instance the closed episode covered is a
 copy. Within the watch the incident itself is the finer memory: an instance no
 newer than the one it tracks for that fingerprint is a copy too, and reopens
-nothing.
+nothing, unless it still fired when a person resolved the incident: sent
+firing again, it reopens the incident and pages again, as Alertmanager's own
+resend would have on PagerDuty.
 """
 
 from __future__ import annotations
@@ -117,6 +119,9 @@ class Watching(Grouping):
 
 
 def _newer(inc: Incident, alert: Alert) -> bool:
-    """Whether ``alert`` is an instance ``inc`` has not seen: a new one, or one that fired again."""
+    """Whether ``alert`` is news to ``inc``: a new instance, one that fired again, or
+    one sent firing that still fired when a person resolved ``inc``."""
     known = inc.alerts.get(alert.fingerprint)
-    return known is None or known.starts_at < alert.starts_at
+    if known is None or known.starts_at < alert.starts_at:
+        return True
+    return known.starts_at == alert.starts_at and known.status == alert.status == "firing"
