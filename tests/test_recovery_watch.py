@@ -602,6 +602,58 @@ def test_any_sequence_keeps_one_incident_per_watch_and_measures_it_once(
         assert measured.get(incident_id) == 1, incident_id
 
 
+def test_a_resend_of_an_alert_firing_when_resolved_by_hand_reopens_it_and_pages(
+    book: IncidentBook,
+) -> None:
+    """Alertmanager's own pagerduty_configs triggers again after a person resolved the
+    PagerDuty incident while the alert fired; within the watch, the incident reopens."""
+    pager = Pager(book.classifier, routing_names={"default"})
+    opened = one(book.apply_notification(firing(), T0 + 60))
+    pages = [(e.routing, e.action) for e in pager.events_for(opened, T0 + 60)]
+    assert pages[0] == ("default", "trigger")
+    inc = opened.incident
+    manual = book.resolve(inc.id, actor="bob", source="api", now=T0 + 120)
+    resolves = [(e.routing, e.action) for e in pager.events_for(manual, T0 + 120)]
+    assert resolves == [("default", "resolve")]
+    assert inc.is_watching
+    assert [a.status for a in inc.alerts.values()] == ["firing"]
+    reopened = one(book.apply_notification(firing(), T0 + 420))  # repeat or group_interval
+    assert (reopened.incident.id, reopened.incident.state) == (inc.id, "triggered")
+    assert kinds(reopened)[0] == "reopened"
+    # The team is paged again; vp, paged at opening, is not.
+    again = [(e.routing, e.action) for e in pager.events_for(reopened, T0 + 420)]
+    assert again == [("default", "trigger")]
+    assert book.apply_notification(firing(), T0 + 421) == []  # its HA copy
+    final = one(book.apply_notification(resolved(T0, T0 + 900), T0 + 960))
+    assert (final.incident.state, final.incident.resolved_at) == ("resolved", T0 + 900)
+    # Reported resolved now: a late copy of the firing notification is a copy again,
+    # in the watch and after it.
+    assert book.apply_notification(firing(), T0 + 1000) == []
+    assert book.check_deadlines(inc.id, T0 + 900 + HOUR + 1) is not None
+    assert book.apply_notification(firing(), T0 + 2 * HOUR) == []
+    assert book.apply_notification(resolved(T0, T0 + 900), T0 + 2 * HOUR) == []
+    assert len(book) == 0
+    assert reopened.incident.reopens == 1
+
+
+def test_the_end_of_an_alert_firing_when_resolved_by_hand_reopens_nothing(
+    rules: RuleSet, book: IncidentBook
+) -> None:
+    """Its resolved notification ends the episode a person closed: no reopening, no
+    trigger and resolve pair, in the watch, after it, or after a restart."""
+    inc = one(book.apply_notification(firing(), T0 + 60)).incident
+    book.resolve(inc.id, actor="bob", source="pagerduty", now=T0 + 120)
+    after = IncidentBook(rules)
+    after.restore([], [incident_from_row(incident_row(inc, T0 + 120))])
+    for each in (book, after):
+        assert each.apply_notification(resolved(T0, T0 + 600), T0 + 660) == []
+        [watched] = each.watching()
+        assert (watched.id, watched.state, watched.reopens) == (inc.id, "resolved", 0)
+        assert each.check_deadlines(inc.id, T0 + 120 + HOUR + 1) is not None
+        assert each.apply_notification(resolved(T0, T0 + 600), T0 + 2 * HOUR) == []
+        assert len(each) == 0
+
+
 def test_a_late_resolved_copy_of_an_earlier_episode_leaves_the_current_one_open(
     book: IncidentBook,
 ) -> None:
