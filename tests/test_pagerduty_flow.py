@@ -634,6 +634,90 @@ async def test_pagerduty_events_of_the_old_incident_leave_the_reopened_one_open(
     assert pd.incidents[new.id].status == "resolved"
 
 
+async def resolve_by_hand(
+    client: Client, components: Components, pd: FakePagerDuty, incident_id: str, by: str
+) -> None:
+    """A person resolves the incident while its alert fires: in the API or in PagerDuty."""
+    if by == "api":
+        resp = await client.post(
+            f"/api/v1/incidents/{incident_id}/resolve",
+            json={"actor": "alice"},
+            headers={"Authorization": "Bearer test-api-token"},
+        )
+        assert resp.status == 200
+    else:
+        paged = pd.open_incident(DEDUP)
+        assert paged is not None
+        pd.subscribe(f"{client.make_url('/webhook/pagerduty')}", SECRET)
+        pd.resolve_incident(paged.id)
+        await pd.drain_webhooks()
+    await drained(components)
+    view = await (await client.get(f"/api/v1/incidents/{incident_id}")).json()
+    assert view["state"] == "resolved"
+    assert [a["status"] for a in view["alerts"]] == ["firing"]
+    assert actions(pd) == ["trigger", "resolve"]
+
+
+async def incident_ids(client: Client) -> list[str]:
+    listing = await (await client.get("/api/v1/incidents", params={"limit": "100"})).json()
+    return sorted(i["id"] for i in listing["incidents"])
+
+
+@pytest.mark.parametrize("by", ["api", "pagerduty"])
+async def test_alertmanagers_resend_after_a_manual_resolve_pages_again(
+    sidecar: tuple[Client, Components], pd: FakePagerDuty, by: str
+) -> None:
+    """Alertmanager's own pagerduty_configs triggers on its next notification after a
+    person resolved the PagerDuty incident while the alert fired, and PagerDuty opens
+    a new incident: the sidecar pages as much, and resolves that page with the alert."""
+    client, components = sidecar
+    start = time.time() - 60
+    firing = notification(alert(starts=start), group_key=GROUP)
+    first = (await post(client, firing))["changed"][0]["id"]
+    await drained(components)
+    old = pd.open_incident(DEDUP)
+    await resolve_by_hand(client, components, pd, first, by)
+    # The resend: byte for byte the body applied before, which is no repeat now.
+    changed = (await post(client, firing))["changed"]
+    assert [c["state"] for c in changed] == ["triggered"]
+    second = changed[0]["id"]
+    assert second != first
+    assert (await post(client, firing))["changed"] == []  # its HA copy
+    await drained(components)
+    assert actions(pd) == ["trigger", "resolve", "trigger"]
+    new = pd.open_incident(DEDUP)
+    assert old is not None and new is not None and new.id != old.id  # the on-call is paged
+    ended = notification(alert(starts=start, status="resolved", ends=time.time()), group_key=GROUP)
+    assert [c["id"] for c in (await post(client, ended))["changed"]] == [second]
+    assert (await post(client, ended))["changed"] == []  # its HA copy
+    await drained(components)
+    await pd.drain_webhooks()
+    await drained(components)
+    assert actions(pd) == ["trigger", "resolve", "trigger", "resolve"]
+    assert [i.status for i in pd.incidents_for(DEDUP)] == ["resolved", "resolved"]
+    assert await incident_ids(client) == sorted([first, second])
+
+
+@pytest.mark.parametrize("by", ["api", "pagerduty"])
+async def test_the_end_of_an_alert_resolved_by_hand_pages_nobody(
+    sidecar: tuple[Client, Components], pd: FakePagerDuty, by: str
+) -> None:
+    """Its resolved notification ends the episode the person closed: no new incident,
+    and no trigger and resolve pair to PagerDuty."""
+    client, components = sidecar
+    start = time.time() - 60
+    first = (await post(client, notification(alert(starts=start), group_key=GROUP)))["changed"]
+    await drained(components)
+    await resolve_by_hand(client, components, pd, first[0]["id"], by)
+    ended = notification(alert(starts=start, status="resolved", ends=time.time()), group_key=GROUP)
+    assert (await post(client, ended))["changed"] == []
+    assert (await post(client, ended))["changed"] == []  # its HA copy
+    await drained(components)
+    assert actions(pd) == ["trigger", "resolve"]
+    assert len(pd.incidents_for(DEDUP)) == 1
+    assert await incident_ids(client) == [first[0]["id"]]
+
+
 # -- what a responder does in PagerDuty reaches every page of the incident ----------
 
 
