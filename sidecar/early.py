@@ -21,10 +21,11 @@ replica made of the incident: acknowledged, escalated, resolved (its instances
 are then a late copy of the closed episode, or of the watch), reopened by a newer
 instance, joined by others. It carries nothing the replicas had not applied
 already, which is what the replay cache's answer to a byte-identical body rests
-on too. The one difference: when a new incident opened on the key meanwhile (or
-opened and closed), the locked read would add the old episode's instances to it,
-which may raise its severity or escalate it, or open another for them; the early
-answer leaves them out, as it would a late copy with no incident open.
+on too. The one difference: when a person resolved the incident meanwhile while
+those alerts fired, the locked read would open an incident for them (or reopen
+it in its watch) and page, as Alertmanager's own resend would; the early answer
+is the one a resend arriving a moment before that resolve gets, and the next
+resend pages.
 
 A batch that failed on a shared store may have committed all the same (its
 COMMIT's answer lost): memory was undone, the store was not, and the follower

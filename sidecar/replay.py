@@ -4,7 +4,10 @@ Alertmanager resends a group's notification every ``group_interval`` or
 ``repeat_interval`` and, in HA, once per peer: most bodies are byte for byte
 one that was already committed. Applying a body is idempotent (see
 :mod:`sidecar.incidents`), so once a body's change is committed, the same
-bytes can be answered 200 at once. Only committed bodies are remembered.
+bytes can be answered 200 at once. Only committed bodies are remembered. The
+one exception is an incident a person resolved while its alerts fired: the
+resend of them now opens an incident and pages, so the cache is emptied then
+(see ``sidecar.runtime``).
 """
 
 from __future__ import annotations

@@ -501,6 +501,25 @@ def test_an_incident_resolved_by_hand_with_every_alert_resolved_covers_their_cop
     assert len(book) == 0
 
 
+def test_a_late_copy_of_the_closed_episode_never_joins_the_groups_next_incident(
+    book: IncidentBook,
+) -> None:
+    """Found by the paging property test: a late HA copy of a resolved episode's
+    notifications joined the group's next incident, its alert firing there for ever
+    (raising the severity, paging) or resolved, the same instance in two incidents."""
+    crit, warn = "00000000000000c1", "00000000000000c2"
+    first = n(alert(fingerprint=crit, labels={"severity": "critical"}))
+    ended = n(
+        alert(fingerprint=crit, labels={"severity": "critical"}, status="resolved", ends=T0 + 50)
+    )
+    one_incident(book, first, T0 + 10)
+    assert len(book.apply_notification(ended, T0 + 60)) == 1
+    second = one_incident(book, n(alert(fingerprint=warn, starts=T0 + 100)), T0 + 110)
+    assert book.apply_notification(first, T0 + 120) == []
+    assert book.apply_notification(ended, T0 + 121) == []
+    assert (set(second.alerts), second.severity, second.state) == ({warn}, "P2", "triggered")
+
+
 def one_incident(book: IncidentBook, payload: Notification, now: float) -> Incident:
     [change] = book.apply_notification(payload, now)
     assert change.effects[0].kind == "opened"

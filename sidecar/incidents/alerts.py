@@ -175,3 +175,8 @@ def shared(mapping: Mapping[str, str]) -> Mapping[str, str]:
 @lru_cache(maxsize=1024)
 def _shared(items: tuple[tuple[str, str], ...]) -> Mapping[str, str]:
     return {intern(k): intern(v) for k, v in items}
+
+
+def alert_name(st: AlertState) -> str:
+    """An alert's name for the timeline (its fingerprint if it has none)."""
+    return st.labels.get("alertname", st.fingerprint)

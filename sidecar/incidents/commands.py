@@ -12,9 +12,9 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 from sidecar import sla
+from sidecar.incidents.alerts import alert_name
 from sidecar.incidents.core import planned
-from sidecar.incidents.grouping import alert_name, resolution_time
-from sidecar.incidents.model import Change, Effect, Incident, TimelineEvent
+from sidecar.incidents.model import Change, Effect, Incident, TimelineEvent, resolution_time
 from sidecar.incidents.people import check_status
 from sidecar.incidents.stepping import Stepping
 

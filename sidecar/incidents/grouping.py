@@ -23,7 +23,7 @@ from sys import intern
 
 from sidecar import sla
 from sidecar.alertmanager import Alert, Notification
-from sidecar.incidents.alerts import quoted, repeats
+from sidecar.incidents.alerts import alert_name, quoted, repeats
 from sidecar.incidents.core import ClassificationLike, planned
 from sidecar.incidents.ids import new_incident_id
 from sidecar.incidents.model import (
@@ -34,6 +34,7 @@ from sidecar.incidents.model import (
     TimelineEvent,
     Undo,
     interned,
+    resolution_time,
 )
 from sidecar.incidents.numbers import war_room
 from sidecar.incidents.opening import annotations_of, opening_states, title, top_state
@@ -255,6 +256,9 @@ class Grouping(Stepping):
         for alert in alerts:
             starts = alert.starts_at
             known = inc.alerts.get(alert.fingerprint)
+            if known is None and self._closed_copy(inc.key, alert):
+                stale += 1
+                continue  # the closed episode's, late (an HA peer's copy): not this one's
             if known is None or known.starts_at < starts:
                 if alert.status == "firing":
                     new_firing.append(alert)
@@ -328,7 +332,8 @@ class Grouping(Stepping):
                     )
                 )
         # A late copy of an earlier episode's resolved notification (every
-        # instance older than the one tracked) says nothing about this one.
+        # instance older than the one tracked, or the closed episode's) says
+        # nothing about this one.
         late_copy = stale == len(alerts)
         if group_resolved and not late_copy and not firing:
             # Every alert tracked has resolved. A resolved notification is no
@@ -347,6 +352,10 @@ class Grouping(Stepping):
             return None  # a duplicate or a repeat: nothing changed
         self._finish(inc)
         return Change(inc, events, effects, undo)
+
+    def _closed_copy(self, key: str, alert: Alert) -> bool:
+        firing = alert.status == "firing"
+        return self.closed.covers(key, [_instance(alert)], firing=firing)
 
     def _alert_state(
         self,
@@ -390,13 +399,3 @@ def _unmatched_effects(inc: Incident, unmatched: Counter[tuple[str, str]]) -> li
 
 def _instance(alert: Alert) -> tuple[str, float]:
     return (alert.fingerprint, alert.starts_at)
-
-
-def resolution_time(inc: Incident, now: float) -> float:
-    """Resolution time: the latest ``endsAt`` of the alerts, not the notification's arrival."""
-    ends = [a.ends_at for a in inc.alerts.values() if a.ends_at is not None]
-    return max(ends) if ends else now
-
-
-def alert_name(st: AlertState) -> str:
-    return st.labels.get("alertname", st.fingerprint)

@@ -378,3 +378,9 @@ def timeline_event(
     """A new timeline event of ``inc``, numbered after its last one."""
     inc.seq += 1
     return TimelineEvent(inc.id, inc.seq, at, kind, source, actor, message, data or {})
+
+
+def resolution_time(inc: Incident, now: float) -> float:
+    """Resolution time: the latest ``endsAt`` of the alerts, not the notification's arrival."""
+    ends = [a.ends_at for a in inc.alerts.values() if a.ends_at is not None]
+    return max(ends) if ends else now
