@@ -242,6 +242,16 @@ class PagingMachine(RuleBasedStateMachine):
             if known is not None and known.ends is not None:
                 starts = max(starts, known.ends + 1)
             group.alerts[fingerprint] = AlertModel(fingerprint, dict(KINDS[kind]), starts)
+        self._send_firing(group)
+
+    @rule(name=st.sampled_from(GROUPS))
+    def repeat(self, name: str) -> None:
+        """Alertmanager's next notification of a group that fires on, unchanged."""
+        group = self.groups[name]
+        if group.firing():
+            self._send_firing(group)
+
+    def _send_firing(self, group: GroupModel) -> None:
         if self._send(group, "firing", group.firing()) == 200:
             # Never paged less than by Alertmanager's pagerduty_configs: what it
             # sends firing has an open incident, also after a person resolved one

@@ -28,7 +28,7 @@ older than the one it tracks as a copy).
 
 from __future__ import annotations
 
-from collections.abc import Collection
+from collections.abc import Collection, Iterable
 from dataclasses import dataclass
 
 # No instance: what nearly every episode has still firing at its close, shared by all.
@@ -83,28 +83,40 @@ class ClosedLog:
     def covers(self, key: str, instances: Collection[tuple[str, float]], *, firing: bool) -> bool:
         """Whether the newest closed episode of ``key`` covered all these alert instances.
 
-        ``firing``: whether they are sent firing. An instance the episode
-        tracked covers a resolved one, but a firing one only if the episode
-        saw it resolved: one still firing when a person resolved the incident
-        is sent again by Alertmanager, and pages again, as PagerDuty would
-        page for Alertmanager's own trigger. An instance older than one the
-        episode covered of the same alert is covered too: Alertmanager never
-        fires an alert again with an earlier start, so it is a copy of an
-        episode before the newest (a late retry of a notification sent hours
-        ago must not open an incident now).
+        ``firing``: whether they are sent firing (see :meth:`copies`).
+        """
+        copies = self.copies(key, [(instance, firing) for instance in instances])
+        return len(copies) == len(set(instances))
+
+    def copies(
+        self, key: str, instances: Iterable[tuple[tuple[str, float], bool]]
+    ) -> set[tuple[str, float]]:
+        """Which of these alert instances (each sent firing or not) the newest closed
+        episode of ``key`` covered: late copies of it.
+
+        An instance the episode tracked covers a resolved one, but a firing one
+        only if the episode saw it resolved: one still firing when a person
+        resolved the incident is sent again by Alertmanager, and pages again,
+        as PagerDuty would page for Alertmanager's own trigger. An instance
+        older than one the episode covered of the same alert is covered too:
+        Alertmanager never fires an alert again with an earlier start, so it
+        is a copy of an episode before the newest (a late retry of a
+        notification sent hours ago must not open an incident now).
         """
         known = self._episodes.get(key)
         if known is None:
-            return False
-        seen = known.instances - known.firing if firing and known.firing else known.instances
+            return set()
+        seen = known.instances - known.firing if known.firing else known.instances
         newest: dict[str, float] = {}
         for fingerprint, starts in known.instances:
             if starts > newest.get(fingerprint, starts - 1):
                 newest[fingerprint] = starts
-        return all(
-            instance in seen or instance[1] < newest.get(instance[0], instance[1])
-            for instance in instances
-        )
+        return {
+            instance
+            for instance, firing in instances
+            if instance in (seen if firing else known.instances)
+            or instance[1] < newest.get(instance[0], instance[1])
+        }
 
     def get(self, key: str) -> ClosedEpisode | None:
         """What is kept for ``key`` (to put back on undo)."""

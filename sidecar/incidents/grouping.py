@@ -253,10 +253,14 @@ class Grouping(Stepping):
         added: list[AlertState] = []
         new_firing: list[Alert] = []
         stale = 0
+        new = [
+            (_instance(a), a.status == "firing") for a in alerts if a.fingerprint not in inc.alerts
+        ]
+        copies = self.closed.copies(inc.key, new) if new else ()
         for alert in alerts:
             starts = alert.starts_at
             known = inc.alerts.get(alert.fingerprint)
-            if known is None and self._closed_copy(inc.key, alert):
+            if known is None and copies and _instance(alert) in copies:
                 stale += 1
                 continue  # the closed episode's, late (an HA peer's copy): not this one's
             if known is None or known.starts_at < starts:
@@ -352,10 +356,6 @@ class Grouping(Stepping):
             return None  # a duplicate or a repeat: nothing changed
         self._finish(inc)
         return Change(inc, events, effects, undo)
-
-    def _closed_copy(self, key: str, alert: Alert) -> bool:
-        firing = alert.status == "firing"
-        return self.closed.covers(key, [_instance(alert)], firing=firing)
 
     def _alert_state(
         self,
