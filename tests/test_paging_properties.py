@@ -378,23 +378,24 @@ class PagingMachine(RuleBasedStateMachine):
         status = self.run(self.pd.deliver(url, event, SECRET))
         assert status in (200, 202, 503), status
 
-    @rule(name=st.sampled_from(GROUPS), in_pagerduty=st.booleans())
-    def person_resolves(self, name: str, in_pagerduty: bool) -> None:
+    @rule(name=st.sampled_from(GROUPS), in_pagerduty=st.booleans(), resent=st.booleans())
+    def person_resolves(self, name: str, in_pagerduty: bool, resent: bool) -> None:
         """Resolved by hand, its alerts firing or not: Alertmanager pages again for those
-        still firing, at its next notification of the group (see ``fire``)."""
+        still firing, at its next notification of the group (``resent``: right after)."""
         assert self.client is not None
         if not in_pagerduty:
             inc = self._open_incident(name)
             if inc is not None:
                 self.run(self._api(f"/api/v1/incidents/{inc.id}/resolve", {"actor": "ana"}))
-            return
-        found = self.pd.open_incident(dedup_key(self.groups[name].key))
-        if found is None:
-            return
-        event = self.pd.resolve_incident(found.id)
-        url = str(self.client.make_url("/webhook/pagerduty"))
-        status = self.run(self.pd.deliver(url, event, SECRET))
-        assert status in (200, 202, 503), status
+        else:
+            found = self.pd.open_incident(dedup_key(self.groups[name].key))
+            if found is not None:
+                event = self.pd.resolve_incident(found.id)
+                url = str(self.client.make_url("/webhook/pagerduty"))
+                status = self.run(self.pd.deliver(url, event, SECRET))
+                assert status in (200, 202, 503), status
+        if resent:
+            self.repeat(name)
 
     # -- time, deliveries and operations --------------------------------------
 
