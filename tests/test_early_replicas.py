@@ -439,3 +439,26 @@ async def test_keys_of_a_batch_that_may_have_committed_wait_for_a_read_under_the
     assert at_once(submit(b, resend("3"))) == []
     assert early.answered == 1
     assert b_store.transactions == before + 1
+
+
+async def test_a_resolution_by_hand_on_one_replica_empties_the_others_replay_cache(
+    replicas: list[tuple[Components, FeedGatedStore]],
+) -> None:
+    """Alertmanager's resend after a person resolved the incident while its alert
+    fired opens an incident and pages: on the other replica too, where those very
+    bytes were applied before and would be answered from the replay cache."""
+    (a, _), (b, _) = replicas
+    (opened,) = await submit(a, resend("1"))
+    incident_id = opened.incident.id
+    await until(lambda: b.book.get_open(incident_id) is not None)
+    digest = b.replays.digest(b"the resend's bytes, applied on this replica")
+    b.replays.add(digest, b.clock.now())
+    await a.service.submit(
+        lambda now: [a.book.resolve(incident_id, actor="alice", source="api", now=now)],
+        ids=[incident_id],
+    )
+    await until(lambda: b.book.get_open(incident_id) is None)
+    await b.service.settled()
+    assert not b.replays.seen(digest, b.clock.now())
+    (again,) = await submit(b, resend("1"))
+    assert again.incident.id != incident_id and again.incident.is_open
