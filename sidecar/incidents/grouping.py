@@ -111,13 +111,10 @@ class Grouping(Stepping):
         if inc is None:
             # Only a key with a closed episode can have a late copy: most new
             # groups have none, and the list of instances is then not built.
-            if self.closed.get(key) is not None:
-                firing = [a for a in kept if a.status == "firing"]
-                if self.closed.covers(
-                    key, [_instance(a) for a in firing or kept], firing=bool(firing)
-                ):
-                    # A late duplicate of a notification for an incident already closed.
-                    return []
+            firing = [a for a in kept if a.status == "firing"]
+            listed = [_instance(a) for a in firing or kept] if self.closed.get(key) else []
+            if listed and self.closed.covers(key, listed, firing=bool(firing)):
+                return []  # a late duplicate of a notification for an incident already closed
             return self._no_open_incident(key, kept, classes, n, now, group_resolved)
         change = self._merge(inc, kept, classes, n, now, group_resolved=group_resolved)
         return [change] if change else []
