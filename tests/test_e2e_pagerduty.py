@@ -26,7 +26,7 @@ from tests.fakes.pagerduty import FakePagerDuty
 from tests.payloads import alert, body, notification
 from tests.sidecar_process import SidecarProcess, record_only_preset
 from tests.support.alertmanager import group_key, make_alert
-from tests.support.fixtures import AlertmanagerClusterFactory
+from tests.support.fixtures import AlertmanagerClusterFactory, AlertmanagerFactory
 from tests.support.readers import READ_HEADERS
 
 pytestmark = pytest.mark.e2e
@@ -311,6 +311,48 @@ async def test_ha_alertmanager_pages_once_per_group_and_resolves(
         ("trigger", "delivered"),
         ("resolve", "delivered"),
     ]
+
+
+async def test_alertmanagers_repeat_after_a_resolution_by_hand_pages_again(
+    pd: FakePagerDuty, sidecar_factory: SidecarFactory, alertmanager_factory: AlertmanagerFactory
+) -> None:
+    """A person resolves the incident while its alert fires: Alertmanager's next
+    notification of the group (every second here) pages again, as its own
+    pagerduty_configs would, and the alert's resolution resolves that page, once."""
+    sidecar = await sidecar_factory().astart()
+    am = alertmanager_factory(
+        sidecar.webhook_url,
+        bearer_token=sidecar.webhook_token,
+        group_by=["alertname"],
+        group_wait="1s",
+        group_interval="1s",
+        repeat_interval="1s",
+        start=False,
+    )
+    await am.astart()
+    starts = datetime.now(UTC).replace(microsecond=0) - timedelta(minutes=1)
+    alerts = [make_alert(P0_LABELS, annotations={"summary": "ServiceDown e2e"}, starts_at=starts)]
+    key = dedup_key(group_key({"alertname": "ServiceDown"}))
+    await am.post_alerts(alerts)
+    await pd.wait_for_events(1)
+    [first] = (await get_json(f"{sidecar.url}/api/v1/incidents"))["incidents"]
+    headers = {"Authorization": f"Bearer {sidecar.api_token}"}
+    async with (
+        aiohttp.ClientSession(headers=headers) as http,
+        http.post(f"{sidecar.url}/api/v1/incidents/{first['id']}/resolve", json={}) as resp,
+    ):
+        assert resp.status == 200, await resp.text()
+    # Its resolve, then the trigger of Alertmanager's repeat: PagerDuty opens a new incident.
+    await pd.wait_for_events(3)
+    assert actions(pd, key) == ["trigger", "resolve", "trigger"]
+    assert len(pd.incidents_for(key)) == 2
+    await am.resolve_alerts(alerts)
+    await pd.wait_for_events(4)
+    # Alertmanager stops, so that nothing more can arrive, and the outbox drains.
+    am.stop()
+    await eventually(lambda: outbox_empty(sidecar), "outbox drained")
+    assert actions(pd, key) == ["trigger", "resolve", "trigger", "resolve"]
+    assert [i.status for i in pd.incidents_for(key)] == ["resolved", "resolved"]
 
 
 async def test_outage_then_recovery_delivers_every_event_once_in_order(
