@@ -24,6 +24,8 @@ class ReplayCache:
         self.size = size
         self.ttl = ttl
         self._seen: OrderedDict[bytes, float] = OrderedDict()
+        # Counts the clears: a body applied before one must not be remembered after it.
+        self.generation = 0
 
     @staticmethod
     def digest(body: bytes) -> bytes:
@@ -54,9 +56,13 @@ class ReplayCache:
     def clear(self) -> None:
         """Forget every body: what one changes depends on the rules (a rules reload)."""
         self._seen.clear()
+        self.generation += 1
 
-    def add(self, digest: bytes, now: float) -> None:
-        """Remember a committed body."""
+    def add(self, digest: bytes, now: float, *, generation: int | None = None) -> None:
+        """Remember a committed body; not if the cache was cleared since ``generation``
+        (taken before the body was applied: the clear may have made it apply anew)."""
+        if generation is not None and generation != self.generation:
+            return
         self._seen[digest] = now
         self._seen.move_to_end(digest)
         while len(self._seen) > self.size:

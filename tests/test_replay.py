@@ -38,3 +38,16 @@ def test_the_least_recently_seen_body_is_forgotten_first() -> None:
     assert cache.seen(resent, T0 + 10)
     assert not cache.seen(one_offs[0], T0 + 10)
     assert [cache.seen(d, T0 + 10) for d in one_offs[-2:]] == [True, True]
+
+
+def test_a_body_applied_before_a_clear_is_not_remembered_after_it() -> None:
+    # The clear (a rules reload, an incident resolved by hand while its alerts
+    # fired) came while the body was being applied: its next copy must apply.
+    cache = ReplayCache(size=10, ttl=3600)
+    before, after = ReplayCache.digest(b"before"), ReplayCache.digest(b"after")
+    generation = cache.generation
+    cache.clear()
+    cache.add(before, T0, generation=generation)
+    assert not cache.seen(before, T0 + 1)
+    cache.add(after, T0, generation=cache.generation)
+    assert cache.seen(after, T0 + 1)

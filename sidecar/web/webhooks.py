@@ -31,12 +31,13 @@ async def alertmanager(request: web.Request) -> web.Response:
         return json_answer(
             {"error": "invalid Alertmanager webhook payload", "reasons": exc.reasons}, status=400
         )
+    generation = c.replays.generation
     changes = await c.service.submit(
         lambda now: c.book.apply_notification(notification, now),
         keys=c.book.keys_of(notification),
         unchanged=lambda: c.book.repeats_open(notification),
     )
-    c.replays.add(digest, c.clock.now())
+    c.replays.add(digest, c.clock.now(), generation=generation)
     if not changes:
         return encoded_answer(_UNCHANGED)
     return json_answer(
