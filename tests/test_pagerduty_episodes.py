@@ -30,11 +30,10 @@ from sidecar.runtime import Components, build_components
 from sidecar.store.base import KeyPage
 from sidecar.web import create_app
 from tests.fakes.pagerduty import FakePagerDuty, encode_event, signature_header
-from tests.payloads import alert, body, notification
+from tests.payloads import alert, notification
+from tests.test_pagerduty_flow import ROUTING_KEY, SECRET, post
 
 Client = TestClient[Any, Any]
-ROUTING_KEY = "R0UT1NGKEYR0UT1NGKEYR0UT1NGKEY00"
-SECRET = "webhook-secret-one"
 GROUP = '{}:{alertname="DBDown"}'
 DEDUP = hashlib.sha256(GROUP.encode()).hexdigest()
 OTHER_GROUP = '{}:{alertname="APIDown"}'
@@ -73,17 +72,6 @@ async def start(
     components = build_components(config, clock=clock, registry=CollectorRegistry())
     client = await aiohttp_client(create_app(components))
     return client, components
-
-
-async def post(client: Client, payload: dict[str, Any]) -> dict[str, Any]:
-    resp = await client.post(
-        "/webhook/alertmanager",
-        data=body(payload),
-        headers={"Authorization": "Bearer test-webhook-token"},
-    )
-    assert resp.status == 200, await resp.text()
-    result: dict[str, Any] = await resp.json()
-    return result
 
 
 async def webhook(client: Client, event: dict[str, Any], delivery: str) -> dict[str, Any]:
