@@ -125,10 +125,6 @@ class PagerDutyInbound:
             return known
         return {**known, **keys}
 
-    async def dedup_keys(self, event: WebhookEvent) -> list[str]:
-        """Our dedup keys for the PagerDuty incident of ``event``."""
-        return list(await self.alert_keys(event))
-
     async def find_incidents(self, event: WebhookEvent) -> list[Target]:
         """Our incidents the event is about: one per incident behind its PagerDuty incident.
 
